@@ -1,0 +1,583 @@
+"""The recipe: one validated config tree (a sub-model per stage), loaded from YAML with dotted overrides.
+
+Every model forbids unknown keys, so a typo is an error that names the key and the closest valid
+one. `load_recipe` collects *all* mistakes of a file before raising one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from distillkit.errors import ConfigError, DistillkitError
+
+STAGES = ("generate", "filter", "train", "evaluate", "publish")
+
+R1_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors; `renamed` maps old keys to new ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    renamed: ClassVar[dict[str, str]] = {}
+
+
+# ----------------------------------------------------------------------------------------- generate
+
+
+class VllmConfig(StrictModel):
+    """Options of the vLLM offline engine (passed through to `vllm.LLM`)."""
+
+    tensor_parallel_size: PositiveInt = 1
+    """GPUs per model replica (tensor parallel)."""
+    data_parallel_size: PositiveInt = 1
+    """Independent replicas; prompts are split between them."""
+    pipeline_parallel_size: PositiveInt = 1
+    """Pipeline stages; with several nodes use distributed_executor_backend=ray."""
+    distributed_executor_backend: Optional[Literal["mp", "ray"]] = None
+    """`ray` for multi-node runs; `mp` (or unset) on one node."""
+    max_model_len: Optional[PositiveInt] = None
+    """Context length of the engine (prompt + completion); unset = the model's."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of GPU memory vLLM may take."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (always on for CPU)."""
+    dtype: str = "auto"
+    """Weights dtype: auto, bfloat16, float16, float32."""
+    max_logprobs: PositiveInt = 20
+    """Largest top-k of logprobs the engine will return."""
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Anything else for `vllm.LLM(...)`, passed through unchanged."""
+
+
+class OpenAIEndpointConfig(StrictModel):
+    """A teacher behind an OpenAI-compatible server (vllm serve, SGLang, a hosted R1 API)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Server base URL including /v1."""
+    model: Optional[str] = None
+    """Model name the server expects; defaults to generate.teacher.model."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never written anywhere)."""
+    max_concurrency: PositiveInt = 16
+    """Requests in flight at once."""
+    timeout_s: PositiveFloat = 600.0
+    """Per-request timeout in seconds."""
+    max_retries: NonNegativeInt = 5
+    """Retries with exponential backoff on timeouts, 429 and 5xx."""
+    api: Literal["chat", "completions"] = "chat"
+    """chat: /v1/chat/completions; completions: render the template locally and use /v1/completions."""
+
+
+class TeacherConfig(StrictModel):
+    model: str = "builtin:smollm2-135m-instruct"
+    """Hub id, local folder, .gguf file, or builtin:smollm2-135m-instruct (shipped in a PyPI package)."""
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    """vllm: offline engine (default); openai: an OpenAI-compatible endpoint; transformers: generate()."""
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
+    openai: OpenAIEndpointConfig = Field(default_factory=OpenAIEndpointConfig)
+
+
+class ColumnsConfig(StrictModel):
+    """Which columns of the prompt data hold what."""
+
+    id: Optional[str] = "id"
+    """Prompt id column; missing ids are derived from a hash of the problem."""
+    problem: str = "problem"
+    answer: Optional[str] = "answer"
+    tests: Optional[str] = "tests"
+    source: Optional[str] = "source"
+
+
+class PromptsConfig(StrictModel):
+    renamed: ClassVar[dict[str, str]] = {"file": "path"}
+
+    path: Optional[str] = None
+    """Local .jsonl / .json / .parquet file of prompts."""
+    hub_dataset: Optional[str] = None
+    """Hub dataset name, loaded with datasets.load_dataset."""
+    hub_config: Optional[str] = None
+    split: str = "train"
+    builtin: Optional[Literal["arith"]] = None
+    """Generate prompts in-process: `arith` makes seeded arithmetic word problems (offline quickstart)."""
+    builtin_args: dict[str, Any] = Field(default_factory=dict)
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    template: str = R1_PROMPT
+    """User turn; {problem} is replaced. The default is the R1 evaluation prompt."""
+    system_prompt: Optional[str] = None
+    """R1 uses none."""
+    prefill: Optional[str] = "<think>\n"
+    """Text the assistant turn starts with (R1 forces "<think>\\n"); null for none."""
+    dedup: bool = True
+    """Drop prompts whose problem text repeats an earlier one."""
+    on_bad_row: Literal["skip", "error"] = "skip"
+    """A malformed row is reported with file and row, then skipped and counted, or stops the run."""
+    limit: Optional[PositiveInt] = None
+    """Use only the first N prompts."""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("path", "hub_dataset", "builtin") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"set only one of path, hub_dataset, builtin (got {', '.join(given)})")
+        return self
+
+    @field_validator("template")
+    @classmethod
+    def _has_problem(cls, v: str) -> str:
+        if "{problem}" not in v:
+            raise ValueError("template must contain {problem}")
+        return v
+
+
+class SamplingConfig(StrictModel):
+    """Sampling parameters; defaults are DeepSeek-R1's."""
+
+    n: PositiveInt = 4
+    """Samples per prompt."""
+    temperature: NonNegativeFloat = 0.6
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: PositiveInt = Field(32768, le=131072)
+    """Completion budget per sample."""
+    seed: Optional[int] = 0
+    topk_logprobs: NonNegativeInt = 0
+    """Keep the teacher's top-k logprobs of every generated token as soft labels; 0 = off."""
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    """raw: before temperature/top-p (the model's distribution); processed: after them."""
+
+
+class GenerateConfig(StrictModel):
+    renamed: ClassVar[dict[str, str]] = {"samples_per_prompt": "sampling.n"}
+
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    shard_size: PositiveInt = 64
+    """Prompts per output shard; a killed run redoes at most one shard."""
+
+
+# ----------------------------------------------------------------------------------------- filter
+
+
+class VerifierSpec(BaseModel):
+    """One verifier in the filter chain: `kind` names it, the other keys are its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    """Registered verifier name (see `distillkit filter --help`)."""
+
+    @model_validator(mode="after")
+    def _known_kind(self):
+        from distillkit.filter.registry import validate_spec  # light: names and param models only
+
+        validate_spec(self.kind, self.model_extra or {})
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _default_verifiers() -> list[VerifierSpec]:
+    return [VerifierSpec(kind=k) for k in ("truncation", "format", "math", "language", "repetition", "length")]
+
+
+class NearDedupConfig(StrictModel):
+    enabled: bool = True
+    threshold: float = Field(0.9, gt=0, le=1)
+    """Jaccard similarity above which two traces are near duplicates."""
+    num_perm: PositiveInt = 128
+    ngram: PositiveInt = 5
+
+
+class DedupConfig(StrictModel):
+    exact: bool = True
+    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+
+
+class BenchmarkSource(StrictModel):
+    path: Optional[str] = None
+    hub_dataset: Optional[str] = None
+    hub_config: Optional[str] = None
+    split: str = "test"
+    column: str = "problem"
+
+
+class DecontaminateConfig(StrictModel):
+    enabled: bool = False
+    ngram: PositiveInt = 8
+    """Drop a prompt sharing any n-gram of this many words with a benchmark problem (open-r1 uses 8)."""
+    benchmarks: list[BenchmarkSource] = Field(default_factory=list)
+
+
+class SelectionConfig(StrictModel):
+    policy: Literal["all", "max_k", "shortest"] = "all"
+    """all: every passing sample; max_k: at most k per prompt; shortest: the shortest passing one."""
+    k: PositiveInt = 1
+    min_pass_rate: float = Field(0.0, ge=0, le=1)
+    """Drop prompts the teacher solves less often than this (0 keeps all)."""
+    max_pass_rate: float = Field(1.0, ge=0, le=1)
+    """Drop prompts the teacher solves more often than this (1 keeps all): too easy to teach."""
+
+
+class FilterConfig(StrictModel):
+    verifiers: list[VerifierSpec] = Field(default_factory=_default_verifiers)
+    """Ordered chain; a record is kept when no verifier fails it."""
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    num_workers: PositiveInt = 2
+    """Worker processes for math and code verification."""
+    write_rejected: bool = True
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+class StudentConfig(StrictModel):
+    model: str = "builtin:smollm2-135m-instruct"
+    """Hub id, folder, .gguf, or builtin:..."""
+    keep_layers: Optional[str | list[int]] = None
+    """Initialize by keeping some decoder layers: "every_other", "first:N", or a list of indices."""
+
+
+class LoraConfig(StrictModel):
+    r: PositiveInt = 16
+    """LoRA rank."""
+    alpha: PositiveFloat = 32
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class QloraConfig(StrictModel):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class KDConfig(StrictModel):
+    """Soft-label distillation: loss = alpha*CE + (1-alpha)*T^2*D(teacher || student)."""
+
+    enabled: bool = False
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of cross-entropy; 1 - alpha weights the divergence."""
+    temperature: PositiveFloat = 1.0
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = Field(0.5, ge=0, le=1)
+    """Generalized JSD interpolation (jsd only)."""
+    teacher_probs: Literal["topk_renorm", "topk_tail", "live"] = "topk_tail"
+    """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; live: run the teacher."""
+    chunk_size: PositiveInt = 1024
+    """Tokens per chunk of the memory-bounded loss."""
+
+
+class OnPolicyConfig(StrictModel):
+    enabled: bool = False
+    lmbda: float = Field(1.0, ge=0, le=1)
+    """Fraction of batches generated by the student (TRL GKD/Distillation lmbda)."""
+    max_new_tokens: PositiveInt = 256
+
+
+class TrainConfig(StrictModel):
+    renamed: ClassVar[dict[str, str]] = {"lora_r": "lora.r", "epochs": "num_train_epochs"}
+
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    method: Literal["full", "lora", "qlora"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    qlora: QloraConfig = Field(default_factory=QloraConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
+    learning_rate: PositiveFloat = 1e-5
+    num_train_epochs: PositiveFloat = 3.0
+    per_device_train_batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 8
+    max_length: Optional[PositiveInt] = 16384
+    """Longest training sequence in tokens (prompt + trace)."""
+    packing: bool = True
+    gradient_checkpointing: bool = True
+    bf16: Optional[bool] = None
+    """None = use bf16 where the hardware supports it."""
+    seed: int = 42
+    save_steps: PositiveInt = 500
+    logging_steps: PositiveInt = 10
+    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    resume: bool = False
+    """Continue from the last checkpoint in the output folder."""
+    accelerate_config: Optional[str] = None
+    """An accelerate config file (DDP/FSDP/ZeRO-3); `distillkit train` then launches through accelerate."""
+    num_processes: Optional[PositiveInt] = None
+    sft_args: dict[str, Any] = Field(default_factory=dict)
+    """Any other trl.SFTConfig argument, passed through unchanged."""
+    save_merged: bool = True
+    """With LoRA/QLoRA, also save the adapter merged into the base model."""
+
+    @model_validator(mode="after")
+    def _kd_needs_alpha(self):
+        if self.kd.enabled and self.kd.alpha == 1.0:
+            raise ValueError("kd.enabled with kd.alpha=1.0 trains on CE only; lower kd.alpha or disable kd")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+
+
+class EvaluateConfig(StrictModel):
+    models: list[Literal["teacher", "student_before", "student_after"]] = Field(
+        default_factory=lambda: ["teacher", "student_before", "student_after"])
+    tasks: list[str] = Field(default_factory=lambda: ["aime24", "math_500"])
+    """lm-eval task names: built-in ones (aime24, hendrycks_math500, gpqa_diamond_cot_zeroshot, ...) or
+    distillkit's local tasks (distillkit_arith, ...)."""
+    include_path: Optional[str] = None
+    """Extra folder of lm-eval task YAMLs."""
+    backend: Literal["vllm", "hf", "local-completions"] = "vllm"
+    num_samples: PositiveInt = 4
+    """k samples per question; pass@1 is averaged over them (R1 used 64)."""
+    temperature: NonNegativeFloat = 0.6
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_gen_toks: PositiveInt = 32768
+    limit: Optional[PositiveInt] = None
+    """Evaluate only the first N questions of each task."""
+    batch_size: str | int = "auto"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    """Extra lm-eval model_args, passed through."""
+
+
+# ----------------------------------------------------------------------------------------- publish
+
+
+class PublishConfig(StrictModel):
+    model_repo: Optional[str] = None
+    """Hub repo id for the student, e.g. you/qwen-1.5b-r1-distill."""
+    dataset_repo: Optional[str] = None
+    """Hub repo id for the kept traces."""
+    private: bool = True
+    upload: Literal["adapter", "merged", "both"] = "merged"
+    license: str = "apache-2.0"
+
+
+# ----------------------------------------------------------------------------------------- root
+
+
+class RecipeConfig(StrictModel):
+    """A whole distillation run."""
+
+    renamed: ClassVar[dict[str, str]] = {"out_dir": "output_dir"}
+
+    name: str = "run"
+    output_dir: str = "runs/{name}"
+    """Run folder; each stage writes a subfolder. {name} is replaced."""
+    seed: int = 0
+    stages: list[Literal["generate", "filter", "train", "evaluate", "publish"]] = Field(
+        default_factory=lambda: list(STAGES))
+    """Stages `distillkit run` executes, in pipeline order."""
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+_SCALAR = re.compile(r"^[A-Za-z_][\w-]*$")
+
+
+def _fmt_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _submodel(annotation) -> type[StrictModel] | None:
+    """The StrictModel class inside an annotation (Optional[X], list[X]), or None."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found:
+            return found
+    return None
+
+
+def _apply_renames(model: type[BaseModel], data: Any, loc: tuple, problems: list[str]) -> Any:
+    """Report renamed keys (with their new name) and drop them, recursively, before validation."""
+    if isinstance(data, list):
+        return [_apply_renames(model, item, loc + (i,), problems) for i, item in enumerate(data)]
+    if not isinstance(data, dict):
+        return data
+    renamed = getattr(model, "renamed", {})
+    out = {}
+    for key, value in data.items():
+        if key in renamed:
+            problems.append(f"{_fmt_path(loc + (key,))}: this key was renamed; use "
+                            f"`{_fmt_path(loc + tuple(renamed[key].split('.')))}` instead")
+            continue
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        sub = _submodel(field.annotation) if field else None
+        out[key] = _apply_renames(sub, value, loc + (key,), problems) if sub else value
+    return out
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at `loc` (for "did you mean")."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        sub = _submodel(field.annotation) if field else None
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _explain(err: dict, root: type[BaseModel]) -> str:
+    loc = tuple(err["loc"])
+    path = _fmt_path(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _field_names(root, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"did you mean `{_fmt_path(loc[:-1] + (close[0],))}`?" if close else \
+            f"valid keys here: {', '.join(valid)}"
+        return f"{path}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{path}: required key is missing; add it"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{path}={_short(err.get('input'))}: {msg}"
+
+
+def validate_recipe(data: Any, source: str | None = None) -> RecipeConfig:
+    """Validate a parsed recipe; raise ConfigError listing every problem (path, bad value, fix)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
+    problems: list[str] = []
+    data = _apply_renames(RecipeConfig, data, (), problems)
+    try:
+        cfg = RecipeConfig.model_validate(data)
+    except ValidationError as e:
+        problems += [_explain(err, RecipeConfig) for err in e.errors()]
+        cfg = None
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """"train.lora.r=32" -> (["train", "lora", "r"], 32); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r}: expected KEY=VALUE, e.g. train.lora.r=32"])
+    key, _, raw = text.partition("=")
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    if not parts or any(p == "" for p in parts):
+        raise ConfigError([f"override {text!r}: empty key segment"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list):
+                if not isinstance(part, int) or part >= len(node):
+                    raise ConfigError([f"override {text!r}: index {part} is out of range"])
+                node = node[part]
+                continue
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = [] if isinstance(nxt, int) else {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            if not isinstance(last, int) or last > len(node):
+                raise ConfigError([f"override {text!r}: index {last} is out of range"])
+            node[last:last + 1] = [value]
+        else:
+            node[last] = value
+    return data
+
+
+BUILTIN_RECIPES = Path(__file__).parent / "recipes"
+
+
+def resolve_recipe_path(recipe: str | os.PathLike | None) -> Path:
+    """A recipe argument: a file path, or the name of a built-in recipe (default: quickstart)."""
+    if recipe is None:
+        return BUILTIN_RECIPES / "quickstart.yaml"
+    path = Path(recipe)
+    if path.exists():
+        return path
+    builtin = BUILTIN_RECIPES / f"{recipe}.yaml"
+    if builtin.exists() and not path.suffix:
+        return builtin
+    raise DistillkitError(f"recipe {str(recipe)!r} not found: give a YAML file path, or one of the "
+                          f"built-in recipes {[p.stem for p in sorted(BUILTIN_RECIPES.glob('*.yaml'))]}")
+
+
+def load_recipe(recipe: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a recipe YAML (or a built-in name), apply `key=value` overrides, validate everything."""
+    path = resolve_recipe_path(recipe)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise DistillkitError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except OSError as e:
+        raise DistillkitError(f"{path}: cannot read recipe ({e.strerror})") from None
+    data = data or {}
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(["(top level): expected a mapping of keys"], str(path))
+        data = apply_overrides(data, overrides)
+    return validate_recipe(data, source=str(path))
+
+
+def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
+    """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
+    from distillkit.records import stable_hash
+
+    upto = STAGES[: STAGES.index(stage) + 1]
+    return stable_hash({s: getattr(cfg, s).model_dump(mode="json") for s in upto} | {"seed": cfg.seed})

@@ -1,0 +1,1 @@
+"""Stage 2: verify traces and keep the correct, readable ones; every rejection has a reason."""

