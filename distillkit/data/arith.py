@@ -1,0 +1,59 @@
+"""Seeded arithmetic word problems with gold answers: the offline quickstart's prompt set.
+
+Train and held-out splits come from disjoint seeds streams and are checked to share no problem text,
+so the held-out evaluation never sees a training problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+# One-step templates: a 135M teacher solves some of these, which is what rejection sampling needs.
+# (Two-step problems were almost never solved by SmolLM2-135M in a measured dry run.)
+TEMPLATES = [
+    ("{name} has {a} apples and buys {b} more. How many apples does {name} have now?", lambda a, b: a + b),
+    ("{name} had {a} marbles and gave away {b}. How many marbles are left?", lambda a, b: a - b),
+    ("There are {a} boxes with {b} pencils in each box. How many pencils are there in total?", lambda a, b: a * b),
+    ("{name} reads {a} pages a day for {b} days. How many pages does {name} read?", lambda a, b: a * b),
+    ("A class has {a} girls and {b} boys. How many students are in the class?", lambda a, b: a + b),
+    ("{name} baked {a} cookies and ate {b} of them. How many cookies are left?", lambda a, b: a - b),
+    ("What is {a} plus {b}?", lambda a, b: a + b),
+    ("What is {a} times {b}?", lambda a, b: a * b),
+]
+# The held-out split excludes the first MAX_TRAIN train problems, more than any recipe trains on
+# (train problems are a prefix of one seeded stream, so every smaller train set is excluded too).
+MAX_TRAIN = 2000
+NAMES = ["Tom", "Anna", "Lee", "Maria", "Sam", "Ravi", "Yuki", "Omar"]
+
+
+def _problem(rng: random.Random) -> tuple[str, int]:
+    template, fn = rng.choice(TEMPLATES)
+    a, b = rng.randint(2, 12), rng.randint(2, 12)
+    if fn(a, b) < 0:
+        a, b = b, a
+    return template.format(name=rng.choice(NAMES), a=a, b=b), fn(a, b)
+
+
+def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0) -> list[dict]:
+    """`num` distinct problems: [{"id", "problem", "answer", "source"}]. Held-out excludes train texts."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    exclude: set[str] = set()
+    if split == "test":
+        exclude = {p["problem"] for p in make_arith_problems(MAX_TRAIN, "train", seed)}
+    rng = random.Random(f"arith-{split}-{seed}")
+    seen: set[str] = set()
+    out = []
+    attempts = 0
+    while len(out) < num:
+        attempts += 1
+        if attempts > num * 200:
+            raise ValueError(f"cannot make {num} distinct {split} problems from the templates")
+        text, answer = _problem(rng)
+        if text in seen or text in exclude:
+            continue
+        seen.add(text)
+        pid = f"arith-{split}-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+        out.append({"id": pid, "problem": text, "answer": str(answer), "source": "arith"})
+    return out
