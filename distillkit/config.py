@@ -30,7 +30,9 @@ from distillkit.errors import ConfigError, DistillkitError
 
 STAGES = ("generate", "filter", "train", "evaluate", "publish")
 
-R1_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+# The user turn of the R1 evaluation protocol. "{problem}" is substituted with str.replace, so
+# literal braces such as \boxed{} need no escaping in recipes.
+R1_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
 class StrictModel(BaseModel):
@@ -121,7 +123,7 @@ class PromptsConfig(StrictModel):
     builtin_args: dict[str, Any] = Field(default_factory=dict)
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     template: str = R1_PROMPT
-    """User turn; {problem} is replaced. The default is the R1 evaluation prompt."""
+    """User turn; "{problem}" is replaced by the problem text. The default is the R1 evaluation prompt."""
     system_prompt: Optional[str] = None
     """R1 uses none."""
     prefill: Optional[str] = "<think>\n"
@@ -139,6 +141,10 @@ class PromptsConfig(StrictModel):
         if len(given) > 1:
             raise ValueError(f"set only one of path, hub_dataset, builtin (got {', '.join(given)})")
         return self
+
+    def render(self, problem: str) -> str:
+        """The user turn for one problem (plain substitution: no str.format brace escaping)."""
+        return self.template.replace("{problem}", problem)
 
     @field_validator("template")
     @classmethod

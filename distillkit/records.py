@@ -188,8 +188,10 @@ def shard_path(folder: str | os.PathLike, index: int) -> Path:
 
 def write_shard(folder: str | os.PathLike, index: int, rows: list[dict], features=None) -> Path:
     """Write one shard atomically through `datasets` (Parquet). Returns its final path."""
+    import datasets
     from datasets import Dataset
 
+    datasets.disable_progress_bars()  # our own progress bars cover the loop; one bar per shard is noise
     final = shard_path(folder, index)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)

@@ -1,0 +1,244 @@
+"""The `distillkit` command: parses arguments, calls a stage, prints. Stages are imported lazily.
+
+Every stage command takes `[RECIPE] [KEY=VALUE ...]`: a recipe file (or a built-in name; default
+`quickstart`) followed by dotted overrides such as `train.lora.r=32`.
+A user mistake prints one message and exits 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from distillkit.errors import DistillkitError
+
+app = typer.Typer(
+    name="distillkit",
+    help="Distil a reasoning teacher into smaller students: generate -> filter -> train -> evaluate -> publish.\n\n"
+         "Every stage command takes [RECIPE] [KEY=VALUE ...]; RECIPE defaults to the built-in offline quickstart.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+RecipeArgs = Annotated[Optional[list[str]], typer.Argument(
+    metavar="[RECIPE] [KEY=VALUE]...",
+    help="Recipe YAML (or built-in name, default: quickstart), then dotted overrides like train.lora.r=32.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Discard this stage's previous output and start over.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("distillkit").setLevel(level)
+
+
+def _load(args: list[str] | None):
+    from distillkit.config import load_recipe
+
+    args = list(args or [])
+    recipe = None
+    if args and "=" not in args[0]:
+        recipe = args.pop(0)
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise DistillkitError(f"expected KEY=VALUE overrides after the recipe, got {bad}; "
+                              "e.g. distillkit train recipes/quickstart.yaml train.lora.r=32")
+    return load_recipe(recipe, args)
+
+
+def _print_manifest(stage: str, manifest) -> None:
+    table = Table(title=f"{stage}: {manifest.counts.get('records', '')} records".strip(), show_header=False)
+    for key, value in manifest.counts.items():
+        table.add_row(key, str(value))
+    if "total_s" in manifest.timings:
+        table.add_row("time", f"{manifest.timings['total_s']:.1f} s")
+    out.print(table)
+
+
+def _run_stage(stage: str, args: list[str] | None, overwrite: bool, verbose: bool, **kwargs) -> None:
+    from distillkit.pipeline import stage_function
+
+    _setup_logging(verbose)
+    cfg = _load(args)
+    _preflight_for(cfg, [stage])
+    manifest = stage_function(stage)(cfg, overwrite=overwrite, **kwargs)
+    _print_manifest(stage, manifest)
+    out.print(f"[green]{stage} done[/] -> {cfg.stage_dir(stage)}")
+
+
+def _preflight_for(cfg, stages: list[str]) -> None:
+    """Stop before a stage starts when teacher/student tokenizers or templates would break it."""
+    if not any(s in stages for s in ("generate", "train")):
+        return
+    try:
+        from distillkit.preflight import preflight, raise_on_fatal
+    except ImportError:
+        return
+    findings = preflight(cfg, stages=stages)
+    for f in findings:
+        if f.severity == "warning":
+            err.print(f"[yellow]preflight warning[/] {f.check}: {f.message} Fix: {f.fix}")
+    raise_on_fatal(findings)
+
+
+@app.command()
+def validate(args: RecipeArgs = None) -> None:
+    """Check a recipe: report every mistake (key path, bad value, fix) at once; exit 2 if any."""
+    cfg = _load(args)
+    out.print(f"[green]ok[/]: recipe {cfg.name!r} is valid; stages {cfg.stages}; output {cfg.run_dir}")
+
+
+@app.command()
+def generate(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Sample R1-style traces from the teacher (resumes after a crash)."""
+    _run_stage("generate", args, overwrite, verbose)
+
+
+@app.command(name="filter")
+def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Verify traces and keep the correct, readable ones; print the funnel of rejection reasons."""
+    _run_stage("filter", args, overwrite, verbose)
+    try:
+        from distillkit.filter.stage import funnel_table
+
+        cfg = _load(args)
+        from distillkit.records import read_manifest
+
+        out.print(funnel_table(read_manifest(cfg.stage_dir("filter"))))
+    except (ImportError, AttributeError):
+        pass
+
+
+@app.command()
+def train(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Train the student on the kept traces (SFT, optional soft-label KD)."""
+    _run_stage("train", args, overwrite, verbose)
+
+
+@app.command()
+def evaluate(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Evaluate teacher and student with lm-eval (sampled pass@1 over k samples)."""
+    _run_stage("evaluate", args, overwrite, verbose)
+    comparison = _load(args).stage_dir("evaluate") / "comparison.md"
+    if comparison.exists():
+        out.print(comparison.read_text())
+
+
+@app.command()
+def publish(args: RecipeArgs = None, dry_run: Annotated[bool, typer.Option(
+        "--dry-run/--push", help="--dry-run writes the folders it would upload; --push uploads.")] = True,
+        overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Write model and dataset cards; upload to the Hugging Face Hub with --push."""
+    _run_stage("publish", args, overwrite, verbose, dry_run=dry_run)
+
+
+@app.command()
+def run(args: RecipeArgs = None,
+        from_stage: Annotated[Optional[str], typer.Option("--from", help="Rerun from this stage on.")] = None,
+        overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Run the recipe's stages in order, skipping those whose output matches the config."""
+    from distillkit.pipeline import run_pipeline
+
+    _setup_logging(verbose)
+    cfg = _load(args)
+    _preflight_for(cfg, list(cfg.stages))
+
+    def on_stage(stage: str, status: str) -> None:
+        if status == "skipped":
+            out.print(f"[dim]{stage}: up to date, skipped[/]")
+        elif status == "running":
+            out.rule(f"[bold]{stage}")
+
+    manifests = run_pipeline(cfg, from_stage=from_stage, overwrite=overwrite, on_stage=on_stage)
+    for stage, manifest in manifests.items():
+        _print_manifest(stage, manifest)
+    comparison = cfg.stage_dir("evaluate") / "comparison.md"
+    if "evaluate" in manifests and comparison.exists():
+        out.print(comparison.read_text())
+    out.print(f"[green]run complete[/] -> {cfg.run_dir}")
+
+
+@app.command()
+def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e.g. runs/quickstart/filter")],
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
+    """Summarize a stage output: counts, lengths, finish reasons, rejection reasons."""
+    import json
+
+    from distillkit.inspect import summarize_output
+
+    summary = summarize_output(folder)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"{summary['folder']} ({summary['stage']}, "
+                        f"{'complete' if summary['complete'] else 'INCOMPLETE: no manifest yet'})", show_header=False)
+    for key in ("records", "prompts", "shards", "config_hash"):
+        table.add_row(key, str(summary[key]))
+    for key, value in summary["completion_tokens"].items():
+        table.add_row(f"completion tokens {key}", str(value))
+    for name in ("finish_reasons", "sources", "counts"):
+        for key, value in summary[name].items():
+            table.add_row(f"{name.replace('_', ' ')}: {key}", str(value))
+    out.print(table)
+    reasons = summary.get("rejected", {}).get("rejection_reasons") or summary["rejection_reasons"]
+    if reasons:
+        rt = Table("verifier:reason", "rejected records", title="rejection reasons")
+        for key, value in reasons.items():
+            rt.add_row(key, str(value))
+        out.print(rt)
+
+
+@app.command()
+def preflight(args: RecipeArgs = None) -> None:
+    """Check teacher and student tokenizers and chat templates before any stage runs."""
+    from distillkit.preflight import preflight as run_preflight
+    from distillkit.preflight import raise_on_fatal
+
+    cfg = _load(args)
+    findings = run_preflight(cfg, stages=list(cfg.stages))
+    table = Table("check", "severity", "message", "fix", title="preflight")
+    colors = {"error": "red", "warning": "yellow", "ok": "green"}
+    for f in findings:
+        table.add_row(f.check, f"[{colors.get(f.severity, 'white')}]{f.severity}[/]", f.message, f.fix or "")
+    out.print(table)
+    raise_on_fatal(findings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one clear message and exit 2 for user mistakes, never a traceback for them."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="distillkit", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = 2
+    except click.exceptions.Abort:
+        err.print("aborted")
+        code = 130
+    except DistillkitError as e:  # ConfigError included: it lists every problem
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        code = 2
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume")
+        code = 130
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

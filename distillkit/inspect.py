@@ -1,0 +1,70 @@
+"""Summaries of a stage output folder (counts, lengths, finish reasons, rejection reasons)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from distillkit.errors import DistillkitError
+from distillkit.records import count_records, list_shards, read_manifest
+
+
+def _percentiles(values: list[int], qs=(0.5, 0.9, 0.99)) -> dict[str, float]:
+    if not values:
+        return {}
+    s = sorted(values)
+    out = {f"p{int(q * 100)}": float(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]) for q in qs}
+    out["mean"] = round(sum(s) / len(s), 1)
+    out["max"] = float(s[-1])
+    return out
+
+
+def summarize_output(folder: str | Path) -> dict[str, Any]:
+    """What `distillkit inspect` shows: the manifest plus statistics computed from the records."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DistillkitError(f"{folder}: no such folder; give a stage output folder such as runs/quickstart/generate")
+    manifest = read_manifest(folder)
+    shards = list_shards(folder)
+    if manifest is None and not shards:
+        raise DistillkitError(f"{folder} holds no distillkit stage output (no manifest.json, no shard-*.parquet)")
+    summary: dict[str, Any] = {
+        "folder": str(folder),
+        "stage": manifest.stage if manifest else "unknown",
+        "complete": manifest is not None,
+        "config_hash": manifest.config_hash if manifest else None,
+        "shards": len(shards),
+        "records": count_records(folder),
+        "counts": manifest.counts if manifest else {},
+        "timings": manifest.timings if manifest else {},
+    }
+    lengths: list[int] = []
+    finish: Counter = Counter()
+    sources: Counter = Counter()
+    reasons: Counter = Counter()
+    prompts: set[str] = set()
+    wanted = ["prompt_id", "source", "completion_tokens", "finish_reason", "verdicts"]
+    for shard in shards:
+        schema = pq.read_schema(shard)
+        table = pq.read_table(shard, columns=[c for c in wanted if c in schema.names])
+        for row in table.to_pylist():
+            prompts.add(row.get("prompt_id"))
+            sources[row.get("source") or ""] += 1
+            if row.get("completion_tokens") is not None:
+                lengths.append(row["completion_tokens"])
+            if row.get("finish_reason"):
+                finish[row["finish_reason"]] += 1
+            for v in row.get("verdicts") or []:
+                if v.get("passed") is False:
+                    reasons[f"{v['verifier']}:{v['reason']}"] += 1
+    summary.update(prompts=len(prompts), completion_tokens=_percentiles(lengths),
+                   finish_reasons=dict(finish.most_common()), sources=dict(sources.most_common()),
+                   rejection_reasons=dict(reasons.most_common()))
+    rejected = folder / "rejected"
+    if rejected.is_dir() and list_shards(rejected):
+        summary["rejected"] = summarize_output(rejected)
+    return json.loads(json.dumps(summary, default=str))

@@ -1,0 +1,72 @@
+"""The pipeline: stage name -> stage function, and `run_pipeline` that skips stages already done.
+
+Each stage is a plain function `run_<stage>(cfg, overwrite=False, **kw) -> Manifest` in
+`distillkit/<stage>/stage.py`, imported only when it runs (torch, vllm and lm_eval stay unloaded
+for `--help` and `validate`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+from distillkit.config import STAGES, RecipeConfig, stage_config_hash
+from distillkit.errors import DistillkitError
+from distillkit.records import Manifest, read_manifest
+
+log = logging.getLogger(__name__)
+
+STAGE_FUNCTIONS = {
+    "generate": "distillkit.generate.stage:run_generate",
+    "filter": "distillkit.filter.stage:run_filter",
+    "train": "distillkit.train.stage:run_train",
+    "evaluate": "distillkit.evaluate.stage:run_evaluate",
+    "publish": "distillkit.publish.stage:run_publish",
+}
+
+
+def stage_function(stage: str) -> Callable[..., Manifest]:
+    if stage not in STAGE_FUNCTIONS:
+        raise DistillkitError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
+    module, _, name = STAGE_FUNCTIONS[stage].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("distillkit"):
+            raise DistillkitError(f"the {stage} stage is not available in this version of distillkit") from e
+        raise
+    return getattr(mod, name)
+
+
+def stage_is_done(cfg: RecipeConfig, stage: str) -> bool:
+    """True when the stage's folder holds a finished output of exactly this config (and upstream)."""
+    manifest = read_manifest(cfg.stage_dir(stage))
+    return manifest is not None and manifest.config_hash == stage_config_hash(cfg, stage)
+
+
+def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bool = False,
+                 on_stage: Callable[[str, str], None] | None = None) -> dict[str, Manifest]:
+    """Run `cfg.stages` in pipeline order; a stage whose manifest matches its config hash is skipped.
+
+    `from_stage` forces that stage and the ones after it to rerun. `on_stage(stage, status)` is
+    called with status "skipped", "running" or "done" (the CLI prints from it).
+    """
+    selected = [s for s in STAGES if s in cfg.stages]
+    if from_stage is not None and from_stage not in selected:
+        raise DistillkitError(f"--from {from_stage!r} is not among this recipe's stages {selected}")
+    manifests: dict[str, Manifest] = {}
+    forced = False
+    for stage in selected:
+        forced = forced or stage == from_stage
+        if not forced and not overwrite and stage_is_done(cfg, stage):
+            manifests[stage] = read_manifest(cfg.stage_dir(stage))
+            if on_stage:
+                on_stage(stage, "skipped")
+            continue
+        if on_stage:
+            on_stage(stage, "running")
+        manifests[stage] = stage_function(stage)(cfg, overwrite=overwrite or forced)
+        if on_stage:
+            on_stage(stage, "done")
+    return manifests

@@ -1,0 +1,102 @@
+"""The command line: clear errors with exit 2 and no traceback, light imports, run skips done stages."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from distillkit import pipeline
+from distillkit.config import load_recipe, stage_config_hash
+from distillkit.errors import DistillkitError
+from distillkit.records import StageOutput, make_record, record_features
+
+
+def dk(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "distillkit", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_and_validate_import_nothing_heavy(tmp_path):
+    code = ("import sys\nfrom distillkit.cli import main\n"
+            "for argv in (['--help'], ['validate']):\n"
+            "    try: main(argv)\n    except SystemExit as e: assert e.code == 0, e.code\n"
+            "heavy = [m for m in ('torch', 'vllm', 'lm_eval', 'transformers', 'trl') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("name: x\ntrian: {}\n", "trian: unknown key; did you mean `train`?"),
+    ("name: [\n", "invalid YAML at line 2"),
+    ("- just\n- a list\n", "expected a mapping"),
+])
+def test_user_mistakes_exit_2_without_traceback(tmp_path, content, expected):
+    path = tmp_path / "r.yaml"
+    path.write_text(content)
+    res = dk("validate", str(path))
+    assert res.returncode == 2
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_missing_file_and_bad_override_exit_2():
+    res = dk("validate", "nope.yaml")
+    assert res.returncode == 2 and "recipe 'nope.yaml' not found" in res.stderr
+    res = dk("validate", "quickstart", "train.lora.r=zero")
+    assert res.returncode == 2 and "train.lora.r='zero'" in res.stderr
+    res = dk("validate", "quickstart", "notanoverride")
+    assert res.returncode == 2 and "expected KEY=VALUE" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_validate_builtin_default_ok():
+    res = dk("validate")
+    assert res.returncode == 0 and "recipe 'quickstart' is valid" in res.stdout
+
+
+def test_inspect_summarizes_counts_lengths_and_reasons(tmp_path):
+    out = StageOutput(tmp_path / "filter", "filter", "h")
+    out.begin()
+    rows = [make_record(prompt_id=f"p{i // 2}", sample_index=i % 2, problem="q", completion_tokens=10 * (i + 1),
+                        finish_reason="length" if i == 3 else "stop", source="arith",
+                        verdicts=[{"verifier": "math", "passed": i % 2 == 0,
+                                   "reason": "correct" if i % 2 == 0 else "wrong_answer"}])
+            for i in range(4)]
+    out.write_shard(0, rows, record_features())
+    out.finish(counts={"records": 4})
+    res = dk("inspect", str(tmp_path / "filter"), "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["records"] == 4 and summary["prompts"] == 2 and summary["complete"]
+    assert summary["finish_reasons"] == {"stop": 3, "length": 1}
+    assert summary["rejection_reasons"] == {"math:wrong_answer": 2}
+    assert summary["completion_tokens"]["max"] == 40.0
+    res = dk("inspect", str(tmp_path / "nothing"))
+    assert res.returncode == 2 and "no such folder" in res.stderr
+
+
+def test_run_skips_stages_whose_manifest_matches(tmp_path, monkeypatch):
+    cfg = load_recipe(None, [f"output_dir={tmp_path}/run", "stages=[generate, filter]"])
+    calls = []
+
+    def fake(stage):
+        def run(cfg, overwrite=False):
+            calls.append(stage)
+            out = StageOutput(cfg.stage_dir(stage), stage, stage_config_hash(cfg, stage))
+            out.begin(overwrite=overwrite)
+            return out.finish(counts={"records": 0})
+        return run
+
+    monkeypatch.setattr(pipeline, "stage_function", fake)
+    pipeline.run_pipeline(cfg)
+    assert calls == ["generate", "filter"]
+    pipeline.run_pipeline(cfg)
+    assert calls == ["generate", "filter"]  # both up to date
+    cfg.filter.selection.k = 3  # a changed config never silently replaces an output ...
+    with pytest.raises(DistillkitError, match="--overwrite"):
+        pipeline.run_pipeline(cfg)
+    pipeline.run_pipeline(cfg, from_stage="filter")  # ... --from reruns that stage, generate stays
+    assert calls == ["generate", "filter", "filter", "filter"]
+    pipeline.run_pipeline(cfg, from_stage="generate")
+    assert calls[-2:] == ["generate", "filter"]

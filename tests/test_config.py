@@ -1,0 +1,108 @@
+"""The recipe tree: all mistakes reported at once, with paths, values and fixes; overrides; renames."""
+
+import pytest
+
+from distillkit.config import (
+    RecipeConfig,
+    apply_overrides,
+    load_recipe,
+    stage_config_hash,
+    validate_recipe,
+)
+from distillkit.errors import ConfigError, DistillkitError
+
+THREE_MISTAKES = """\
+name: demo
+trian:                      # typo of train
+  method: lora
+generate:
+  sampling:
+    temperature: hot        # wrong type
+train:
+  lora_r: 8                 # renamed key
+"""
+
+
+def test_three_mistakes_all_reported_with_paths(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(THREE_MISTAKES)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    problems = info.value.problems
+    assert len(problems) == 3
+    text = "\n".join(problems)
+    assert "trian: unknown key; did you mean `train`?" in text
+    assert "generate.sampling.temperature='hot': Input should be a valid number" in text
+    assert "train.lora_r: this key was renamed; use `train.lora.r` instead" in text
+    assert str(path) in str(info.value) and "3 problems" in str(info.value)
+
+
+def test_unknown_verifier_lists_known_ones():
+    with pytest.raises(ConfigError) as info:
+        validate_recipe({"filter": {"verifiers": [{"kind": "math"}, {"kind": "maths"}]}})
+    (problem,) = info.value.problems
+    assert problem.startswith("filter.verifiers[1]")
+    assert "unknown verifier 'maths'; choose one of" in problem and "'math'" in problem
+
+
+def test_literal_and_range_errors_name_allowed_values():
+    with pytest.raises(ConfigError) as info:
+        validate_recipe({"train": {"method": "qlorra", "lora": {"r": 0}}})
+    text = "\n".join(info.value.problems)
+    assert "train.method='qlorra'" in text and "'full', 'lora' or 'qlora'" in text
+    assert "train.lora.r=0: Input should be greater than 0" in text
+
+
+def test_cross_field_error_names_the_fix():
+    with pytest.raises(ConfigError) as info:
+        validate_recipe({"train": {"kd": {"enabled": True, "alpha": 1.0}}})
+    assert "lower kd.alpha or disable kd" in info.value.problems[0]
+
+
+def test_dotted_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nfilter:\n  verifiers:\n    - kind: math\n    - kind: length\n")
+    cfg = load_recipe(path, ["train.lora.r=32", "generate.sampling.n=8", "name=other",
+                             "filter.verifiers.1.kind=repetition", "evaluate.tasks=[a, b]"])
+    assert cfg.train.lora.r == 32 and cfg.generate.sampling.n == 8 and cfg.name == "other"
+    assert [v.kind for v in cfg.filter.verifiers] == ["math", "repetition"]
+    assert cfg.evaluate.tasks == ["a", "b"]
+    assert str(cfg.run_dir) == "runs/other"
+
+
+def test_bad_override_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        apply_overrides({}, ["train.lora.r"])
+    with pytest.raises(ConfigError) as info:
+        load_recipe(None, ["train.lora.rank=4"])
+    assert "train.lora.rank: unknown key" in info.value.problems[0]
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ntrain: [\n")
+    with pytest.raises(DistillkitError, match=r"broken.yaml: invalid YAML at line 3"):
+        load_recipe(path)
+
+
+def test_missing_recipe_lists_builtins():
+    with pytest.raises(DistillkitError, match="built-in recipes .*quickstart"):
+        load_recipe("no/such/recipe.yaml")
+
+
+def test_r1_sampling_defaults():
+    s = RecipeConfig().generate.sampling
+    assert (s.temperature, s.top_p, s.max_tokens) == (0.6, 0.95, 32768)
+    p = RecipeConfig().generate.prompts
+    assert p.system_prompt is None and p.prefill == "<think>\n"
+    assert "Please reason step by step, and put your final answer within \\boxed{}." in p.template
+
+
+def test_stage_hash_changes_with_upstream_only():
+    a, b = RecipeConfig(), RecipeConfig()
+    b.train.lora.r = 64
+    assert stage_config_hash(a, "filter") == stage_config_hash(b, "filter")
+    assert stage_config_hash(a, "train") != stage_config_hash(b, "train")
+    c = RecipeConfig()
+    c.generate.sampling.n = 2
+    assert stage_config_hash(a, "train") != stage_config_hash(c, "train")
