@@ -75,6 +75,9 @@ def _run_stage(stage: str, args: list[str] | None, overwrite: bool, verbose: boo
     _setup_logging(verbose)
     cfg = _load(args)
     _preflight_for(cfg, [stage])
+    from distillkit.plan import warn_if_too_big
+
+    warn_if_too_big(cfg, stage)
     manifest = stage_function(stage)(cfg, overwrite=overwrite, **kwargs)
     _print_manifest(stage, manifest)
     out.print(f"[green]{stage} done[/] -> {cfg.stage_dir(stage)}")
@@ -200,6 +203,33 @@ def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e
         for key, value in reasons.items():
             rt.add_row(key, str(value))
         out.print(rt)
+
+
+@app.command()
+def plan(args: RecipeArgs = None,
+         gpu_memory_gib: Annotated[Optional[float], typer.Option(
+             "--gpu-memory", help="GiB of one GPU (default: the recipe's hardware.gpu_memory_gib).")] = None) -> None:
+    """Estimate peak GPU memory of training and generation; exit 1 when a stage will not fit."""
+    from distillkit.plan import plan_recipe
+
+    cfg = _load(args)
+    if gpu_memory_gib:
+        cfg.hardware.gpu_memory_gib = gpu_memory_gib
+    result = plan_recipe(cfg)
+    for stage in ("train", "generate"):
+        numbers = getattr(result, stage)
+        if numbers is None:
+            continue
+        table = Table("component", "GiB", title=f"{stage}: estimated peak per GPU "
+                                                f"(target {result.gpu_memory_gib:g} GiB x {result.num_gpus})")
+        for key, value in numbers.items():
+            table.add_row(key, str(value))
+        out.print(table)
+    for w in result.warnings:
+        out.print(f"[yellow]warning[/] {escape(w)}")
+    if result.warnings:
+        raise typer.Exit(1)
+    out.print("[green]fits[/]")
 
 
 @app.command()

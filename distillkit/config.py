@@ -382,6 +382,14 @@ class PublishConfig(StrictModel):
 # ----------------------------------------------------------------------------------------- root
 
 
+class HardwareConfig(StrictModel):
+    """The GPUs a recipe is written for; `distillkit plan` checks the estimates against them."""
+
+    gpu_memory_gib: PositiveFloat = 24.0
+    """Memory of one GPU in GiB (24 for an RTX 3090/4090, 80 for an A100/H100)."""
+    num_gpus: PositiveInt = 1
+
+
 class RecipeConfig(StrictModel):
     """A whole distillation run."""
 
@@ -399,6 +407,7 @@ class RecipeConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -66,6 +66,9 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
             continue
         if on_stage:
             on_stage(stage, "running")
+        from distillkit.plan import warn_if_too_big
+
+        warn_if_too_big(cfg, stage)
         manifests[stage] = stage_function(stage)(cfg, overwrite=overwrite or forced)
         if on_stage:
             on_stage(stage, "done")
