@@ -176,7 +176,7 @@ def estimate_training(shape: ModelShape, method: str = "lora", seq_len: int = 40
     else:
         trainable = lora_params(shape, lora_r, target_modules)
         states = trainable * 16
-    if method == "full" and shard_over > 1:  # FSDP / ZeRO-3 shard weights, grads and optimizer states
+    if shard_over > 1:  # FSDP / ZeRO-3 shard weights (frozen base weights too), grads and optimizer states
         weights, states = weights / shard_over, states / shard_over
     per_layer_full = 2 * (7 * h + 2 * kvd + 4 * i)
     if gradient_checkpointing:
