@@ -1,0 +1,303 @@
+"""Kept records -> tokenized training examples with loss labels and position-aligned soft labels.
+
+One record becomes one chat: the prompt `messages` plus an assistant turn `prefill + completion`,
+rendered with the *student's* chat template. The assistant turn is spliced from three parts:
+
+    prefix   = template(messages, add_generation_prompt=True) + prefill      (tokenized here)
+    body     = the teacher's `completion_ids`                                (used as they are)
+    suffix   = what the template renders after the content, e.g. "<|im_end|>\\n"  (tokenized here)
+
+Loss labels cover the prefill, the completion and the end-of-turn token (EOS), never the prompt nor
+the template's trailing newline: the same tokens TRL's `assistant_only_loss` marks with
+`{% generation %}`. A truncated completion (`finish_reason == "length"`) gets no EOS, so the student
+is not taught to stop where the teacher was cut off.
+
+Soft labels are stored *at token positions*, like `labels`: row `t` of `kd_ids`/`kd_logprobs` is the
+teacher's top-k distribution over the token at position `t` (predicted from position `t - 1`), and
+`kd_mask[t]` says whether that row is real. Completion tokens carry the teacher's rows; the prefill
+carries none (the teacher was forced there); the EOS carries the teacher's row when the teacher's
+`completion_ids` ended with it, otherwise none.
+
+Tokenizers. Soft labels are token ids of the teacher's vocabulary, so they are only usable when the
+student tokenizes like the teacher. `check_same_tokenizer` decodes the records' `completion_ids` with
+the student's tokenizer and compares with the stored text. When they match, `completion_ids` are used
+directly (no re-tokenization drift). When they do not, the completion text is re-tokenized with the
+student's tokenizer (SFT still works) and top-k KD is refused with a `DistillkitError`: use
+`kd.enabled: false`, a student from the teacher's family, or TRL's GOLD trainer for cross-tokenizer
+distillation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from distillkit.errors import DistillkitError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+KD_COLUMNS = ("kd_ids", "kd_logprobs", "kd_mask")
+
+
+# ----------------------------------------------------------------------------------------- chats
+
+
+def record_to_messages(record: dict) -> list[dict[str, str]]:
+    """The chat a record trains on: its prompt messages plus the assistant turn (prefill + completion)."""
+    prompt = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    return prompt + [{"role": "assistant", "content": (record.get("prefill") or "") + record["completion"]}]
+
+
+@dataclass
+class TemplateParts:
+    """How the student's template renders one record: text before the completion and after it."""
+
+    prefix: str  # prompt rendered with the generation prompt, plus the prefill
+    suffix: str  # what follows the assistant content (end-of-turn token, newline)
+
+
+def split_template(tokenizer, record: dict) -> TemplateParts:
+    """Render the record's chat and locate the assistant content inside it.
+
+    Raises when the template does not reproduce the content verbatim, e.g. a Qwen template that strips
+    `<think>...</think>` from assistant turns: the trained turn must keep its reasoning.
+    """
+    messages = record_to_messages(record)
+    prefill = record.get("prefill") or ""
+    prompt_text = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    content = messages[-1]["content"]
+    if not full_text.startswith(prompt_text) or not full_text[len(prompt_text):].startswith(content):
+        raise DistillkitError(
+            "the student's chat template does not render the assistant turn verbatim after the generation "
+            f"prompt (record {record.get('id')!r}); templates that strip reasoning from assistant turns lose "
+            "the trace. distillkit installs a reasoning-keeping template for ChatML students "
+            "(train.student); for others set the tokenizer's chat_template to one that keeps <think> content.")
+    suffix = full_text[len(prompt_text) + len(content):]
+    return TemplateParts(prefix=prompt_text + prefill, suffix=suffix)
+
+
+# ----------------------------------------------------------------------------------------- tokenizers
+
+
+def check_same_tokenizer(tokenizer, records, num_checked: int = 64, min_match: float = 0.9) -> bool:
+    """Whether the records' `completion_ids` decode to their `completion` text with `tokenizer`.
+
+    A teacher of another family decodes to garbage (or to ids beyond the vocabulary). A few mismatches
+    are tolerated: a detokenizer may hold back a partial UTF-8 character at a truncation point.
+    """
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    checked = matched = 0
+    for rec in records:
+        ids = list(rec.get("completion_ids") or [])
+        if not ids:
+            continue
+        checked += 1
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]
+        if max(ids, default=0) < vocab:
+            text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            matched += text == rec["completion"]
+        if checked >= num_checked:
+            break
+    return checked > 0 and matched / checked >= min_match
+
+
+# ----------------------------------------------------------------------------------------- examples
+
+
+def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, max_length: int | None) -> dict:
+    """One record -> {"input_ids", "labels"} and, when `topk` > 0, {"kd_ids", "kd_logprobs", "kd_mask"}.
+
+    All columns have one entry per token. With `use_teacher_ids` the completion is the teacher's ids
+    (and its top-k rows are aligned to them); otherwise it is re-tokenized and carries no soft labels.
+    Truncation to `max_length` keeps the start (the prompt and the beginning of the trace).
+    """
+    parts = split_template(tokenizer, record)
+    eos = tokenizer.eos_token_id
+    prefix_ids = tokenizer(parts.prefix, add_special_tokens=False)["input_ids"]
+    prefill = record.get("prefill") or ""
+    # Tokens of the prefill inside the prefix (trained with CE: the student must emit "<think>" itself).
+    prompt_only = tokenizer(parts.prefix[: len(parts.prefix) - len(prefill)], add_special_tokens=False)["input_ids"]
+    num_prompt = len(prompt_only) if prefix_ids[: len(prompt_only)] == prompt_only else len(prefix_ids)
+
+    rows_ids = rows_lp = None
+    if use_teacher_ids:
+        body = list(record["completion_ids"])
+        if topk > 0 and record.get("topk_ids") is not None:
+            rows_ids = [list(r) for r in record["topk_ids"]]
+            rows_lp = [list(r) for r in record["topk_logprobs"]]
+            if len(rows_ids) != len(body):
+                raise DistillkitError(f"record {record.get('id')!r}: {len(rows_ids)} top-k rows for "
+                                      f"{len(body)} completion tokens; the generate output is inconsistent")
+    else:
+        body = tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+
+    finished = record.get("finish_reason", "stop") != "length"
+    ended_with_eos = bool(body) and body[-1] == eos
+    eos_row = None
+    if ended_with_eos:  # the template's suffix renders the EOS again: keep one, with the teacher's row
+        body = body[:-1]
+        if rows_ids is not None:
+            eos_row = (rows_ids.pop(), rows_lp.pop())
+    suffix_ids = tokenizer(parts.suffix, add_special_tokens=False)["input_ids"] if finished else []
+    num_suffix_trained = 0
+    if finished:
+        if not suffix_ids or suffix_ids[0] != eos:
+            raise DistillkitError(f"the student's chat template ends the assistant turn with {parts.suffix!r}, "
+                                  f"which does not start with the EOS token {tokenizer.eos_token!r}; fix the "
+                                  "tokenizer's eos_token or template (distillkit preflight checks this)")
+        num_suffix_trained = 1  # the EOS; the newline after it is formatting, not a target
+
+    input_ids = prefix_ids + body + suffix_ids
+    labels = ([IGNORE] * num_prompt + prefix_ids[num_prompt:] + body
+              + suffix_ids[:num_suffix_trained] + [IGNORE] * (len(suffix_ids) - num_suffix_trained))
+    out: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+    if topk > 0:
+        zeros_i, zeros_f = [0] * topk, [0.0] * topk
+        n_pre, n_suf = len(prefix_ids), len(suffix_ids)
+        kd_ids = [zeros_i] * n_pre + (rows_ids or [zeros_i] * len(body)) + [zeros_i] * n_suf
+        kd_lp = [zeros_f] * n_pre + (rows_lp or [zeros_f] * len(body)) + [zeros_f] * n_suf
+        kd_mask = [0] * n_pre + [1 if rows_ids is not None else 0] * len(body) + [0] * n_suf
+        if eos_row is not None and finished:
+            kd_ids[n_pre + len(body)], kd_lp[n_pre + len(body)] = eos_row
+            kd_mask[n_pre + len(body)] = 1
+        out.update(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_mask=kd_mask)
+    if max_length is not None and len(input_ids) > max_length:
+        out = {k: v[:max_length] for k, v in out.items()}
+    return out
+
+
+def record_topk(records) -> int:
+    """Width k of the records' stored soft labels (0 when they have none)."""
+    if "topk_ids" not in records.column_names:
+        return 0
+    for row in records["topk_ids"][:16]:
+        if row:
+            return len(row[0])
+    return 0
+
+
+def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool, packing: bool,
+                        seed: int = 0, require_topk: bool = True):
+    """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
+
+    Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
+    tokens, soft-labelled tokens, dropped examples, whether the teacher's ids were used, padding waste.
+    """
+    from datasets import Dataset, Features, List, Value
+
+    topk = record_topk(records) if use_kd else 0
+    if use_kd and require_topk and topk == 0:
+        raise DistillkitError("train.kd is enabled with stored soft labels (kd.teacher_probs=topk_*), but the "
+                              "records have no topk_ids; regenerate with generate.sampling.topk_logprobs > 0 "
+                              "or set train.kd.teacher_probs: live")
+    same = check_same_tokenizer(tokenizer, records)
+    if topk > 0 and not same:
+        raise DistillkitError(
+            "the records' completion_ids do not decode to their text with the student's tokenizer: the teacher "
+            "uses another vocabulary, so its stored top-k soft labels cannot be aligned to the student's tokens. "
+            "Set train.kd.enabled: false (plain SFT on the text), pick a student of the teacher's family, or "
+            "use TRL's GOLDTrainer for cross-tokenizer distillation.")
+    if not same:
+        log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
+    rows, dropped = [], 0
+    for rec in records:
+        ex = tokenize_record(tokenizer, rec, use_teacher_ids=same, topk=topk, max_length=max_length)
+        if all(x == IGNORE for x in ex["labels"]):
+            dropped += 1  # max_length cut the whole assistant turn
+            continue
+        rows.append(ex)
+    if not rows:
+        raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
+                              "may be shorter than the prompts)")
+    feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
+    if topk > 0:
+        feats.update(kd_ids=List(List(Value("int32"), length=topk)),
+                     kd_logprobs=List(List(Value("float32"), length=topk)), kd_mask=List(Value("int8")))
+    ds = Dataset.from_list(rows, features=Features(feats))
+    info = {"num_examples": len(rows), "num_dropped": dropped, "topk": topk, "teacher_ids_used": same,
+            "num_tokens": sum(len(r["input_ids"]) for r in rows),
+            "num_loss_tokens": sum(sum(x != IGNORE for x in r["labels"]) for r in rows),
+            "num_kd_tokens": sum(sum(r["kd_mask"]) for r in rows) if topk > 0 else 0}
+    if packing:
+        if max_length is None:
+            raise DistillkitError("train.packing needs train.max_length (the length of a packed row)")
+        from trl.data_utils import pack_dataset
+
+        ds = pack_dataset(ds.shuffle(seed=seed), max_length, strategy="bfd")
+        info["num_packed_rows"] = len(ds)
+        info["padding_waste"] = 1 - info["num_tokens"] / (len(ds) * max_length) if len(ds) else 0.0
+    return ds, info
+
+
+# ----------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class DistillCollator:
+    """Pads (or, padding-free, concatenates) examples; soft-label columns follow the token layout.
+
+    Built on TRL's `DataCollatorForLanguageModeling`, so batches match what SFTTrainer feeds models
+    (packed rows carry `position_ids`, and labels at each sequence start are ignored).
+    """
+
+    pad_token_id: int
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        base = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=self.padding_free,
+                                               pad_to_multiple_of=self.pad_to_multiple_of)
+        plain = [{k: v for k, v in ex.items() if k not in KD_COLUMNS} for ex in examples]
+        batch = base(plain)
+        if KD_COLUMNS[0] not in examples[0]:
+            return batch
+        width = batch["input_ids"].shape[1]
+        k = len(examples[0]["kd_ids"][0])
+        if self.padding_free:
+            cat = {c: [x for ex in examples for x in ex[c]] for c in KD_COLUMNS}
+            seqs = {c: [cat[c]] for c in KD_COLUMNS}
+        else:
+            seqs = {c: [ex[c] for ex in examples] for c in KD_COLUMNS}
+        rows = len(seqs["kd_mask"])
+        ids = torch.zeros(rows, width, k, dtype=torch.long)
+        lps = torch.zeros(rows, width, k, dtype=torch.float32)
+        mask = torch.zeros(rows, width, dtype=torch.bool)
+        for r in range(rows):
+            n = len(seqs["kd_mask"][r])
+            if n:
+                ids[r, :n] = torch.as_tensor(seqs["kd_ids"][r], dtype=torch.long)
+                lps[r, :n] = torch.as_tensor(seqs["kd_logprobs"][r], dtype=torch.float32)
+                mask[r, :n] = torch.as_tensor(seqs["kd_mask"][r], dtype=torch.bool)
+        mask &= batch["labels"] != IGNORE  # a packed sequence start is never a target
+        batch.update(kd_ids=ids, kd_logprobs=lps, kd_mask=mask)
+        return batch
+
+
+def describe_batch(batch: dict, tokenizer, row: int = 0) -> list[dict]:
+    """Which tokens of a built batch carry loss: one dict per token of `row`.
+
+    Each entry: position, token id, token text, `loss` (CE label present), `kd` (soft label present).
+    This is the "check of the built batches": print it, or assert on it in tests.
+    """
+    ids = batch["input_ids"][row].tolist()
+    labels = batch["labels"][row].tolist()
+    kd = batch["kd_mask"][row].tolist() if "kd_mask" in batch else [False] * len(ids)
+    return [{"pos": i, "id": t, "text": tokenizer.decode([t]), "loss": l != IGNORE, "kd": bool(m)}
+            for i, (t, l, m) in enumerate(zip(ids, labels, kd))]
+
+
+def format_batch_check(batch: dict, tokenizer, row: int = 0) -> str:
+    """`describe_batch` as text: trained tokens in [brackets], soft-labelled ones marked with *."""
+    out = []
+    for tok in describe_batch(batch, tokenizer, row):
+        text = tok["text"]
+        out.append(f"[{text}{'*' if tok['kd'] else ''}]" if tok["loss"] else text)
+    return "".join(out)

@@ -1,0 +1,236 @@
+"""Student loading: layer-pruned initialization (`student_init/`), template and pad fix-ups, full/LoRA/QLoRA.
+
+The student is always trained from `student_init/`, a plain HF folder written here once per run:
+the resolved student model with only the kept decoder layers (`train.student.keep_layers`) and a
+tokenizer whose template keeps the reasoning and whose pad token differs from EOS. Evaluation loads
+the same folder as "student before", so before/after compare exactly the model that was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from distillkit.errors import DistillkitError, require
+
+log = logging.getLogger(__name__)
+
+PAD_CANDIDATES = ("<|pad|>", "<|finetune_right_pad_id|>", "<|fim_pad|>", "<|endoftext|>", "<pad>")
+
+
+# ----------------------------------------------------------------------------------------- layers
+
+
+def parse_keep_layers(spec: str | list[int] | None, num_layers: int) -> list[int]:
+    """ "every_other" | "first:N" | "last:N" | [indices] -> sorted layer indices to keep.
+
+    "every_other" keeps 0, 2, 4, ... and always the last layer (it writes the residual stream the
+    final norm and LM head were trained on).
+    """
+    if spec is None:
+        return list(range(num_layers))
+    if isinstance(spec, list):
+        bad = [i for i in spec if not 0 <= int(i) < num_layers]
+        if bad or not spec:
+            raise DistillkitError(f"train.student.keep_layers={spec}: indices must be in [0, {num_layers - 1}] "
+                                  "and not empty")
+        return sorted({int(i) for i in spec})
+    if spec == "every_other":
+        keep = list(range(0, num_layers, 2))
+        return keep if keep[-1] == num_layers - 1 else keep + [num_layers - 1]
+    kind, _, n = spec.partition(":")
+    if kind in ("first", "last") and n.isdigit() and 0 < int(n) <= num_layers:
+        n = int(n)
+        return list(range(n)) if kind == "first" else list(range(num_layers - n, num_layers))
+    raise DistillkitError(f"train.student.keep_layers={spec!r} is not understood; use \"every_other\", "
+                          f"\"first:N\", \"last:N\" (1 <= N <= {num_layers}) or a list of layer indices")
+
+
+def prune_layers(model, keep: list[int]):
+    """A new model of the same class with only decoder layers `keep` (weights copied, layer indices renumbered)."""
+    import copy
+
+    torch = require("torch", "train")
+    config = copy.deepcopy(model.config)
+    old_n = config.num_hidden_layers
+    if keep == list(range(old_n)):
+        return model
+    config.num_hidden_layers = len(keep)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    if getattr(config, "max_window_layers", None) is not None:
+        config.max_window_layers = min(config.max_window_layers, len(keep))
+    new_index = {old: new for new, old in enumerate(keep)}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        parts = name.split(".")
+        if "layers" in parts:
+            at = parts.index("layers") + 1
+            old = int(parts[at])
+            if old not in new_index:
+                continue
+            parts[at] = str(new_index[old])
+        state[".".join(parts)] = tensor
+    with torch.device("meta"):
+        pruned = type(model)(config)
+    pruned.load_state_dict(state, assign=True, strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        pruned.tie_weights()
+    pruned.generation_config = model.generation_config
+    return pruned
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+
+
+def fix_tokenizer(tokenizer, model=None) -> list[str]:
+    """Make the tokenizer trainable for reasoning SFT; returns what was changed (for the manifest).
+
+    - no `{% generation %}` markers: TRL's training template for known families (Qwen, Llama 3, ...),
+      else distillkit's ChatML reasoning template when the template is ChatML;
+    - pad == EOS (SmolLM2) or no pad: a distinct pad token, because EOS is a training target and a
+      pad masked out of the loss would hide it (students that never stop).
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    from distillkit.models import CHATML_REASONING_TEMPLATE
+
+    changes = []
+    template = tokenizer.chat_template
+    if not template or not has_generation_markers(template):
+        patched = None
+        try:
+            patched = get_training_chat_template(tokenizer)
+        except Exception:  # unknown family: TRL raises rather than returning None
+            patched = None
+        if patched is None and (not template or "<|im_start|>" in template):
+            patched = CHATML_REASONING_TEMPLATE
+        if patched is not None:
+            tokenizer.chat_template = patched
+            changes.append("chat_template: installed a template with generation markers that keeps reasoning")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        choice = next((t for t in PAD_CANDIDATES if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
+        if choice is None:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            choice = "<|pad|>"
+            if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+        else:
+            tokenizer.pad_token = choice
+        changes.append(f"pad_token: {choice!r} (was equal to eos {tokenizer.eos_token!r} or unset)")
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            if model.generation_config.eos_token_id is None:
+                model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return changes
+
+
+# ----------------------------------------------------------------------------------------- init
+
+
+def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16") -> dict:
+    """Resolve the student, keep the asked layers, fix the tokenizer, save all to `out_dir`.
+
+    Written to a temporary folder and renamed, so an existing `out_dir` is always whole. Returns
+    {"path", "num_layers", "kept_layers", "num_params", "tokenizer_changes"}.
+    """
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+    from distillkit.models import resolve_model
+
+    out_dir = Path(out_dir)
+    info_path = out_dir / "distillkit_init.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    source = resolve_model(student_cfg.model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+    num_layers = model.config.num_hidden_layers
+    keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
+    model = prune_layers(model, keep)
+    changes = fix_tokenizer(tokenizer, model)
+    info = {"path": str(out_dir), "source": source, "num_layers": num_layers, "kept_layers": keep,
+            "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes}
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "distillkit_init.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # the folder appears whole or not at all
+    log.info("student_init: %d of %d layers, %.1fM params -> %s", len(keep), num_layers,
+             info["num_params"] / 1e6, out_dir)
+    return info
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def resolve_bf16(bf16: bool | None) -> bool:
+    """`train.bf16`: None means bf16 wherever it is supported (CUDA with bf16, or a CPU with AVX-512/AMX)."""
+    torch = require("torch", "train")
+    if bf16 is not None:
+        return bf16
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available()  # CPU autocast runs bf16 through oneDNN
+
+
+def load_student(train_cfg, init_dir: str | Path):
+    """Load the student from `init_dir` for `train_cfg.method`: returns (model, tokenizer).
+
+    full: all weights trainable, fp32 master weights (bf16 autocast comes from the trainer).
+    lora: frozen base + PEFT LoRA adapters on `lora.target_modules`.
+    qlora: base quantized to 4-bit by bitsandbytes (NF4 + double quantization by default), LoRA on top,
+           compute in `qlora.compute_dtype`.
+    """
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(init_dir)
+    method = train_cfg.method
+    kwargs = {"dtype": torch.float32}
+    if method == "qlora":
+        require("bitsandbytes", "qlora", "train.method=qlora needs bitsandbytes")
+        q = train_cfg.qlora
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype))
+        kwargs["dtype"] = getattr(torch, q.compute_dtype)
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = transformers.AutoModelForCausalLM.from_pretrained(init_dir, **kwargs)
+    model.config.use_cache = False
+    if method == "full":
+        return model, tokenizer
+    peft = require("peft", "train", "train.method=lora/qlora needs peft")
+    if method == "qlora":
+        model = peft.prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train_cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    lc = train_cfg.lora
+    config = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                             target_modules=lc.target_modules, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, config)
+    return model, tokenizer
+
+
+def save_merged(init_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a LoRA/QLoRA adapter into the unquantized `student_init` weights and save a plain model.
+
+    QLoRA trains against 4-bit weights; merging into the full-precision base (not the dequantized
+    4-bit one) is what PEFT and most QLoRA recipes do, and gives a model any loader reads.
+    """
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+    peft = require("peft", "train")
+    base = transformers.AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.bfloat16)
+    merged = peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir)
+    transformers.AutoTokenizer.from_pretrained(init_dir).save_pretrained(out_dir)
+    return out_dir
