@@ -1,0 +1,185 @@
+"""Math verifier: the last `\\boxed{...}` of the answer compared with the gold answer by math-verify.
+
+math-verify (imported only inside worker processes, it takes ~1 s to import) decides equivalence
+across forms: 1/2 vs 0.5, 2\\sqrt{2} vs \\sqrt{8}, set order, intervals, `x=3` vs 3, units and
+`\\text{...}` stripped. Comparisons run in a `TimeoutPool` with a per-record wall-clock limit, so a
+pathological expression (sympy expanding 9^{9^{9^{9}}}) costs one worker restart, not the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distillkit.filter.verifiers.base import Verdict, Verifier, answer_text
+
+# With our outer timeout in place, math-verify warns on every call that its own one is off.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_BARE = re.compile(r"\\boxed +([^\s$]+)")  # "\boxed 5" is valid LaTeX for a one-token argument
+_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*[:\s]*\$?([^\n$]+?)\$?\s*(?:\.|\n|$)", re.I)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def _match_brace(text: str, open_index: int) -> int | None:
+    """Index of the `}` closing the `{` at `open_index`, honouring nesting and `\\{`/`\\}` escapes."""
+    depth = 0
+    i = open_index
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # an escaped brace (\{ \}) is content, not structure
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last complete `\\boxed{...}` (or `\\fbox{...}`, `\\boxed 5`) in `text`, else None."""
+    best: tuple[int, str] | None = None
+    for m in _BOXED.finditer(text):
+        end = _match_brace(text, m.end() - 1)
+        if end is not None:
+            best = (m.start(), text[m.end():end].strip())
+    for m in _BOXED_BARE.finditer(text):
+        if best is None or m.start() > best[0]:
+            best = (m.start(), m.group(1).strip())
+    return best[1] if best is not None else None
+
+
+def extract_answer(text: str, fallbacks: Sequence[str] = ()) -> tuple[str | None, str]:
+    """(answer, how) where `how` is "boxed", a fallback's name, or "" when nothing was found."""
+    boxed = extract_boxed(text)
+    if boxed:
+        return boxed, "boxed"
+    for name in fallbacks:
+        if name == "answer_is":
+            found = _ANSWER_IS.findall(text)
+            if found:
+                return found[-1].strip(), name
+        elif name == "last_number":
+            found = _NUMBER.findall(text)
+            if found:
+                return found[-1].replace(",", ""), name
+    return None, ""
+
+
+def _as_latex(text: str) -> str:
+    """math-verify finds answers inside math delimiters; a bare `1/2` must be wrapped to be parsed."""
+    stripped = text.strip()
+    if stripped.startswith(("$", "\\(", "\\[")):
+        return stripped
+    return f"${stripped}$"
+
+
+def warm_up() -> None:
+    """Import math-verify and run one comparison, so the first real task is not charged for it."""
+    from math_verify import parse, verify
+
+    verify(parse("$1$"), parse("$1$"))
+
+
+def compare(gold: str, answer: str) -> tuple[bool, str]:
+    """(equivalent, why-not) for one pair; runs inside a worker process.
+
+    math-verify's own SIGALRM timeouts are switched off: when they fire it returns False quietly,
+    which would read as `wrong_answer`. The pool's outer timeout reports `verify_timeout` instead.
+    """
+    from math_verify import parse, verify
+
+    gold_parsed = parse(_as_latex(gold), parsing_timeout=None)
+    if not gold_parsed:
+        return False, "unparsable_gold"
+    answer_parsed = parse(_as_latex(answer), parsing_timeout=None)
+    if not answer_parsed:
+        return False, "unparsable_answer"
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None)), ""
+
+
+class MathParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fallbacks: list[Literal["answer_is", "last_number"]] = Field(default_factory=list)
+    """Where to look when there is no \\boxed{}: "the answer is X", then the last number. Off by default
+    (R1 asks for \\boxed{}; a trace that ignores the instruction is a worse teacher)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Wall-clock seconds allowed for one comparison before `verify_timeout`."""
+
+
+class MathVerifier(Verifier):
+    """Passes a record whose final answer is equivalent to `gold_answer`."""
+
+    name = "math"
+    Params = MathParams
+
+    def __init__(self, num_workers: int = 1, **params: Any):
+        super().__init__(num_workers, **params)
+        self._pool = None
+
+    def _get_pool(self):
+        if self._pool is None:
+            from distillkit.errors import require
+            from distillkit.filter.workers import TimeoutPool
+
+            require("math_verify", "filter", "the math verifier needs `math-verify`")
+            self._pool = TimeoutPool(f"{__name__}:compare", num_workers=self.num_workers,
+                                     timeout_s=self.params.timeout_s, warmup_path=f"{__name__}:warm_up")
+        return self._pool
+
+    def __call__(self, record: dict[str, Any]) -> Verdict:
+        return self.batch([record])[0]
+
+    def batch(self, records: Sequence[dict[str, Any]], on_done=None) -> list[Verdict]:
+        verdicts: list[Verdict | None] = [None] * len(records)
+        pairs: dict[tuple[str, str], list[int]] = {}  # many samples share an answer: compare each pair once
+        for i, rec in enumerate(records):
+            gold = (rec.get("gold_answer") or "").strip()
+            if not gold:
+                verdicts[i] = Verdict(None, "no_gold_answer")
+                continue
+            answer, how = extract_answer(answer_text(rec), self.params.fallbacks)
+            if answer is None:
+                verdicts[i] = Verdict(False, "no_boxed_answer")
+                continue
+            if not answer:
+                verdicts[i] = Verdict(False, "empty_boxed_answer")
+                continue
+            pairs.setdefault((gold, answer), []).append(i)
+        if pairs:
+            keys = list(pairs)
+            results = self._get_pool().map(keys)
+            for key, res in zip(keys, results):
+                if res.status == "ok":
+                    ok, why = res.value
+                    if ok:
+                        v = Verdict(True, "correct", f"{key[1]!r} == {key[0]!r}")
+                    elif why == "unparsable_gold":
+                        v = Verdict(None, "unparsable_gold", key[0])
+                    elif why == "unparsable_answer":
+                        v = Verdict(False, "unparsable_answer", key[1])
+                    else:
+                        v = Verdict(False, "wrong_answer", f"{key[1]!r} != {key[0]!r}")
+                elif res.status == "timeout":
+                    v = Verdict(False, "verify_timeout", res.error)
+                else:  # math-verify raised or its worker died: cannot judge, but never silently pass
+                    v = Verdict(False, "verify_error", res.error)
+                for i in pairs[key]:
+                    verdicts[i] = v
+        if on_done:
+            on_done(len(records))
+        return verdicts  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
