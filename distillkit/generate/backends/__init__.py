@@ -1,0 +1,105 @@
+"""Teacher backends (vLLM engine, OpenAI-compatible HTTP, transformers) and the one result type they share.
+
+Every backend turns a list of `GenRequest` into a list of `PromptResult` (same order), so the stage
+maps one shape into records whatever produced it. Soft labels are always fixed-width arrays:
+`topk_ids` (T, k) int32 and `topk_logprobs` (T, k) float32, sorted by rank; a step that offered
+fewer than k candidates is padded with id 0 and logprob -inf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+PAD_LOGPROB = float("-inf")
+
+
+@dataclass
+class GenRequest:
+    """One prompt to sample `n` completions for."""
+
+    prompt_id: str
+    messages: list[dict[str, str]]
+    prefill: str = ""
+    """Text the assistant turn starts with; the completion continues after it."""
+    prefill_in_template: bool = False
+    """The chat template's generation prompt already ends with `prefill` (R1 templates add "<think>\\n")."""
+    prompt_text: str | None = None
+    """The rendered chat + prefill, when the stage holds a tokenizer (None: the backend renders)."""
+    prompt_ids: list[int] | None = None
+    seed: int | None = None
+    """Per-prompt seed; sample i uses seed + i inside vLLM, so seeds of different prompts are spread apart."""
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    """"stop" or "length"."""
+    topk_ids: np.ndarray | None = None
+    topk_logprobs: np.ndarray | None = None
+
+
+@dataclass
+class PromptResult:
+    prompt_tokens: int
+    samples: list[Sample]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+    model_id: str
+    tokenizer: Any | None
+    """A transformers-style tokenizer when the backend has one (used to render chat + prefill)."""
+    logprobs_mode: str
+
+    def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]: ...
+
+    def close(self) -> None: ...
+
+
+def prompt_seed(base_seed: int | None, prompt_id: str) -> int | None:
+    """A 62-bit seed per prompt from the run seed and the prompt id (independent of order and batching).
+
+    vLLM derives sample i's seed as seed + i, so consecutive per-prompt seeds would make sample 1 of
+    one prompt reuse sample 0's random stream of the next: hashing spreads them over 2^62 values.
+    """
+    if base_seed is None:
+        return None
+    digest = hashlib.sha256(f"{base_seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+def fixed_width(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step [(token_id, logprob), ...] sorted by rank -> ((T, k) int32, (T, k) float32), padded."""
+    ids = np.zeros((len(rows), k), dtype=np.int32)
+    lps = np.full((len(rows), k), PAD_LOGPROB, dtype=np.float32)
+    for t, row in enumerate(rows):
+        row = row[:k]
+        if row:
+            ids[t, : len(row)] = [r[0] for r in row]
+            lps[t, : len(row)] = [r[1] for r in row]
+    return ids, lps
+
+
+def make_backend(gen_cfg) -> Backend:
+    """The backend a GenerateConfig asks for (heavy libraries are imported here, not at module import)."""
+    kind = gen_cfg.teacher.backend
+    if kind == "vllm":
+        from distillkit.generate.backends.vllm import VllmBackend
+
+        return VllmBackend.from_config(gen_cfg)
+    if kind == "openai":
+        from distillkit.generate.backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend.from_config(gen_cfg)
+    if kind == "transformers":
+        from distillkit.generate.backends.hf import HFBackend
+
+        return HFBackend.from_config(gen_cfg)
+    raise ValueError(f"unknown backend {kind!r}")

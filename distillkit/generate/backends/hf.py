@@ -1,0 +1,110 @@
+"""Fallback backend: transformers `generate`, with top-k logprobs taken from the per-step logits.
+
+Slower than vLLM (about half on CPU) and meant for machines without it. Sampling is seeded once per
+call from the requests' seeds, so the same list of requests (one shard) gives the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from distillkit.errors import DistillkitError, require
+from distillkit.generate.backends import GenRequest, PromptResult, Sample
+
+log = logging.getLogger(__name__)
+
+
+class HFBackend:
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, model_id: str, logprobs_mode: str = "raw_logprobs", batch_size: int = 8):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.logprobs_mode = logprobs_mode
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_config(cls, gen_cfg, model_path: str | None = None) -> "HFBackend":
+        torch = require("torch", "train", "the transformers backend needs torch")
+        transformers = require("transformers", "train", "the transformers backend needs transformers")
+        from distillkit.models import resolve_model
+
+        path = model_path or resolve_model(gen_cfg.teacher.model)
+        # teacher.vllm.dtype doubles as this backend's dtype; "auto" means bf16 (fp32 decodes ~10x
+        # slower on CPU through denormals).
+        name = gen_cfg.teacher.vllm.dtype
+        dtype = torch.bfloat16 if name == "auto" else getattr(torch, name)
+        if dtype == torch.float32:
+            torch.set_flush_denormal(True)
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(path)
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as e:
+            raise DistillkitError(f"transformers could not load teacher {gen_cfg.teacher.model!r} ({path}): {e}") from e
+        model.eval()
+        return cls(model, tok, gen_cfg.teacher.model, gen_cfg.sampling.logprobs_mode)
+
+    def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
+        import torch
+
+        if not requests:
+            return []
+        seeds = [r.seed for r in requests]
+        if all(s is not None for s in seeds):
+            torch.manual_seed(int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:8], "little") >> 1)
+        results = []
+        for i in range(0, len(requests), self.batch_size):
+            results += self._generate_batch(requests[i:i + self.batch_size], sampling)
+        return results
+
+    def _generate_batch(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
+        import torch
+
+        tok, k, n = self.tokenizer, sampling.topk_logprobs, sampling.n
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(r.prompt_ids) for r in requests)
+        # Left padding: every prompt ends at the same column, so new tokens line up.
+        input_ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
+        attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+        greedy = sampling.temperature == 0
+        raw = self.logprobs_mode == "raw_logprobs"
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=sampling.max_tokens,
+                do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p, top_k=0, num_return_sequences=n,
+                pad_token_id=pad_id, return_dict_in_generate=True,
+                output_logits=bool(k) and raw, output_scores=bool(k) and not raw,
+            )
+        new = out.sequences[:, width:]
+        topk_ids = topk_lps = None
+        if k:
+            steps = out.logits if raw else out.scores  # tuple over steps of (B*n, V)
+            logprobs = torch.log_softmax(torch.stack(steps, dim=1).float(), dim=-1)
+            top = logprobs.topk(k, dim=-1)
+            topk_ids, topk_lps = top.indices.int().numpy(), top.values.numpy()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else {tok.eos_token_id}
+        results = []
+        for b, req in enumerate(requests):
+            samples = []
+            for j in range(n):
+                row = b * n + j
+                ids = new[row].tolist()
+                end = next((t for t, x in enumerate(ids) if x in eos_ids), None)
+                # Like vLLM: the EOS token is part of token_ids but not of the text.
+                length = end + 1 if end is not None else len(ids)
+                ids = ids[:length]
+                text = tok.decode(ids[:-1] if end is not None else ids, skip_special_tokens=False)
+                samples.append(Sample(
+                    text=text, token_ids=ids, finish_reason="stop" if end is not None else "length",
+                    topk_ids=topk_ids[row, :length].copy() if k else None,
+                    topk_logprobs=topk_lps[row, :length].copy() if k else None,
+                ))
+            results.append(PromptResult(prompt_tokens=len(req.prompt_ids), samples=samples))
+        return results
+
+    def close(self) -> None:
+        self.model = None

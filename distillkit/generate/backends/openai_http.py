@@ -1,0 +1,195 @@
+"""A teacher behind an OpenAI-compatible endpoint (a `vllm serve` fleet, SGLang, a hosted R1 API).
+
+Requests run `max_concurrency` at a time; timeouts, connection errors, 408/409/429 and 5xx are
+retried with exponential backoff (honouring Retry-After); other 4xx stop the run with the server's
+message. Soft labels need token ids, which vLLM returns with its `return_tokens_as_token_ids`
+request field ("token_id:123" strings); a server that ignores it can still sample, without soft labels.
+
+With `api: chat` the prefill ("<think>\\n") is sent as an unfinished assistant message with vLLM's
+`continue_final_message`; `api: completions` renders the chat template locally and sends token ids.
+Run the server without a reasoning parser: with one, vLLM moves the reasoning out of `content`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from distillkit.errors import DistillkitError
+from distillkit.generate.backends import GenRequest, PromptResult, Sample, fixed_width
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+TOKEN_ID_PREFIX = "token_id:"
+
+
+class EndpointError(DistillkitError):
+    """The endpoint refused or kept failing a request."""
+
+
+def _token_id(token: str) -> int | None:
+    return int(token[len(TOKEN_ID_PREFIX):]) if token.startswith(TOKEN_ID_PREFIX) else None
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 16,
+                 timeout_s: float = 600.0, max_retries: int = 5, api: str = "chat",
+                 logprobs_mode: str = "raw_logprobs", tokenizer: Any = None, model_id: str | None = None,
+                 backoff_s: float = 1.0):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.model_id = model_id or model
+        self.api = api
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        # The mode is the server's (`--logprobs-mode`); recorded as configured, the server is not asked.
+        self.logprobs_mode = logprobs_mode
+        self.tokenizer = tokenizer
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers,
+                                   limits=httpx.Limits(max_connections=max_concurrency))
+
+    @classmethod
+    def from_config(cls, gen_cfg) -> "OpenAIBackend":
+        o = gen_cfg.teacher.openai
+        tokenizer = None
+        if o.api == "completions":
+            from distillkit.models import resolve_model
+            from transformers import AutoTokenizer
+
+            path = resolve_model(gen_cfg.teacher.model)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except OSError as e:
+                raise DistillkitError(
+                    f"generate.teacher.openai.api='completions' renders prompts locally and needs the teacher's "
+                    f"tokenizer, but {gen_cfg.teacher.model!r} could not be loaded ({e}); use api: chat") from e
+        backend = cls(o.base_url, o.model or gen_cfg.teacher.model, os.environ.get(o.api_key_env),
+                      o.max_concurrency, o.timeout_s, o.max_retries, o.api, gen_cfg.sampling.logprobs_mode,
+                      tokenizer, gen_cfg.teacher.model)
+        backend.check_reachable()
+        return backend
+
+    # ------------------------------------------------------------------ transport
+
+    def check_reachable(self) -> None:
+        """Fail fast, once, with one clear message when nothing answers at base_url."""
+        import httpx
+
+        try:
+            r = self.client.get(f"{self.base_url}/models", timeout=min(10.0, self.client.timeout.read or 10.0))
+        except httpx.TransportError as e:
+            raise EndpointError(
+                f"cannot reach the teacher endpoint {self.base_url} ({type(e).__name__}: {e}); start the server "
+                "or fix generate.teacher.openai.base_url") from None
+        if r.status_code in (401, 403):
+            raise EndpointError(f"the teacher endpoint {self.base_url} refused the API key (HTTP {r.status_code}); "
+                                "set the variable named by generate.teacher.openai.api_key_env")
+
+    def _post(self, path: str, body: dict) -> dict:
+        import httpx
+
+        url = f"{self.base_url}{path}"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            wait = None
+            try:
+                r = self.client.post(url, json=body)
+            except httpx.TransportError as e:  # connect/read timeouts, refused, reset
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code < 300:
+                    return r.json()
+                last = f"HTTP {r.status_code}: {r.text[:500]}"
+                if r.status_code not in RETRY_STATUS:
+                    raise EndpointError(f"the teacher endpoint {url} rejected a request ({last})")
+                try:
+                    wait = float(r.headers.get("retry-after", ""))
+                except ValueError:
+                    wait = None
+            if attempt < self.max_retries:
+                # Exponential backoff with jitter so a fleet of clients does not retry in lockstep.
+                delay = wait if wait is not None else self.backoff_s * 2 ** attempt * (0.5 + random.random())
+                log.warning("request to %s failed (%s); retry %d/%d in %.1fs", url, last, attempt + 1,
+                            self.max_retries, delay)
+                time.sleep(min(delay, 60.0))
+        raise EndpointError(f"the teacher endpoint {url} failed {self.max_retries + 1} times; last error: {last}")
+
+    # ------------------------------------------------------------------ requests
+
+    def _common(self, request: GenRequest, sampling) -> dict:
+        body = {"model": self.model, "n": sampling.n, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+                # vLLM extra: token ids instead of decoded strings, so soft labels can be stored as ids.
+                "return_tokens_as_token_ids": True}
+        if request.seed is not None:
+            body["seed"] = request.seed
+        return body
+
+    def _chat(self, request: GenRequest, sampling) -> PromptResult:
+        body = self._common(request, sampling)
+        messages = list(request.messages)
+        if request.prefill and not request.prefill_in_template:
+            # vLLM extras: render the template without a new generation prompt and continue the
+            # unfinished assistant message, which is how the prefill reaches the model.
+            messages.append({"role": "assistant", "content": request.prefill})
+            body.update(add_generation_prompt=False, continue_final_message=True)
+        body.update(messages=messages, logprobs=True, top_logprobs=sampling.topk_logprobs)
+        data = self._post("/chat/completions", body)
+        samples = []
+        for choice in sorted(data["choices"], key=lambda c: c["index"]):
+            content = (choice.get("logprobs") or {}).get("content") or []
+            ids = [_token_id(t["token"]) for t in content]
+            tops = [[(_token_id(c["token"]), c["logprob"]) for c in t.get("top_logprobs") or []] for t in content]
+            samples.append(self._sample(choice["message"].get("content") or "", ids, tops,
+                                        choice.get("finish_reason"), sampling.topk_logprobs))
+        return PromptResult(prompt_tokens=(data.get("usage") or {}).get("prompt_tokens", 0), samples=samples)
+
+    def _completion(self, request: GenRequest, sampling) -> PromptResult:
+        if request.prompt_ids is None:
+            raise ValueError("api=completions needs prompt_ids rendered by the stage")
+        body = self._common(request, sampling)
+        body.update(prompt=list(request.prompt_ids), logprobs=sampling.topk_logprobs)
+        data = self._post("/completions", body)
+        samples = []
+        for choice in sorted(data["choices"], key=lambda c: c["index"]):
+            lp = choice.get("logprobs") or {}
+            ids = [_token_id(t) for t in lp.get("tokens") or []]
+            tops = [[(_token_id(t), v) for t, v in (d or {}).items()] for d in lp.get("top_logprobs") or []]
+            samples.append(self._sample(choice.get("text") or "", ids, tops, choice.get("finish_reason"),
+                                        sampling.topk_logprobs))
+        return PromptResult(prompt_tokens=len(request.prompt_ids), samples=samples)
+
+    def _sample(self, text: str, ids: list, tops: list, finish_reason: str | None, k: int) -> Sample:
+        if any(i is None for i in ids) or (not ids and text):
+            if k:
+                raise EndpointError(
+                    f"the teacher endpoint {self.base_url} did not return token ids, which soft labels need "
+                    "(vLLM's return_tokens_as_token_ids); use a vLLM server or set sampling.topk_logprobs=0")
+            ids = self.tokenizer.encode(text, add_special_tokens=False) if self.tokenizer is not None else []
+        topk_ids = topk_lps = None
+        if k:
+            rows = [sorted(row, key=lambda x: -x[1])[:k] for row in tops]
+            topk_ids, topk_lps = fixed_width(rows, k)
+        return Sample(text=text, token_ids=ids, finish_reason=finish_reason or "stop",
+                      topk_ids=topk_ids, topk_logprobs=topk_lps)
+
+    def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
+        one = self._chat if self.api == "chat" else self._completion
+        if len(requests) <= 1:
+            return [one(r, sampling) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
+            return list(pool.map(lambda r: one(r, sampling), requests))
+
+    def close(self) -> None:
+        self.client.close()

