@@ -49,3 +49,8 @@ def validate_spec(kind: str, params: dict[str, Any]) -> None:
     except ValidationError as e:
         msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
         raise ValueError(f"bad parameters for verifier {kind!r}: {msgs}") from None
+
+
+def build(kind: str, params: dict[str, Any] | None = None, num_workers: int = 1):
+    """An instance of verifier `kind` with validated `params` (a `Verifier`; close it when done)."""
+    return load(kind)(num_workers=num_workers, **(params or {}))

@@ -61,7 +61,7 @@ def extract_boxed(text: str) -> str | None:
 def extract_answer(text: str, fallbacks: Sequence[str] = ()) -> tuple[str | None, str]:
     """(answer, how) where `how` is "boxed", a fallback's name, or "" when nothing was found."""
     boxed = extract_boxed(text)
-    if boxed:
+    if boxed is not None:  # an empty \boxed{} is an answer (a wrong one), not a reason to look elsewhere
         return boxed, "boxed"
     for name in fallbacks:
         if name == "answer_is":
