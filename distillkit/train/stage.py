@@ -1,0 +1,283 @@
+"""Stage 3, `distillkit train`: kept traces -> a trained student (SFT + soft-label KD, or on-policy).
+
+Reads the filter's kept records (the generate output when the recipe has no filter stage) and writes
+`<run>/train/`:
+
+    student_init/     the student before training (kept layers, fixed tokenizer): evaluation's "before"
+    checkpoints/      Trainer checkpoints (`train.save_steps`); `train.resume` continues from the last;
+                      TensorBoard logs under checkpoints/runs when `train.report_to` names it
+    adapter/          LoRA/QLoRA adapter (PEFT format)
+    model/            the trained model: full weights, or the adapter merged into student_init
+    manifest.json     written last: tokens seen, tokens/s, loss curves (CE and KL), peak memory
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from distillkit.config import RecipeConfig, stage_config_hash
+from distillkit.errors import DistillkitError, require
+from distillkit.records import Manifest, StageOutput, read_manifest, read_records
+
+log = logging.getLogger(__name__)
+
+
+def input_dir(cfg: RecipeConfig) -> Path:
+    """Where the kept records are: the filter output, or the generate output without a filter stage."""
+    return cfg.stage_dir("filter") if "filter" in cfg.stages else cfg.stage_dir("generate")
+
+
+def train_config_hash(cfg: RecipeConfig) -> str:
+    """The stage hash with `train.resume` ignored: resuming must continue the same run, not start another."""
+    same = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": False})})
+    return stage_config_hash(same, "train")
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(found) if folder.is_dir() and (found := get_last_checkpoint(str(folder))) else None
+
+
+def sft_config(cfg: RecipeConfig, out: Path, bf16: bool):
+    """trl.SFTConfig from the recipe; `train.sft_args` override anything set here."""
+    torch = require("torch", "train")
+    from trl import SFTConfig
+
+    t = cfg.train
+    kwargs = dict(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_length=t.max_length, packing=t.packing, padding_free=t.packing,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=bf16, seed=t.seed, data_seed=t.seed, save_steps=t.save_steps, logging_steps=t.logging_steps,
+        report_to=t.report_to, save_strategy="steps", logging_strategy="steps",
+        # Our dataset is tokenized (with soft labels) and packed by distillkit.train.data.
+        dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding", use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    kwargs.update(t.sft_args)
+    return SFTConfig(**kwargs)
+
+
+def _peak_memory_bytes() -> dict:
+    import resource
+
+    torch = require("torch", "train")
+    out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if torch.cuda.is_available():
+        out["gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None = None) -> Manifest:
+    """Train the student on the kept records; returns the train manifest.
+
+    With `train.accelerate_config` or `train.num_processes > 1` the work is relaunched in that many
+    processes through `accelerate launch` (see `distillkit.train.launch`). `callbacks` are extra
+    `transformers.TrainerCallback`s (tests use one to interrupt a run).
+    """
+    from distillkit.train.launch import in_distributed_child, launch, wants_launch
+
+    t = cfg.train
+    if wants_launch(t) and not in_distributed_child():
+        return launch(cfg, overwrite=overwrite)
+
+    torch = require("torch", "train")
+    require("trl", "train")
+    from accelerate import PartialState
+
+    from distillkit.train.data import build_train_dataset
+    from distillkit.train.student import build_student_init, load_student, resolve_bf16, save_merged
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out = cfg.stage_dir("train")
+    src = input_dir(cfg)
+    upstream = read_manifest(src)
+    stage = StageOutput(out, "train", train_config_hash(cfg), config=t.model_dump(mode="json"),
+                        inputs={str(src): upstream.config_hash if upstream else "unknown"})
+    if not overwrite and stage.is_complete():
+        log.info("train: %s is complete for this config; nothing to do", out)
+        return stage.manifest()
+    if state.is_main_process:
+        stage.begin(overwrite=overwrite)
+        if overwrite or not t.resume:  # a fresh run: never mix with an earlier run's checkpoints or model
+            for name in ("checkpoints", "adapter", "model", *(["student_init"] if overwrite else [])):
+                shutil.rmtree(out / name, ignore_errors=True)
+    state.wait_for_everyone()
+    t0 = time.time()
+
+    records = read_records(src)
+    if len(records) == 0:
+        raise DistillkitError(f"{src} holds no kept records to train on; check the filter funnel "
+                              "(distillkit inspect) or loosen the filters")
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
+
+    with state.main_process_first():
+        init = build_student_init(t.student, out / "student_init")
+    model, tokenizer = load_student(t, out / "student_init")
+    use_kd = t.kd.enabled
+    teacher = None
+    if use_kd and t.kd.teacher_probs == "live":
+        teacher = load_live_teacher(cfg, tokenizer)
+
+    with state.main_process_first():
+        dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=use_kd,
+                                                 packing=t.packing, seed=t.seed,
+                                                 require_topk=t.kd.teacher_probs != "live")
+    bf16 = resolve_bf16(t.bf16)
+    args = sft_config(cfg, out, bf16)
+
+    if t.on_policy.enabled:
+        trainer = build_on_policy_trainer(cfg, model, tokenizer, records, args)
+    else:
+        trainer = build_trainer(cfg, model, tokenizer, dataset, args, teacher, callbacks)
+    from distillkit.train.trainer import LossCurveCallback
+
+    curves = LossCurveCallback()
+    trainer.add_callback(curves)
+    for cb in callbacks or []:
+        if cb not in trainer.callback_handler.callbacks:
+            trainer.add_callback(cb)
+
+    resume_from = last_checkpoint(out / "checkpoints") if t.resume else None
+    if t.resume and resume_from is None:
+        log.info("train.resume: no checkpoint in %s yet; starting from the beginning", out / "checkpoints")
+    tokens_before = 0
+    if resume_from is not None:
+        import json
+
+        tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = curves.train_seconds or (time.time() - t0)
+
+    # Save: full weights, or the adapter (and the adapter merged into student_init).
+    files = {}
+    if state.is_main_process:
+        if t.method == "full":
+            trainer.save_model(str(out / "model"))
+            tokenizer.save_pretrained(out / "model")
+            files["model"] = "model"
+        else:
+            trainer.model.save_pretrained(out / "adapter")
+            tokenizer.save_pretrained(out / "adapter")
+            files["adapter"] = "adapter"
+            if t.save_merged:
+                save_merged(out / "student_init", out / "adapter", out / "model")
+                files["model"] = "model"
+    state.wait_for_everyone()
+
+    history = trainer.state.log_history
+    tokens_seen = int(trainer.state.num_input_tokens_seen)
+    new_tokens = tokens_seen - int(tokens_before)
+    curve = [{k: row[k] for k in ("step", "loss", "ce", "kl", "learning_rate", "num_input_tokens_seen") if k in row}
+             for row in history if "loss" in row]
+    stats = {
+        "tokens_seen": tokens_seen,
+        "tokens_per_s": round(new_tokens / train_seconds, 2) if train_seconds > 0 else None,
+        "train_seconds": round(train_seconds, 3),
+        "global_steps": trainer.state.global_step,
+        "resumed_from": resume_from.name if resume_from else None,
+        "final_train_loss": round(float(result.training_loss), 6),
+        "loss_curve": curve,
+        "peak_memory": _peak_memory_bytes(),
+        "data": data_info,
+        "student_init": {k: init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes")},
+        "method": t.method, "bf16": bf16, "kd": t.kd.model_dump(mode="json") if use_kd else None,
+        "num_processes": state.num_processes,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "files": files,
+    }
+    counts = {"records": len(records), "examples": data_info["num_examples"], "tokens_seen": tokens_seen,
+              "steps": trainer.state.global_step}
+    if not state.is_main_process:
+        return Manifest(stage="train", config_hash=stage.config_hash, counts=counts, stats=stats)
+    return stage.finish(counts=counts, stats=stats, timings={"train_s": round(train_seconds, 3)},
+                        versions=("distillkit", "datasets", "torch", "transformers", "trl", "peft", "accelerate"))
+
+
+# ----------------------------------------------------------------------------------------- trainers
+
+
+def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=None, callbacks=None):
+    """The off-policy trainer: SFT on the traces plus the chunked soft-label KD term when `kd.enabled`."""
+    from distillkit.train.data import DistillCollator
+    from distillkit.train.trainer import DistillTrainer
+
+    collator = DistillCollator(pad_token_id=tokenizer.pad_token_id, padding_free=cfg.train.packing)
+    return DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          data_collator=collator, kd=cfg.train.kd, teacher=teacher, callbacks=callbacks)
+
+
+def load_live_teacher(cfg: RecipeConfig, student_tokenizer):
+    """The generate stage's teacher, loaded for `kd.teacher_probs: live` (must share the student's vocabulary)."""
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+    from distillkit.models import resolve_model
+
+    path = resolve_model(cfg.generate.teacher.model)
+    t_tok = transformers.AutoTokenizer.from_pretrained(path)
+    if t_tok.get_vocab() != {k: v for k, v in student_tokenizer.get_vocab().items() if k in t_tok.get_vocab()} \
+            or len(t_tok) > len(student_tokenizer):
+        raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
+                              f"{cfg.generate.teacher.model} tokenizes differently. Use stored top-k soft labels "
+                              "from a compatible teacher, or kd.enabled: false")
+    dtype = torch.bfloat16 if resolve_bf16_safe() else torch.float32
+    teacher = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if torch.cuda.is_available():
+        teacher = teacher.to("cuda")
+    return teacher.eval()
+
+
+def resolve_bf16_safe() -> bool:
+    from distillkit.train.student import resolve_bf16
+
+    return resolve_bf16(None)
+
+
+def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
+    """On-policy distillation: the student samples, a live teacher scores, per-token divergence.
+
+    `on_policy.lmbda == 1` (only student samples) uses TRL's DistillationTrainer; `lmbda < 1` mixes
+    student samples with the stored traces through TRL's GKDTrainer. The divergence is generalized JSD with `beta` = 1 for reverse KL, 0 for
+    forward KL and `kd.beta` for jsd, at `kd.temperature`.
+    """
+    from distillkit.models import resolve_model
+    from distillkit.train.data import record_to_messages
+
+    t = cfg.train
+    beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
+    teacher_path = resolve_model(cfg.generate.teacher.model)
+    common = {k: v for k, v in args.to_dict().items()
+              if k in ("output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                       "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "seed", "data_seed",
+                       "save_steps", "logging_steps", "report_to", "use_cpu", "include_num_input_tokens_seen",
+                       "disable_tqdm", "gradient_checkpointing_kwargs")}
+    from datasets import Dataset
+
+    if t.on_policy.lmbda >= 1.0:
+        from trl import DistillationConfig, DistillationTrainer
+
+        prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
+        dargs = DistillationConfig(**common, beta=beta, temperature=t.kd.temperature,
+                                   max_completion_length=t.on_policy.max_new_tokens)
+        return DistillationTrainer(model=model, teacher_model=teacher_path, args=dargs,
+                                   train_dataset=Dataset.from_list(prompts), processing_class=tokenizer)
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    chats = [{"messages": record_to_messages(r)} for r in records]
+    gargs = GKDConfig(**common, lmbda=t.on_policy.lmbda, beta=beta, temperature=t.kd.temperature,
+                      max_new_tokens=t.on_policy.max_new_tokens, max_length=t.max_length)
+    return GKDTrainer(model=model, teacher_model=teacher_path, args=gargs, train_dataset=Dataset.from_list(chats),
+                      processing_class=tokenizer)
+
+
+__all__ = ["run_train", "input_dir", "train_config_hash", "last_checkpoint", "sft_config", "build_trainer"]
