@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -80,8 +81,11 @@ class CodeVerifier(Verifier):
                 res = self._run(code, stdin=test.get("input", ""))
                 ok = res.success and _same_output(res.stdout, test.get("output", ""))
             elif kind == "assert":
-                res = self._run(code + "\n\n" + test.get("code", ""))
-                ok = res.success
+                # A solution that exits early (sys.exit(0)) would skip the asserts and "pass": the
+                # test only counts when a marker it cannot guess is printed after the asserts.
+                marker = secrets.token_hex(8)
+                res = self._run(code + "\n\n" + test.get("code", "") + f"\nprint({marker!r})")
+                ok = res.success and marker in res.stdout
             else:
                 return Verdict(None, "bad_tests", f"test {i} has unknown type {kind!r}")
             if ok:
