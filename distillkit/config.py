@@ -217,14 +217,29 @@ class NearDedupConfig(StrictModel):
 class DedupConfig(StrictModel):
     exact: bool = True
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    scope: Literal["prompt", "global"] = "prompt"
+    """Compare traces of the same prompt only, or all traces with each other."""
 
 
 class BenchmarkSource(StrictModel):
     path: Optional[str] = None
+    """Local file of benchmark problems: .jsonl/.json/.parquet/.csv (read `column`) or .txt (one per line)."""
     hub_dataset: Optional[str] = None
     hub_config: Optional[str] = None
     split: str = "test"
     column: str = "problem"
+    name: Optional[str] = None
+    """Label in the funnel report (defaults to the path or Hub id)."""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.hub_dataset is None):
+            raise ValueError("set exactly one of `path` (a local file) or `hub_dataset` (a Hub dataset id)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path or self.hub_dataset or "benchmark"
 
 
 class DecontaminateConfig(StrictModel):
@@ -253,6 +268,9 @@ class FilterConfig(StrictModel):
     num_workers: PositiveInt = 2
     """Worker processes for math and code verification."""
     write_rejected: bool = True
+    stop_at_first_rejection: bool = False
+    """Skip later verifiers once one rejects a record: faster, but rejected records then carry only
+    the reasons found up to there (by default every verifier judges every record)."""
 
 
 # ----------------------------------------------------------------------------------------- train
