@@ -1,1 +1,1 @@
-"""Stage 5: model and dataset cards, Hub upload, and the HTML run report."""
+"""Publishing: model and dataset cards (from data_cards/ templates) and uploads to the Hugging Face Hub."""

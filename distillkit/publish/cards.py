@@ -1,0 +1,274 @@
+"""Model and dataset cards: rendered from the templates in `distillkit/publish/templates/` and checked
+by parsing them back with huggingface_hub's `ModelCard` / `DatasetCard`.
+
+The templates' source of truth for readers is `data_cards/` at the repository root; the package
+ships an identical copy (a test keeps the two equal) because an installed distillkit has no
+repository around it.
+
+`RepoCard.validate()` asks the Hub's API, which is unreachable offline; here validation parses the
+rendered text back through huggingface_hub's own card classes and checks the metadata a Hub page
+and its leaderboard read (license, base_model, datasets, model-index). The Hub checks again on push.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from distillkit.config import RecipeConfig
+from distillkit.errors import DistillkitError
+from distillkit.records import Manifest
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+MODEL_TEMPLATE = TEMPLATES_DIR / "model_card.md"
+DATASET_TEMPLATE = TEMPLATES_DIR / "dataset_card.md"
+
+# Hub ids of distillkit's builtin models, so cards can name a real base model.
+BUILTIN_HUB_IDS = {"builtin:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TAGS = ["distillkit", "distillation", "reasoning", "math"]
+
+
+def hub_id(spec: str | None) -> str | None:
+    """The Hub repo id behind a model argument, or None for a local folder / file."""
+    if not spec:
+        return None
+    if spec in BUILTIN_HUB_IDS:
+        return BUILTIN_HUB_IDS[spec]
+    return spec if _REPO_ID.match(spec) and not Path(spec).exists() else None
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "10M<n<100M"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+# ----------------------------------------------------------------------------------------- model card
+
+
+def eval_results_for(results: dict[str, Any] | None, model_key: str = "student_after") -> list:
+    """model-index entries (huggingface_hub EvalResult) of one evaluated model: pass@1 in % per task."""
+    from huggingface_hub import EvalResult
+
+    if not results or model_key not in results.get("models", {}):
+        return []
+    proto = results["protocol"]
+    out = []
+    for task, score in results["models"][model_key]["tasks"].items():
+        out.append(EvalResult(
+            task_type="text-generation", task_name="Text Generation",
+            dataset_type=task, dataset_name=task,
+            metric_type="pass@1", metric_value=round(100 * score["pass_at_1"], 2),
+            metric_name=f"pass@1 (%), k={proto['num_samples']}, T={proto['temperature']}, top-p={proto['top_p']}",
+        ))
+    return out
+
+
+def _eval_table(results: dict[str, Any] | None) -> str:
+    if not results:
+        return "Not evaluated."
+    labels = {"teacher": "teacher", "student_before": "student before training", "student_after": "this model"}
+    models = [m for m in labels if m in results["models"]]
+    tasks = list(dict.fromkeys(t for m in models for t in results["models"][m]["tasks"]))
+    lines = ["| task | " + " | ".join(labels[m] for m in models) + " |", "|---|" + "---|" * len(models)]
+    for task in tasks:
+        cells = []
+        for m in models:
+            s = results["models"][m]["tasks"].get(task)
+            cells.append("–" if not s else _pct(s["pass_at_1"]) + (f" ± {_pct(s['stderr'])}" if s["stderr"] is not None else ""))
+        n = next(results["models"][m]["tasks"][task]["num_questions"] for m in models if task in results["models"][m]["tasks"])
+        lines.append(f"| {task} ({n} questions) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, repo_id: str | None = None,
+                      files_summary: str = "", train_manifest: Manifest | None = None,
+                      filter_manifest: Manifest | None = None):
+    """The student's model card (huggingface_hub ModelCard), metadata and text."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    t = cfg.train
+    repo_id = repo_id or cfg.publish.model_repo or f"your-name/{cfg.name}"
+    base = hub_id(t.student.model)
+    teacher = hub_id(cfg.generate.teacher.model) or cfg.generate.teacher.model
+    limitations = []
+    if base is None:
+        limitations.append(f"The student started from a local model (`{t.student.model}`), not a Hub model.")
+    if t.student.keep_layers is not None:
+        limitations.append(f"The student kept only some of its base model's layers ({t.student.keep_layers}); "
+                           "it is a new architecture size, not a fine-tune of the full base model.")
+    kd = (f"soft-label KD ({t.kd.divergence}, alpha={t.kd.alpha}, T={t.kd.temperature}) + cross-entropy"
+          if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
+    method_summary = f"{t.method} training, {kd}" + (", on-policy" if t.on_policy.enabled else "")
+    rows = [("method", t.method), ("objective", kd), ("learning rate", t.learning_rate),
+            ("epochs", t.num_train_epochs),
+            ("effective batch", t.per_device_train_batch_size * t.gradient_accumulation_steps),
+            ("max length", t.max_length)]
+    if t.method != "full":
+        rows.append(("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, targets={t.lora.target_modules}"))
+    if train_manifest is not None:
+        for key in ("tokens_seen", "tokens_per_s", "train_s"):
+            if key in train_manifest.stats:
+                rows.append((key.replace("_", " "), train_manifest.stats[key]))
+    data_summary = ""
+    if filter_manifest is not None:
+        c = filter_manifest.counts
+        data_summary = (f"{c.get('kept', '?')} of {c.get('input', '?')} teacher samples kept after filtering "
+                        f"({c.get('prompts_kept', '?')} of {c.get('prompts_input', '?')} prompts).")
+    data = ModelCardData(
+        base_model=base, datasets=[cfg.publish.dataset_repo] if cfg.publish.dataset_repo else None,
+        license=cfg.publish.license, tags=TAGS + ["r1-distillation"],
+        library_name="transformers", pipeline_tag="text-generation",
+        model_name=repo_id.split("/")[-1], eval_results=eval_results_for(results) or None,
+    )
+    proto = (results or {}).get("protocol", {})
+    e = cfg.evaluate
+    return ModelCard.from_template(
+        data, template_path=str(MODEL_TEMPLATE),
+        model_name=repo_id.split("/")[-1], repo_id=repo_id, teacher=teacher,
+        student=base or t.student.model, method_summary=method_summary,
+        num_samples=proto.get("num_samples", e.num_samples), temperature=proto.get("temperature", e.temperature),
+        top_p=proto.get("top_p", e.top_p), max_gen_toks=proto.get("max_gen_toks", e.max_gen_toks),
+        backend=proto.get("backend", e.backend), eval_table=_eval_table(results),
+        dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, training_rows=rows,
+        files_summary=files_summary, limitations=limitations,
+    )
+
+
+def validate_model_card(text: str, expected_eval: int | None = None) -> Any:
+    """Parse a model card back with huggingface_hub and check its metadata; returns the ModelCard."""
+    from huggingface_hub import ModelCard
+
+    problems = []
+    try:
+        card = ModelCard(text, ignore_metadata_errors=False)
+    except Exception as e:  # huggingface_hub raises ValueError subclasses for bad YAML / model-index
+        raise DistillkitError(f"model card does not parse: {e}") from e
+    d = card.data
+    if not d.license:
+        problems.append("license is missing (set publish.license)")
+    if d.base_model is not None and not all(_REPO_ID.match(b) for b in ([d.base_model] if isinstance(d.base_model, str) else d.base_model)):
+        problems.append(f"base_model={d.base_model!r} is not a Hub repo id")
+    if not d.tags or "distillkit" not in d.tags:
+        problems.append("tags lack 'distillkit'")
+    if expected_eval is not None and len(d.eval_results or []) != expected_eval:
+        problems.append(f"model-index holds {len(d.eval_results or [])} results, expected {expected_eval}")
+    for r in d.eval_results or []:
+        if not isinstance(r.metric_value, (int, float)):
+            problems.append(f"eval result {r.dataset_name}: metric_value {r.metric_value!r} is not a number")
+    if not card.text.strip():
+        problems.append("card has no text")
+    if problems:
+        raise DistillkitError("model card: " + "; ".join(problems))
+    return card
+
+
+# ----------------------------------------------------------------------------------------- dataset card
+
+
+def _funnel_rows(filter_manifest: Manifest | None) -> list[dict[str, Any]]:
+    if filter_manifest is None:
+        return []
+    reasons = filter_manifest.stats.get("reasons", {})
+    rows = []
+    for row in filter_manifest.stats.get("funnel", []):
+        # reasons hold every verdict, passes included; show the failing ones, most frequent first
+        failing = {r: c for r, c in reasons.get(row["step"], {}).items() if r not in ("ok", "passed", "pass")}
+        text = ", ".join(f"{r} {c}" for r, c in sorted(failing.items(), key=lambda kv: -kv[1])[:6])
+        rows.append({**row, "reasons": text or "–"})
+    return rows
+
+
+def _decontamination_text(cfg: RecipeConfig, funnel: list[dict[str, Any]]) -> str:
+    dc = cfg.filter.decontaminate
+    if not dc.enabled:
+        return ("Not applied: prompts were not checked for overlap with evaluation benchmarks. "
+                "Do not evaluate models trained on this data on benchmarks its prompts may contain.")
+    names = [b.hub_dataset or b.path for b in dc.benchmarks] or ["(none listed)"]
+    removed = sum(r["rejected"] for r in funnel if "contam" in r["step"])
+    return (f"Prompts sharing any {dc.ngram}-word n-gram with a problem of {', '.join(map(str, names))} "
+            f"were removed ({removed} records).")
+
+
+def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, filter_manifest: Manifest | None,
+                        has_rejected: bool = False, repo_id: str | None = None):
+    """The trace dataset's card (huggingface_hub DatasetCard)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    g = cfg.generate
+    fc = (filter_manifest.counts if filter_manifest else {}) or {}
+    gc = (generate_manifest.counts if generate_manifest else {}) or {}
+    num_generated = fc.get("input", gc.get("records", "?"))
+    num_kept = fc.get("kept", num_generated)
+    teacher = hub_id(g.teacher.model) or g.teacher.model
+    repo_id = repo_id or cfg.publish.dataset_repo or f"your-name/{cfg.name}-traces"
+    p = g.prompts
+    prompt_source = (p.hub_dataset and f"Hub dataset `{p.hub_dataset}` ({p.split})") or \
+        (p.builtin and f"built-in `{p.builtin}` {p.builtin_args}") or (p.path and f"local file `{Path(p.path).name}`") or "?"
+    configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+    if has_rejected:
+        configs.append({"config_name": "rejected", "data_files": [{"split": "train", "path": "rejected/train-*.parquet"}]})
+    sel = cfg.filter.selection
+    selection = {"all": "every passing sample", "max_k": f"at most {sel.k} passing samples per prompt",
+                 "shortest": "the shortest passing sample per prompt"}[sel.policy]
+    if sel.min_pass_rate > 0 or sel.max_pass_rate < 1:
+        selection += f"; prompts kept when the teacher's pass rate is in [{sel.min_pass_rate}, {sel.max_pass_rate}]"
+    funnel = _funnel_rows(filter_manifest)
+    data = DatasetCardData(
+        license=cfg.publish.license, pretty_name=f"{cfg.name} reasoning traces",
+        task_categories=["text-generation"], language=["en"],
+        size_categories=[_size_category(num_kept if isinstance(num_kept, int) else 0)],
+        tags=TAGS + ["synthetic", "reasoning-traces"], configs=configs,
+        source_datasets=[p.hub_dataset] if p.hub_dataset else None,
+    )
+    s = g.sampling
+    sampling_rows = [("samples per prompt (n)", s.n), ("temperature", s.temperature), ("top-p", s.top_p),
+                     ("max new tokens", s.max_tokens), ("seed", s.seed),
+                     ("soft labels (top-k logprobs)", s.topk_logprobs or "none")]
+    return DatasetCard.from_template(
+        data, template_path=str(DATASET_TEMPLATE),
+        pretty_name=data.pretty_name, repo_id=repo_id, teacher=teacher, backend=g.teacher.backend,
+        sampling_rows=sampling_rows, prompt_source=prompt_source,
+        prompt_template=p.template.replace("\n", "\\n"), prefill=(p.prefill or "").replace("\n", "\\n"),
+        num_generated=num_generated, num_prompts=fc.get("prompts_input", gc.get("prompts", "?")),
+        num_kept=num_kept, num_prompts_kept=fc.get("prompts_kept", "?"), num_rejected=fc.get("rejected", 0),
+        has_rejected=has_rejected, funnel=funnel, selection=selection,
+        decontamination=_decontamination_text(cfg, funnel), has_soft_labels=s.topk_logprobs > 0,
+    )
+
+
+def validate_dataset_card(text: str, folder: Path | None = None) -> Any:
+    """Parse a dataset card back and check its metadata; with `folder`, every config's files must exist."""
+    from huggingface_hub import DatasetCard
+
+    try:
+        card = DatasetCard(text, ignore_metadata_errors=False)
+    except Exception as e:
+        raise DistillkitError(f"dataset card does not parse: {e}") from e
+    d = card.data.to_dict()
+    problems = [f"{key} is missing" for key in ("license", "pretty_name", "size_categories", "configs") if not d.get(key)]
+    if folder is not None:
+        for config in d.get("configs") or []:
+            for entry in config["data_files"]:
+                if not list(Path(folder).glob(entry["path"])):
+                    problems.append(f"config {config['config_name']!r}: no file matches {entry['path']}")
+    if problems:
+        raise DistillkitError("dataset card: " + "; ".join(problems))
+    return card
+
+
+def load_eval_results(cfg: RecipeConfig) -> dict[str, Any] | None:
+    path = cfg.stage_dir("evaluate") / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
