@@ -393,8 +393,13 @@ class PublishConfig(StrictModel):
     dataset_repo: Optional[str] = None
     """Hub repo id for the kept traces."""
     private: bool = True
+    """Create the repos private (an existing repo keeps its visibility)."""
     upload: Literal["adapter", "merged", "both"] = "merged"
+    """merged: full weights (the adapter merged in with LoRA); adapter: the PEFT adapter only; both: merged + adapter/."""
     license: str = "apache-2.0"
+    """SPDX-style license id written into both cards; check it against the teacher's and the student's licenses."""
+    include_rejected: bool = False
+    """Also upload the rejected traces (with their reasons) as the dataset's `rejected` configuration."""
 
 
 # ----------------------------------------------------------------------------------------- root
