@@ -23,7 +23,7 @@ from typing import Any
 from distillkit.config import FilterConfig, RecipeConfig, stage_config_hash
 from distillkit.errors import DistillkitError
 from distillkit.filter.verifiers.base import Verdict
-from distillkit.records import Manifest, StageOutput, list_shards, read_manifest
+from distillkit.records import Manifest, StageOutput, list_shards, read_manifest, record_features
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
     for k, shard in enumerate(shards):
         table = pq.read_table(shard)
         features = Dataset(table).features  # keep the input's schema (soft-label width included)
+        # ...except verdicts: an input written without explicit features has `[]` inferred as null.
+        features["verdicts"] = record_features()["verdicts"]
         kept, rejected = [], []
         for j, row in enumerate(table.to_pylist()):
             i = offset + j

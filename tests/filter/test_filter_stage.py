@@ -1,0 +1,169 @@
+"""Dedup, decontamination, selection, and the filter stage end to end with exact funnel numbers."""
+
+import json
+
+import pytest
+
+from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig, stage_config_hash
+from distillkit.errors import DistillkitError
+from distillkit.filter.decontaminate import Decontaminator
+from distillkit.filter.dedup import find_duplicates
+from distillkit.filter.selection import pass_rates, select
+from distillkit.filter.stage import funnel_table, run_filter
+from distillkit.records import StageOutput, make_record, read_manifest, read_records, record_features, split_reasoning
+
+LONG = ("We compute the quantity step by step, checking every intermediate value before moving on to the "
+        "next part of the problem so that no arithmetic slip survives into the final answer. ")
+
+
+def r(pid, k, completion, **kw):
+    return make_record(prompt_id=pid, sample_index=k, problem=f"problem {pid}", completion=completion, **kw)
+
+
+def test_exact_and_near_duplicates_keep_the_first():
+    recs = [r("p", 0, LONG + "Answer 4."), r("p", 1, "  " + LONG.upper() + "Answer 4.  "),
+            r("p", 2, LONG.replace("Answer", "") + "answer: 4!"),  # same words, other punctuation
+            r("p", 3, "Something else entirely."),
+            r("q", 0, LONG + "Answer 4.")]  # another prompt: not compared under scope=prompt
+    got = find_duplicates(recs, range(5), DedupConfig())
+    assert {i: v.reason for i, v in got.items()} == {1: "exact_duplicate", 2: "near_duplicate"}
+    assert got[1].detail == "of p#0"
+    glob = find_duplicates(recs, range(5), DedupConfig(scope="global"))
+    assert glob[4].reason == "exact_duplicate"
+    # Only candidates are compared: once #0 is out, #1 is the first copy.
+    assert 1 not in find_duplicates(recs, [1, 3], DedupConfig())
+
+
+def test_near_duplicate_threshold():
+    words = [f"w{i}" for i in range(200)]
+    one_word_changed = words[:100] + ["changed"] + words[101:]  # Jaccard of 5-gram shingles ~0.95
+    half_changed = words[:100] + [f"x{i}" for i in range(100)]  # ~0.33
+    recs = [r("p", k, " ".join(w)) for k, w in enumerate([words, one_word_changed, half_changed])]
+    got = find_duplicates(recs, range(3), DedupConfig())
+    assert {i: v.reason for i, v in got.items()} == {1: "near_duplicate"}
+
+
+def test_decontamination_from_local_files(tmp_path):
+    bench = tmp_path / "aime.jsonl"
+    bench.write_text("\n".join(json.dumps({"question": q}) for q in [
+        "Find the number of ordered pairs of positive integers whose product is exactly 2024.",
+        "Short one."]))
+    txt = tmp_path / "math500.txt"
+    txt.write_text("Compute the sum of all primes below one hundred and give it modulo seven please.\n")
+    deco = Decontaminator([BenchmarkSource(path=str(bench), column="question", name="aime"),
+                           BenchmarkSource(path=str(txt))], n=8)
+    assert deco.match("Hint: find the number of ordered pairs of positive integers whose product is 30.")[0] == "aime"
+    assert deco.match("COMPUTE the sum of all primes below one hundred, and give it modulo 5.")[0] == str(txt)
+    assert deco.match("Find the number of ordered triples of reals with product one.") is None
+    assert deco.match("short one") == ("aime", "short one")  # shorter than n: exact word match only
+    with pytest.raises(DistillkitError, match="no column 'problem'"):
+        Decontaminator([BenchmarkSource(path=str(bench))], n=8)
+    with pytest.raises(ValueError, match="exactly one of"):
+        BenchmarkSource(path=str(bench), hub_dataset="HuggingFaceH4/aime_2024")
+
+
+def test_selection_policies_and_pass_rate():
+    recs = [make_record(prompt_id="a", sample_index=k, problem="a", completion_tokens=t)
+            for k, t in enumerate([30, 10, 20, 40])]
+    recs += [make_record(prompt_id="b", sample_index=0, problem="b", completion_tokens=5)]
+    rates = pass_rates(recs, [True, True, True, False, True])
+    assert rates == {"a": 0.75, "b": 1.0}
+    cand = [0, 1, 2, 4]
+    assert select(recs, cand, rates, SelectionConfig()) == {}
+    assert {i: v.reason for i, v in select(recs, cand, rates, SelectionConfig(policy="max_k", k=2)).items()} == {2: "over_max_k"}
+    assert {i: v.reason for i, v in select(recs, cand, rates, SelectionConfig(policy="shortest")).items()} == {0: "not_shortest", 2: "not_shortest"}
+    got = select(recs, cand, rates, SelectionConfig(min_pass_rate=0.8))
+    assert {i: v.reason for i, v in got.items()} == {0: "pass_rate_below_min", 1: "pass_rate_below_min", 2: "pass_rate_below_min"}
+    got = select(recs, cand, rates, SelectionConfig(max_pass_rate=0.9))
+    assert {i: v.reason for i, v in got.items()} == {4: "pass_rate_above_max"}
+
+
+def _sample(pid, k, body, answer, gold, source="arith", tokens=10, finish="stop", close=True):
+    completion = body + ("\n</think>\n" + answer if close else "")
+    reasoning, response, closed = split_reasoning(completion, "<think>\n")
+    return make_record(prompt_id=pid, sample_index=k, source=source, problem=f"Problem {pid}?", gold_answer=gold,
+                       prefill="<think>\n", completion=completion, reasoning=reasoning, response=response,
+                       reasoning_closed=closed, completion_tokens=tokens, finish_reason=finish)
+
+
+@pytest.fixture
+def run_cfg(tmp_path):
+    recs = [
+        _sample("p1", 0, "Two plus two makes four.", "\\boxed{4}", "4"),
+        _sample("p1", 1, "Two plus two makes four.", "\\boxed{4}", "4"),                 # exact duplicate of #0
+        _sample("p1", 2, "Two plus two makes five.", "\\boxed{5}", "4"),                 # wrong answer
+        _sample("p1", 3, "Two plus two makes", "", "4", tokens=64, finish="length", close=False),  # truncated
+        _sample("p2", 0, "Half of one is a half.", "\\boxed{0.5}", "1/2", tokens=20),
+        _sample("p2", 1, "One over two.", "\\boxed{\\frac{1}{2}}", "1/2", tokens=12),     # shortest correct
+        _sample("p2", 2, "It is a half.", "The answer is one half.", "1/2"),              # not boxed
+        _sample("p2", 3, "The answer is a half. " * 40, "\\boxed{1/2}", "1/2", tokens=200),  # repetitive
+        _sample("p3", 0, "Seven is eight.", "\\boxed{8}", "7", source="other"),
+        _sample("p3", 1, "Seven is six.", "\\boxed{6}", "7", source="other"),
+        _sample("p4", 0, "No gold here.", "\\boxed{3}", None, source="other"),            # cannot judge: kept by math
+    ]
+    cfg = RecipeConfig.model_validate({
+        "name": "t", "output_dir": str(tmp_path / "run"),
+        "filter": {"verifiers": [{"kind": "truncation"}, {"kind": "format"}, {"kind": "math", "timeout_s": 20},
+                                 {"kind": "repetition"}],
+                   "selection": {"policy": "shortest", "max_pass_rate": 0.99}, "num_workers": 1}})
+    gen = StageOutput(cfg.stage_dir("generate"), "generate", stage_config_hash(cfg, "generate"))
+    gen.begin()
+    gen.write_shard(0, recs[:6], record_features())
+    gen.write_shard(1, recs[6:], record_features())
+    gen.finish(counts={"records": len(recs)})
+    return cfg
+
+
+def test_filter_stage_end_to_end(run_cfg):
+    m = run_filter(run_cfg, show_progress=False)
+    funnel = [(s["step"], s["in"], s["rejected"], s["out"]) for s in m.stats["funnel"]]
+    assert funnel == [("input", 11, 0, 11), ("truncation", 11, 1, 10), ("format", 10, 1, 9),
+                      ("math", 9, 3, 6), ("repetition", 6, 1, 5), ("dedup", 5, 1, 4), ("selection", 4, 2, 2)]
+    assert m.stats["reasons"]["math"] == {"correct": 5, "no_boxed_answer": 2, "no_gold_answer": 1, "wrong_answer": 3}
+    assert m.stats["reasons"]["format"] == {"answer_not_boxed": 1, "unclosed_reasoning": 1, "well_formed": 9}
+    assert m.stats["reasons"]["selection"] == {"not_shortest": 1, "pass_rate_above_max": 1, "selected": 2}
+    assert m.stats["sources"] == {
+        "arith": {"records": 8, "passed_verifiers": 4, "pass_rate": 0.5, "kept": 2, "prompts": 2, "prompts_kept": 2},
+        "other": {"records": 3, "passed_verifiers": 1, "pass_rate": 0.3333, "kept": 0, "prompts": 2, "prompts_kept": 0}}
+    assert m.counts["input"] == 11 and m.counts["kept"] == 2 and m.counts["rejected"] == 9
+
+    out = run_cfg.stage_dir("filter")
+    kept = read_records(out)
+    assert sorted(kept["id"]) == ["p1#0", "p2#1"]
+    rejected = {row["id"]: row for row in read_records(out / "rejected").to_list()}
+    assert len(rejected) == 9
+    # A rejected record carries every verifier's verdict, not only the first failure.
+    truncated = {v["verifier"]: v["reason"] for v in rejected["p1#3"]["verdicts"]}
+    assert truncated == {"truncation": "truncated_at_max_tokens", "format": "unclosed_reasoning",
+                         "math": "no_boxed_answer", "repetition": "not_repetitive"}
+    assert json.loads(rejected["p1#2"]["meta"])["filter_details"]["math"] == "'5' != '4'"
+    assert rejected["p4#0"]["verdicts"][-1] == {"verifier": "selection", "passed": False, "reason": "pass_rate_above_max"}
+
+    table = funnel_table(read_manifest(out))
+    assert [c.header for c in table.columns][:4] == ["step", "in", "rejected", "out"]
+    assert table.row_count == 7 + 2  # 7 steps and 2 sources
+    # Complete: a second call returns the same manifest without redoing the work.
+    assert run_filter(run_cfg, show_progress=False).finished_at == m.finished_at
+
+
+def test_filter_stage_with_decontamination_and_early_stop(run_cfg, tmp_path):
+    bench = tmp_path / "bench.txt"
+    bench.write_text("Problem p2?\n")
+    cfg = run_cfg.model_copy(deep=True)
+    cfg.filter.decontaminate.enabled = True
+    cfg.filter.decontaminate.ngram = 8
+    cfg.filter.decontaminate.benchmarks = [BenchmarkSource(path=str(bench), name="bench")]
+    cfg.filter.stop_at_first_rejection = True
+    cfg.filter.selection = SelectionConfig()
+    m = run_filter(cfg, overwrite=True, show_progress=False)
+    funnel = [(s["step"], s["rejected"], s["out"]) for s in m.stats["funnel"]]
+    assert funnel == [("input", 0, 11), ("decontaminate", 4, 7), ("truncation", 1, 6), ("format", 0, 6),
+                      ("math", 3, 3), ("repetition", 0, 3), ("dedup", 1, 2), ("selection", 0, 2)]
+    # With early stop, later verifiers never saw the rejected records.
+    assert sum(m.stats["reasons"]["math"].values()) == 6
+
+
+def test_filter_needs_finished_generate_output(tmp_path):
+    cfg = RecipeConfig.model_validate({"name": "x", "output_dir": str(tmp_path / "none")})
+    with pytest.raises(DistillkitError, match="run `distillkit generate` first"):
+        run_filter(cfg, show_progress=False)
