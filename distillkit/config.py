@@ -613,9 +613,15 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: list[str] | 
     return validate_recipe(data, source=str(path))
 
 
+# Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
+# `train.resume=true` continues the same run instead of being refused as a different config.
+_NOT_HASHED = {"filter": {"num_workers"}, "train": {"resume", "report_to", "logging_steps"}}
+
+
 def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
     from distillkit.records import stable_hash
 
     upto = STAGES[: STAGES.index(stage) + 1]
-    return stable_hash({s: getattr(cfg, s).model_dump(mode="json") for s in upto} | {"seed": cfg.seed})
+    return stable_hash({s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s))
+                        for s in upto} | {"seed": cfg.seed})

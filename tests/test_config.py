@@ -106,3 +106,10 @@ def test_stage_hash_changes_with_upstream_only():
     c = RecipeConfig()
     c.generate.sampling.n = 2
     assert stage_config_hash(a, "train") != stage_config_hash(c, "train")
+
+
+def test_resume_and_worker_counts_do_not_change_the_hash():
+    a, b = RecipeConfig(), RecipeConfig()
+    b.train.resume = True
+    b.filter.num_workers = 7
+    assert stage_config_hash(a, "train") == stage_config_hash(b, "train")
