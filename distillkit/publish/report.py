@@ -38,7 +38,7 @@ def svg_bars(items: list[tuple[str, float]], width: int = 640, bar_h: int = 22, 
     label_w, pad = 220, 8
     vmax = max(v for _, v in items) or 1
     height = len(items) * (bar_h + 6) + pad
-    out = [f"<svg class='chart' width='{width}' height='{height}' role='img'>"]
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height}' role='img'>"]
     for i, (label, value) in enumerate(items):
         y = pad // 2 + i * (bar_h + 6)
         w = max(1.0, (width - label_w - 70) * value / vmax)
@@ -67,7 +67,7 @@ def svg_histogram(series: dict[str, list[float]], bins: int = 20, width: int = 6
     cmax = max(max(c) for c in counts.values()) or 1
     left, bottom, top = 40, 30, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
-    out = [f"<svg class='chart' width='{width}' height='{height + 24}' role='img'>"]
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height + 24}' role='img'>"]
     for k, (name, c) in enumerate(counts.items()):
         color = PALETTE[k % len(PALETTE)]
         for b, n in enumerate(c):
@@ -104,7 +104,7 @@ def svg_lines(series: dict[str, list[tuple[float, float]]], width: int = 640, he
     def sy(y):
         return top + ph - ph * (y - y0) / (y1 - y0)
 
-    out = [f"<svg class='chart' width='{width}' height='{height + 24}' role='img'>",
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height + 24}' role='img'>",
            f"<line x1='{left}' y1='{top + ph}' x2='{left + pw}' y2='{top + ph}' stroke='#999'/>",
            f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + ph}' stroke='#999'/>",
            f"<text x='4' y='{top + 10}'>{y1:.3g}</text><text x='4' y='{top + ph}'>{y0:.3g}</text>",
@@ -129,7 +129,7 @@ def svg_bars_with_error(items: list[tuple[str, float, float]], width: int = 640,
     label_w = 260
     scale = (width - label_w - 80) / 100.0
     height = len(items) * (bar_h + 8) + 8
-    out = [f"<svg class='chart' width='{width}' height='{height}' role='img'>"]
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height}' role='img'>"]
     for i, (label, mean, se) in enumerate(items):
         y = 4 + i * (bar_h + 8)
         w = max(1.0, mean * scale)
