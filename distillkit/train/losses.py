@@ -20,7 +20,8 @@ Stored soft labels give, per position, the teacher's top-k token ids `(B, T, k)`
   student `log_softmax(z[ids] / T)`.
 * ``topk_tail`` -- k + 1 buckets: the k stored ids plus one "tail" bucket holding everything else.
   Teacher tail = 1 - sum(p_topk) (log1mexp of the logsumexp, floored at `TAIL_FLOOR` because fp16
-  rounding can make the stored top-k sum to >= 1); student probabilities come from its full softmax,
+  rounding can make the stored top-k sum to >= 1; 0 when the k ids cover the student's whole
+  vocabulary); student probabilities come from its full softmax,
   student tail = its mass outside the k ids, computed exactly as a logsumexp over the vocabulary with
   the k ids masked out (no cancellation when the student's top-k mass is close to 1). Unlike
   ``topk_renorm`` this penalizes a student that spreads too much (or too little) mass outside the
@@ -166,14 +167,16 @@ def topk_row_divergence(student_logits: torch.Tensor, topk_ids: torch.Tensor, to
                          "or 'topk_tail' (or use live teacher logits)")
     # Teacher: tail = 1 - sum over *all* k stored entries (dropped ids are teacher mass, not tail);
     # the final log_softmax renormalizes the kept buckets by 1 - p_dropped and absorbs fp16 rounding.
-    lse_k = torch.logsumexp(torch.where(torch.isfinite(lp), lp, neg_inf), -1).clamp(max=0.0)
-    t_tail = torch.log(-torch.expm1(lse_k)).clamp(min=math.log(TAIL_FLOOR))
-    t_logp = torch.cat([torch.where(valid, lp, neg_inf), t_tail[:, None]], -1).log_softmax(-1)
     # Student: full softmax; its tail is an exact logsumexp over the vocabulary minus the kept ids.
     lse_all = torch.logsumexp(s, -1, keepdim=True)
     masked = s.scatter(-1, idx, neg_inf.expand(idx.shape))
     s_tail = torch.where(has_valid[:, None], torch.logsumexp(masked, -1, keepdim=True), lse_all)
     s_logp = torch.cat([s_top, s_tail], -1) - lse_all
+    lse_k = torch.logsumexp(torch.where(torch.isfinite(lp), lp, neg_inf), -1).clamp(max=0.0)
+    t_tail = torch.log(-torch.expm1(lse_k)).clamp(min=math.log(TAIL_FLOOR))
+    # When the k ids cover the whole student vocabulary the tail bucket is empty on both sides.
+    t_tail = torch.where(torch.isfinite(s_tail[:, 0]), t_tail, neg_inf)
+    t_logp = torch.cat([torch.where(valid, lp, neg_inf), t_tail[:, None]], -1).log_softmax(-1)
     return divergence_from_logprobs(t_logp, s_logp, divergence, beta), torch.ones_like(has_valid)
 
 
