@@ -1,0 +1,471 @@
+"""Preflight: check the teacher's and student's tokenizers, chat templates and vocabularies before a stage runs.
+
+These are the silent failures of reasoning distillation: each one lets a run finish and produce a
+useless model. A check returns a `Finding`; `error` findings stop the stage (`raise_on_fatal`), the
+others are printed as warnings.
+
+    check               what goes wrong when it fails
+    chat_template       no template: prompts cannot be rendered, the trained turn has no shape
+    reasoning_rendered  the template drops <think>...</think> from the trained turn (QwQ/R1-style
+                        templates strip reasoning from assistant turns): the student learns answers only
+    trained_turn        the trained turn is not rendered verbatim after the generation prompt, or is
+                        not closed by the EOS token: the train stage cannot place the loss labels
+    eos_pad             no EOS, or pad == EOS while EOS is a training target: the EOS label is masked
+                        out with the padding and the student never learns to stop
+    think_tokens        <think>/</think> registered as *special* tokens: decode(skip_special_tokens=True)
+                        (vLLM's default, lm-eval's) silently drops them from every trace
+    generation_markers  no {% generation %} in the template: TRL's assistant_only_loss cannot mask
+    vocab_compat        teacher and student vocabularies differ: token-level KL compares unrelated tokens
+    tokenizer_load      the tokenizer (or model config) could not be loaded at all
+
+Only tokenizers and model configs are loaded, never weights. For a GGUF model the cached converted
+folder is used when it exists, else the tokenizer and config are read from the GGUF metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Literal, Optional
+
+from distillkit.errors import DistillkitError
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["error", "warning", "ok"]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Distinct words that a template has no reason to produce, so finding them in a render is proof.
+REASONING_TEXT = "Preflight reasoning: seven plus five makes twelve."
+HISTORY_REASONING_TEXT = "Preflight earlier reasoning: two plus two makes four."
+ANSWER_TEXT = "The answer is \\boxed{12}."
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+TEMPLATE_FIX = ("install a template that keeps reasoning, e.g. "
+                "`tokenizer.chat_template = distillkit.models.CHATML_REASONING_TEMPLATE` for a ChatML model "
+                "(the train stage installs it, or TRL's training template for known families, when the "
+                "student's template has no generation markers), then save the tokenizer")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One preflight result. `error` stops the stage; `warning` is printed; `ok` is shown by `preflight`."""
+
+    check: str
+    """Stable snake_case name of the check (see the module docstring)."""
+    severity: Severity
+    message: str
+    """What was found, starting with the model it concerns."""
+    fix: str = ""
+    """What to do about it (empty for `ok`)."""
+    subject: str = ""
+    """Whom it concerns: preflight() sets teacher, student or teacher/student."""
+
+    def __str__(self) -> str:
+        return f"{self.check} [{self.severity}]: {self.message}" + (f" Fix: {self.fix}" if self.fix else "")
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def _converted_folder(gguf: Path, dtype: str = "bfloat16") -> Path:
+    """Where `models.convert_gguf` caches this file's conversion (same key; a test keeps them equal)."""
+    from distillkit.models import cache_dir
+
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def load_tokenizer_and_config(spec: str) -> tuple[Any, Any]:
+    """(tokenizer, model config or None) for a model argument, without loading or converting weights.
+
+    Raises DistillkitError when the tokenizer cannot be loaded.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from distillkit.models import builtin_gguf, resolve_model
+
+    gguf: Optional[Path] = None
+    if spec.startswith("builtin:"):
+        gguf = builtin_gguf(spec.split(":", 1)[1])
+    elif spec.endswith(".gguf"):
+        gguf = Path(spec).expanduser()
+        if not gguf.exists():
+            raise DistillkitError(f"{gguf}: no such GGUF file")
+    kwargs: dict[str, Any] = {}
+    if gguf is not None:
+        folder = _converted_folder(gguf)
+        if (folder / ".complete").exists():
+            path = str(folder)
+        else:  # reading the GGUF metadata is slow but never touches the weights
+            path, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
+    else:
+        path = resolve_model(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except Exception as e:  # OSError (missing/offline), ValueError (unknown class), ...
+        raise DistillkitError(f"could not load the tokenizer of {spec!r}: {e}") from e
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except Exception as e:  # a tokenizer-only repo, or a hosted model name
+        log.info("no model config for %s (%s); vocab sizes are taken from the tokenizer", spec, e)
+        config = None
+    return tokenizer, config
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+
+def _render(tokenizer, messages: list[dict[str, str]], **kwargs) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def _reasoning_turn(reasoning: str, answer: str = ANSWER_TEXT) -> str:
+    return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{answer}"
+
+
+def _conversation() -> list[dict[str, str]]:
+    """Two turns; both assistant turns carry reasoning, the last one is the trained turn."""
+    return [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": _reasoning_turn(HISTORY_REASONING_TEXT, "The answer is \\boxed{4}.")},
+        {"role": "user", "content": "What is 7 + 5?"},
+        {"role": "assistant", "content": _reasoning_turn(REASONING_TEXT)},
+    ]
+
+
+def check_chat_template(tokenizer, subject: str = "tokenizer") -> Finding:
+    """The tokenizer has a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return Finding("chat_template", "error", f"{subject} has no chat template.",
+                       "use an instruct/chat model, or " + TEMPLATE_FIX, subject)
+    return Finding("chat_template", "ok", f"{subject} has a chat template.", subject=subject)
+
+
+def check_reasoning_rendered(tokenizer, subject: str = "tokenizer") -> Optional[Finding]:
+    """Render a chat whose last (trained) assistant turn has <think> reasoning; the reasoning must appear.
+
+    Templates that strip reasoning only from *earlier* assistant turns (Qwen3) pass: the trained turn
+    is the last one. None when there is no template (check_chat_template reports that).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = _render(tokenizer, _conversation())
+    except Exception as e:  # jinja errors, raise_exception() in the template
+        return Finding("reasoning_rendered", "error", f"{subject}'s chat template fails to render a "
+                       f"two-turn chat with reasoning: {type(e).__name__}: {e}", TEMPLATE_FIX, subject)
+    if REASONING_TEXT not in text:
+        return Finding("reasoning_rendered", "error",
+                       f"{subject}'s chat template drops the reasoning of the trained (last) assistant turn: "
+                       "the <think>...</think> text is missing from the rendered chat, so the student "
+                       "would learn answers without reasoning.", TEMPLATE_FIX, subject)
+    history = "" if HISTORY_REASONING_TEXT in text else " (it strips reasoning from earlier turns, " \
+                                                        "which is fine: only the last turn is trained)"
+    return Finding("reasoning_rendered", "ok",
+                   f"{subject}'s chat template keeps the trained turn's reasoning{history}.", subject=subject)
+
+
+def check_trained_turn(tokenizer, subject: str = "tokenizer") -> Optional[Finding]:
+    """The trained turn renders verbatim after the generation prompt and is closed by the EOS token.
+
+    This is what the train stage needs to splice prompt, completion and end-of-turn (train/data.py).
+    None when there is no template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    prompt = [{"role": "user", "content": "What is 7 + 5?"}]
+    content = _reasoning_turn(REASONING_TEXT)
+    try:
+        head = _render(tokenizer, prompt, add_generation_prompt=True)
+        full = _render(tokenizer, prompt + [{"role": "assistant", "content": content}])
+    except Exception as e:
+        return Finding("trained_turn", "error", f"{subject}'s chat template fails to render a one-turn chat: "
+                       f"{type(e).__name__}: {e}", TEMPLATE_FIX, subject)
+    if not full.startswith(head) or not full[len(head):].startswith(content):
+        return Finding("trained_turn", "error",
+                       f"{subject}'s chat template does not render the assistant turn verbatim after the "
+                       f"generation prompt (generation prompt ends {head[-40:]!r}; the chat continues "
+                       f"{full[len(head):len(head) + 60]!r}), so the train stage cannot place the completion.",
+                       TEMPLATE_FIX, subject)
+    suffix = full[len(head) + len(content):]
+    eos = tokenizer.eos_token
+    if eos and not suffix.startswith(eos):
+        return Finding("trained_turn", "error",
+                       f"{subject}'s chat template ends the assistant turn with {suffix[:30]!r}, not with the "
+                       f"EOS token {eos!r}: the student would not learn to stop.",
+                       "set tokenizer.eos_token to the template's end-of-turn token (e.g. '<|im_end|>' for "
+                       "ChatML) or fix the template", subject)
+    return Finding("trained_turn", "ok", f"{subject}'s chat template renders the trained turn verbatim, "
+                   f"closed by {eos!r}.", subject=subject)
+
+
+def _config_eos_ids(config) -> list[int]:
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def check_eos(tokenizer, config=None, is_eos_trained: bool = True, subject: str = "tokenizer") -> Finding:
+    """EOS is defined; when EOS is a training target, pad differs from it."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id is None:
+        return Finding("eos_pad", "error", f"{subject} defines no EOS token: generation never stops and the "
+                       "student cannot learn to stop.",
+                       "set tokenizer.eos_token to the template's end-of-turn token and save the tokenizer", subject)
+    if is_eos_trained and pad_id == eos_id:
+        return Finding("eos_pad", "error",
+                       f"{subject}'s pad token {tokenizer.pad_token!r} is its EOS token (id {eos_id}): the EOS "
+                       "label is masked out with the padding, so the student never learns to stop.",
+                       "give the tokenizer a distinct pad token (e.g. '<|pad|>' or '<|endoftext|>'); the train "
+                       "stage does this for the student", subject)
+    config_eos = _config_eos_ids(config)
+    if config_eos and eos_id not in config_eos:
+        return Finding("eos_pad", "warning",
+                       f"{subject}'s tokenizer EOS {tokenizer.eos_token!r} (id {eos_id}) is not among the model "
+                       f"config's eos_token_id {config_eos}: generation may not stop at the end of the turn.",
+                       "make config.json / generation_config.json eos_token_id include the tokenizer's EOS id",
+                       subject)
+    pad = "no pad token (the train stage adds one)" if pad_id is None else f"pad {tokenizer.pad_token!r}"
+    return Finding("eos_pad", "ok", f"{subject} has EOS {tokenizer.eos_token!r} and {pad}.", subject=subject)
+
+
+def _special_ids(tokenizer) -> set[int]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return {i for i, t in decoder.items() if getattr(t, "special", False)} | set(tokenizer.all_special_ids)
+
+
+def check_think_tokens(tokenizer, subject: str = "tokenizer", severity: Severity = "error") -> Finding:
+    """<think> and </think> survive encode -> decode, with and without skip_special_tokens."""
+    text = _reasoning_turn(REASONING_TEXT)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    lost = []
+    for skip in (False, True):
+        decoded = tokenizer.decode(ids, skip_special_tokens=skip)
+        lost += [f"{tag} (skip_special_tokens={skip})" for tag in (THINK_OPEN, THINK_CLOSE) if tag not in decoded]
+    if lost:
+        vocab = tokenizer.get_vocab()
+        special = [t for t in (THINK_OPEN, THINK_CLOSE) if vocab.get(t) in _special_ids(tokenizer)]
+        why = f"{' and '.join(special)} {'is' if len(special) == 1 else 'are'} registered as special tokens, so " \
+              "decoding with skip_special_tokens=True (vLLM's default, lm-eval) drops them" if special else \
+              "the tokenizer does not reproduce them"
+        return Finding("think_tokens", severity,
+                       f"{subject} loses {', '.join(lost)} on encode/decode: {why}; traces lose their reasoning "
+                       "tags and the format verifier rejects them.",
+                       "register <think>/</think> as normal added tokens: "
+                       "tokenizer.add_tokens(['<think>', '</think>'], special_tokens=False) on a tokenizer that "
+                       "does not list them as special (edit `special` in tokenizer.json's added_tokens)", subject)
+    single = all(t in tokenizer.get_vocab() for t in (THINK_OPEN, THINK_CLOSE))
+    how = "single tokens" if single else "several tokens each"
+    return Finding("think_tokens", "ok", f"{subject} keeps <think>/</think> through encode/decode ({how}).",
+                   subject=subject)
+
+
+def check_generation_markers(tokenizer, subject: str = "tokenizer") -> Optional[Finding]:
+    """The template marks assistant tokens with {% generation %} and the mask covers the reasoning."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    fix = ("the train stage installs a template with markers for the student (distillkit.models."
+           "CHATML_REASONING_TEMPLATE for ChatML models, TRL's training template for known families); "
+           "elsewhere set tokenizer.chat_template to one with {% generation %} ... {% endgeneration %}")
+    if not isinstance(template, str) or not GENERATION_MARKER.search(template):
+        return Finding("generation_markers", "warning",
+                       f"{subject}'s chat template has no {{% generation %}} markers: TRL's assistant_only_loss "
+                       "cannot tell assistant tokens from the prompt.", fix, subject)
+    messages = [{"role": "user", "content": "What is 7 + 5?"},
+                {"role": "assistant", "content": _reasoning_turn(REASONING_TEXT)}]
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+    except Exception as e:
+        return Finding("generation_markers", "warning", f"{subject}'s generation markers could not be "
+                       f"evaluated: {type(e).__name__}: {e}", fix, subject)
+    marked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    if REASONING_TEXT not in tokenizer.decode(marked):
+        return Finding("generation_markers", "warning",
+                       f"{subject}'s {{% generation %}} markers do not cover the assistant's reasoning.",
+                       fix, subject)
+    return Finding("generation_markers", "ok",
+                   f"{subject}'s chat template marks the assistant turn (reasoning included) for the loss.",
+                   subject=subject)
+
+
+def check_tokenizer(tokenizer, config=None, subject: str = "tokenizer", is_trained: bool = True) -> list[Finding]:
+    """Every single-model check. `is_trained`: the model is the student (trained turn, EOS, markers)."""
+    findings = [check_chat_template(tokenizer, subject)]
+    if is_trained:
+        findings += [check_reasoning_rendered(tokenizer, subject), check_trained_turn(tokenizer, subject)]
+    findings.append(check_eos(tokenizer, config, is_eos_trained=is_trained, subject=subject))
+    findings.append(check_think_tokens(tokenizer, subject))
+    if is_trained:
+        findings.append(check_generation_markers(tokenizer, subject))
+    return [f for f in findings if f is not None]
+
+
+# ----------------------------------------------------------------------------------------- pair
+
+
+def _id_to_token(tokenizer) -> dict[int, str]:
+    return {i: t for t, i in tokenizer.get_vocab().items()}
+
+
+def check_pair(teacher, student, teacher_config=None, student_config=None,
+               subject: str = "teacher/student") -> tuple[Finding, Optional[int]]:
+    """Whether token-level KL between teacher and student is meaningful; returns (finding, shared range).
+
+    Compatible: the same token at every id both tokenizers define. Model vocab sizes may still differ
+    by padding (Qwen2.5: 151,936 for <= 3B vs 152,064 for 7B+, over the same 151,665 tokens); logits are
+    then compared over the shared range `[0, shared)`, shared = the smaller config vocab_size (the
+    smaller tokenizer length without configs). `shared` is None when the pair is incompatible.
+    """
+    t_map, s_map = _id_to_token(teacher), _id_to_token(student)
+    t_len, s_len = max(t_map, default=-1) + 1, max(s_map, default=-1) + 1
+    t_vocab = getattr(teacher_config, "vocab_size", None) or t_len
+    s_vocab = getattr(student_config, "vocab_size", None) or s_len
+    shared = min(t_vocab, s_vocab)
+    common = min(t_len, s_len)
+    mismatched = [i for i in range(common) if t_map.get(i) != s_map.get(i)]
+    fix = ("use a student from the teacher's tokenizer family (e.g. Qwen2.5 teacher -> Qwen2.5 student), or set "
+           "train.kd.enabled=false: SFT on the teacher's text works across tokenizers")
+    examples = ", ".join(f"id {i}: {t_map.get(i)!r} vs {s_map.get(i)!r}" for i in mismatched[:3])
+    if mismatched:
+        added = set(getattr(teacher, "added_tokens_decoder", {})) | set(getattr(student, "added_tokens_decoder", {}))
+        if len(mismatched) > max(8, common // 100) or not set(mismatched) <= added:
+            return Finding("vocab_compat", "error",
+                           f"{subject} vocabularies differ at {len(mismatched):,} of {common:,} shared ids "
+                           f"({examples}): token-level KL would compare unrelated tokens.", fix, subject), None
+    beyond = [t_map[i] for i in range(s_vocab, t_len) if i in t_map]
+    if beyond:
+        return Finding("vocab_compat", "error",
+                       f"the teacher's tokenizer has {len(beyond):,} token(s) at ids >= the student's vocab_size "
+                       f"{s_vocab:,} (e.g. {beyond[0]!r}): the student has no logit for them.", fix, subject), None
+    sizes = f"vocab_size {t_vocab:,} vs {s_vocab:,}" if t_vocab != s_vocab else f"vocab_size {t_vocab:,}"
+    if mismatched:
+        return Finding("vocab_compat", "warning",
+                       f"{subject} share a vocabulary except {len(mismatched)} added token(s) ({examples}); "
+                       f"KL over the shared range [0, {shared:,}) ({sizes}).",
+                       "harmless unless those tokens occur in traces; " + fix, subject), shared
+    if t_len != s_len:
+        return Finding("vocab_compat", "warning",
+                       f"{subject} tokenizers agree on ids [0, {common:,}) but hold {t_len:,} vs {s_len:,} tokens; "
+                       f"KL over the shared range [0, {shared:,}) ({sizes}).",
+                       "fine if the extra tokens never occur in traces; " + fix, subject), shared
+    return Finding("vocab_compat", "ok",
+                   f"{subject} use the same tokenizer ({t_len:,} tokens); {sizes}; KL over the shared range "
+                   f"[0, {shared:,}).", subject=subject), shared
+
+
+# ----------------------------------------------------------------------------------------- recipe
+
+
+def _teacher_needs_tokenizer(cfg) -> bool:
+    """vLLM/transformers backends and the OpenAI `completions` api render prompts locally."""
+    teacher = cfg.generate.teacher
+    return teacher.backend != "openai" or teacher.openai.api == "completions"
+
+
+def _after_train_fixes(tokenizer, raw: list[Finding], subject: str) -> list[Finding]:
+    """Re-run the student's checks on the tokenizer the train stage will use (after `fix_tokenizer`).
+
+    Problems the train stage repairs (pad == EOS, no generation markers on a ChatML or known-family
+    template) become warnings that say so; the rest keep their severity.
+    """
+    import copy
+
+    try:
+        from distillkit.train.student import fix_tokenizer
+
+        fixed = copy.deepcopy(tokenizer)
+        changes = fix_tokenizer(fixed)
+    except ImportError:  # the train extra is missing; the stage itself will say so
+        return raw
+    if not changes:
+        return raw
+    after = {f.check: f for f in check_tokenizer(fixed, None, subject=subject)}
+    out = []
+    for f in raw:
+        new = after.get(f.check)
+        if f.severity != "ok" and new is not None and new.severity == "ok":
+            # fix_tokenizer reports "pad_token: ..." and "chat_template: ..."; name the one that helped
+            which = "pad_token" if f.check == "eos_pad" else "chat_template"
+            done = [c for c in changes if c.startswith(which)] or changes
+            f = Finding(f.check, "warning", f"{f.message} The train stage fixes this in student_init/ "
+                        f"({'; '.join(done)}).", f.fix, subject)
+        out.append(f)
+    return out
+
+
+def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
+    """All findings for the stages about to run (default: the recipe's `stages`).
+
+    generate: the teacher's template, EOS and think tokens (when the backend renders prompts locally;
+    an OpenAI endpoint applies its own template, so an unavailable tokenizer is only a warning).
+    train: the student's template, trained turn, EOS/pad, think tokens, generation markers, judged
+    after the fixes the train stage applies; with KD or on-policy distillation, vocab compatibility.
+    """
+    stages = list(cfg.stages if stages is None else stages)
+    findings: list[Finding] = []
+    loaded: dict[str, Any] = {}
+
+    def load(spec: str, subject: str, severity: Severity, why: str):
+        if spec not in loaded:
+            try:
+                loaded[spec] = load_tokenizer_and_config(spec)
+            except DistillkitError as e:
+                loaded[spec] = e
+        result = loaded[spec]
+        if isinstance(result, DistillkitError):
+            findings.append(Finding("tokenizer_load", severity, f"{subject} {spec!r}: {result} {why}",
+                                    "check the model name/path (and network access for a Hub id)", subject))
+            return None, None
+        return result
+
+    teacher_spec = cfg.generate.teacher.model
+    if "generate" in stages:
+        needs = _teacher_needs_tokenizer(cfg)
+        why = "" if needs else ("The OpenAI endpoint applies its own template, so the teacher's template and "
+                                "think-token checks are skipped.")
+        tok, config = load(teacher_spec, "teacher", "error" if needs else "warning", why)
+        if tok is not None:
+            subject = f"teacher {teacher_spec}"
+            own = [check_chat_template(tok, subject), check_eos(tok, config, is_eos_trained=False, subject=subject),
+                   # the hf backend decodes with skip_special_tokens=False, vLLM and servers with True
+                   check_think_tokens(tok, subject, "warning" if cfg.generate.teacher.backend == "transformers"
+                                      else "error")]
+            if not needs:  # the server renders the prompt: a missing local template does not matter
+                own = [Finding(f.check, "warning", f.message, f.fix, f.subject) if f.severity == "error"
+                       and f.check == "chat_template" else f for f in own]
+            findings += [replace(f, subject="teacher") for f in own]
+
+    if "train" in stages:
+        student_spec = cfg.train.student.model
+        subject = f"student {student_spec}"
+        s_tok, s_config = load(student_spec, "student", "error", "")
+        if s_tok is not None:
+            raw = check_tokenizer(s_tok, s_config, subject=subject, is_trained=True)
+            findings += [replace(f, subject="student") for f in _after_train_fixes(s_tok, raw, subject)]
+        if cfg.train.kd.enabled or cfg.train.on_policy.enabled:
+            t_tok, t_config = load(teacher_spec, "teacher", "warning",
+                                   "Vocab compatibility for KD cannot be checked before training.")
+            if s_tok is not None and t_tok is not None:
+                finding, _shared = check_pair(t_tok, s_tok, t_config, s_config,
+                                             subject=f"teacher {teacher_spec} and student {student_spec}")
+                findings.append(replace(finding, subject="teacher/student"))
+    for f in findings:
+        # the caller shows the findings (the CLI prints them); the log keeps a record
+        log.log(logging.INFO if f.severity != "ok" else logging.DEBUG, "preflight %s", f)
+    return findings
+
+
+def raise_on_fatal(findings: Iterable[Finding]) -> None:
+    """Raise one DistillkitError listing every error finding with its fix; return when there are none."""
+    errors = [f for f in findings if f.severity == "error"]
+    if not errors:
+        return
+    lines = [f"preflight found {len(errors)} fatal problem{'s' if len(errors) != 1 else ''}:"]
+    for f in errors:
+        lines += [f"  - {f.check}: {f.message}", f"    fix: {f.fix}"]
+    raise DistillkitError("\n".join(lines))
