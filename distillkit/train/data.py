@@ -186,7 +186,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
 
     Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
-    tokens, soft-labelled tokens, dropped examples, whether the teacher's ids were used, padding waste.
+    tokens, soft-labelled tokens, dropped examples, whether the teacher's ids were used, and with
+    packing the number of packed rows and how full they are.
     """
     from datasets import Dataset, Features, List, Value
 
@@ -229,8 +230,13 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
         from trl.data_utils import pack_dataset
 
         ds = pack_dataset(ds.shuffle(seed=seed), max_length, strategy="bfd")
-        info["num_packed_rows"] = len(ds)
-        info["padding_waste"] = 1 - info["num_tokens"] / (len(ds) * max_length) if len(ds) else 0.0
+        # Batches of packed rows are concatenated padding-free (no pad token reaches the model); what
+        # packing can waste is the unfilled end of each row, i.e. more rows and steps than needed.
+        # The last row holds the leftovers, so the fill is reported over the other rows.
+        lengths = sorted((len(x) for x in ds["input_ids"]), reverse=True)
+        info["num_packed_rows"] = len(lengths)
+        info["packed_row_fill"] = (sum(lengths[:-1]) / ((len(lengths) - 1) * max_length)
+                                   if len(lengths) > 1 else lengths[0] / max_length)
     return ds, info
 
 

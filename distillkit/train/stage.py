@@ -53,7 +53,10 @@ def sft_config(cfg: RecipeConfig, out: Path, bf16: bool):
         learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length, packing=t.packing, padding_free=t.packing,
+        max_length=t.max_length,
+        # Packing (BFD) and padding-free batches are done by distillkit.train.data (TRL's own packing
+        # drops the soft-label columns), so TRL's flags stay off.
+        packing=False, padding_free=False,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16, seed=t.seed, data_seed=t.seed, save_steps=t.save_steps, logging_steps=t.logging_steps,

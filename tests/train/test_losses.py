@@ -164,6 +164,26 @@ def test_topk_tail_is_the_full_kl_when_k_is_the_whole_vocabulary():
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
 
 
+def test_student_tail_is_exact_when_topk_holds_nearly_all_mass():
+    # top-2 logits 30 above the rest: tail ~ 8 e^-30 ~ 7.5e-13, invisible to log1mexp in fp32
+    z = torch.tensor([[30.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    ids = torch.tensor([[0, 1]])
+    lp = torch.tensor([[math.log(0.45), math.log(0.45)]])  # teacher tail 0.1
+    got, _ = topk_row_divergence(z, ids, lp, "topk_tail", "forward_kl")
+    z64 = z.detach().double()
+    q = z64.softmax(-1)[0]
+    q_b = [q[0].item(), q[1].item(), q[2:].sum().item()]
+    assert got.item() == pytest.approx(_kl([0.45, 0.45, 0.1], q_b), rel=1e-5)
+    # gradient of the exact tail vs float64 autograd of the masked logsumexp
+    (g,) = torch.autograd.grad(got, z)
+    z64.requires_grad_()
+    ls = z64.log_softmax(-1)
+    s_logp = torch.cat([ls[:, :2], torch.logsumexp(z64[:, 2:], -1, keepdim=True) - torch.logsumexp(z64, -1, keepdim=True)], -1)
+    p = torch.tensor([[0.45, 0.45, 0.1]], dtype=torch.float64)
+    (g64,) = torch.autograd.grad((p * (p.log() - s_logp)).sum(), z64)
+    torch.testing.assert_close(g, g64.float(), atol=1e-6, rtol=1e-4)
+
+
 def _kl(p, q):
     return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
 
