@@ -61,14 +61,19 @@ def builtin_gguf(name: str) -> Path:
     return path
 
 
+def converted_folder(gguf: Path, dtype: str = "bfloat16") -> Path:
+    """The cache folder a GGUF file converts into (keyed by its path, size and mtime, and the dtype)."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
 def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
     """Dequantize a GGUF checkpoint into a normal HF folder (cached); returns the folder."""
     gguf = Path(gguf)
     if not gguf.exists():
         raise DistillkitError(f"{gguf}: no such GGUF file")
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
-    out = Path(out_dir) if out_dir else cache_dir() / "models" / f"{gguf.stem}-{key}"
+    out = Path(out_dir) if out_dir else converted_folder(gguf, dtype)
     if (out / "config.json").exists() and (out / ".complete").exists():
         return out
     torch = require("torch", "train", "converting a .gguf model needs torch")

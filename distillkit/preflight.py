@@ -24,7 +24,6 @@ folder is used when it exists, else the tokenizer and config are read from the G
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass, replace
@@ -70,15 +69,6 @@ class Finding:
 # ----------------------------------------------------------------------------------------- loading
 
 
-def _converted_folder(gguf: Path, dtype: str = "bfloat16") -> Path:
-    """Where `models.convert_gguf` caches this file's conversion (same key; a test keeps them equal)."""
-    from distillkit.models import cache_dir
-
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{gguf.stem}-{key}"
-
-
 def load_tokenizer_and_config(spec: str) -> tuple[Any, Any]:
     """(tokenizer, model config or None) for a model argument, without loading or converting weights.
 
@@ -86,7 +76,7 @@ def load_tokenizer_and_config(spec: str) -> tuple[Any, Any]:
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from distillkit.models import builtin_gguf, resolve_model
+    from distillkit.models import builtin_gguf, converted_folder, resolve_model
 
     gguf: Optional[Path] = None
     if spec.startswith("builtin:"):
@@ -97,7 +87,7 @@ def load_tokenizer_and_config(spec: str) -> tuple[Any, Any]:
             raise DistillkitError(f"{gguf}: no such GGUF file")
     kwargs: dict[str, Any] = {}
     if gguf is not None:
-        folder = _converted_folder(gguf)
+        folder = converted_folder(gguf)
         if (folder / ".complete").exists():
             path = str(folder)
         else:  # reading the GGUF metadata is slow but never touches the weights

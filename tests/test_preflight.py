@@ -398,11 +398,10 @@ def test_missing_student_is_fatal(folders, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_findings(smollm2_dir):
-    from distillkit.preflight import _converted_folder
-    from distillkit.models import builtin_gguf
+    from distillkit.models import builtin_gguf, converted_folder
 
     # preflight finds the cached conversion instead of re-reading the GGUF
-    assert _converted_folder(builtin_gguf("smollm2-135m-instruct")) == Path(smollm2_dir)
+    assert converted_folder(builtin_gguf("smollm2-135m-instruct")) == Path(smollm2_dir)
     tok, config = load_tokenizer_and_config("builtin:smollm2-135m-instruct")
     assert Path(tok.name_or_path) == Path(smollm2_dir) and config.vocab_size == 49152
     raw = by_check(check_tokenizer(tok, config, subject="student"))
