@@ -23,7 +23,8 @@ Stored soft labels give, per position, the teacher's top-k token ids `(B, T, k)`
   rounding can make the stored top-k sum to >= 1; 0 when the k ids cover the student's whole
   vocabulary); student probabilities come from its full softmax,
   student tail = its mass outside the k ids, computed exactly as a logsumexp over the vocabulary with
-  the k ids masked out (no cancellation when the student's top-k mass is close to 1). Unlike
+  the k ids masked out (no cancellation when the student's top-k mass is close to 1, which the
+  log1mexp form suffers; see `_LogSumExpExcluding`). Unlike
   ``topk_renorm`` this penalizes a student that spreads too much (or too little) mass outside the
   teacher's top-k, and it is the coarse-graining of the full-vocabulary divergence onto the k+1
   buckets (so it lower-bounds the full KL, by the data-processing inequality). The temperature applies
@@ -134,13 +135,42 @@ def _topk_valid(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, vocab_size:
     return (topk_ids >= 0) & (topk_ids < vocab_size) & torch.isfinite(topk_logprobs)
 
 
+class _LogSumExpExcluding(torch.autograd.Function):
+    """log sum_{j not in idx} exp(s_j) per row: (N, V), (N, k) -> (N, 1), exact and O(1) extra (N, V) buffers.
+
+    `logsumexp(s.scatter(idx, -inf))` would keep the masked copy for backward and allocate two more
+    (N, V) tensors there; this recomputes the masked exponentials in one buffer in each pass. The max is
+    taken over the kept entries, so a tail far below the top-k does not underflow to 0. The log1mexp
+    form `lse + log(1 - exp(lse_topk - lse))` needs no buffer but loses all precision when the top-k
+    holds nearly all of the student's mass, which is exactly when the tail matters for reverse KL.
+    """
+
+    @staticmethod
+    def forward(ctx, s, idx):
+        e = s.detach().clone().scatter_(-1, idx, float("-inf"))
+        m = e.amax(-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, 0.0)  # an empty tail: exp(-inf - 0) = 0, log 0 = -inf
+        out = e.sub_(m).exp_().sum(-1, keepdim=True).log_().add_(m)
+        ctx.save_for_backward(s, idx, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        s, idx, out = ctx.saved_tensors
+        safe = torch.where(torch.isfinite(out), out, 0.0)
+        e = s.detach().clone().scatter_(-1, idx, float("-inf"))
+        return e.sub_(safe).exp_().mul_(g), None
+
+
 def topk_row_divergence(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
                         teacher_probs: TeacherProbs = "topk_tail", divergence: Divergence = "forward_kl",
-                        beta: float = 0.5, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                        beta: float = 0.5, temperature: float = 1.0,
+                        student_lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row D(teacher || student) from stored top-k soft labels.
 
     Shapes: student_logits (N, V) float, topk_ids (N, k) int, topk_logprobs (N, k) -> (div (N,), has_support (N,) bool).
     Rows without support (topk_renorm with every id dropped) get div 0 and a finite gradient.
+    `student_lse` (N,): logsumexp of the *tempered* student logits when the caller has it (saves a pass).
     """
     V = student_logits.shape[-1]
     lp = topk_logprobs.float()
@@ -168,9 +198,8 @@ def topk_row_divergence(student_logits: torch.Tensor, topk_ids: torch.Tensor, to
     # Teacher: tail = 1 - sum over *all* k stored entries (dropped ids are teacher mass, not tail);
     # the final log_softmax renormalizes the kept buckets by 1 - p_dropped and absorbs fp16 rounding.
     # Student: full softmax; its tail is an exact logsumexp over the vocabulary minus the kept ids.
-    lse_all = torch.logsumexp(s, -1, keepdim=True)
-    masked = s.scatter(-1, idx, neg_inf.expand(idx.shape))
-    s_tail = torch.where(has_valid[:, None], torch.logsumexp(masked, -1, keepdim=True), lse_all)
+    lse_all = torch.logsumexp(s, -1, keepdim=True) if student_lse is None else student_lse[:, None]
+    s_tail = torch.where(has_valid[:, None], _LogSumExpExcluding.apply(s, idx), lse_all)
     s_logp = torch.cat([s_top, s_tail], -1) - lse_all
     lse_k = torch.logsumexp(torch.where(torch.isfinite(lp), lp, neg_inf), -1).clamp(max=0.0)
     t_tail = torch.log(-torch.expm1(lse_k)).clamp(min=math.log(TAIL_FLOOR))
@@ -198,10 +227,10 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor | None, ce_mask: torc
     """Masked per-row CE and D for one chunk: logits (N, V) -> (ce (N,), kd (N,)), zeros off the masks."""
     z = logits.float()
     zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    lse = torch.logsumexp(z, -1)
     if labels is not None:
         safe = torch.where(ce_mask, labels, 0).long()
-        ce = torch.logsumexp(z, -1) - z.gather(-1, safe[:, None])[:, 0]
-        ce = torch.where(ce_mask, ce, zero)
+        ce = torch.where(ce_mask, lse - z.gather(-1, safe[:, None])[:, 0], zero)
     else:
         ce = z.new_zeros(z.shape[0])
     if teacher_probs == "live":
@@ -212,7 +241,8 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor | None, ce_mask: torc
         ids, lp = teacher["ids"], teacher["logprobs"]
         ids = torch.where(kd_mask[:, None], ids, torch.arange(ids.shape[-1], device=ids.device) % z.shape[-1])
         lp = torch.where(kd_mask[:, None], lp.float(), -math.log(ids.shape[-1]) - 1.0)
-        kd, _ = topk_row_divergence(z, ids, lp, teacher_probs, divergence, beta, temperature)
+        kd, _ = topk_row_divergence(z, ids, lp, teacher_probs, divergence, beta, temperature,
+                                    student_lse=lse if temperature == 1 else None)
     kd = torch.where(kd_mask, kd, zero)
     return ce, kd
 
