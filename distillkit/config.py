@@ -169,6 +169,14 @@ class SamplingConfig(StrictModel):
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
     """raw: before temperature/top-p (the model's distribution); processed: after them."""
 
+    @model_validator(mode="after")
+    def _greedy_needs_one_sample(self):
+        # vLLM's server rejects it, and the offline engine would return n identical copies.
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"temperature=0 (greedy) with n={self.n} gives {self.n} identical samples; "
+                             "set n: 1 or a temperature > 0")
+        return self
+
 
 class GenerateConfig(StrictModel):
     renamed: ClassVar[dict[str, str]] = {"samples_per_prompt": "sampling.n"}
