@@ -145,26 +145,29 @@ def test_greedy_agrees_with_transformers(engine, tiny_qwen2, tmp_path):
 
 def test_http_backend_against_a_real_vllm_server(server, engine, tiny_qwen2, tmp_path):
     url = wait_ready(server)
-    common = {"teacher": {"openai": {"base_url": url, "model": "tiny", "max_concurrency": 4}},
-              "sampling": {"temperature": 0.0, "n": 2, "topk_logprobs": 5}}
-    chat = make_cfg(tiny_qwen2, tmp_path / "chat", backend="openai", **common)
+    endpoint = {"base_url": url, "model": "tiny", "max_concurrency": 4}
+    sampled = {"n": 2, "temperature": 0.6, "topk_logprobs": 5}
+    greedy = {"n": 1, "temperature": 0.0, "topk_logprobs": 5}
+    chat = make_cfg(tiny_qwen2, tmp_path / "chat", backend="openai", teacher={"openai": endpoint}, sampling=sampled)
     comp = make_cfg(tiny_qwen2, tmp_path / "comp", backend="openai",
-                    teacher={"openai": {**common["teacher"]["openai"], "api": "completions"}},
-                    sampling=common["sampling"])
-    offline = make_cfg(tiny_qwen2, tmp_path / "offline", sampling=common["sampling"])
+                    teacher={"openai": {**endpoint, "api": "completions"}}, sampling=greedy)
     m = run_generate(chat)
     run_generate(comp)
-    run_generate(offline, backend=engine)
-    a, b, c = (_rows(x.stage_dir("generate")) for x in (chat, comp, offline))
+    off_sampled = make_cfg(tiny_qwen2, tmp_path / "off_s", sampling=sampled)
+    off_greedy = make_cfg(tiny_qwen2, tmp_path / "off_g", sampling=greedy)
+    run_generate(off_sampled, backend=engine)
+    run_generate(off_greedy, backend=engine)
+    a, b, c, d = (_rows(x.stage_dir("generate")) for x in (chat, comp, off_sampled, off_greedy))
     assert m.counts["samples"] == 12 and m.stats["backend"] == "openai"
-    for x in a:
+    for x in a + b:
         assert len(x["topk_ids"]) == x["completion_tokens"] == len(x["completion_ids"]) > 0
         assert x["prompt_tokens"] > 0 and x["finish_reason"] in ("stop", "length")
-    # Greedy: the chat endpoint (prefill via continue_final_message), the completions endpoint (prompt
-    # rendered here) and the offline engine see the same tokens and produce the same completions.
-    key = lambda r: (r["completion_ids"], r["completion"], r["prompt_tokens"])  # noqa: E731
-    assert [key(x) for x in a] == [key(x) for x in b] == [key(x) for x in c]
-    for x, y in zip(a, c):
+    key = lambda r: (r["id"], r["completion_ids"], r["completion"], r["prompt_tokens"])  # noqa: E731
+    # Chat endpoint (prefill sent via continue_final_message) with per-request seeds == the offline
+    # engine with the same seeds; completions endpoint (prompt rendered here) greedy == offline greedy.
+    assert [key(x) for x in a] == [key(x) for x in c]
+    assert [key(x) for x in b] == [key(x) for x in d]
+    for x, y in zip(a + b, c + d):
         assert x["topk_ids"] == y["topk_ids"]
         np.testing.assert_allclose(np.array(x["topk_logprobs"], np.float32), np.array(y["topk_logprobs"], np.float32),
                                    atol=2e-3)
