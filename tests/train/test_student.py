@@ -1,0 +1,80 @@
+"""Student initialization: kept layers, tokenizer fix-ups, LoRA/QLoRA loading."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_parse_keep_layers():
+    from distillkit.errors import DistillkitError
+    from distillkit.train.student import parse_keep_layers
+
+    assert parse_keep_layers("every_other", 6) == [0, 2, 4, 5]  # the last layer always stays
+    assert parse_keep_layers("every_other", 5) == [0, 2, 4]
+    assert parse_keep_layers("first:3", 30) == [0, 1, 2]
+    assert parse_keep_layers("last:2", 5) == [3, 4]
+    assert parse_keep_layers([4, 0, 4], 6) == [0, 4]
+    assert parse_keep_layers(None, 3) == [0, 1, 2]
+    for bad in ("first:0", "first:31", "half", [30], []):
+        with pytest.raises(DistillkitError, match="keep_layers"):
+            parse_keep_layers(bad, 30)
+
+
+def test_pruned_student_copies_kept_layers_and_generates(tmp_path, tiny_qwen2):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.testing import build_tiny_model
+    from distillkit.train.student import build_student_init
+
+    src = build_tiny_model(tmp_path / "four", num_layers=4, tokenizer_dir=tiny_qwen2)
+    cfg = type("S", (), {"model": str(src), "keep_layers": "every_other"})()
+    info = build_student_init(cfg, tmp_path / "init", dtype="float32")
+    assert info["kept_layers"] == [0, 2, 3] and info["num_layers"] == 4
+    full = AutoModelForCausalLM.from_pretrained(src)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "init")
+    assert pruned.config.num_hidden_layers == 3 and len(pruned.config.layer_types) == 3
+    for new, old in enumerate([0, 2, 3]):
+        assert torch.equal(pruned.model.layers[new].mlp.up_proj.weight, full.model.layers[old].mlp.up_proj.weight)
+        assert pruned.model.layers[new].self_attn.layer_idx == new  # KV-cache slots renumbered
+    # The pruned model equals running the kept layers of the full one.
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        full.model.layers = torch.nn.ModuleList([full.model.layers[i] for i in (0, 2, 3)])
+        full.config.num_hidden_layers = 3
+        full.config.layer_types = full.config.layer_types[:3]
+        for new, layer in enumerate(full.model.layers):
+            layer.self_attn.layer_idx = new
+        assert torch.allclose(pruned(ids).logits, full(ids).logits, atol=1e-5)
+        out = pruned.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 9)
+
+
+def test_fix_tokenizer_separates_pad_from_eos_and_adds_markers(tiny_qwen2):
+    from transformers import AutoTokenizer
+
+    from distillkit.train.student import fix_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    tok.pad_token = tok.eos_token  # SmolLM2 ships like this
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    changes = fix_tokenizer(tok)
+    assert tok.pad_token_id != tok.eos_token_id and tok.pad_token == "<|pad|>"
+    assert "{% generation %}" in tok.chat_template and len(changes) == 2
+    assert fix_tokenizer(tok) == []  # idempotent
+
+
+def test_qlora_student_is_nf4_double_quant_with_lora_on_top(tmp_path, tiny_qwen2):
+    import bitsandbytes as bnb
+
+    from distillkit.config import TrainConfig
+    from distillkit.train.student import load_student
+
+    cfg = TrainConfig(method="qlora", lora={"r": 4}, gradient_checkpointing=False)
+    model, _ = load_student(cfg, tiny_qwen2)
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
+    state = four_bit[0].weight.quant_state
+    assert state.quant_type == "nf4" and state.nested  # nested = double quantization
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
