@@ -1,0 +1,37 @@
+"""Backend helpers without an engine: recipe -> vLLM arguments, per-prompt seeds, fixed-width soft labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distillkit.config import GenerateConfig
+from distillkit.generate.backends import fixed_width, prompt_seed
+from distillkit.generate.backends.vllm import engine_kwargs
+
+
+def test_recipe_maps_to_vllm_engine_arguments():
+    gen = GenerateConfig.model_validate({
+        "teacher": {"vllm": {"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray",
+                             "max_model_len": 4096, "max_logprobs": 5, "engine_kwargs": {"enable_prefix_caching": False}}},
+        "sampling": {"topk_logprobs": 20, "logprobs_mode": "processed_logprobs", "seed": 11}})
+    kw = engine_kwargs(gen, "/m")
+    assert kw["model"] == "/m" and kw["tensor_parallel_size"] == 4 and kw["pipeline_parallel_size"] == 2
+    assert kw["distributed_executor_backend"] == "ray" and kw["max_model_len"] == 4096
+    assert kw["max_logprobs"] == 20  # raised to the requested top-k
+    assert kw["logprobs_mode"] == "processed_logprobs" and kw["seed"] == 11 and kw["enable_prefix_caching"] is False
+    assert "data_parallel_size" not in kw  # replicas are separate processes (vLLM refuses in-process DP)
+
+
+def test_prompt_seeds_are_stable_and_spread_apart():
+    seeds = [prompt_seed(0, f"p{i}") for i in range(1000)]
+    assert seeds[0] == prompt_seed(0, "p0") and prompt_seed(1, "p0") != seeds[0]
+    assert prompt_seed(None, "p0") is None
+    # vLLM gives sample i of a prompt the seed s + i: no two prompts' streams may overlap for n <= 64.
+    ordered = sorted(seeds)
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 64 and max(seeds) < 2 ** 62
+
+
+def test_fixed_width_pads_short_rows():
+    ids, lps = fixed_width([[(5, -0.1), (7, -1.0), (9, -3.0)], [(4, -0.5)]], 2)
+    assert ids.dtype == np.int32 and ids.tolist() == [[5, 7], [4, 0]]
+    assert lps[0].tolist() == [np.float32(-0.1), -1.0] and lps[1, 1] == -np.inf
