@@ -16,6 +16,7 @@ VERIFIERS: dict[str, str] = {
     "language": "distillkit.filter.verifiers.readability:LanguageVerifier",
     "repetition": "distillkit.filter.verifiers.readability:RepetitionVerifier",
     "length": "distillkit.filter.verifiers.readability:LengthVerifier",
+    "judge": "distillkit.filter.verifiers.judge:JudgeVerifier",
 }
 
 

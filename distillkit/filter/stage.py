@@ -7,6 +7,8 @@ every step that judged it in its `verdicts` column; the manifest's `stats` hold 
     funnel   [{"step", "in", "rejected", "out"}]   a record counts at the first step that rejects it
     reasons  {step: {reason: count}}                every verdict given, passes included
     sources  {source: {"records", "passed_verifiers", "pass_rate", "kept", "prompts", "prompts_kept"}}
+    verifiers {step: {...}}                         usage of verifiers that report it (the judge: requests,
+                                                    cache hits, tokens); absent when none does
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
     funnel = [{"step": "input", "in": n, "rejected": 0, "out": n}]
     reasons: dict[str, Counter] = {}
     timings: dict[str, float] = {}
+    verifier_stats: dict[str, dict[str, Any]] = {}
 
     def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
         before = sum(alive)
@@ -108,12 +111,18 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
             task = progress.add_task(step, total=len(todo)) if progress else None
             judged = {}
             with build(spec.kind, spec.params, num_workers=cfg.num_workers) as verifier:
+                # The judge defers to this run's earlier rule verdicts, which live here, not in the records.
+                with_prior = getattr(verifier, "reads_prior_verdicts", False)
                 for start in range(0, len(todo), _CHUNK):
                     chunk = todo[start:start + _CHUNK]
-                    for i, v in zip(chunk, verifier.batch([records[i] for i in chunk])):
+                    batch = [{**records[i], "prior_verdicts": [v.as_record_entry(s) for s, v in verdicts[i]]}
+                             if with_prior else records[i] for i in chunk]
+                    for i, v in zip(chunk, verifier.batch(batch)):
                         judged[i] = v
                     if progress:
                         progress.advance(task, len(chunk))
+                if hasattr(verifier, "stats"):  # usage worth a manifest line (the judge's requests, tokens)
+                    verifier_stats[step] = verifier.stats()
             record_step(step, judged, todo)
             timings[f"{step}_s"] = round(time.time() - t0, 3)
     finally:
@@ -157,6 +166,8 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
         s["prompts_kept"] = len(prompts_kept[src])
     stats = {"funnel": funnel, "reasons": {k: dict(sorted(v.items())) for k, v in reasons.items()},
              "sources": dict(sorted(sources.items()))}
+    if verifier_stats:
+        stats["verifiers"] = verifier_stats
     return FilterResult(verdicts=verdicts, kept=alive, stats=stats, timings=timings)
 
 
