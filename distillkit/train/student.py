@@ -213,6 +213,8 @@ def load_student(train_cfg, init_dir: str | Path):
             model, use_gradient_checkpointing=train_cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     lc = train_cfg.lora
+    # LoRA's A matrices are drawn at random: seed first, so one recipe always starts from the same adapter.
+    transformers.set_seed(train_cfg.seed)
     config = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                              target_modules=lc.target_modules, task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, config)

@@ -1,0 +1,136 @@
+"""The train stage on tiny models: KD wiring, LoRA gradients, QLoRA, resume, DDP over 2 CPU processes, on-policy."""
+
+from __future__ import annotations
+
+import pytest
+from train_helpers import make_recipe, teacher_records
+
+
+def _curve(manifest, key="loss"):
+    return [row[key] for row in manifest.stats["loss_curve"]]
+
+
+def test_lora_gradients_reach_only_lora_params(tmp_path, tiny_qwen2, tiny_llama, tiny_records):
+    from datasets import Dataset
+
+    from distillkit.train.data import DistillCollator, build_train_dataset
+    from distillkit.train.stage import build_trainer, sft_config
+    from distillkit.train.student import build_student_init, load_student
+
+    cfg = make_recipe(tmp_path, tiny_records, tiny_llama, method="lora", lora={"r": 4, "dropout": 0.0},
+                      kd={"enabled": True, "alpha": 0.3})
+    build_student_init(cfg.train.student, tmp_path / "init", dtype="float32")
+    model, tok = load_student(cfg.train, tmp_path / "init")
+    ds, _ = build_train_dataset(Dataset.from_list(tiny_records), tok, 128, use_kd=True, packing=False)
+    trainer = build_trainer(cfg, model, tok, ds, sft_config(cfg, tmp_path, bf16=False))
+    batch = DistillCollator(tok.pad_token_id)([ds[0], ds[1]])
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    with_grad = {n for n, p in trainer.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad and all("lora_" in n for n in with_grad)
+    assert any("lora_B" in n for n in with_grad)  # B starts at zero, so only B moves on step one
+    frozen = [p for n, p in trainer.model.named_parameters() if "lora_" not in n]
+    assert all(p.grad is None and not p.requires_grad for p in frozen)
+
+
+def test_sft_plus_kd_trains_logs_ce_and_kl_and_saves(tmp_path, tiny_llama, tiny_records):
+    """tiny_llama learns from tiny_qwen2's soft labels (same tokenizer, different weights: a real KL)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillkit.records import read_manifest
+    from distillkit.train.stage import run_train
+
+    cfg = make_recipe(tmp_path, tiny_records, tiny_llama, num_train_epochs=4, packing=True, max_length=256,
+                      per_device_train_batch_size=1,
+                      kd={"enabled": True, "alpha": 0.25, "temperature": 2.0, "teacher_probs": "topk_tail"})
+    m = run_train(cfg)
+    first = m.stats["loss_curve"][0]
+    assert first["loss"] == pytest.approx(0.25 * first["ce"] + 0.75 * 4.0 * first["kl"], rel=1e-4)
+    assert first["kl"] > 0  # two random tiny models are both near uniform: a small but real KL
+    assert _curve(m, "kl")[-1] < first["kl"] and _curve(m, "ce")[-1] < first["ce"]
+    data = m.stats["data"]
+    assert m.counts["tokens_seen"] == m.stats["tokens_seen"] == 4 * data["num_tokens"]  # padding-free: no pad
+    assert m.stats["tokens_per_s"] > 0 and m.stats["peak_memory"]["cpu_max_rss_bytes"] > 0
+    assert read_manifest(cfg.stage_dir("train")).config_hash == m.config_hash
+    model_dir = cfg.stage_dir("train") / "model"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 2
+    ids = tok.apply_chat_template(tiny_records[0]["messages"], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"]
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] > ids.shape[1]
+    assert (cfg.stage_dir("train") / "student_init" / "config.json").exists()
+    assert run_train(cfg).finished_at == m.finished_at  # complete for this config: not rerun
+
+
+def test_qlora_run_on_cpu_saves_adapter_and_merged_model(tmp_path, tiny_llama, tiny_records):
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.train.stage import run_train
+
+    cfg = make_recipe(tmp_path, tiny_records, tiny_llama, method="qlora", lora={"r": 4},
+                      kd={"enabled": True}, sft_args={"max_steps": 2})
+    m = run_train(cfg)
+    assert m.stats["global_steps"] == 2 and all(x == x for x in _curve(m))  # finite
+    assert 0 < m.stats["trainable_params"] < m.stats["student_init"]["num_params"] / 5
+    out = cfg.stage_dir("train")
+    assert (out / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not hasattr(merged.config, "quantization_config")  # a plain model any loader reads
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tiny_llama, tiny_records):
+    from transformers import TrainerCallback
+
+    from distillkit.train.stage import run_train
+
+    # LoRA dropout makes the curve depend on the RNG state, which the checkpoint must restore.
+    common = dict(method="lora", lora={"r": 4, "dropout": 0.1}, kd={"enabled": True}, save_steps=2,
+                  num_train_epochs=2, per_device_train_batch_size=4)
+    full = run_train(make_recipe(tmp_path / "a", tiny_records, tiny_llama, **common))
+    assert full.stats["global_steps"] == 4
+
+    class StopAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise Interrupt  # killed after checkpoint-2 was written, mid-epoch-2
+
+    with pytest.raises(Interrupt):
+        run_train(make_recipe(tmp_path / "b", tiny_records, tiny_llama, **common), callbacks=[StopAtStep3()])
+    resumed = run_train(make_recipe(tmp_path / "b", tiny_records, tiny_llama, **common, resume=True))
+    assert resumed.stats["resumed_from"] == "checkpoint-2"
+    assert [r["step"] for r in resumed.stats["loss_curve"]][-2:] == [3, 4]
+    assert _curve(resumed)[-2:] == pytest.approx(_curve(full)[-2:], rel=1e-5)
+    assert _curve(resumed, "kl")[-2:] == pytest.approx(_curve(full, "kl")[-2:], rel=1e-4)
+    assert resumed.stats["tokens_seen"] == full.stats["tokens_seen"]
+    assert resumed.config_hash == full.config_hash  # resume does not change what the run is
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, tiny_llama, tiny_qwen2):
+    """Same global batch (4 = 2 processes x 2 vs 1 x 4): same loss, CE and KL at every step."""
+    from distillkit.train.stage import run_train
+
+    records = teacher_records(tiny_qwen2, num=4, seed=1)
+    common = dict(num_train_epochs=3, kd={"enabled": True, "alpha": 0.5})
+    single = run_train(make_recipe(tmp_path / "one", records, tiny_llama, per_device_train_batch_size=4, **common))
+    ddp = run_train(make_recipe(tmp_path / "two", records, tiny_llama, per_device_train_batch_size=2,
+                                num_processes=2, **common))
+    assert ddp.stats["num_processes"] == 2 and single.stats["num_processes"] == 1
+    for key in ("loss", "ce", "kl"):
+        assert _curve(ddp, key) == pytest.approx(_curve(single, key), rel=1e-4)
+    assert ddp.stats["tokens_seen"] == single.stats["tokens_seen"]
+
+
+def test_on_policy_runs_through_trl_distillation_trainer(tmp_path, tiny_llama, tiny_qwen2, tiny_records):
+    from distillkit.train.stage import run_train
+
+    cfg = make_recipe(tmp_path, tiny_records[:4], tiny_llama, on_policy={"enabled": True, "max_new_tokens": 8},
+                      kd={"enabled": True, "divergence": "reverse_kl"}, sft_args={"max_steps": 1})
+    cfg.generate.teacher.model = str(tiny_qwen2)
+    m = run_train(cfg)
+    assert m.stats["global_steps"] == 1 and m.stats["loss_curve"]
+    assert (cfg.stage_dir("train") / "model" / "config.json").exists()
