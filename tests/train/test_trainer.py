@@ -132,5 +132,6 @@ def test_on_policy_runs_through_trl_distillation_trainer(tmp_path, tiny_llama, t
                       kd={"enabled": True, "divergence": "reverse_kl"}, sft_args={"max_steps": 1})
     cfg.generate.teacher.model = str(tiny_qwen2)
     m = run_train(cfg)
-    assert m.stats["global_steps"] == 1 and m.stats["loss_curve"]
+    losses = _curve(m)
+    assert losses and all(0 <= x < 50 for x in losses)  # a per-token divergence: finite and non-negative
     assert (cfg.stage_dir("train") / "model" / "config.json").exists()
