@@ -42,14 +42,14 @@ def teacher_records(model_dir, num: int = 8, topk: int = 4, seed: int = 0, with_
 
 
 
-def make_recipe(run_dir, records, student: str, topk: int = 4, **train):
+def make_recipe(run_dir, records, student: str, topk: int = 4, keep_layers=None, **train):
     """A recipe whose filter output holds `records`, training `student` with `train` overrides."""
     from distillkit.config import validate_recipe
     from distillkit.records import write_shard, record_features
 
     cfg = validate_recipe({
         "name": "t", "output_dir": str(run_dir), "stages": ["filter", "train"],
-        "train": {"student": {"model": str(student)}, "method": "full", "learning_rate": 1e-3,
+        "train": {"student": {"model": str(student), "keep_layers": keep_layers}, "method": "full", "learning_rate": 1e-3,
                   "num_train_epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
                   "max_length": 128, "packing": False, "gradient_checkpointing": False, "bf16": False,
                   "logging_steps": 1, "save_steps": 1000, **train},
