@@ -89,12 +89,12 @@ def _shards(prompts: list[Prompt], size: int) -> list[list[Prompt]]:
 
 
 def _progress(total: int, done: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    progress = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                        TextColumn("{task.fields[tok_s]:>7.1f} tok/s"), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=False)
+    from distillkit.progress import progress_bar
+
+    progress = progress_bar(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+                            TextColumn("{task.fields[tok_s]:>7.1f} tok/s"), TextColumn("ETA"), TimeRemainingColumn())
     task = progress.add_task("generate", total=total, completed=done, tok_s=0.0)
     return progress, task
 
