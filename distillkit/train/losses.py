@@ -360,7 +360,10 @@ class _ChunkedKD(torch.autograd.Function):
     replayed so a callable with dropout sees the same masks in both passes.
     """
 
+    # Backward recomputes the logits under the forward's autocast state (bf16 matmuls on GPU), so both
+    # passes see the same logits.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, rows, weight, bias, spec: _Spec, *params):
         is_callable = weight is None
         if is_callable:
@@ -381,6 +384,7 @@ class _ChunkedKD(torch.autograd.Function):
         return ce_sum, kd_sum
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_ce, g_kd):
         spec: _Spec = ctx.spec
         rows, weight, bias, *params = ctx.saved_tensors
