@@ -317,8 +317,8 @@ class KDConfig(StrictModel):
     """Generalized JSD interpolation (jsd only)."""
     teacher_probs: Literal["topk_renorm", "topk_tail", "live"] = "topk_tail"
     """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; live: run the teacher."""
-    chunk_size: PositiveInt = 1024
-    """Tokens per chunk of the memory-bounded loss."""
+    chunk_size: PositiveInt = 256
+    """Tokens per chunk of the memory-bounded loss (256 keeps the peak ~0.1x of full logits; BENCHMARKS.md)."""
 
 
 class OnPolicyConfig(StrictModel):
