@@ -148,26 +148,30 @@ def test_http_backend_against_a_real_vllm_server(server, engine, tiny_qwen2, tmp
     endpoint = {"base_url": url, "model": "tiny", "max_concurrency": 4}
     sampled = {"n": 2, "temperature": 0.6, "topk_logprobs": 5}
     greedy = {"n": 1, "temperature": 0.0, "topk_logprobs": 5}
-    chat = make_cfg(tiny_qwen2, tmp_path / "chat", backend="openai", teacher={"openai": endpoint}, sampling=sampled)
-    comp = make_cfg(tiny_qwen2, tmp_path / "comp", backend="openai",
-                    teacher={"openai": {**endpoint, "api": "completions"}}, sampling=greedy)
-    m = run_generate(chat)
-    run_generate(comp)
-    off_sampled = make_cfg(tiny_qwen2, tmp_path / "off_s", sampling=sampled)
-    off_greedy = make_cfg(tiny_qwen2, tmp_path / "off_g", sampling=greedy)
-    run_generate(off_sampled, backend=engine)
-    run_generate(off_greedy, backend=engine)
-    a, b, c, d = (_rows(x.stage_dir("generate")) for x in (chat, comp, off_sampled, off_greedy))
+    chat_s = make_cfg(tiny_qwen2, tmp_path / "chat_s", backend="openai", teacher={"openai": endpoint}, sampling=sampled)
+    chat_g = make_cfg(tiny_qwen2, tmp_path / "chat_g", backend="openai", teacher={"openai": endpoint}, sampling=greedy)
+    comp_g = make_cfg(tiny_qwen2, tmp_path / "comp_g", backend="openai",
+                      teacher={"openai": {**endpoint, "api": "completions"}}, sampling=greedy)
+    off_g = make_cfg(tiny_qwen2, tmp_path / "off_g", sampling=greedy)
+    m = run_generate(chat_s)
+    for c in (chat_g, comp_g):
+        run_generate(c)
+    run_generate(off_g, backend=engine)
+    s, a, b, d = (_rows(x.stage_dir("generate")) for x in (chat_s, chat_g, comp_g, off_g))
     assert m.counts["samples"] == 12 and m.stats["backend"] == "openai"
-    for x in a + b:
+    for x in s + a + b:
         assert len(x["topk_ids"]) == x["completion_tokens"] == len(x["completion_ids"]) > 0
         assert x["prompt_tokens"] > 0 and x["finish_reason"] in ("stop", "length")
+        ids = x["completion_ids"][:-1] if x["finish_reason"] == "stop" else x["completion_ids"]
+        # vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence (random tiny model)
+        assert engine.tokenizer.decode(ids).rstrip("\ufffd") == x["completion"].rstrip("\ufffd")
+    # Greedy: the chat endpoint (prefill sent via continue_final_message), the completions endpoint
+    # (prompt rendered here) and the offline engine produce the same tokens. Sampled runs are not
+    # compared: the server batches requests as they arrive, and batching changes the numerics.
     key = lambda r: (r["id"], r["completion_ids"], r["completion"], r["prompt_tokens"])  # noqa: E731
-    # Chat endpoint (prefill sent via continue_final_message) with per-request seeds == the offline
-    # engine with the same seeds; completions endpoint (prompt rendered here) greedy == offline greedy.
-    assert [key(x) for x in a] == [key(x) for x in c]
+    assert [key(x) for x in a] == [key(x) for x in d]
     assert [key(x) for x in b] == [key(x) for x in d]
-    for x, y in zip(a + b, c + d):
+    for x, y in zip(a + b, d + d):
         assert x["topk_ids"] == y["topk_ids"]
         np.testing.assert_allclose(np.array(x["topk_logprobs"], np.float32), np.array(y["topk_logprobs"], np.float32),
                                    atol=2e-3)

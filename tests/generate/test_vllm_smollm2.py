@@ -31,35 +31,58 @@ def engine(smollm2_dir, tmp_path_factory):
     backend.close()
 
 
+class RecordingLLM:
+    """Wraps the engine and keeps every RequestOutput it hands to the stage."""
+
+    def __init__(self, llm):
+        self.llm, self.calls = llm, []
+
+    def generate(self, prompts, params, **kw):
+        outs = self.llm.generate(prompts, params, **kw)
+        self.calls.append((prompts, params, outs))
+        return outs
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+
 def test_n4_top20_soft_labels_are_what_vllm_returned(engine, smollm2_dir, tmp_path):
     cfg = make_cfg(smollm2_dir, tmp_path)
-    m = run_generate(cfg, backend=engine)
+    recorder = RecordingLLM(engine.llm)
+    engine.llm = recorder
+    try:
+        m = run_generate(cfg, backend=engine)
+    finally:
+        engine.llm = recorder.llm
     rows = {r["id"]: r for r in read_records(cfg.stage_dir("generate")).to_list()}
     assert m.counts["samples"] == 12 and m.stats["soft_label_bytes_per_token"] <= 100
     gen = cfg.generate
     prompts = load_prompts(gen.prompts).prompts
     requests = build_requests(prompts, gen, engine.tokenizer)
     assert engine.tokenizer.decode(requests[0].prompt_ids).endswith("<|im_start|>assistant\n<think>\n")
-    outputs = engine.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests],
-                                  [engine.sampling_params(r, gen.sampling) for r in requests], use_tqdm=False)
+    # One engine call per shard of 2 prompts, each with the prompt's own seed and top-20 logprobs.
+    assert [len(p) for p, _, _ in recorder.calls] == [2, 1]
+    sent = [(p["prompt_token_ids"], sp.seed, sp.n, sp.logprobs) for ps, sps, _ in recorder.calls for p, sp in zip(ps, sps)]
+    assert sent == [(r.prompt_ids, r.seed, 4, 20) for r in requests]
+    outputs = [o for _, _, outs in recorder.calls for o in outs]
     for p, out in zip(prompts, outputs):
         assert len({tuple(c.token_ids) for c in out.outputs}) > 1  # 4 different samples, not 4 copies
         for comp in out.outputs:
             rec = rows[f"{p.prompt_id}#{comp.index}"]
-            assert rec["completion_ids"] == list(comp.token_ids)
+            assert rec["completion_ids"] == list(comp.token_ids) and rec["completion"] == comp.text
+            assert rec["finish_reason"] == comp.finish_reason
             for t, step in enumerate(comp.logprobs):
                 top = sorted(step.items(), key=lambda kv: kv[1].rank)[:20]
                 assert rec["topk_ids"][t] == [tid for tid, _ in top]
                 np.testing.assert_array_equal(np.float16(rec["topk_logprobs"][t]),
                                               np.float16([lp.logprob for _, lp in top]))
-                # The sampled token is stored too: in the top-20, at the logprob vLLM gave it.
+                # The sampled token, when in the top-20, is stored at the logprob vLLM gave it.
                 sampled = comp.token_ids[t]
                 if sampled in rec["topk_ids"][t]:
                     j = rec["topk_ids"][t].index(sampled)
                     assert np.float16(rec["topk_logprobs"][t][j]) == np.float16(step[sampled].logprob)
-        if any(c.finish_reason == "stop" for c in out.outputs):
-            stopped = next(c for c in out.outputs if c.finish_reason == "stop")
-            assert stopped.token_ids[-1] == engine.tokenizer.eos_token_id  # EOS kept in completion_ids
+            if comp.finish_reason == "stop":
+                assert comp.token_ids[-1] == engine.tokenizer.eos_token_id  # EOS kept in completion_ids
 
 
 def test_greedy_agrees_with_transformers(engine, smollm2_dir, tmp_path):
