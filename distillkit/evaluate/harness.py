@@ -10,8 +10,10 @@ Backends (`evaluate.backend`):
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
+import os
 import json
 import logging
 from importlib import metadata
@@ -142,6 +144,57 @@ def _register_completions_backend() -> str:
     return name
 
 
+@contextlib.contextmanager
+def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
+    """Serve `model_path` with vLLM's OpenAI-compatible server on a free local port; yields its base URL.
+
+    Started as `python -m vllm.entrypoints.openai.api_server` because the `vllm` console script
+    fails under the CPU build (it looks up package metadata named `vllm`). Stopped on exit.
+    """
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+           "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed)]
+    if _device() == "cpu":
+        cmd.append("--enforce-eager")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ}
+    log.info("starting a vLLM server for %s on port %d", model_path, port)
+    # Server output goes to a file: an unread pipe fills up and blocks the server.
+    server_log = tempfile.NamedTemporaryFile("w+", prefix="distillkit-vllm-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                tail = Path(server_log.name).read_text(errors="replace")[-2000:]
+                raise DistillkitError(f"the vLLM server for {model_path} exited with code {proc.returncode} "
+                                      f"(log: {server_log.name}):\n{tail}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise DistillkitError(f"the vLLM server for {model_path} did not start in {startup_timeout_s:.0f} s")
+                time.sleep(2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        server_log.close()
+
+
 def _device() -> str:
     try:
         import torch
@@ -149,6 +202,23 @@ def _device() -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def _simple_evaluate(lm_eval, backend, model_args, tasks, tm, ecfg, batch_size, device, seed):
+    return lm_eval.simple_evaluate(
+        model=_register_completions_backend() if backend == "local-completions" else backend,
+        model_args=model_args,
+        tasks=list(tasks.values()),
+        task_manager=tm,
+        apply_chat_template=True,
+        gen_kwargs=r1_gen_kwargs(ecfg.temperature, ecfg.top_p, ecfg.max_gen_toks),
+        limit=ecfg.limit,
+        batch_size=batch_size,
+        device=device if backend == "hf" else None,
+        log_samples=True,
+        bootstrap_iters=1000,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+    )
 
 
 def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str) -> dict[str, Any]:
@@ -174,21 +244,14 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
     device = _device()
     if backend == "hf" and batch_size == "auto" and device == "cpu":
         batch_size = 8  # lm-eval's automatic search probes memory by trial batches: pointless on CPU
-    model_name = _register_completions_backend() if backend == "local-completions" else backend
-    results = lm_eval.simple_evaluate(
-        model=model_name,
-        model_args=model_arguments(backend, model_path, seed, dict(ecfg.model_args)),
-        tasks=list(tasks.values()),
-        task_manager=tm,
-        apply_chat_template=True,
-        gen_kwargs=r1_gen_kwargs(ecfg.temperature, ecfg.top_p, ecfg.max_gen_toks),
-        limit=ecfg.limit,
-        batch_size=batch_size,
-        device=device if backend == "hf" else None,
-        log_samples=True,
-        bootstrap_iters=1000,
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-    )
+    model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args))
+    server = contextlib.nullcontext()
+    if backend == "local-completions" and "base_url" not in model_args:
+        server = vllm_server(model_path, seed)
+    with server as url:
+        if url:
+            model_args["base_url"] = f"{url}/v1/completions"
+        results = _simple_evaluate(lm_eval, backend, model_args, tasks, tm, ecfg, batch_size, device, seed)
     samples = results.pop("samples", {}) or {}
     scores: dict[str, TaskScore] = {}
     for name, task in tasks.items():

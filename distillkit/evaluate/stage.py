@@ -46,9 +46,10 @@ def model_paths(cfg: RecipeConfig) -> dict[str, str]:
                 raise DistillkitError(f"{init} is missing: the derived student (train.student.keep_layers="
                                       f"{cfg.train.student.keep_layers!r}) is saved by `distillkit train`; run it first")
         else:
-            trained = train_dir / "model"
-            if not trained.is_dir():
-                raise DistillkitError(f"{trained} is missing: run `distillkit train` first, or drop "
+            # model/ holds full weights or the merged adapter; without a merge, evaluate the adapter
+            trained = next((p for p in (train_dir / "model", train_dir / "adapter") if p.is_dir()), None)
+            if trained is None:
+                raise DistillkitError(f"{train_dir / 'model'} is missing: run `distillkit train` first, or drop "
                                       "student_after from evaluate.models")
             out[key] = str(trained)
     return out

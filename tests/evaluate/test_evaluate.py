@@ -236,3 +236,37 @@ def test_unknown_task_lists_the_local_ones(tmp_path, tiny_qwen2, monkeypatch):
     cfg = _recipe(tmp_path, tiny_qwen2, tiny_qwen2, ["distillkit_arithh"], models=("teacher",))
     with pytest.raises(DistillkitError, match="distillkit_arith"):
         run_evaluate(cfg)
+
+
+# ------------------------------------------------------------------------------------- real model
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory, smollm2_dir):
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg = validate_recipe({
+        "name": "smol", "output_dir": str(tmp_path_factory.mktemp("smol") / "run"),
+        "generate": {"teacher": {"model": str(smollm2_dir)}},
+        "evaluate": {"models": ["teacher"], "tasks": ["distillkit_arith"], "backend": "hf",
+                     "num_samples": 2, "max_gen_toks": 64, "limit": 3},
+    })
+    return cfg, run_evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_smollm2_on_the_shipped_arith_task(smollm2_run):
+    cfg, _ = smollm2_run
+    samples = _logged(cfg, "teacher", "distillkit_arith")
+    per_question = []
+    for s in samples:
+        responses = s["filtered_resps"][0]
+        assert len(responses) == 2 and all(isinstance(r, str) for r in responses)
+        per_question.append(fmean(bool(score_math(r, s["doc"]["answer"])) for r in responses))
+    results = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())
+    score = results["models"]["teacher"]["tasks"]["distillkit_arith"]
+    assert score["num_questions"] == 3
+    assert score["pass_at_1"] == pytest.approx(fmean(per_question))
+    assert score["stderr"] == pytest.approx(stdev(per_question) / math.sqrt(3))
+    # a real instruct model writes words and numbers, not the tiny model's noise
+    assert any(any(ch.isdigit() for ch in r) for s in samples for r in s["filtered_resps"][0])
