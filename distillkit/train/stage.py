@@ -127,6 +127,7 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
     with state.main_process_first():
         init = build_student_init(t.student, out / "student_init")
     model, tokenizer = load_student(t, out / "student_init")
+    check_student_tokenizer(tokenizer, model.config)
     use_kd = t.kd.enabled
     teacher = None
     if use_kd and t.kd.teacher_probs == "live":
@@ -205,6 +206,17 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         return Manifest(stage="train", config_hash=stage.config_hash, counts=counts, stats=stats)
     return stage.finish(counts=counts, stats=stats, timings={"train_s": round(train_seconds, 3)},
                         versions=("distillkit", "datasets", "torch", "transformers", "trl", "peft", "accelerate"))
+
+
+def check_student_tokenizer(tokenizer, config) -> None:
+    """Preflight on the *fixed* student tokenizer (after student_init's fix-ups): stop on fatal problems."""
+    from distillkit.preflight import check_tokenizer, raise_on_fatal
+
+    findings = check_tokenizer(tokenizer, config, subject="student (student_init)", is_trained=True)
+    for finding in findings:
+        if finding.severity == "warning":
+            log.warning("preflight: %s", finding)
+    raise_on_fatal(findings)
 
 
 # ----------------------------------------------------------------------------------------- trainers
