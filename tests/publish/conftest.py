@@ -69,5 +69,11 @@ def make_run(root: Path, model_dir: Path, **publish) -> object:
 
 
 @pytest.fixture
+def make_run_cfg(tmp_path, tiny_qwen2):
+    """Factory: a finished run folder with `publish` settings overridden."""
+    return lambda **publish: make_run(tmp_path, Path(tiny_qwen2), **publish)
+
+
+@pytest.fixture
 def run_cfg(tmp_path, tiny_qwen2):
     return make_run(tmp_path, Path(tiny_qwen2))

@@ -97,10 +97,8 @@ def test_dry_run_writes_exactly_the_upload_folders(run_cfg):
     cards.validate_dataset_card((out / "dataset" / "README.md").read_text(), folder=out / "dataset")
 
 
-def test_dry_run_with_adapter_and_rejected(tmp_path, tiny_qwen2):
-    from conftest import make_run  # tests/publish/conftest.py
-
-    cfg = make_run(tmp_path, Path(tiny_qwen2), upload="both", include_rejected=True)
+def test_dry_run_with_adapter_and_rejected(make_run_cfg):
+    cfg = make_run_cfg(upload="both", include_rejected=True)
     run_publish(cfg, dry_run=True)
     out = cfg.stage_dir("publish")
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= _files(out / "model")
