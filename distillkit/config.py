@@ -328,9 +328,141 @@ class OnPolicyConfig(StrictModel):
     max_new_tokens: PositiveInt = 256
 
 
+MIXTURE_STAGES = ("generate", "filter")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class SourceColumnsConfig(StrictModel):
+    """Where a chat-format file or Hub dataset keeps its conversations (unset: a `messages` column)."""
+
+    messages: Optional[str] = None
+    """Column of chats [{"role", "content"}, ...]; the last turn (the assistant's) is the trained one."""
+    prompt: Optional[str] = None
+    """Column of user prompts (plain text), paired with `response`; use instead of `messages`."""
+    response: Optional[str] = None
+    """Column of assistant answers (plain text), paired with `prompt`."""
+
+    @model_validator(mode="after")
+    def _messages_or_pair(self):
+        if (self.prompt is None) != (self.response is None):
+            raise ValueError("set both `prompt` and `response` (two text columns), or neither")
+        if self.messages is not None and self.prompt is not None:
+            raise ValueError("set either `messages` (a chat column) or `prompt` and `response`, not both")
+        return self
+
+    @property
+    def mode(self) -> Literal["messages", "pair"]:
+        return "pair" if self.prompt is not None else "messages"
+
+    @property
+    def required(self) -> list[str]:
+        return [self.prompt, self.response] if self.prompt is not None else [self.messages or "messages"]
+
+
+class MixtureSourceConfig(StrictModel):
+    """One source of the training mixture (an entry of `train.sources`).
+
+    `path` is one of:
+      - `stage:filter` or `stage:generate`: that stage's output in this run (trace records);
+      - a folder holding a stage output (shard-*.parquet), e.g. another run's `runs/x/filter`;
+      - a local `.jsonl` / `.json` / `.parquet` file in chat format (see `columns`);
+      - anything else is a Hub dataset name, loaded with `datasets.load_dataset(path, config, split=split)`.
+    """
+
+    path: str
+    """stage:filter, stage:generate, a stage output folder, a .jsonl/.json/.parquet file, or a Hub dataset name."""
+    name: Optional[str] = None
+    """Label in the manifest and model card; default: the stage name, the file's stem, or the Hub id."""
+    kind: Literal["reasoning", "non_reasoning"] = "reasoning"
+    """reasoning: train on the reasoning and the answer; non_reasoning: a direct answer (see reasoning_format)."""
+    weight: Optional[NonNegativeFloat] = None
+    """Share of the weighted part of the mixture (relative to the other weights); set this or `count`."""
+    count: Optional[NonNegativeInt] = None
+    """Exact number of samples to take from this source; set this or `weight`."""
+    upsample: bool = False
+    """Allow repeating samples when the mixture asks for more than the source has (otherwise that is an error)."""
+    config: Optional[str] = None
+    """Hub dataset configuration (Hub datasets only)."""
+    split: str = "train"
+    """Hub dataset split (Hub datasets only)."""
+    columns: SourceColumnsConfig = Field(default_factory=SourceColumnsConfig)
+    """Columns of a chat-format file or Hub dataset (stage outputs have fixed columns)."""
+    reasoning_format: Optional[Literal["empty", "none"]] = None
+    """non_reasoning only. empty (default): the answer follows an empty "<think>\\n\\n</think>\\n\\n" block, as
+    R1-distill students answer directly; none: the answer alone."""
+
+    @property
+    def is_stage(self) -> bool:
+        return self.path.startswith("stage:")
+
+    @property
+    def is_file(self) -> bool:
+        return Path(self.path).suffix.lower() in DATA_SUFFIXES
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.is_stage:
+            return self.path.removeprefix("stage:")
+        if self.is_file:
+            return Path(self.path).stem
+        base = self.path.rstrip("/")
+        return f"{base}:{self.config}" if self.config else base
+
+    @property
+    def answer_prefix(self) -> str:
+        """Text put before a non-reasoning answer (nothing for reasoning sources)."""
+        if self.kind == "reasoning" or self.reasoning_format == "none":
+            return ""
+        return "<think>\n\n</think>\n\n"
+
+    @model_validator(mode="after")
+    def _check(self):
+        problems = []
+        if (self.weight is None) == (self.count is None):
+            problems.append("set exactly one of `weight` (a share of the mixture) or `count` (a number of samples)")
+        if self.is_stage:
+            stage = self.path.removeprefix("stage:")
+            if stage not in MIXTURE_STAGES:
+                problems.append(f"path {self.path!r} names no stage with records; use "
+                                f"{' or '.join('stage:' + s for s in MIXTURE_STAGES)}")
+            if self.kind != "reasoning":
+                problems.append("stage outputs hold reasoning traces; use kind: reasoning for a stage: path")
+            if "columns" in self.model_fields_set:
+                problems.append("stage outputs have fixed columns; remove `columns` for a stage: path")
+        if (self.is_stage or self.is_file) and ({"config", "split"} & self.model_fields_set):
+            problems.append("`config` and `split` apply to Hub datasets only; remove them for a stage or a file")
+        if self.kind == "reasoning" and self.reasoning_format is not None:
+            problems.append("reasoning_format applies to kind: non_reasoning only; remove it")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class TrainConfig(StrictModel):
+    """Training of the student.
+
+    `sources` builds the training set from several sources (an empty list, the default, trains on the
+    filter stage's kept records, or the generate output without a filter stage). Each source gives a
+    `count` (exact number of samples) or a `weight`. Counted sources contribute exactly their count;
+    weighted sources share the rest in proportion to their weights, with largest-remainder rounding so
+    the counts sum exactly. The rest is `mixture_size` minus the counts; without `mixture_size` it is the
+    largest size no weighted source must repeat samples for (the most limiting source sets it). Asking a
+    source for more samples than it has is an error unless it sets `upsample: true`. Refer to this run's
+    own stage outputs as `path: stage:filter` / `stage:generate`. Example:
+
+        sources:
+          - {path: stage:filter, weight: 0.8}
+          - {path: data/chat.jsonl, kind: non_reasoning, weight: 0.2}
+    """
+
     renamed: ClassVar[dict[str, str]] = {"lora_r": "lora.r", "epochs": "num_train_epochs"}
 
+    mixture_size: Optional[PositiveInt] = None
+    """Total samples of the mixture (counts included); unset = sized by the most limiting weighted source."""
+    sources: list[MixtureSourceConfig] = Field(default_factory=list)
+    """Training mixture; empty = the filter stage's kept records (see the class docstring)."""
     student: StudentConfig = Field(default_factory=StudentConfig)
     method: Literal["full", "lora", "qlora"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -360,6 +492,42 @@ class TrainConfig(StrictModel):
     """Any other trl.SFTConfig argument, passed through unchanged."""
     save_merged: bool = True
     """With LoRA/QLoRA, also save the adapter merged into the base model."""
+
+    @field_validator("sources")
+    @classmethod
+    def _mixture_is_possible(cls, sources: list[MixtureSourceConfig], info) -> list[MixtureSourceConfig]:
+        if not sources:
+            return sources
+        problems = []
+        labels = [s.label for s in sources]
+        repeated = sorted({n for n in labels if labels.count(n) > 1})
+        if repeated:
+            problems.append(f"source names {repeated} repeat; give each source a distinct `name`")
+        weighted = [s for s in sources if s.weight is not None]
+        counted = [s for s in sources if s.count is not None]
+        if weighted and sum(s.weight for s in weighted) <= 0:
+            problems.append(f"the weights of {[s.label for s in weighted]} sum to 0; give at least one a weight > 0 "
+                            "(or remove the zero-weight sources)")
+        size = info.data.get("mixture_size")
+        num_counted = sum(s.count for s in counted)
+        if size is not None and num_counted > size:
+            problems.append(f"the counts sum to {num_counted}, more than train.mixture_size={size}; "
+                            "raise mixture_size or lower the counts")
+        if not weighted and size is not None and num_counted != size:
+            problems.append(f"every source has a count (sum {num_counted}), so train.mixture_size={size} cannot "
+                            "be met; remove mixture_size or give a source a weight")
+        if not weighted and counted and num_counted == 0:
+            problems.append("every count is 0: the mixture would be empty; give a source a count > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sources
+
+    @model_validator(mode="after")
+    def _size_needs_sources(self):
+        if self.mixture_size is not None and not self.sources:
+            raise ValueError("mixture_size sizes a mixture of train.sources, and none are listed; add sources "
+                             "or remove mixture_size")
+        return self
 
     @model_validator(mode="after")
     def _kd_needs_alpha(self):
@@ -624,12 +792,19 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: list[str] | 
 # Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
 # `train.resume=true` continues the same run instead of being refused as a different config.
 _NOT_HASHED = {"filter": {"num_workers"}, "train": {"resume", "report_to", "logging_steps"}}
+# Keys added after runs existed: hashed only when set, so a finished run that does not use them keeps
+# its hash (and is not refused as "a different config").
+_HASHED_WHEN_SET = {"train": ("sources", "mixture_size")}
 
 
 def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
     from distillkit.records import stable_hash
 
+    def excluded(s: str) -> set[str]:
+        section = getattr(cfg, s)
+        return _NOT_HASHED.get(s, set()) | {k for k in _HASHED_WHEN_SET.get(s, ()) if not getattr(section, k)}
+
     upto = STAGES[: STAGES.index(stage) + 1]
-    return stable_hash({s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s))
+    return stable_hash({s: getattr(cfg, s).model_dump(mode="json", exclude=excluded(s))
                         for s in upto} | {"seed": cfg.seed})

@@ -113,3 +113,65 @@ def test_resume_and_worker_counts_do_not_change_the_hash():
     b.train.resume = True
     b.filter.num_workers = 7
     assert stage_config_hash(a, "train") == stage_config_hash(b, "train")
+
+
+def test_mixture_source_mistakes_name_the_source_and_the_fix():
+    with pytest.raises(ConfigError) as info:
+        validate_recipe({"train": {"sources": [
+            {"path": "stage:filter", "weight": 1, "count": 5},
+            {"path": "chat.jsonl", "count": -3},
+            {"path": "stage:train", "weight": 1},
+            {"path": "org/chat", "weight": 1, "reasoning_format": "empty"},
+            {"path": "qa.jsonl", "weight": 1, "kind": "non_reasoning", "columns": {"prompt": "q"}},
+        ]}})
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 5
+    assert "train.sources[0]=" in text and "set exactly one of `weight` (a share of the mixture) or `count`" in text
+    assert "train.sources[1].count=-3: Input should be greater than or equal to 0" in text
+    assert "names no stage with records; use stage:generate or stage:filter" in text
+    assert "reasoning_format applies to kind: non_reasoning only; remove it" in text
+    assert "train.sources[4].columns=" in text and "set both `prompt` and `response`" in text
+
+
+def test_mixture_weights_summing_to_zero_and_impossible_sizes_are_errors():
+    def problem(train):
+        with pytest.raises(ConfigError) as info:
+            validate_recipe({"train": train})
+        (p,) = info.value.problems
+        return p
+
+    zero = problem({"sources": [{"path": "stage:filter", "weight": 0}, {"path": "c.jsonl", "weight": 0.0}]})
+    assert zero.startswith("train.sources=") and "weights of ['filter', 'c'] sum to 0; give at least one" in zero
+    assert "more than train.mixture_size=5" in problem(
+        {"mixture_size": 5, "sources": [{"path": "stage:filter", "count": 6}, {"path": "c.jsonl", "weight": 1}]})
+    assert "distinct `name`" in problem({"sources": [{"path": "stage:filter", "count": 1},
+                                                     {"path": "x/filter.jsonl", "count": 1}]})
+    assert "add sources or remove mixture_size" in problem({"mixture_size": 10})
+    cfg = validate_recipe({"train": {"sources": [
+        {"path": "stage:filter", "weight": 0.8},
+        {"path": "HuggingFaceTB/smoltalk", "config": "all", "kind": "non_reasoning", "weight": 0.2}]}})
+    (a, b) = cfg.train.sources
+    assert (a.label, b.label) == ("filter", "HuggingFaceTB/smoltalk:all")
+    assert b.answer_prefix == "<think>\n\n</think>\n\n" and a.answer_prefix == ""
+
+
+def test_mixture_sources_are_part_of_the_train_hash():
+    a = validate_recipe({"train": {"sources": [{"path": "stage:filter", "weight": 1}]}})
+    b = validate_recipe({"train": {"sources": [{"path": "stage:filter", "weight": 1},
+                                               {"path": "c.jsonl", "kind": "non_reasoning", "weight": 1}]}})
+    c = validate_recipe({"train": {"sources": [{"path": "stage:filter", "weight": 1}], "mixture_size": 10}})
+    hashes = {stage_config_hash(x, "train") for x in (RecipeConfig(), a, b, c)}
+    assert len(hashes) == 4
+    assert stage_config_hash(a, "filter") == stage_config_hash(b, "filter")
+
+
+def test_unset_mixture_keys_leave_existing_train_hashes_unchanged():
+    """Finished runs made before train.sources existed must keep their hash (else they are refused)."""
+    from distillkit.records import stable_hash
+
+    cfg = RecipeConfig()
+    dump = {s: getattr(cfg, s).model_dump(mode="json") for s in ("generate", "filter", "train")}
+    dump["filter"].pop("num_workers")
+    for key in ("resume", "report_to", "logging_steps", "sources", "mixture_size"):
+        dump["train"].pop(key)
+    assert stage_config_hash(cfg, "train") == stable_hash(dump | {"seed": cfg.seed})

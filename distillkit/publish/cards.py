@@ -93,6 +93,15 @@ def _eval_table(results: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _mixture_rows(train_manifest: Manifest | None) -> list[dict[str, Any]]:
+    """One row per source of the training mixture (train manifest `stats.mixture`), or none."""
+    mixture = (train_manifest.stats.get("mixture") if train_manifest is not None else None) or {}
+    return [{"name": name, "kind": part["kind"].replace("_", "-"), "samples": part["samples"],
+             "available": part["available"], "sample_share": _pct(part.get("sample_share")),
+             "tokens": part["tokens"], "token_share": _pct(part["token_share"])}
+            for name, part in mixture.items()]
+
+
 def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, repo_id: str | None = None,
                       files_summary: str = "", train_manifest: Manifest | None = None,
                       filter_manifest: Manifest | None = None):
@@ -122,6 +131,7 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
         for key in ("tokens_seen", "tokens_per_s", "train_s"):
             if key in train_manifest.stats:
                 rows.append((key.replace("_", " "), train_manifest.stats[key]))
+    mixture = _mixture_rows(train_manifest)
     data_summary = ""
     if filter_manifest is not None:
         c = filter_manifest.counts
@@ -142,7 +152,7 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
         num_samples=proto.get("num_samples", e.num_samples), temperature=proto.get("temperature", e.temperature),
         top_p=proto.get("top_p", e.top_p), max_gen_toks=proto.get("max_gen_toks", e.max_gen_toks),
         backend=proto.get("backend", e.backend), eval_table=_eval_table(results),
-        dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, training_rows=rows,
+        dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, mixture=mixture, training_rows=rows,
         files_summary=files_summary, limitations=limitations,
     )
 

@@ -172,7 +172,13 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, m
 
 
 def record_topk(records) -> int:
-    """Width k of the records' stored soft labels (0 when they have none)."""
+    """Width k of the records' stored soft labels (0 when they have none).
+
+    `records` is a `datasets.Dataset` of trace records, or a list of records (a training mixture, where
+    chat rows without soft labels may come first).
+    """
+    if isinstance(records, list):
+        return next((len(r["topk_ids"][0]) for r in records if r.get("topk_ids")), 0)
     if "topk_ids" not in records.column_names:
         return 0
     for row in records["topk_ids"][:16]:
@@ -181,9 +187,16 @@ def record_topk(records) -> int:
     return 0
 
 
+def _first(records, n: int):
+    return records[:n] if isinstance(records, list) else records.select(range(min(n, len(records))))
+
+
 def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool, packing: bool,
                         seed: int = 0, require_topk: bool = True):
     """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
+
+    `records` is a `datasets.Dataset` or a list of records; a record without `completion_ids` (a chat
+    row of a training mixture) is tokenized from its text and carries no soft labels.
 
     Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
     tokens, soft-labelled tokens, dropped examples, whether the teacher's ids were used, and with
@@ -203,11 +216,12 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
             "uses another vocabulary, so its stored top-k soft labels cannot be aligned to the student's tokens. "
             "Set train.kd.enabled: false (plain SFT on the text), pick a student of the teacher's family, or "
             "use TRL's GOLDTrainer for cross-tokenizer distillation.")
-    if not same:
+    if not same and any(rec.get("completion_ids") for rec in _first(records, 64)):
         log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
     rows, dropped = [], 0
     for rec in records:
-        ex = tokenize_record(tokenizer, rec, use_teacher_ids=same, topk=topk, max_length=max_length)
+        ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and bool(rec.get("completion_ids")), topk=topk,
+                             max_length=max_length)
         if all(x == IGNORE for x in ex["labels"]):
             dropped += 1  # max_length cut the whole assistant turn
             continue

@@ -1,14 +1,15 @@
 """Stage 3, `distillkit train`: kept traces -> a trained student (SFT + soft-label KD, or on-policy).
 
-Reads the filter's kept records (the generate output when the recipe has no filter stage) and writes
-`<run>/train/`:
+Reads the filter's kept records (the generate output when the recipe has no filter stage), or the
+mixture of `train.sources` (see `distillkit.train.mixture`), and writes `<run>/train/`:
 
     student_init/     the student before training (kept layers, fixed tokenizer): evaluation's "before"
     checkpoints/      Trainer checkpoints (`train.save_steps`); `train.resume` continues from the last;
                       TensorBoard logs under checkpoints/runs when `train.report_to` names it
     adapter/          LoRA/QLoRA adapter (PEFT format)
     model/            the trained model: full weights, or the adapter merged into student_init
-    manifest.json     written last: tokens seen, tokens/s, loss curves (CE and KL), peak memory
+    manifest.json     written last: tokens seen, tokens/s, loss curves (CE and KL), peak memory, and
+                      with `train.sources` the mixture's composition (stats.mixture)
 """
 
 from __future__ import annotations
@@ -103,9 +104,14 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
     state = PartialState(cpu=not torch.cuda.is_available())
     out = cfg.stage_dir("train")
     src = input_dir(cfg)
-    upstream = read_manifest(src)
-    stage = StageOutput(out, "train", train_config_hash(cfg), config=t.model_dump(mode="json"),
-                        inputs={str(src): upstream.config_hash if upstream else "unknown"})
+    if t.sources:
+        from distillkit.train.mixture import build_mixture, load_sources, source_input
+
+        inputs = dict(source_input(s, cfg) for s in t.sources)
+    else:
+        upstream = read_manifest(src)
+        inputs = {str(src): upstream.config_hash if upstream else "unknown"}
+    stage = StageOutput(out, "train", train_config_hash(cfg), config=t.model_dump(mode="json"), inputs=inputs)
     if not overwrite and stage.is_complete():
         log.info("train: %s is complete for this config; nothing to do", out)
         return stage.manifest()
@@ -117,10 +123,13 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
     state.wait_for_everyone()
     t0 = time.time()
 
-    records = read_records(src)
-    if len(records) == 0:
-        raise DistillkitError(f"{src} holds no kept records to train on; check the filter funnel "
-                              "(distillkit inspect) or loosen the filters")
+    if t.sources:
+        loaded = load_sources(cfg)  # reads every source and checks its columns before the model loads
+    else:
+        records = read_records(src)
+        if len(records) == 0:
+            raise DistillkitError(f"{src} holds no kept records to train on; check the filter funnel "
+                                  "(distillkit inspect) or loosen the filters")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
 
@@ -128,6 +137,13 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         init = build_student_init(t.student, out / "student_init")
     model, tokenizer = load_student(t, out / "student_init")
     check_student_tokenizer(tokenizer, model.config)
+    mixture = None
+    if t.sources:
+        mixture = build_mixture(loaded, t.seed, tokenizer, t.mixture_size)
+        records = mixture.examples
+        for name, part in mixture.composition.items():
+            log.info("train: mixture %s (%s): %d samples of %d, %.1f%% of tokens", name, part["kind"],
+                     part["samples"], part["available"], 100 * part["token_share"])
     use_kd = t.kd.enabled
     teacher = None
     if use_kd and t.kd.teacher_probs == "live":
@@ -194,6 +210,7 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         "loss_curve": curve,
         "peak_memory": _peak_memory_bytes(),
         "data": data_info,
+        **({"mixture": mixture.composition} if mixture else {}),
         "student_init": {k: init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes")},
         "method": t.method, "bf16": bf16, "kd": t.kd.model_dump(mode="json") if use_kd else None,
         "num_processes": state.num_processes,
