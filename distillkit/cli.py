@@ -259,9 +259,23 @@ def preflight(args: RecipeArgs = None) -> None:
     raise_on_fatal(findings)
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (`kill PID`, a scheduler's preemption) unwinds like Ctrl-C, so `finally` blocks run:
+    the vLLM engine processes are shut down instead of outliving us, and finished shards stay."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear message and exit 2 for user mistakes, never a traceback for them."""
     command = typer.main.get_command(app)
+    _terminate_as_interrupt()
     try:
         code = command.main(args=argv, prog_name="distillkit", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -100,3 +100,23 @@ def test_run_skips_stages_whose_manifest_matches(tmp_path, monkeypatch):
     assert calls == ["generate", "filter", "filter", "filter"]
     pipeline.run_pipeline(cfg, from_stage="generate")
     assert calls[-2:] == ["generate", "filter"]
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    # `kill PID` must run `finally` blocks (they shut the vLLM engine processes down).
+    marker = tmp_path / "cleaned"
+    code = f"""
+import os, signal, sys
+from distillkit import cli
+cli._terminate_as_interrupt()
+try:
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        import time; time.sleep(30)
+    finally:
+        open({str(marker)!r}, "w").write("yes")
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == 130 and marker.read_text() == "yes"
