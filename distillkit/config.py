@@ -792,19 +792,12 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: list[str] | 
 # Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
 # `train.resume=true` continues the same run instead of being refused as a different config.
 _NOT_HASHED = {"filter": {"num_workers"}, "train": {"resume", "report_to", "logging_steps"}}
-# Keys added after runs existed: hashed only when set, so a finished run that does not use them keeps
-# its hash (and is not refused as "a different config").
-_HASHED_WHEN_SET = {"train": ("sources", "mixture_size")}
 
 
 def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
     from distillkit.records import stable_hash
 
-    def excluded(s: str) -> set[str]:
-        section = getattr(cfg, s)
-        return _NOT_HASHED.get(s, set()) | {k for k in _HASHED_WHEN_SET.get(s, ()) if not getattr(section, k)}
-
     upto = STAGES[: STAGES.index(stage) + 1]
-    return stable_hash({s: getattr(cfg, s).model_dump(mode="json", exclude=excluded(s))
+    return stable_hash({s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s))
                         for s in upto} | {"seed": cfg.seed})
