@@ -1,1 +1,1 @@
-"""Built-in prompt sets that need no download (the offline quickstart's arithmetic word problems)."""
+"""Data that needs no download: the offline quickstart's arithmetic word problems (arith), local file readers (files)."""

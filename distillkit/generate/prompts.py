@@ -85,24 +85,10 @@ def _read_rows(cfg, seed: int) -> tuple[str, list[tuple[int, Any]]]:
         if not path.exists():
             raise DistillkitError(f"generate.prompts.path={cfg.path!r}: no such file")
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            out = []
-            with path.open(encoding="utf-8") as f:
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        out.append((i, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        out.append((i, ValueError(f"invalid JSON ({e.msg} at column {e.colno})")))
-            return str(path), out
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and isinstance(data.get("data"), list):
-                data = data["data"]
-            if not isinstance(data, list):
-                raise DistillkitError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
-            return str(path), list(enumerate(data, 1))
+        if suffix in (".jsonl", ".json"):
+            from distillkit.data.files import read_json_rows
+
+            return str(path), read_json_rows(path)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 

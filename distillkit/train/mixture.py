@@ -22,7 +22,6 @@ tokenized by the student's tokenizer, before truncation to `train.max_length`.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -240,21 +239,13 @@ def build_mixture(loaded: Sequence[tuple[MixtureSourceConfig, Any]], seed: int, 
 
 
 def _read_json_file(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DistillkitError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
-        return data
+    from distillkit.data.files import read_json_rows
+
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DistillkitError(f"{path}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for n, row in read_json_rows(path):
+        if isinstance(row, ValueError):
+            raise DistillkitError(f"{path}, line {n}: {row}")
+        rows.append(row)
     return rows
 
 

@@ -173,6 +173,18 @@ def test_bad_rows_name_the_source_and_row(tok):
         build_mixture([(src(count=1, kind="non_reasoning"), thinking)], seed=0, tokenizer=tok)
 
 
+def test_a_bad_jsonl_line_names_the_file_and_line(tmp_path):
+    from distillkit.config import RecipeConfig
+    from distillkit.train.mixture import load_source
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(chat_rows(1)[0]) + "\n\n{not json\n")
+    with pytest.raises(DistillkitError, match=r"chat.jsonl, line 3: invalid JSON \(Expecting property name"):
+        load_source(src(str(path), weight=1), RecipeConfig())
+    path.write_text(json.dumps(chat_rows(1)[0]) + "\n")
+    assert load_source(src(str(path), weight=1), RecipeConfig()) == chat_rows(1)
+
+
 def test_cli_train_with_a_source_lacking_columns_exits_2(tmp_path, tiny_qwen2, tiny_records, capsys):
     from distillkit.cli import main
     from distillkit.records import record_features, write_shard
