@@ -172,6 +172,9 @@ def run(args: RecipeArgs = None,
     comparison = cfg.stage_dir("evaluate") / "comparison.md"
     if "evaluate" in manifests and comparison.exists():
         out.print(comparison.read_text())
+    from distillkit.publish.report import build_report
+
+    out.print(f"[green]report[/] -> {build_report(cfg.run_dir)}")
     out.print(f"[green]run complete[/] -> {cfg.run_dir}")
 
 

@@ -445,8 +445,8 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
                                              subject=f"teacher {teacher_spec} and student {student_spec}")
                 findings.append(replace(finding, subject="teacher/student"))
     for f in findings:
-        # the caller shows the findings (the CLI prints them); the log keeps a record
-        log.log(logging.INFO if f.severity != "ok" else logging.DEBUG, "preflight %s", f)
+        # the caller shows the findings (the CLI prints them once); the debug log keeps a record
+        log.debug("preflight %s", f)
     return findings
 
 

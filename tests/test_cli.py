@@ -120,3 +120,22 @@ except KeyboardInterrupt:
 """
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert proc.returncode == 130 and marker.read_text() == "yes"
+
+
+@pytest.mark.slow
+def test_quickstart_shrunk_runs_every_stage_and_writes_the_report(tmp_path):
+    """The README's first command on a tiny budget: the real recipe, SmolLM2 through vLLM, every stage."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("lm_eval")
+    run_dir = tmp_path / "qs"
+    res = dk("run", "quickstart", f"output_dir={run_dir}", "generate.prompts.builtin_args.num=8",
+             "generate.sampling.n=8", "generate.sampling.max_tokens=48", "generate.shard_size=4",
+             "train.num_train_epochs=1", "evaluate.limit=4", "evaluate.num_samples=1",
+             "evaluate.max_gen_toks=32", "evaluate.backend=hf")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for stage in ("generate", "filter", "train", "evaluate", "publish"):
+        assert (run_dir / stage / "manifest.json").exists(), stage
+    kept = json.loads((run_dir / "filter" / "manifest.json").read_text())["counts"]["kept"]
+    assert kept > 0
+    assert "Constant-answer baseline" in res.stdout and "student (after)" in res.stdout
+    assert (run_dir / "report.html").exists() and f"report -> {run_dir / 'report.html'}" in res.stdout.replace("\n", "")

@@ -121,14 +121,21 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
             raise DistillkitError(f"{model_path} is a LoRA adapter; local-completions needs a merged model "
                                   "(set train.save_merged=true)")
         args |= {"model": model_path, "tokenizer_backend": "huggingface", "tokenizer": model_path,
-                 "tokenized_requests": False, "num_concurrent": 8, "max_retries": 3}
+                 # The server batches the requests in flight: with few of them it decodes small batches
+                 # and leaves most of the hardware's throughput unused.
+                 "tokenized_requests": False, "num_concurrent": 64, "max_retries": 3}
     args |= extra
     return {k: v for k, v in args.items() if v is not None}
 
 
 def _register_completions_backend() -> str:
-    """lm-eval's local-completions sends the same `seed` with every request, so a vLLM server returns
-    k identical samples for the k repeats of a question. This subclass leaves the seed out."""
+    """lm-eval's local-completions, fixed for the R1 protocol on a /v1/completions server:
+
+    - it sends the same `seed` with every request, so a vLLM server returns k identical samples for
+      the k repeats of a question: the seed is left out;
+    - with untokenized requests it sends the chat as a JSON list of messages, which /v1/completions
+      rejects (HTTP 400): the chat template is rendered here with the model's tokenizer instead.
+    """
     from lm_eval.api.registry import MODEL_REGISTRY, register_model
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
@@ -141,6 +148,13 @@ def _register_completions_backend() -> str:
                 if kwargs.get("generate", args[1] if len(args) > 1 else False):
                     payload.pop("seed", None)
                 return payload
+
+            def apply_chat_template(self, chat_history, add_generation_prompt=True):
+                if self.tokenizer_backend != "huggingface":
+                    return super().apply_chat_template(chat_history, add_generation_prompt)
+                return self.tokenizer.apply_chat_template(
+                    chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                    continue_final_message=not add_generation_prompt)
     return name
 
 
@@ -242,8 +256,12 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
 
     batch_size: Any = ecfg.batch_size
     device = _device()
-    if backend == "hf" and batch_size == "auto" and device == "cpu":
-        batch_size = 8  # lm-eval's automatic search probes memory by trial batches: pointless on CPU
+    if backend == "hf" and device == "cpu":
+        import torch
+
+        torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
+        if batch_size == "auto":
+            batch_size = 32  # lm-eval's automatic search probes memory by trial batches: pointless on CPU
     model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args))
     server = contextlib.nullcontext()
     if backend == "local-completions" and "base_url" not in model_args:

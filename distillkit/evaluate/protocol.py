@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from statistics import fmean, stdev
 from typing import Any
@@ -90,6 +91,27 @@ def summarize_samples(task: str, samples: list[dict], metric: str, filter_name: 
     pass_k = fmean(1.0 if v > 0 else 0.0 for v in values) if binary else None
     return TaskScore(task=task, metric=metric, filter=filter_name, num_questions=len(values), num_samples=k,
                      pass_at_1=pass1, stderr=se, pass_at_k=pass_k, per_question=per_question)
+
+
+def constant_answer_baseline(samples: list[dict]) -> dict[str, Any] | None:
+    """The score of always giving the most common gold answer of these questions (chosen in hindsight).
+
+    A floor to read model scores against: on a small answer space (arithmetic, multiple choice) a
+    model that has learned only the answer format can look competent. None when targets are not
+    single strings/numbers (e.g. code tests) or there are no samples.
+    """
+    targets: dict[str, str] = {}
+    for s in samples:
+        target = s.get("target")
+        if isinstance(target, list) and len(target) == 1:
+            target = target[0]
+        if not isinstance(target, (str, int, float)) or isinstance(target, bool):
+            return None
+        targets[str(s["doc_id"])] = str(target).strip()
+    if not targets:
+        return None
+    answer, hits = Counter(targets.values()).most_common(1)[0]
+    return {"answer": answer, "pass_at_1": hits / len(targets), "num_questions": len(targets)}
 
 
 def paired_difference(after: TaskScore, before: TaskScore) -> tuple[float, float | None, int]:

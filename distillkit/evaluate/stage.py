@@ -93,8 +93,30 @@ def comparison_markdown(results: dict[str, Any]) -> str:
     if passk and proto["num_samples"] > 1:
         lines += ["", f"pass@{proto['num_samples']} (at least one of the k samples correct), %: "
                   + "; ".join(f"{MODEL_LABELS[m]} {t} {100 * v:.1f}" for t, m, v in passk)]
+    baselines = results.get("baselines") or {}
+    if baselines:
+        lines += ["", "Constant-answer baseline (always the most common gold answer of these questions, chosen "
+                  "in hindsight): " + "; ".join(f"{t} {100 * b['pass_at_1']:.1f} (answer {b['answer']!r})"
+                                                for t, b in baselines.items())]
     lines += ["", "Models:"] + [f"- {MODEL_LABELS[m]}: `{results['models'][m]['model']}`" for m in models]
     return "\n".join(lines) + "\n"
+
+
+def constant_baselines(folder: Path, model_keys: list[str], tasks: list[str]) -> dict[str, Any]:
+    """{task: constant-answer baseline} from the first model's logged samples (all models share the questions)."""
+    from distillkit.evaluate.protocol import constant_answer_baseline
+
+    out = {}
+    for task in tasks:
+        for key in model_keys:
+            path = folder / "samples" / key / f"{task}.jsonl"
+            if path.exists():
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                baseline = constant_answer_baseline(rows)
+                if baseline:
+                    out[task] = baseline
+                break
+    return out
 
 
 def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
@@ -131,7 +153,7 @@ def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
         result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend)
         models[key] = {"model": path, **result}
         atomic_write_json(done, models[key])
-    results = {"protocol": protocol, "models": models}
+    results = {"protocol": protocol, "models": models, "baselines": constant_baselines(folder, list(models), ecfg.tasks)}
     atomic_write_json(folder / "results.json", results)
     atomic_write_text(folder / "comparison.md", comparison_markdown(results))
     counts = {f"{key}/{task}": round(s["pass_at_1"], 4) for key, m in models.items() for task, s in m["tasks"].items()}

@@ -10,7 +10,7 @@ import pytest
 
 from distillkit.config import validate_recipe
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.protocol import TaskScore, paired_difference, summarize_samples
+from distillkit.evaluate.protocol import TaskScore, constant_answer_baseline, paired_difference, summarize_samples
 from distillkit.evaluate.scoring import score_math
 
 K = 4
@@ -70,6 +70,15 @@ def test_paired_difference():
     assert (diff, se, n) == (pytest.approx(0.25), pytest.approx(0.0), 3)  # question 9 is unpaired
 
 
+def test_constant_answer_baseline():
+    rows = [{"doc_id": i, "target": t} for i, t in enumerate(["10", "7", "10", " 10", "12"])]
+    rows.append({"doc_id": 0, "target": "10", "filter": "another"})  # same question under a second filter
+    assert constant_answer_baseline(rows) == {"answer": "10", "pass_at_1": 0.6, "num_questions": 5}
+    assert constant_answer_baseline([{"doc_id": 0, "target": ["a"]}])["answer"] == "a"
+    assert constant_answer_baseline([{"doc_id": 0, "target": {"tests": []}}]) is None
+    assert constant_answer_baseline([]) is None
+
+
 # ------------------------------------------------------------------------------------- shipped task
 
 
@@ -83,6 +92,23 @@ def test_shipped_arith_task_is_the_held_out_split():
     train = {p["problem"] for p in make_arith_problems(2000, "train", seed=0)}
     assert not train & {r["problem"] for r in rows}
     assert "distillkit_arith" in local_task_names([LOCAL_TASKS_DIR])
+
+
+def test_shipped_arith_task_prompt_is_the_quickstart_generation_prompt():
+    """Teacher traces and the held-out evaluation see the same prompt (one worked example + the problem)."""
+    import yaml
+
+    from distillkit.data.arith import NAMES, ONE_SHOT_TEMPLATE
+    from distillkit.evaluate.harness import LOCAL_TASKS_DIR
+    from distillkit.config import load_recipe
+
+    text = (LOCAL_TASKS_DIR / "distillkit_arith" / "distillkit_arith.yaml").read_text()
+    loader = type("L", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda *a: None)
+    doc_to_text = yaml.load(text, Loader=loader)["doc_to_text"]
+    assert doc_to_text.replace("{{problem}}", "{problem}") == ONE_SHOT_TEMPLATE
+    assert load_recipe("quickstart").generate.prompts.template == ONE_SHOT_TEMPLATE
+    assert not any(name in ONE_SHOT_TEMPLATE for name in NAMES)  # the example is never a real problem
 
 
 # ------------------------------------------------------------------------------------- backends
@@ -128,6 +154,21 @@ def test_local_completions_requests_carry_no_seed():
     payload = api._create_payload("prompt", generate=True, gen_kwargs={"temperature": 0.6, "max_gen_toks": 8},
                                   seed=1234)
     assert "seed" not in payload and payload["temperature"] == 0.6 and payload["max_tokens"] == 8
+
+
+def test_local_completions_renders_the_chat_template(tiny_qwen2):
+    # lm-eval would send the chat as a JSON list of messages, which /v1/completions rejects (HTTP 400)
+    from lm_eval.api.registry import get_model
+    from transformers import AutoTokenizer
+
+    from distillkit.evaluate.harness import _register_completions_backend
+
+    api = object.__new__(get_model(_register_completions_backend()))
+    api.tokenizer_backend, api.tokenizer = "huggingface", AutoTokenizer.from_pretrained(tiny_qwen2)
+    chat = [{"role": "user", "content": "What is 2 plus 3?"}]
+    prompt = api.apply_chat_template(chat)
+    assert isinstance(prompt, str) and "What is 2 plus 3?" in prompt
+    assert prompt == api.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
 
 # ------------------------------------------------------------------------------------- lm-eval runs
@@ -208,6 +249,9 @@ def test_comparison_table_and_manifest(toy_run):
     assert results["models"]["student_before"]["tasks"]["toy_native"]["pass_at_1"] == 0.0
     assert manifest.counts["teacher/toy_native"] == pytest.approx(round(teacher["pass_at_1"], 4))
     assert manifest.stats["protocol"]["num_samples"] == K
+    # gold is "3" for 4 of the 6 toy questions
+    assert results["baselines"]["toy_native"] == {"answer": "3", "pass_at_1": pytest.approx(4 / 6), "num_questions": 6}
+    assert "Constant-answer baseline" in table and "toy_native 66.7 (answer '3')" in table
 
 
 def test_rerun_reuses_the_finished_stage(toy_run):
