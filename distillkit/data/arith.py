@@ -29,9 +29,9 @@ NAMES = ["Tom", "Anna", "Lee", "Maria", "Sam", "Ravi", "Yuki", "Omar"]
 # The prompt of the quickstart's generation (`generate.prompts.template`) and of its held-out lm-eval
 # task (distillkit/evaluate/tasks/distillkit_arith, `doc_to_text`): one worked example, then the problem.
 # A 135M teacher given R1's zero-shot instruction ("Please reason step by step, and put your final
-# answer within \boxed{}") boxed a correct answer in 0 of 128 samples here; with a worked example like this one, in
-# 17 of 128, in about half the tokens. The example's name (Lily) is not in NAMES, so it is never a
-# train or held-out problem.
+# answer within \boxed{}") boxed a correct answer in 0 of 128 samples here; with a worked example
+# like this one, in 17 of 128, in about half the tokens. The example's name (Lily) is not in NAMES,
+# so it is never a train or held-out problem.
 ONE_SHOT_TEMPLATE = (
     "Example:\n"
     "Question: Lily has 3 apples and buys 4 more. How many apples does Lily have now?\n"
