@@ -153,7 +153,7 @@ def publish(args: RecipeArgs = None, dry_run: Annotated[bool, typer.Option(
 def run(args: RecipeArgs = None,
         from_stage: Annotated[Optional[str], typer.Option("--from", help="Rerun from this stage on.")] = None,
         overwrite: Overwrite = False, verbose: Verbose = False) -> None:
-    """Run the recipe's stages in order, skipping those whose output matches the config."""
+    """Run the recipe's stages in order, skipping those whose output matches the config; then write RUN_DIR/report.html."""
     from distillkit.pipeline import run_pipeline
 
     _setup_logging(verbose)
