@@ -168,6 +168,16 @@ class SamplingConfig(StrictModel):
     """Keep the teacher's top-k logprobs of every generated token as soft labels; 0 = off."""
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
     """raw: before temperature/top-p (the model's distribution); processed: after them."""
+    stop: list[str] = Field(default_factory=list)
+    """Strings that end a sample, left out of the text (e.g. "Question:" for a model that goes on to
+    invent the next few-shot example). Token ids and soft labels are trimmed to match the text."""
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("an empty stop string would end every sample at once; remove it")
+        return v
 
     @model_validator(mode="after")
     def _greedy_needs_one_sample(self):

@@ -1,7 +1,7 @@
 """Seeded arithmetic word problems with gold answers: the offline quickstart's prompt set.
 
-Train and held-out splits come from disjoint seeds streams and are checked to share no problem text,
-so the held-out evaluation never sees a training problem.
+A problem's split is a function of its text (one text in five is held out), so the held-out evaluation
+never sees a training problem, and both splits cover every template.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ TEMPLATES = [
     ("What is {a} plus {b}?", lambda a, b: a + b),
     ("What is {a} times {b}?", lambda a, b: a * b),
 ]
-# The held-out split excludes the first MAX_TRAIN train problems, more than any recipe trains on
-# (train problems are a prefix of one seeded stream, so every smaller train set is excluded too).
-MAX_TRAIN = 2000
+# Every distinct problem text belongs to one split, by a hash of the text: 1 in TEST_FRACTION_DENOM
+# texts is held out. Both splits draw from all templates (an earlier "exclude the first 2000 train
+# problems" rule left the held-out split with only the four templates that carry a name: the others
+# have just 121 texts each, all taken by the train stream) and never share a problem, whatever `num`.
+TEST_FRACTION_DENOM = 5
 NAMES = ["Tom", "Anna", "Lee", "Maria", "Sam", "Ravi", "Yuki", "Omar"]
 
 # The prompt of the quickstart's generation (`generate.prompts.template`) and of its held-out lm-eval
@@ -49,13 +51,19 @@ def _problem(rng: random.Random) -> tuple[str, int]:
     return template.format(name=rng.choice(NAMES), a=a, b=b), fn(a, b)
 
 
+def split_of(text: str) -> str:
+    """"test" for one problem text in TEST_FRACTION_DENOM (by a hash of the text), else "train"."""
+    return "test" if int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % TEST_FRACTION_DENOM == 0 else "train"
+
+
 def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0) -> list[dict]:
-    """`num` distinct problems: [{"id", "problem", "answer", "source"}]. Held-out excludes train texts."""
+    """`num` distinct problems of one split: [{"id", "problem", "answer", "source"}].
+
+    The split of a problem is a function of its text (`split_of`), so train and held-out never overlap;
+    `seed` changes which problems are drawn and their order.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    exclude: set[str] = set()
-    if split == "test":
-        exclude = {p["problem"] for p in make_arith_problems(MAX_TRAIN, "train", seed)}
     rng = random.Random(f"arith-{split}-{seed}")
     seen: set[str] = set()
     out = []
@@ -65,7 +73,7 @@ def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0) -> 
         if attempts > num * 200:
             raise ValueError(f"cannot make {num} distinct {split} problems from the templates")
         text, answer = _problem(rng)
-        if text in seen or text in exclude:
+        if text in seen or split_of(text) != split:
             continue
         seen.add(text)
         pid = f"arith-{split}-" + hashlib.sha1(text.encode()).hexdigest()[:10]

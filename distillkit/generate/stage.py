@@ -20,7 +20,7 @@ from pathlib import Path
 
 from distillkit.config import RecipeConfig, stage_config_hash
 from distillkit.errors import DistillkitError
-from distillkit.generate.backends import Backend, GenRequest, PromptResult, make_backend, prompt_seed
+from distillkit.generate.backends import Backend, GenRequest, PromptResult, apply_stop, make_backend, prompt_seed
 from distillkit.generate.prompts import Prompt, load_prompts, render_prompt
 from distillkit.records import Manifest, StageOutput, list_shards, make_record, record_features, split_reasoning
 
@@ -50,12 +50,16 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
     """One record per sample, soft labels as numpy arrays (the writer turns them into Arrow buffers)."""
     sampling_json = json.dumps(gen_cfg.sampling.model_dump(mode="json"), sort_keys=True)
     k = gen_cfg.sampling.topk_logprobs
+    tokenizer = backend.tokenizer
+    eos_ids = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
+    skip_special = backend.name != "transformers"  # vLLM's text leaves special tokens out, ours keeps them
     rows = []
     for p, req, res in zip(prompts, requests, results, strict=True):
         if len(res.samples) != gen_cfg.sampling.n:
             raise DistillkitError(f"the {backend.name} backend returned {len(res.samples)} samples for prompt "
                                   f"{p.prompt_id!r}, expected sampling.n={gen_cfg.sampling.n}")
         for j, s in enumerate(res.samples):
+            s = apply_stop(s, gen_cfg.sampling.stop, tokenizer, eos_ids, skip_special_tokens=skip_special)
             reasoning, response, closed = split_reasoning(s.text, req.prefill)
             rec = make_record(
                 prompt_id=p.prompt_id, sample_index=j, source=p.source, problem=p.problem, gold_answer=p.answer,

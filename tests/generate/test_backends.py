@@ -46,3 +46,36 @@ def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise():
     assert kw["max_num_batched_tokens"] == 8192
     kw = cpu_engine_kwargs({"enable_chunked_prefill": True}, user={"enable_chunked_prefill": True})
     assert kw["enable_chunked_prefill"] is True and "max_num_batched_tokens" not in kw
+
+
+def test_apply_stop_cuts_text_ids_and_soft_labels_alike(tiny_qwen2):
+    from transformers import AutoTokenizer
+
+    from distillkit.generate.backends import Sample, apply_stop, cut_at_stop
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    eos = tok.eos_token_id
+    full = "Tom has 7 apples. The answer is 7.\n\nQuestion: Anna has 2 pears"
+    ids = tok(full, add_special_tokens=False)["input_ids"]
+    k = 3
+    topk = np.arange(len(ids) * k, dtype=np.int32).reshape(len(ids), k)
+    lps = -np.ones((len(ids), k), dtype=np.float32)
+    assert cut_at_stop(full, ["pears", "Question:"]) == "Tom has 7 apples. The answer is 7.\n\n"
+    assert cut_at_stop(full, ["Lily"]) is None
+
+    def check(out):
+        assert out.finish_reason == "stop" and full.startswith(out.text)
+        assert out.text.startswith("Tom has 7 apples. The answer is 7.") and "Question" not in out.text
+        assert tok.decode(out.token_ids) == out.text and out.token_ids == ids[: len(out.token_ids)]
+        assert (out.topk_ids == topk[: len(out.token_ids)]).all() and len(out.topk_logprobs) == len(out.token_ids)
+
+    # transformers: nothing was cut; vLLM: the text was cut at the stop string, the ids were not.
+    hf = Sample(full, ids, "length", topk, lps)
+    check(apply_stop(hf, ["Question:"], tok, [eos]))
+    vllm = Sample(cut_at_stop(full, ["Question:"]), ids, "stop", topk, lps)
+    check(apply_stop(vllm, ["Question:"], tok, [eos]))
+    # A sample that ended (EOS) before any stop string, or no stop configured: unchanged.
+    done = Sample("Tom has 7 apples.", tok("Tom has 7 apples.")["input_ids"] + [eos], "stop", None, None)
+    assert apply_stop(done, ["Question:"], tok, [eos]) is done and apply_stop(hf, [], tok, [eos]) is hf
+    # Without a tokenizer only the text can be cut.
+    assert apply_stop(hf, ["Question:"], None).text == "Tom has 7 apples. The answer is 7.\n\n"

@@ -177,3 +177,49 @@ def test_http_backend_against_a_real_vllm_server(server, engine, tiny_qwen2, tmp
         assert x["topk_ids"] == y["topk_ids"]
         np.testing.assert_allclose(np.array(x["topk_logprobs"], np.float32), np.array(y["topk_logprobs"], np.float32),
                                    atol=2e-3)
+
+
+def test_stop_strings_cut_text_ids_and_soft_labels_on_every_backend(server, engine, tiny_qwen2, tmp_path):
+    """A stop string ends samples on the offline engine, the server and the transformers fallback, and
+    the stored ids (which vLLM returns with the stop string's tokens) still decode to the stored text."""
+    from collections import Counter
+
+    from distillkit.generate.backends.hf import HFBackend
+
+    sampled = {"n": 2, "temperature": 1.0, "max_tokens": 24, "topk_logprobs": 5}
+    free = make_cfg(tiny_qwen2, tmp_path / "free", sampling=sampled)
+    run_generate(free, backend=engine)
+    base = _rows(free.stage_dir("generate"))
+    # a short string that many samples contain after their start: it will cut them
+    counts = Counter(sub for r in base for sub in {r["completion"][m:m + 2] for m in range(2, len(r["completion"]) - 1)}
+                     if "\ufffd" not in sub)
+    stop, seen = counts.most_common(1)[0]
+    assert seen >= 3, counts.most_common(5)
+
+    url = wait_ready(server)
+    endpoint = {"base_url": url, "model": "tiny", "api": "completions"}
+    with_stop = {**sampled, "stop": [stop]}
+    cfgs = {"vllm": make_cfg(tiny_qwen2, tmp_path / "v", sampling=with_stop),
+            "openai": make_cfg(tiny_qwen2, tmp_path / "o", backend="openai", teacher={"openai": endpoint},
+                               sampling=with_stop),
+            "transformers": make_cfg(tiny_qwen2, tmp_path / "h", backend="transformers", sampling=with_stop)}
+    run_generate(cfgs["vllm"], backend=engine)
+    run_generate(cfgs["openai"])
+    run_generate(cfgs["transformers"], backend=HFBackend.from_config(cfgs["transformers"].generate))
+    eos = engine.tokenizer.eos_token_id
+    for name, cfg in cfgs.items():
+        rows = _rows(cfg.stage_dir("generate"))
+        assert len(rows) == len(base)
+        for r in rows:
+            ids = r["completion_ids"][:-1] if r["completion_ids"][-1:] == [eos] else r["completion_ids"]
+            assert stop not in r["completion"], name
+            text = engine.tokenizer.decode(ids, skip_special_tokens=name != "transformers")  # as each renders
+            assert text.rstrip("\ufffd") == r["completion"].rstrip("\ufffd"), name
+            assert len(r["topk_ids"]) == len(r["completion_ids"]) == r["completion_tokens"], name
+        cut = [r for r in rows if r["finish_reason"] == "stop" and r["completion_ids"][-1:] != [eos]
+               and r["completion_tokens"] < sampled["max_tokens"]]
+        assert cut, name
+    # The offline engine with the same seeds: a stopped sample is the free one up to the stop string.
+    same = [b["completion"].startswith(r["completion"]) and b["completion_ids"][: len(r["completion_ids"])]
+            == r["completion_ids"] for r, b in zip(_rows(cfgs["vllm"].stage_dir("generate")), base)]
+    assert sum(same) >= len(same) - 1, same  # batch composition may flip a near-tie now and then

@@ -9,7 +9,8 @@ fewer than k candidates is padded with id 0 and logprob -inf.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,6 +86,45 @@ def fixed_width(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray
             ids[t, : len(row)] = [r[0] for r in row]
             lps[t, : len(row)] = [r[1] for r in row]
     return ids, lps
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """`text` before the earliest of the `stop` strings, or None when none of them occurs."""
+    cuts = [i for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(cuts)] if cuts else None
+
+
+def apply_stop(sample: Sample, stop: Sequence[str], tokenizer, eos_ids: Sequence[int] = (),
+               skip_special_tokens: bool = False) -> Sample:
+    """End `sample` at its first stop string, with text, token ids and soft labels that agree.
+
+    vLLM (offline and served) cuts the text at the stop string but keeps the token ids that spelled it;
+    the transformers backend cuts neither. Here the ids are trimmed to the longest prefix whose decoding
+    is a prefix of the cut text, and the text becomes that decoding, so `completion_ids` decode to
+    `completion` (what the trainer checks before using soft labels). Without a tokenizer only the text
+    can be cut. A sample that ended with EOS before any stop string is returned unchanged.
+    `skip_special_tokens`: how the backend rendered its text (vLLM leaves special tokens out).
+    """
+    if not stop:
+        return sample
+    ids = list(sample.token_ids)
+    if tokenizer is None or not ids:
+        cut = cut_at_stop(sample.text, stop)
+        return sample if cut is None else replace(sample, text=cut, finish_reason="stop")
+
+    def decode(n: int) -> str:
+        return tokenizer.decode(ids[:n], skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+
+    body = len(ids) - 1 if ids[-1] in eos_ids else len(ids)
+    cut = cut_at_stop(decode(body), stop)
+    if cut is None:
+        return sample
+    n = body
+    while n > 0 and not cut.startswith(decode(n)):
+        n -= 1
+    return replace(sample, text=decode(n), token_ids=ids[:n], finish_reason="stop",
+                   topk_ids=None if sample.topk_ids is None else sample.topk_ids[:n],
+                   topk_logprobs=None if sample.topk_logprobs is None else sample.topk_logprobs[:n])
 
 
 def make_backend(gen_cfg) -> Backend:

@@ -2,6 +2,8 @@
 
 Slower than vLLM (about half on CPU) and meant for machines without it. Sampling is seeded once per
 call from the requests' seeds, so the same list of requests (one shard) gives the same samples.
+`sampling.stop` is applied afterwards by the stage (`apply_stop`): this backend still decodes each
+sample to EOS or max_tokens, then the text and ids are cut at the first stop string.
 """
 
 from __future__ import annotations

@@ -134,6 +134,8 @@ class OpenAIBackend:
                 "return_tokens_as_token_ids": True}
         if request.seed is not None:
             body["seed"] = request.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
         return body
 
     def _chat(self, request: GenRequest, sampling) -> PromptResult:

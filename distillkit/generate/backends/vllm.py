@@ -113,7 +113,7 @@ class VllmBackend:
         return SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_tokens, seed=request.seed,
-            logprobs=sampling.topk_logprobs or None,
+            logprobs=sampling.topk_logprobs or None, stop=list(sampling.stop) or None,
         )
 
     def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
