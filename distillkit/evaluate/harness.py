@@ -261,10 +261,10 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
 def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     """lm-eval's vLLM model (an offline engine in this process) for one model; its engine is shut down on
     exit, so the next model of the comparison starts on a free machine."""
+    from distillkit.generate.backends.vllm import prepare_cpu_env, shutdown_engine
+
     vllm_causallms = import_lm_eval_vllm()
     if _device() == "cpu":
-        from distillkit.generate.backends.vllm import prepare_cpu_env
-
         prepare_cpu_env()
     log.info("starting a vLLM engine for %s", model_args.get("pretrained"))
     try:
@@ -274,12 +274,8 @@ def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     try:
         yield lm
     finally:
-        engine = getattr(lm, "model", None)
-        lm.model = None
-        try:
-            engine.llm_engine.engine_core.shutdown()
-        except Exception:  # best effort: the engine process also ends with ours
-            pass
+        engine, lm.model = getattr(lm, "model", None), None
+        shutdown_engine(engine)
         del lm, engine
         gc.collect()
 

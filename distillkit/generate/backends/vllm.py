@@ -135,11 +135,17 @@ class VllmBackend:
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
-        if llm is not None:
-            try:
-                llm.llm_engine.engine_core.shutdown()
-            except Exception:  # best effort: the engine process also ends with ours
-                pass
+        shutdown_engine(llm)
+
+
+def shutdown_engine(llm) -> None:
+    """Stop a `vllm.LLM`'s engine process now (it would otherwise live until garbage collection)."""
+    if llm is None:
+        return
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # best effort: the engine process also ends with ours
+        pass
 
 
 def to_prompt_result(output, k: int) -> PromptResult:
