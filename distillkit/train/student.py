@@ -63,19 +63,27 @@ def prune_layers(model, keep: list[int]):
     if getattr(config, "max_window_layers", None) is not None:
         config.max_window_layers = min(config.max_window_layers, len(keep))
     new_index = {old: new for new, old in enumerate(keep)}
-    state = {}
-    for name, tensor in model.state_dict().items():
+
+    def renamed(name: str, index: dict[int, int]) -> str | None:
         parts = name.split(".")
         if "layers" in parts:
             at = parts.index("layers") + 1
-            old = int(parts[at])
-            if old not in new_index:
-                continue
-            parts[at] = str(new_index[old])
-        state[".".join(parts)] = tensor
+            if int(parts[at]) not in index:
+                return None
+            parts[at] = str(index[int(parts[at])])
+        return ".".join(parts)
+
+    state = {new: tensor for name, tensor in model.state_dict().items()
+             if (new := renamed(name, new_index)) is not None}
     with torch.device("meta"):
         pruned = type(model)(config)
     pruned.load_state_dict(state, assign=True, strict=True)
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict: take them from the source model.
+    old_buffers = dict(model.named_buffers())
+    for name, buf in list(pruned.named_buffers()):
+        if buf.is_meta:
+            module, _, attr = name.rpartition(".")
+            pruned.get_submodule(module)._buffers[attr] = old_buffers[renamed(name, dict(enumerate(keep)))].clone()
     if getattr(config, "tie_word_embeddings", False):
         pruned.tie_weights()
     pruned.generation_config = model.generation_config

@@ -25,7 +25,7 @@ def test_pruned_student_copies_kept_layers_and_generates(tmp_path, tiny_qwen2):
     from transformers import AutoModelForCausalLM
 
     from distillkit.testing import build_tiny_model
-    from distillkit.train.student import build_student_init
+    from distillkit.train.student import build_student_init, prune_layers
 
     src = build_tiny_model(tmp_path / "four", num_layers=4, tokenizer_dir=tiny_qwen2)
     cfg = type("S", (), {"model": str(src), "keep_layers": "every_other"})()
@@ -47,6 +47,10 @@ def test_pruned_student_copies_kept_layers_and_generates(tmp_path, tiny_qwen2):
             layer.self_attn.layer_idx = new
         assert torch.allclose(pruned(ids).logits, full(ids).logits, atol=1e-5)
         out = pruned.generate(ids, max_new_tokens=4, do_sample=False)
+        # in memory, before any save: usable as is (rotary buffers included)
+        direct = prune_layers(AutoModelForCausalLM.from_pretrained(src), [0, 2, 3])
+        assert not any(b.is_meta for b in direct.buffers())
+        assert torch.allclose(direct(ids).logits, pruned(ids).logits, atol=1e-5)
     assert out.shape == (1, 9)
 
 
