@@ -809,5 +809,10 @@ def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     from distillkit.records import stable_hash
 
     upto = STAGES[: STAGES.index(stage) + 1]
-    return stable_hash({s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s))
-                        for s in upto} | {"seed": cfg.seed})
+    content = {s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s)) for s in upto}
+    if "train" in upto and cfg.train.sources:
+        # the training data, not only its path: an edited local file retrains
+        from distillkit.train.mixture import source_digest
+
+        content["train_source_content"] = [source_digest(s) for s in cfg.train.sources]
+    return stable_hash(content | {"seed": cfg.seed})

@@ -303,8 +303,39 @@ def source_input(source: MixtureSourceConfig, cfg: RecipeConfig) -> tuple[str, s
     elif not source.is_file and Path(source.path).expanduser().is_dir():
         folder = Path(source.path).expanduser()
     elif source.is_file:
-        return source.path, "file"
+        return source.path, source_digest(source) or "missing"
     else:
         return source.path, f"hub:{source.config or 'default'}/{source.split}"
     manifest = read_manifest(folder)
     return str(folder), manifest.config_hash if manifest else "unknown"
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def source_digest(source: MixtureSourceConfig) -> str | None:
+    """What a source's content hashes to, for the stage hash: a local file's sha256, a local folder's
+    manifest hash and shard sizes; None for stage outputs (their config is hashed upstream), Hub datasets
+    (named by path, config and split) and missing paths (loading them fails with a clear error)."""
+    import hashlib
+
+    from distillkit.records import list_shards, read_manifest
+
+    if source.is_stage:
+        return None
+    path = Path(source.path).expanduser()
+    if source.is_file and path.is_file():
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _DIGESTS[key] = "sha256:" + h.hexdigest()
+        return _DIGESTS[key]
+    if not source.is_file and path.is_dir():
+        manifest = read_manifest(path)
+        shards = [(p.name, p.stat().st_size) for p in list_shards(path)]
+        return f"folder:{manifest.config_hash if manifest else 'unknown'}:{shards}"
+    return None

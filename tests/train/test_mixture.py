@@ -204,6 +204,22 @@ def test_cli_train_with_a_source_lacking_columns_exits_2(tmp_path, tiny_qwen2, t
     assert "train.sources[1] 'qa'" in err and "lacks the column(s) ['messages']" in err and "Traceback" not in err
 
 
+def test_an_edited_local_source_changes_the_train_hash_and_only_that(tmp_path):
+    from distillkit.config import RecipeConfig, stage_config_hash
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(3)))
+    cfg = RecipeConfig(train={"sources": [{"path": "stage:filter", "weight": 1},
+                                          {"path": str(chat), "kind": "non_reasoning", "weight": 1}]})
+    before = {s: stage_config_hash(cfg, s) for s in ("filter", "train", "evaluate")}
+    chat.write_text(chat.read_text())  # rewritten, same bytes: same hash
+    assert {s: stage_config_hash(cfg, s) for s in before} == before
+    chat.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(4)))
+    after = {s: stage_config_hash(cfg, s) for s in before}
+    assert after["filter"] == before["filter"]
+    assert after["train"] != before["train"] and after["evaluate"] != before["evaluate"]
+
+
 # ----------------------------------------------------------------------------------------- stage
 
 
@@ -222,7 +238,7 @@ def test_train_stage_trains_on_the_mixture_and_records_it(tmp_path, tiny_qwen2, 
     assert {n: (p["kind"], p["samples"]) for n, p in mix.items()} == {"filter": ("reasoning", 6),
                                                                       "direct": ("non_reasoning", 2)}
     assert m.counts["records"] == m.stats["data"]["num_examples"] == 8
-    assert str(cfg.stage_dir("filter")) in m.inputs and m.inputs[str(chat)] == "file"
+    assert str(cfg.stage_dir("filter")) in m.inputs and m.inputs[str(chat)].startswith("sha256:")
 
     card = cards.render_model_card(cfg, train_manifest=m)
     cards.validate_model_card(str(card), expected_eval=0)
