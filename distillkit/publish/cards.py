@@ -96,7 +96,14 @@ def _eval_table(results: dict[str, Any] | None) -> str:
 def _mixture_rows(train_manifest: Manifest | None) -> list[dict[str, Any]]:
     """One row per source of the training mixture (train manifest `stats.mixture`), or none."""
     mixture = (train_manifest.stats.get("mixture") if train_manifest is not None else None) or {}
-    return [{"name": name, "kind": part["kind"].replace("_", "-"), "samples": part["samples"],
+    def kind(part: dict[str, Any]) -> str:
+        fmt = part.get("reasoning_format")
+        label = part["kind"].replace("_", "-")
+        if fmt == "empty":
+            return label + " (after an empty reasoning block)"
+        return label + " (answer alone)" if fmt == "none" else label
+
+    return [{"name": name, "kind": kind(part), "samples": part["samples"],
              "available": part["available"], "sample_share": _pct(part.get("sample_share")),
              "tokens": part["tokens"], "token_share": _pct(part["token_share"])}
             for name, part in mixture.items()]

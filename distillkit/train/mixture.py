@@ -229,6 +229,8 @@ def build_mixture(loaded: Sequence[tuple[MixtureSourceConfig, Any]], seed: int, 
     for i, source in enumerate(sources):
         composition[source.label] = {
             "kind": source.kind, "path": source.path, "available": available[i], "samples": counts[i],
+            # how a direct answer was written: after an empty reasoning block, or alone
+            "reasoning_format": None if source.kind == "reasoning" else (source.reasoning_format or "empty"),
             "sample_share": round(counts[i] / total_samples, 4), "tokens": tokens[i],
             "token_share": round(tokens[i] / total_tokens, 4) if total_tokens else 0.0,
         }

@@ -243,7 +243,10 @@ def test_train_stage_trains_on_the_mixture_and_records_it(tmp_path, tiny_qwen2, 
     card = cards.render_model_card(cfg, train_manifest=m)
     cards.validate_model_card(str(card), expected_eval=0)
     share = f"{100 * mix['direct']['token_share']:.1f}"
-    assert f"| direct | non-reasoning | 2 (of 10) | 25.0 | {mix['direct']['tokens']} | {share} |" in card.text
+    assert mix["direct"]["reasoning_format"] == "empty" and mix["filter"]["reasoning_format"] is None
+    assert (f"| direct | non-reasoning (after an empty reasoning block) | 2 (of 10) | 25.0 | "
+            f"{mix['direct']['tokens']} | {share} |") in card.text
+    assert "| filter | reasoning | 6 (of" in card.text
 
 
 def test_the_7b_recipes_commented_mixture_validates():

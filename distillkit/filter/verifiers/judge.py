@@ -33,9 +33,8 @@ a strict verdict line. What it does:
 The API key is read from the environment variable named by `api_key_env` and sent only in the
 Authorization header; it is never logged or put in an error message.
 
-Transport is a small client here rather than `distillkit.generate.backends.openai_http`: that
-backend's retry loop is private, its errors name `generate.teacher.openai.*` keys, and it folds
-"unreachable" and "refused" into one exception, while the judge must tell them apart.
+The retry loop is `distillkit.http.post_with_retries`, shared with the teacher's HTTP backend; what a
+failure means (fatal key/URL mistakes, one record refused, the endpoint down) is decided here.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import string
 import threading
@@ -59,6 +57,7 @@ from pydantic import field_validator
 
 from distillkit.errors import DistillkitError
 from distillkit.filter.verifiers.base import Verdict, Verifier, answer_text
+from distillkit.http import post_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,6 @@ or exactly
 VERDICT: INCORRECT"""
 
 PLACEHOLDERS = frozenset({"problem", "reference", "rubric", "answer"})
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _VERDICT_LINE = re.compile(r"VERDICT: (CORRECT|INCORRECT)")
 
 
@@ -334,53 +332,43 @@ class JudgeVerifier(Verifier):
         self._stop.set()
 
     def _ask(self, plan: _Ask) -> dict[str, Any] | _Failed:
-        import httpx
-
         p = self.params
         unreachable = _Failed("judge_unreachable", f"{self.url} did not answer")
         body = {"model": p.model, "messages": plan.messages, "max_tokens": p.max_tokens,
                 "temperature": p.temperature}
-        client = self._http()
-        last = ""
-        for attempt in range(p.max_retries + 1):
-            if self._stop.is_set():
-                return unreachable
-            wait = None
+        stopped = []
+
+        def before_attempt(attempt: int) -> bool:
+            if self._stop.is_set():  # another request gave up on the endpoint
+                stopped.append(True)
+                return False
             with self._lock:
                 self.counts["requests"] += 1
                 self.counts["retries"] += attempt > 0
-            try:
-                r = client.post(self.url, json=body)
-            except httpx.TransportError as e:  # refused, reset, connect/read timeout
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code < 300:
-                    return self._read_reply(plan, r)
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code in (401, 403):
-                    self._give_up(fatal=DistillkitError(
-                        f"the judge endpoint {self.url} refused the API key (HTTP {r.status_code}); set the "
-                        f"variable named by api_key_env ({p.api_key_env!r}) to a valid key"))
-                    return unreachable
-                if r.status_code == 404:
-                    self._give_up(fatal=DistillkitError(
-                        f"the judge endpoint {self.url} answered {last}; check base_url (the API root, "
-                        f"usually ending in /v1) and model={p.model!r}"))
-                    return unreachable
-                if r.status_code not in RETRY_STATUS:
-                    return _Failed("judge_rejected_request", last)
-                try:
-                    wait = float(r.headers.get("retry-after", ""))
-                except ValueError:
-                    wait = None
-            if attempt < p.max_retries:
-                # Exponential backoff with jitter so concurrent requests do not retry in lockstep.
-                delay = wait if wait is not None else p.backoff_s * 2 ** attempt * (0.5 + random.random())
-                log.warning("judge request to %s failed (%s); retry %d/%d in %.1fs", self.url, last,
-                            attempt + 1, p.max_retries, delay)
-                self._stop.wait(min(delay, 60.0))  # returns early once another request gave up
-        self._give_up(down=last)
-        return _Failed("judge_unreachable", last)
+            return True
+
+        r, last = post_with_retries(self._http(), self.url, body, max_retries=p.max_retries,
+                                    backoff_s=p.backoff_s, what="judge request", wait=self._stop.wait,
+                                    before_attempt=before_attempt)
+        if r is None:
+            if stopped:
+                return unreachable
+            self._give_up(down=last)
+            return _Failed("judge_unreachable", last)
+        if r.status_code < 300:
+            return self._read_reply(plan, r)
+        last = f"HTTP {r.status_code}: {r.text[:300]}"
+        if r.status_code in (401, 403):
+            self._give_up(fatal=DistillkitError(
+                f"the judge endpoint {self.url} refused the API key (HTTP {r.status_code}); set the "
+                f"variable named by api_key_env ({p.api_key_env!r}) to a valid key"))
+            return unreachable
+        if r.status_code == 404:
+            self._give_up(fatal=DistillkitError(
+                f"the judge endpoint {self.url} answered {last}; check base_url (the API root, "
+                f"usually ending in /v1) and model={p.model!r}"))
+            return unreachable
+        return _Failed("judge_rejected_request", last)
 
     def _read_reply(self, plan: _Ask, r) -> dict[str, Any] | _Failed:
         try:

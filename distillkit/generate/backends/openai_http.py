@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from distillkit.errors import DistillkitError
 from distillkit.generate.backends import GenRequest, PromptResult, Sample, fixed_width
+from distillkit.http import post_with_retries
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 TOKEN_ID_PREFIX = "token_id:"
 
 
@@ -97,33 +95,13 @@ class OpenAIBackend:
                                 "set the variable named by generate.teacher.openai.api_key_env")
 
     def _post(self, path: str, body: dict) -> dict:
-        import httpx
-
         url = f"{self.base_url}{path}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            wait = None
-            try:
-                r = self.client.post(url, json=body)
-            except httpx.TransportError as e:  # connect/read timeouts, refused, reset
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code < 300:
-                    return r.json()
-                last = f"HTTP {r.status_code}: {r.text[:500]}"
-                if r.status_code not in RETRY_STATUS:
-                    raise EndpointError(f"the teacher endpoint {url} rejected a request ({last})")
-                try:
-                    wait = float(r.headers.get("retry-after", ""))
-                except ValueError:
-                    wait = None
-            if attempt < self.max_retries:
-                # Exponential backoff with jitter so a fleet of clients does not retry in lockstep.
-                delay = wait if wait is not None else self.backoff_s * 2 ** attempt * (0.5 + random.random())
-                log.warning("request to %s failed (%s); retry %d/%d in %.1fs", url, last, attempt + 1,
-                            self.max_retries, delay)
-                time.sleep(min(delay, 60.0))
-        raise EndpointError(f"the teacher endpoint {url} failed {self.max_retries + 1} times; last error: {last}")
+        r, last = post_with_retries(self.client, url, body, max_retries=self.max_retries, backoff_s=self.backoff_s)
+        if r is None:
+            raise EndpointError(f"the teacher endpoint {url} failed {self.max_retries + 1} times; last error: {last}")
+        if r.status_code >= 300:
+            raise EndpointError(f"the teacher endpoint {url} rejected a request (HTTP {r.status_code}: {r.text[:500]})")
+        return r.json()
 
     # ------------------------------------------------------------------ requests
 
