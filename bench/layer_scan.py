@@ -1,0 +1,87 @@
+"""Which decoder layers a pruned student can lose: the measurement behind the quickstart's `keep_layers`.
+
+For kept traces of a run (its filter folder), teacher-forced on the teacher model, it reports the
+negative log-likelihood and top-1 accuracy of the *answer* tokens (the gold number where the trace
+states it: after "=", inside \\boxed{}, or after "is") for the full model, without each single layer,
+and for given cuts. Answer tokens, not the whole completion: a cut can keep the wording fluent and
+still lose the arithmetic (dropping layers 10-15 of SmolLM2 does exactly that).
+
+    .venv/bin/python bench/layer_scan.py RUN/filter [--traces 16] [--drop 3,4,5,6,26,27 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+
+
+def answer_positions(tokenizer, completion: str, gold: str) -> tuple[list[int], list[int]] | None:
+    """The completion's token ids and the indices of the tokens that spell the gold answer, or None."""
+    for pattern in (r"=\s*({})\b", r"\\boxed\{{({})\}}", r"is ({})\b"):
+        m = re.search(pattern.format(re.escape(gold)), completion)
+        if m:
+            enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+            spans = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < m.end(1) and b > m.start(1)]
+            return enc["input_ids"], spans
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("filter_dir")
+    ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
+    ap.add_argument("--traces", type=int, default=16)
+    ap.add_argument("--drop", action="append", default=[], help="comma-separated layers to drop together")
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+
+    from distillkit.models import resolve_model
+    from distillkit.records import read_records
+    from distillkit.train.student import prune_layers
+
+    torch.set_grad_enabled(False)
+    path = resolve_model(args.model)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    full = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    seqs = []
+    for r in read_records(args.filter_dir).to_list():
+        found = answer_positions(tok, r["completion"], r["gold_answer"] or "")
+        if found:
+            prompt = tok.apply_chat_template(list(r["messages"]), add_generation_prompt=True, tokenize=False)
+            seqs.append((tok(prompt, add_special_tokens=False)["input_ids"], *found))
+        if len(seqs) == args.traces:
+            break
+    width = max(len(p) + len(c) for p, c, _ in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, c, _) in enumerate(seqs):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        mask[i, :len(p) + len(c)] = 1
+    n = full.config.num_hidden_layers
+
+    def score(drop: list[int]) -> dict[str, float]:
+        keep = [i for i in range(n) if i not in drop]
+        model = prune_layers(copy.deepcopy(full), keep) if drop else full
+        logp = model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+        nll, hits, count = 0.0, 0, 0
+        for i, (p, _, spans) in enumerate(seqs):
+            for j in spans:
+                at = len(p) + j
+                nll -= float(logp[i, at - 1, ids[i, at]])
+                hits += int(logp[i, at - 1].argmax() == ids[i, at])
+                count += 1
+        return {"layers": len(keep), "answer_nll": round(nll / count, 3), "answer_top1": round(hits / count, 3)}
+
+    report = {"traces": len(seqs), "full": score([])}
+    report["without_one"] = {layer: score([layer]) for layer in range(1, n - 1)}
+    for spec in args.drop:
+        report[f"drop {spec}"] = score([int(x) for x in spec.split(",")])
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
