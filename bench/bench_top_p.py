@@ -2,7 +2,7 @@
 
 Each setting runs in a fresh process (the plugin is read when vLLM's processes start), same engine
 settings as the quickstart's teacher: SmolLM2-135M-Instruct in float32, 128 sequences x 24 forced
-tokens (ignore_eos), T=0.6. Prints one JSON report (~6 min on 2 cores).
+tokens (ignore_eos), T=0.6. Prints one JSON report (~9 min on 2 cores).
 
     .venv/bin/python bench/bench_top_p.py
 """
