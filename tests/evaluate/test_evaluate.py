@@ -286,6 +286,32 @@ def test_vllm_backend_runs_in_process_on_the_cpu_build(tmp_path, answering_model
     assert prompt.endswith("<|im_start|>assistant\n") and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
 
 
+@pytest.mark.slow
+def test_local_completions_backend_through_a_vllm_server_it_starts(tmp_path, answering_model, tiny_qwen2, toy_tasks):
+    """`backend: local-completions` without a base_url: distillkit starts a vLLM OpenAI server for the
+    model, lm-eval sends /v1/completions requests (chat template rendered here, no per-request seed),
+    and pass@1 equals a hand computation from the logged samples."""
+    pytest.importorskip("vllm")
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg = _recipe(tmp_path, answering_model, tiny_qwen2, ["toy_native"], toy_tasks, models=("teacher",),
+                  backend="local-completions")
+    manifest = run_evaluate(cfg)
+    assert manifest.stats["protocol"]["backend"] == "local-completions"
+    samples = _logged(cfg, "teacher", "toy_native")
+    per_question = []
+    for s in samples:
+        responses = s["filtered_resps"][0]
+        assert len(responses) == K
+        per_question.append(fmean(bool(score_math(r, s["doc"]["answer"])) for r in responses))
+    assert 0 < fmean(per_question) < 1  # a mix of right and wrong: the check is not vacuous
+    assert any(len(set(s["resps"][0])) > 1 for s in samples)  # k samples, not k copies of one seed
+    score = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["models"]["teacher"]["tasks"]["toy_native"]
+    assert score["pass_at_1"] == pytest.approx(fmean(per_question))
+    prompt = samples[0]["arguments"][0][0]
+    assert "<|im_start|>assistant" in str(prompt)
+
+
 def test_samples_are_drawn_with_the_r1_settings_and_chat_template(toy_run):
     cfg, _ = toy_run
     s = _logged(cfg, "teacher", "toy_native")[0]
