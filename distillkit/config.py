@@ -552,7 +552,7 @@ class TrainConfig(StrictModel):
 class EvaluateConfig(StrictModel):
     models: list[Literal["teacher", "student_before", "student_after"]] = Field(
         default_factory=lambda: ["teacher", "student_before", "student_after"])
-    tasks: list[str] = Field(default_factory=lambda: ["aime24", "math_500"])
+    tasks: list[str] = Field(default_factory=lambda: ["aime24", "minerva_math500"])
     """lm-eval task names: built-in ones (aime24, hendrycks_math500, gpqa_diamond_cot_zeroshot, ...) or
     distillkit's local tasks (distillkit_arith, ...)."""
     include_path: Optional[str] = None
