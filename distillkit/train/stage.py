@@ -263,10 +263,7 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer):
                               f"{cfg.generate.teacher.model} tokenizes differently. Use stored top-k soft labels "
                               "from a compatible teacher, or kd.enabled: false")
     dtype = torch.bfloat16 if resolve_bf16_safe() else torch.float32
-    teacher = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if torch.cuda.is_available():
-        teacher = teacher.to("cuda")
-    return teacher.eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
 
 
 def resolve_bf16_safe() -> bool:

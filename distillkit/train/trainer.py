@@ -114,7 +114,7 @@ class DistillTrainer(SFTTrainer):
             add_hidden_forward(_unwrap(self.model))
             if teacher is not None:
                 add_hidden_forward(teacher)
-                teacher.eval().requires_grad_(False)
+                teacher.to(self.accelerator.device).eval().requires_grad_(False)  # this rank's device
 
     @property
     def use_kd(self) -> bool:
@@ -129,7 +129,9 @@ class DistillTrainer(SFTTrainer):
     def _get_num_items_in_batch(self, batch_samples, device):
         """Also count the soft-labelled prediction targets of the whole global batch (for the KD mean)."""
         num_items = super()._get_num_items_in_batch(batch_samples, device)
-        if self.use_kd and batch_samples and "kd_mask" in batch_samples[0]:
+        if self.use_kd and self.kd.teacher_probs == "live":
+            self._num_kd_items = num_items  # a live teacher labels every trained token
+        elif self.use_kd and batch_samples and "kd_mask" in batch_samples[0]:
             n = sum(b["kd_mask"][..., 1:].sum() for b in batch_samples).to(device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 n = self.accelerator.gather(n).sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from train_helpers import make_recipe, teacher_records
 
@@ -110,15 +112,22 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tiny_llama, ti
     assert resumed.config_hash == full.config_hash  # resume does not change what the run is
 
 
-def test_ddp_two_cpu_processes_match_one_process(tmp_path, tiny_llama, tiny_qwen2):
-    """Same global batch (4 = 2 processes x 2 vs 1 x 4): same loss, CE and KL at every step."""
+@pytest.mark.parametrize("teacher_probs", ["topk_tail", "live"])
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, tiny_llama, tiny_qwen2, teacher_probs):
+    """Same global batch (4 = 2 processes x 2 vs 1 x 4): same loss, CE and KL at every step
+    (stored soft labels, or a live teacher on every rank)."""
     from distillkit.train.stage import run_train
 
     records = teacher_records(tiny_qwen2, num=4, seed=1)
-    common = dict(num_train_epochs=3, kd={"enabled": True, "alpha": 0.5})
-    single = run_train(make_recipe(tmp_path / "one", records, tiny_llama, per_device_train_batch_size=4, **common))
-    ddp = run_train(make_recipe(tmp_path / "two", records, tiny_llama, per_device_train_batch_size=2,
-                                num_processes=2, **common))
+    common = dict(num_train_epochs=3, kd={"enabled": True, "alpha": 0.5, "teacher_probs": teacher_probs})
+
+    def recipe(folder, **kw):
+        cfg = make_recipe(tmp_path / folder, records, tiny_llama, **common, **kw)
+        cfg.generate.teacher.model = str(tiny_qwen2)
+        return cfg
+
+    single = run_train(recipe("one", per_device_train_batch_size=4))
+    ddp = run_train(recipe("two", per_device_train_batch_size=2, num_processes=2))
     assert ddp.stats["num_processes"] == 2 and single.stats["num_processes"] == 1
     for key in ("loss", "ce", "kl"):
         assert _curve(ddp, key) == pytest.approx(_curve(single, key), rel=1e-4)
@@ -129,9 +138,66 @@ def test_on_policy_runs_through_trl_distillation_trainer(tmp_path, tiny_llama, t
     from distillkit.train.stage import run_train
 
     cfg = make_recipe(tmp_path, tiny_records[:4], tiny_llama, on_policy={"enabled": True, "max_new_tokens": 8},
-                      kd={"enabled": True, "divergence": "reverse_kl"}, sft_args={"max_steps": 1})
+                      kd={"enabled": True, "divergence": "reverse_kl"})
     cfg.generate.teacher.model = str(tiny_qwen2)
     m = run_train(cfg)
+    assert m.stats["global_steps"] == 2  # 4 prompts, batch 2, one epoch: one step per batch of prompts
     losses = _curve(m)
-    assert losses and all(0 <= x < 50 for x in losses)  # a per-token divergence: finite and non-negative
+    assert len(losses) == 2 and all(0 <= x < 50 for x in losses)  # per-token divergence: finite, non-negative
+    assert (cfg.stage_dir("train") / "model" / "config.json").exists()
+
+
+@pytest.mark.parametrize("stored_labels,batch,accumulation", [(True, 4, 1), (False, 2, 2)])
+def test_live_teacher_kd_first_step_matches_full_vocab_kl(tmp_path, tiny_llama, tiny_qwen2, tiny_records,
+                                                           stored_labels, batch, accumulation):
+    """`kd.teacher_probs: live`: the generate stage's teacher runs beside the student; the first logged KL is
+    the full-vocabulary forward KL of the untrained student over every assistant token of the optimizer step
+    (computed here directly), whether or not the records also carry stored soft labels (whose mask must
+    not be used) and across gradient accumulation (global token count)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.train.data import IGNORE, build_train_dataset
+    from distillkit.train.stage import run_train
+    from distillkit.train.student import load_student
+
+    records = tiny_records[:4] if stored_labels else \
+        [{k: v for k, v in r.items() if k not in ("topk_ids", "topk_logprobs")} for r in tiny_records[:4]]
+    cfg = make_recipe(tmp_path, records, tiny_llama, topk=4 if stored_labels else 0, max_length=256,
+                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                      kd={"enabled": True, "alpha": 0.0, "temperature": 2.0, "teacher_probs": "live"})
+    cfg.generate.teacher.model = str(tiny_qwen2)
+    m = run_train(cfg)
+    first = m.stats["loss_curve"][0]
+    assert m.stats["kd"]["teacher_probs"] == "live" and len(m.stats["loss_curve"]) == 1
+
+    student, tok = load_student(cfg.train, cfg.stage_dir("train") / "student_init")
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    ds, _ = build_train_dataset(Dataset.from_list(records), tok, 256, use_kd=True, packing=False,
+                                require_topk=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in ds:
+            ids = torch.tensor([ex["input_ids"]])
+            labels = torch.tensor(ex["labels"][1:])
+            s = (student(ids).logits[0, :-1] / 2.0).log_softmax(-1)
+            t = (teacher(ids).logits[0, :-1] / 2.0).log_softmax(-1)
+            kl = (t.exp() * (t - s)).sum(-1)[labels != IGNORE]
+            total, count = total + kl.sum().item(), count + kl.numel()
+    assert first["kl"] == pytest.approx(total / count, rel=1e-4)
+    assert first["loss"] == pytest.approx(4.0 * first["kl"], rel=1e-4)  # alpha 0: T^2 * KL
+
+
+def test_on_policy_mixed_with_stored_traces_runs_through_gkd(tmp_path, tiny_llama, tiny_qwen2, tiny_records):
+    """on_policy.lmbda < 1 mixes student samples with the stored traces (TRL's GKDTrainer)."""
+    from distillkit.train.stage import run_train
+
+    cfg = make_recipe(tmp_path, tiny_records[:4], tiny_llama,
+                      on_policy={"enabled": True, "lmbda": 0.5, "max_new_tokens": 8},
+                      kd={"enabled": True, "divergence": "jsd", "beta": 0.5}, sft_args={"max_steps": 2})
+    cfg.generate.teacher.model = str(tiny_qwen2)
+    m = run_train(cfg)
+    assert m.stats["global_steps"] == 2
+    assert all(0 <= x <= math.log(2) + 1e-4 for x in _curve(m))  # a per-token JSD (beta 0.5, T 1) is <= log 2
     assert (cfg.stage_dir("train") / "model" / "config.json").exists()
