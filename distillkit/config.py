@@ -495,6 +495,8 @@ class TrainConfig(StrictModel):
     save_steps: PositiveInt = 500
     logging_steps: PositiveInt = 10
     report_to: list[str] = Field(default_factory=lambda: ["none"])
+    """Loggers for the loss curves (transformers' report_to): e.g. tensorboard (event files under
+    train/checkpoints/runs/), wandb, mlflow, trackio; each needs its package installed (preflight checks)."""
     resume: bool = False
     """Continue from the last checkpoint in the output folder."""
     accelerate_config: Optional[str] = None

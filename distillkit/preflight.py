@@ -388,6 +388,32 @@ def _after_train_fixes(tokenizer, raw: list[Finding], subject: str) -> list[Find
     return out
 
 
+REPORT_TO_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit", "neptune": "neptune"}
+
+
+def check_report_to(report_to: Iterable[str]) -> Optional[Finding]:
+    """`train.report_to` names loggers transformers knows and that are installed (else the Trainer fails
+    only after the earlier stages ran). None when nothing is asked for."""
+    names = [n for n in report_to if n != "none"]
+    if not names:
+        return None
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                             get_available_reporting_integrations)
+
+    unknown = [n for n in names if n != "all" and n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        return Finding("report_to", "error", f"train.report_to names {unknown}, which transformers does not know.",
+                       f"use some of {sorted(INTEGRATION_TO_CALLBACK)} (or none)")
+    available = set(get_available_reporting_integrations())
+    missing = [n for n in names if n != "all" and n not in available]
+    if missing:
+        pkgs = " ".join(REPORT_TO_PACKAGES.get(n, n) for n in missing)
+        return Finding("report_to", "error", f"train.report_to asks for {missing}, which {'is' if len(missing) == 1 else 'are'} "
+                       "not installed.", f"pip install {pkgs}, or remove {'it' if len(missing) == 1 else 'them'} "
+                       "from train.report_to")
+    return Finding("report_to", "ok", f"train.report_to: {', '.join(names)} installed.")
+
+
 def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
     """All findings for the stages about to run (default: the recipe's `stages`).
 
@@ -431,6 +457,9 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
             findings += [replace(f, subject="teacher") for f in own]
 
     if "train" in stages:
+        report = check_report_to(cfg.train.report_to)
+        if report is not None:
+            findings.append(replace(report, subject="train"))
         student_spec = cfg.train.student.model
         subject = f"student {student_spec}"
         s_tok, s_config = load(student_spec, "student", "error", "")

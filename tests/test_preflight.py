@@ -393,6 +393,25 @@ def test_missing_student_is_fatal(folders, tmp_path):
         raise_on_fatal(findings)
 
 
+def test_report_to_must_be_known_and_installed(folders, monkeypatch):
+    from transformers.integrations import integration_utils
+
+    ok = by_check(preflight(recipe(folders["good"], folders["good"], train__report_to=["tensorboard"]),
+                            stages=["train"]))["report_to"]
+    assert ok.severity == "ok" and ok.subject == "train"
+    typo = by_check(preflight(recipe(folders["good"], folders["good"], train__report_to=["tensorbored"]),
+                              stages=["train"]))["report_to"]
+    assert typo.severity == "error" and "'tensorbored'" in typo.message and "'wandb'" in typo.fix
+    monkeypatch.setattr(integration_utils, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    cfg = recipe(folders["good"], folders["good"], train__report_to=["tensorboard", "wandb"])
+    findings = preflight(cfg, stages=["train"])
+    missing = by_check(findings)["report_to"]
+    assert missing.severity == "error" and "['wandb']" in missing.message and missing.fix.startswith("pip install wandb")
+    with pytest.raises(DistillkitError, match="report_to: train.report_to asks for"):
+        raise_on_fatal(findings)
+    assert "report_to" not in by_check(preflight(recipe(folders["good"], folders["good"]), stages=["train"]))
+
+
 # ----------------------------------------------------------------------------------------- real model
 
 

@@ -43,9 +43,17 @@ def test_sft_plus_kd_trains_logs_ce_and_kl_and_saves(tmp_path, tiny_llama, tiny_
     from distillkit.train.stage import run_train
 
     cfg = make_recipe(tmp_path, tiny_records, tiny_llama, num_train_epochs=4, packing=True, max_length=256,
-                      per_device_train_batch_size=1,
+                      per_device_train_batch_size=1, report_to=["tensorboard"],
                       kd={"enabled": True, "alpha": 0.25, "temperature": 2.0, "teacher_probs": "topk_tail"})
     m = run_train(cfg)
+    # TRL's report_to: TensorBoard gets the CE and KL curves the manifest records.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in (cfg.stage_dir("train") / "checkpoints" / "runs").rglob("events.out.tfevents.*")}
+    board = EventAccumulator(str(events))
+    board.Reload()
+    assert [e.value for e in board.Scalars("train/kl")] == pytest.approx(_curve(m, "kl"), rel=1e-5)
+    assert [e.value for e in board.Scalars("train/ce")] == pytest.approx(_curve(m, "ce"), rel=1e-5)
     first = m.stats["loss_curve"][0]
     assert first["loss"] == pytest.approx(0.25 * first["ce"] + 0.75 * 4.0 * first["kl"], rel=1e-4)
     assert first["kl"] > 0  # two random tiny models are both near uniform: a small but real KL
