@@ -144,8 +144,9 @@ def fix_tokenizer(tokenizer, model=None) -> list[str]:
 def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16") -> dict:
     """Resolve the student, keep the asked layers, fix the tokenizer, save all to `out_dir`.
 
-    Written to a temporary folder and renamed, so an existing `out_dir` is always whole. Returns
-    {"path", "num_layers", "kept_layers", "num_params", "tokenizer_changes"}.
+    Written to a temporary folder and renamed, so an existing `out_dir` is always whole. With every
+    layer kept the weights are linked, not rewritten (`_link_whole_student`). Returns {"path", "source",
+    "num_layers", "kept_layers", "num_params", "tokenizer_changes", "weights": "linked" | "written"}.
     """
     torch = require("torch", "train")
     transformers = require("transformers", "train")
@@ -157,23 +158,85 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
         return json.loads(info_path.read_text())
     source = resolve_model(student_cfg.model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
-    num_layers = model.config.num_hidden_layers
-    keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
-    model = prune_layers(model, keep)
-    changes = fix_tokenizer(tokenizer, model)
-    info = {"path": str(out_dir), "source": source, "num_layers": num_layers, "kept_layers": keep,
-            "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes}
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    info = _link_whole_student(source, tokenizer, tmp, student_cfg.keep_layers)
+    if info is None:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)  # unfixed: the fix below may resize
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+        num_layers = model.config.num_hidden_layers
+        keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
+        model = prune_layers(model, keep)
+        changes = fix_tokenizer(tokenizer, model)
+        info = {"num_layers": num_layers, "kept_layers": keep,
+                "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes,
+                "weights": "written"}
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    info = {"path": str(out_dir), "source": source, **info}
     (tmp / "distillkit_init.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the folder appears whole or not at all
-    log.info("student_init: %d of %d layers, %.1fM params -> %s", len(keep), num_layers,
-             info["num_params"] / 1e6, out_dir)
+    log.info("student_init: %d of %d layers, %.1fM params, weights %s -> %s", len(info["kept_layers"]),
+             info["num_layers"], info["num_params"] / 1e6, info["weights"], out_dir)
     return info
+
+
+def _link_whole_student(source: str, tokenizer, tmp: Path, keep_layers) -> dict | None:
+    """student_init without loading the weights, when nothing in them changes: every layer kept, the
+    source a folder of safetensors files, and no new token that would grow the embeddings. The weight
+    files are hard-linked (symlinked across filesystems) next to the fixed tokenizer and config, so a
+    32B/70B student costs neither a copy on disk nor its size in CPU memory. Returns the info dict, or
+    None when the weights must be loaded (layer pruning, a resized vocabulary, .bin weights)."""
+    import os
+
+    transformers = require("transformers", "train")
+    src = Path(source)
+    config = transformers.AutoConfig.from_pretrained(source)
+    num_layers = config.num_hidden_layers
+    keep = parse_keep_layers(keep_layers, num_layers)
+    weights = sorted(src.glob("*.safetensors"))
+    if keep != list(range(num_layers)) or not weights:
+        return None
+    changes = fix_tokenizer(tokenizer)
+    if len(tokenizer) > config.vocab_size:
+        return None  # a new pad token needs a bigger embedding: load, resize, save
+    tmp.mkdir(parents=True)
+    for f in [*weights, *src.glob("*.safetensors.index.json")]:
+        target = f.resolve()  # Hub cache snapshots are symlinks into blobs/
+        try:
+            os.link(target, tmp / f.name)
+        except OSError:  # another filesystem: a symlink (the source must stay where it is)
+            os.symlink(target, tmp / f.name)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(tmp)
+    try:
+        generation = transformers.GenerationConfig.from_pretrained(source)
+    except OSError:  # the source has no generation_config.json
+        generation = None
+    if generation is not None:
+        generation.pad_token_id = tokenizer.pad_token_id
+        if generation.eos_token_id is None:
+            generation.eos_token_id = tokenizer.eos_token_id
+        generation.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return {"num_layers": num_layers, "kept_layers": keep, "num_params": _safetensors_numel(weights),
+            "tokenizer_changes": changes, "weights": "linked"}
+
+
+def _safetensors_numel(files: list[Path]) -> int:
+    """Parameter count from safetensors headers (nothing loaded); tied weights are stored once."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
 
 
 # ----------------------------------------------------------------------------------------- loading

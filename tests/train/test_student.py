@@ -82,3 +82,52 @@ def test_qlora_student_is_nf4_double_quant_with_lora_on_top(tmp_path, tiny_qwen2
     assert state.quant_type == "nf4" and state.nested  # nested = double quantization
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_whole_student_links_its_weights_instead_of_loading_them(tmp_path, tiny_qwen2, monkeypatch):
+    """Every layer kept and nothing to resize: student_init links the safetensors files (no copy, no load)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillkit.testing import build_tiny_model
+    from distillkit.train import student as student_mod
+
+    src = build_tiny_model(tmp_path / "src", num_layers=2, tokenizer_dir=tiny_qwen2)
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.pad_token = tok.eos_token  # SmolLM2-like: the train stage must pick a distinct pad
+    tok.save_pretrained(src)
+    cfg = type("S", (), {"model": str(src), "keep_layers": None})()
+    info = student_mod.build_student_init(cfg, tmp_path / "init")
+    assert info["weights"] == "linked" and info["kept_layers"] == [0, 1]
+    assert (tmp_path / "init" / "model.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino
+    source_model = AutoModelForCausalLM.from_pretrained(src)
+    assert info["num_params"] == sum(p.numel() for p in source_model.parameters())
+    init_tok = AutoTokenizer.from_pretrained(tmp_path / "init")
+    assert init_tok.pad_token == "<|pad|>" and any("pad_token" in c for c in info["tokenizer_changes"])
+    init = AutoModelForCausalLM.from_pretrained(tmp_path / "init")
+    assert init.config.pad_token_id == init.generation_config.pad_token_id == init_tok.pad_token_id
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        assert torch.equal(init(ids).logits, source_model(ids).logits)
+
+    # A fix that adds a token past the embedding rows, .bin weights, or pruning: weights are loaded and written.
+    def adds_a_token(tokenizer, model=None):
+        tokenizer.add_special_tokens({"pad_token": "<|brand_new_pad|>"})
+        if model is not None:
+            model.resize_token_embeddings(len(tokenizer))
+        return ["pad_token: '<|brand_new_pad|>'"]
+
+    exact = build_tiny_model(tmp_path / "exact", num_layers=2, tokenizer_dir=tiny_qwen2, vocab_size=len(tok))
+    monkeypatch.setattr(student_mod, "fix_tokenizer", adds_a_token)
+    info = student_mod.build_student_init(type("S", (), {"model": str(exact), "keep_layers": None})(), tmp_path / "i2")
+    assert info["weights"] == "written" and info["tokenizer_changes"] == ["pad_token: '<|brand_new_pad|>'"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "i2").config.vocab_size == len(tok) + 1
+    monkeypatch.undo()
+    (tmp_path / "bin").mkdir()
+    for name in ("config.json", "generation_config.json"):
+        (tmp_path / "bin" / name).write_bytes((src / name).read_bytes())
+    torch.save(source_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # an older checkpoint format
+    tok.save_pretrained(tmp_path / "bin")
+    info = student_mod.build_student_init(type("S", (), {"model": str(tmp_path / "bin"), "keep_layers": None})(),
+                                          tmp_path / "i3")
+    assert info["weights"] == "written"

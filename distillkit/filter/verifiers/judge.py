@@ -316,7 +316,7 @@ class JudgeVerifier(Verifier):
     def _http(self):
         with self._lock:
             if self._client is None:
-                import httpx  # a dependency of huggingface_hub, so always present
+                import httpx
 
                 headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
                 self._client = httpx.Client(timeout=self.params.timeout_s, headers=headers,
