@@ -59,8 +59,8 @@ def _progress():
 
     from distillkit.progress import progress_bar
 
-    return progress_bar(TextColumn("filter {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), transient=True)
+    return progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), transient=True, unit="records")
 
 
 def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_progress: bool = True) -> FilterResult:
@@ -109,7 +109,7 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
         for step, spec in zip(_step_names(cfg), cfg.verifiers):
             t0 = time.time()
             todo = [i for i in range(n) if alive[i] or not cfg.stop_at_first_rejection]
-            task = progress.add_task(step, total=len(todo)) if progress else None
+            task = progress.add_task(f"filter {step}", total=len(todo)) if progress else None
             judged = {}
             with build(spec.kind, spec.params, num_workers=cfg.num_workers) as verifier:
                 # The judge defers to this run's earlier rule verdicts, which live here, not in the records.

@@ -98,7 +98,8 @@ def _progress(total: int, done: int):
     from distillkit.progress import progress_bar
 
     progress = progress_bar(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                            TextColumn("{task.fields[tok_s]:>7.1f} tok/s"), TextColumn("ETA"), TimeRemainingColumn())
+                            TextColumn("{task.fields[tok_s]:>7.1f} tok/s"), TextColumn("ETA"), TimeRemainingColumn(),
+                            unit="prompts")
     task = progress.add_task("generate", total=total, completed=done, tok_s=0.0)
     return progress, task
 
