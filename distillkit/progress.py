@@ -2,7 +2,7 @@
 
 On a terminal the bar is live. Without one (a batch job's log file, CI, `nohup`), rich draws
 nothing until the end, so the same calls log a line instead, at most every `log_every` seconds
-and once when the loop ends: `generate: 120/300 prompts (40%), 512.3 tok/s, 2m10s elapsed, ~3m15s left`.
+and once when a loop that took longer ends: `generate: 120/300 prompts (40%), 512.3 tok/s, 2m10s elapsed, ~3m15s left`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def progress_bar(*columns, transient: bool = False, unit: str = "", log_every: f
             self._logs = not self.console.is_terminal or self.console.is_dumb_terminal
             self._last_log: dict = {}
             self._final: set = set()
+            self._logged: set = set()
 
         def _maybe_log(self, task_id, final: bool = False) -> None:
             if not self._logs or task_id in self._final:
@@ -66,9 +67,12 @@ def progress_bar(*columns, transient: bool = False, unit: str = "", log_every: f
                     task = self._tasks.get(task_id)
                 if task is None:
                     return
-                self._last_log[task_id] = now
                 if final:
                     self._final.add(task_id)
+                    if task_id not in self._logged and (task.elapsed or 0) < log_every:
+                        return  # a short loop: rich's closing render of the bar says it all
+                self._last_log[task_id] = now
+                self._logged.add(task_id)
                 log.info(progress_line(task, unit))
 
         def add_task(self, *args, **kwargs):

@@ -1,6 +1,7 @@
 """The command line: clear errors with exit 2 and no traceback, light imports, run skips done stages."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,3 +140,33 @@ def test_quickstart_shrunk_runs_every_stage_and_writes_the_report(tmp_path):
     assert kept > 0
     assert "Constant-answer baseline" in res.stdout and "student (after)" in res.stdout
     assert (run_dir / "report.html").exists() and f"report -> {run_dir / 'report.html'}" in res.stdout.replace("\n", "")
+
+
+def test_quiet_libraries_drops_only_the_listed_noise(caplog, monkeypatch):
+    import logging
+    import warnings
+
+    from distillkit import cli
+
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # a user's own setting wins
+    loggers = [logging.getLogger(name) for name, *_ in cli.QUIET_LOGS]
+    before = [list(lg.filters) for lg in loggers]
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            cli.quiet_libraries()
+            cli.quiet_libraries()  # idempotent: one filter per logger
+            warnings.warn("`torch.distributed.reduce_op` is deprecated, please use ReduceOp", FutureWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+        assert [str(w.message) for w in seen] == ["something else is deprecated"]
+        caplog.set_level(logging.WARNING)
+        logging.getLogger("lm_eval.evaluator").warning("generation_kwargs: %s specified through cli", {"t": 1})
+        logging.getLogger("lm_eval.evaluator").warning("Context length exceeded")  # a real problem stays
+        logging.getLogger("lm_eval.api.task").warning("x: Custom kwargs can be passed to `--metadata` in console")
+        assert [r.getMessage() for r in caplog.records] == ["Context length exceeded"]
+        assert all(sum(isinstance(f, cli._DropKnownNoise) for f in lg.filters) == 1 for lg in loggers)
+        assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR" and os.environ["TORCH_CPP_LOG_LEVEL"] == "INFO"
+    finally:
+        for lg, filters in zip(loggers, before):
+            lg.filters[:] = filters

@@ -30,16 +30,28 @@ def test_non_terminal_progress_logs_lines_and_one_final_line(caplog):
     assert len(_lines(caplog)) == 3
 
 
-def test_lines_are_rate_limited(caplog):
+def test_lines_are_rate_limited_and_short_loops_log_nothing(caplog, monkeypatch):
+    import distillkit.progress as progress_mod
+
     caplog.set_level(logging.INFO, logger="distillkit.progress")
     console = Console(file=io.StringIO(), force_terminal=False)
-    with progress_bar(TextColumn("x"), log_every=3600, console=console) as p:
+    with progress_bar(TextColumn("x"), log_every=60, console=console) as p:
         task = p.add_task("filter math", total=100)
         p.add_task("filter dedup", total=100)  # never advanced: no final line
         for _ in range(100):
             p.advance(task)
+    assert _lines(caplog) == []  # under a minute: the closing render of the bar is enough
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: clock[0])
+    with progress_bar(TextColumn("x"), log_every=60, console=console) as p:
+        task = p.add_task("filter math", total=100)
+        for _ in range(100):
+            clock[0] += 1.5  # 150 s in all: lines at 60 s and 120 s, then the final one
+            p.advance(task)
     lines = _lines(caplog)
-    assert len(lines) == 1 and lines[0].startswith("filter math: 100/100 (100%)")
+    assert [line.split(" (")[0] for line in lines] == ["filter math: 40/100", "filter math: 80/100",
+                                                       "filter math: 100/100"]
 
 
 def test_terminal_progress_draws_the_bar_and_logs_nothing(caplog):
