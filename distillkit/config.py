@@ -63,7 +63,9 @@ class VllmConfig(StrictModel):
     enforce_eager: bool = False
     """Disable CUDA graphs (always on for CPU)."""
     dtype: str = "auto"
-    """Weights dtype: auto, bfloat16, float16, float32."""
+    """Weights dtype: auto, bfloat16, float16, float32. auto = the checkpoint's dtype, except on a CPU
+    without native bf16 (no AVX512-BF16/AMX), where distillkit picks float32 (2.7x faster than emulated
+    bf16; twice the memory: set bfloat16 to trade speed for memory)."""
     max_logprobs: PositiveInt = 20
     """Largest top-k of logprobs the engine will return."""
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -29,6 +29,7 @@ from distillkit.evaluate.protocol import (
     summarize_samples,
     uses_samples_natively,
 )
+from distillkit.generate.backends.vllm import cpu_has_fast_bf16
 from distillkit.records import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -285,16 +286,6 @@ def vllm_engine(model_args: dict[str, Any], batch_size: Any):
         shutdown_engine(engine)
         del lm, engine
         gc.collect()
-
-
-def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this x86 CPU has native bf16 math (AVX512-BF16 or AMX); without it bf16 is emulated."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _device() -> str:

