@@ -61,6 +61,8 @@ def main() -> None:
     def bare(k: int) -> tuple[float, int]:
         sampling = cfg(k, "x").generate.sampling
         params = [backend.sampling_params(r, sampling) for r in requests]  # same seeds as distillkit
+        for p in params:
+            p.detokenize = True  # vLLM's default: a bare user gets text (distillkit decodes it itself)
         t0 = time.perf_counter()
         outs = llm.generate(inputs, params, use_tqdm=False)
         dt = time.perf_counter() - t0

@@ -153,3 +153,29 @@ def test_fast_top_p_keeps_the_same_tokens_as_vllms_sort():
     assert not torch.isinf(got[::6]).any()
     peaked = [i for i in range(16) if p[i] < 1]
     assert (~torch.isinf(got[peaked])).sum(dim=1).max() < 64  # a small nucleus, found without the sort
+
+
+def test_with_logprobs_and_no_stop_strings_distillkit_decodes_the_text():
+    from types import SimpleNamespace as NS
+
+    from distillkit.generate.backends.vllm import decodes_after, to_prompt_result
+
+    sampling = GenerateConfig.model_validate({"teacher": {"model": "m"}, "sampling": {"topk_logprobs": 2}}).sampling
+    assert decodes_after(sampling)
+    assert not decodes_after(sampling.model_copy(update={"stop": ["Question:"]}))  # vLLM must see the text
+    assert not decodes_after(sampling.model_copy(update={"topk_logprobs": 0}))  # nothing to save
+
+    step = {7: NS(logprob=-0.1, rank=1), 9: NS(logprob=-2.5, rank=2), 4: NS(logprob=-6.0, rank=40)}
+    comp = NS(index=0, text="", token_ids=[7, 4], finish_reason="length", logprobs=[step, step])
+    calls = []
+
+    def decode(ids, skip_special_tokens):
+        calls.append((ids, skip_special_tokens))
+        return "caf\ufffd"  # the last character's bytes were cut by max_tokens
+
+    result = to_prompt_result(NS(outputs=[comp], prompt_token_ids=[1, 2, 3]), 2, decode)
+    sample = result.samples[0]
+    assert sample.text == "caf" and calls == [([7, 4], True)]  # as vLLM's detokenizer: the cut bytes held back
+    assert sample.topk_ids.tolist() == [[7, 9], [7, 9]] and result.prompt_tokens == 3
+    decoded_by_vllm = NS(**{**vars(comp), "text": "vllm's text"})
+    assert to_prompt_result(NS(outputs=[decoded_by_vllm], prompt_token_ids=[1]), 2).samples[0].text == "vllm's text"

@@ -110,8 +110,11 @@ def test_stored_arrays_equal_what_vllm_returned(engine, tiny_qwen2, tmp_path):
     gen = cfg.generate
     prompts = load_prompts(gen.prompts).prompts
     requests = build_requests(prompts, gen, engine.tokenizer)
-    outputs = engine.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests],
-                                  [engine.sampling_params(r, gen.sampling) for r in requests], use_tqdm=False)
+    params = [engine.sampling_params(r, gen.sampling) for r in requests]
+    assert not any(p.detokenize for p in params)  # logprobs, no stop strings: distillkit decodes the text itself
+    for p in params:
+        p.detokenize = True  # vLLM's own text, which ours must equal
+    outputs = engine.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False)
     by_id = {r["id"]: r for r in rows}
     for p, out in zip(prompts, outputs):
         for comp in out.outputs:

@@ -133,3 +133,18 @@ def test_packed_batch_gives_the_same_loss_as_padded(tok, tiny_qwen2, tiny_record
                                       chunk_size=16))
     for a, b in zip(*losses):
         assert float(a) == pytest.approx(float(b), rel=1e-5, abs=1e-6)
+
+
+def test_same_tokenizer_check_ignores_a_character_cut_at_the_end(tok):
+    """vLLM's text holds back the bytes of a character cut by max_tokens; a full decode writes U+FFFD."""
+    from distillkit.train.data import check_same_tokenizer
+
+    ids = tok("so the answer is 12 \u00e9t\u00e9", add_special_tokens=False)["input_ids"]
+    cut = next(n for n in range(len(ids), 0, -1)
+               if tok.decode(ids[:n], clean_up_tokenization_spaces=False).endswith("\ufffd"))
+    full = tok.decode(ids[:cut], clean_up_tokenization_spaces=False)
+    vllm_text = full.rstrip("\ufffd")
+    assert vllm_text != full
+    rec = {"completion_ids": ids[:cut], "completion": vllm_text}
+    assert check_same_tokenizer(tok, [rec])
+    assert not check_same_tokenizer(tok, [{**rec, "completion": "so the answer is 13"}])

@@ -183,6 +183,7 @@ class VllmBackend:
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_tokens, seed=request.seed,
             logprobs=sampling.topk_logprobs or None, stop=list(sampling.stop) or None,
+            detokenize=not decodes_after(sampling),
         )
 
     def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
@@ -195,7 +196,8 @@ class VllmBackend:
             prompts.append({"prompt_token_ids": list(r.prompt_ids)})
         outputs = self.llm.generate(prompts, [self.sampling_params(r, sampling) for r in requests],
                                     use_tqdm=False)
-        return [to_prompt_result(o, sampling.topk_logprobs) for o in outputs]
+        decode = self.tokenizer.decode if decodes_after(sampling) else None
+        return [to_prompt_result(o, sampling.topk_logprobs, decode) for o in outputs]
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
@@ -212,8 +214,27 @@ def shutdown_engine(llm) -> None:
         pass
 
 
-def to_prompt_result(output, k: int) -> PromptResult:
-    """A vllm RequestOutput -> PromptResult (completions ordered by sample index)."""
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def decodes_after(sampling) -> bool:
+    """Whether distillkit decodes the completions itself instead of vLLM (`detokenize=False`).
+
+    With logprobs, vLLM also turns every one of the top-k candidate ids of every step into a string
+    (k tokenizer calls per generated token), which distillkit never reads: it stores ids. That was
+    0.92 s of a 6.8 s top-20 run on CPU (BENCHMARKS.md, Generation). Decoding each finished completion
+    once gives the same text. vLLM needs its own detokenizer for stop strings, so with `stop` set it
+    keeps it.
+    """
+    return bool(sampling.topk_logprobs) and not sampling.stop
+
+
+def to_prompt_result(output, k: int, decode=None) -> PromptResult:
+    """A vllm RequestOutput -> PromptResult (completions ordered by sample index).
+
+    `decode`: the tokenizer's decode when vLLM ran with `detokenize=False` (see `decodes_after`);
+    it gets the text as vLLM's detokenizer would: special tokens skipped, and the bytes of a character
+    cut by the end of the sample held back (a full decode writes them as U+FFFD)."""
     samples = []
     for comp in sorted(output.outputs, key=lambda c: c.index):
         topk_ids = topk_lps = None
@@ -224,7 +245,10 @@ def to_prompt_result(output, k: int) -> PromptResult:
                      if lp.rank is not None and lp.rank <= k]
                     for step in (comp.logprobs or [])]
             topk_ids, topk_lps = fixed_width(rows, k)
-        samples.append(Sample(text=comp.text, token_ids=list(comp.token_ids),
+        text = comp.text
+        if decode is not None:  # as vLLM's detokenizer: no trailing partial UTF-8 character (a cut byte run)
+            text = decode(list(comp.token_ids), skip_special_tokens=True).rstrip(REPLACEMENT_CHAR)
+        samples.append(Sample(text=text, token_ids=list(comp.token_ids),
                               finish_reason=comp.finish_reason or "stop", topk_ids=topk_ids,
                               topk_logprobs=topk_lps))
     return PromptResult(prompt_tokens=len(output.prompt_token_ids or []), samples=samples)
