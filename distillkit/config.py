@@ -499,8 +499,10 @@ class TrainConfig(StrictModel):
     report_to: list[str] = Field(default_factory=lambda: ["none"])
     """Loggers for the loss curves (transformers' report_to): e.g. tensorboard (event files under
     train/checkpoints/runs/), wandb, mlflow, trackio; each needs its package installed (preflight checks)."""
-    resume: bool = False
-    """Continue from the last checkpoint in the output folder."""
+    resume: bool = True
+    """After an interrupted run of the same config, continue from its last checkpoint (rerun the same
+    command; every `save_steps`); false discards the checkpoints and starts over. A changed config is
+    refused, not resumed (--overwrite starts over)."""
     accelerate_config: Optional[str] = None
     """An accelerate config file (DDP/FSDP/ZeRO-3); `distillkit train` then launches through accelerate."""
     num_processes: Optional[PositiveInt] = None

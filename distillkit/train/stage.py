@@ -169,8 +169,9 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
             trainer.add_callback(cb)
 
     resume_from = last_checkpoint(out / "checkpoints") if t.resume else None
-    if t.resume and resume_from is None:
-        log.info("train.resume: no checkpoint in %s yet; starting from the beginning", out / "checkpoints")
+    if resume_from is not None:
+        log.info("train: resuming an interrupted run of this config from %s (train.resume=false starts over)",
+                 resume_from)
     tokens_before = 0
     if resume_from is not None:
         import json

@@ -111,13 +111,21 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, tiny_llama, ti
 
     with pytest.raises(Interrupt):
         run_train(make_recipe(tmp_path / "b", tiny_records, tiny_llama, **common), callbacks=[StopAtStep3()])
-    resumed = run_train(make_recipe(tmp_path / "b", tiny_records, tiny_llama, **common, resume=True))
+    # The same command again (train.resume defaults to true): it continues, nothing is lost.
+    resumed = run_train(make_recipe(tmp_path / "b", tiny_records, tiny_llama, **common))
     assert resumed.stats["resumed_from"] == "checkpoint-2"
     assert [r["step"] for r in resumed.stats["loss_curve"]][-2:] == [3, 4]
     assert _curve(resumed)[-2:] == pytest.approx(_curve(full)[-2:], rel=1e-5)
     assert _curve(resumed, "kl")[-2:] == pytest.approx(_curve(full, "kl")[-2:], rel=1e-4)
     assert resumed.stats["tokens_seen"] == full.stats["tokens_seen"]
     assert resumed.config_hash == full.config_hash  # resume does not change what the run is
+
+    # train.resume=false: the checkpoints are discarded and the run starts over.
+    with pytest.raises(Interrupt):
+        run_train(make_recipe(tmp_path / "c", tiny_records, tiny_llama, **common), callbacks=[StopAtStep3()])
+    fresh = run_train(make_recipe(tmp_path / "c", tiny_records, tiny_llama, **common, resume=False))
+    assert fresh.stats["resumed_from"] is None and [r["step"] for r in fresh.stats["loss_curve"]] == [1, 2, 3, 4]
+    assert _curve(fresh) == pytest.approx(_curve(full), rel=1e-5)
 
 
 @pytest.mark.parametrize("teacher_probs", ["topk_tail", "live"])
