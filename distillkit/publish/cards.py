@@ -125,8 +125,11 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
     if t.student.keep_layers is not None:
         limitations.append(f"The student kept only some of its base model's layers ({t.student.keep_layers}); "
                            "it is a new architecture size, not a fine-tune of the full base model.")
-    kd = (f"soft-label KD ({t.kd.divergence}, alpha={t.kd.alpha}, T={t.kd.temperature}) + cross-entropy"
-          if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
+    teacher_probs = {"topk_tail": "stored top-{k} + tail bucket", "topk_renorm": "stored top-{k}, renormalized",
+                     "live": "live teacher, full vocabulary"}[t.kd.teacher_probs]
+    teacher_probs = teacher_probs.format(k=cfg.generate.sampling.topk_logprobs)
+    kd = (f"soft-label KD ({t.kd.divergence}, {teacher_probs}, alpha={t.kd.alpha}, T={t.kd.temperature}) "
+          "+ cross-entropy" if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
     method_summary = f"{t.method} training, {kd}" + (", on-policy" if t.on_policy.enabled else "")
     rows = [("method", t.method), ("objective", kd), ("learning rate", t.learning_rate),
             ("epochs", t.num_train_epochs),
@@ -135,7 +138,7 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
     if t.method != "full":
         rows.append(("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, targets={t.lora.target_modules}"))
     if train_manifest is not None:
-        for key in ("tokens_seen", "tokens_per_s", "train_s"):
+        for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
             if key in train_manifest.stats:
                 rows.append((key.replace("_", " "), train_manifest.stats[key]))
     mixture = _mixture_rows(train_manifest)

@@ -51,7 +51,7 @@ def make_run(root: Path, model_dir: Path, **publish) -> object:
     (train / "adapter" / "adapter_model.safetensors").write_bytes(b"not really weights")
     tr = StageOutput(train, "train", "t")
     tr.begin()
-    tr.finish(stats={"tokens_seen": 12345, "tokens_per_s": 390.0})
+    tr.finish(stats={"tokens_seen": 12345, "tokens_per_s": 390.0, "train_seconds": 31.7, "final_train_loss": 0.52})
     score = {"metric": "pass@1", "filter": "all_samples", "num_questions": 100, "num_samples": 4,
              "pass_at_k": 0.3, "per_question": {}}
     atomic_write_json(cfg.stage_dir("evaluate") / "results.json", {

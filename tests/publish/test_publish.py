@@ -40,6 +40,21 @@ def test_model_card_metadata_round_trips(run_cfg):
     assert "4 samples per question at\ntemperature 0.6 and top-p 0.95" in card.text
 
 
+def test_model_card_training_table_names_the_objective_and_the_run(run_cfg):
+    from distillkit.records import read_manifest
+
+    cfg = run_cfg.model_copy(deep=True)
+    cfg.train.kd.enabled, cfg.generate.sampling.topk_logprobs = True, 20
+    card = cards.render_model_card(cfg, train_manifest=read_manifest(cfg.stage_dir("train")))
+    assert ("| objective | soft-label KD (forward_kl, stored top-20 + tail bucket, alpha=0.5, T=1.0) + cross-entropy |"
+            in card.text)
+    for row in ("| tokens seen | 12345 |", "| tokens per s | 390.0 |", "| train seconds | 31.7 |",
+                "| final train loss | 0.52 |"):
+        assert row in card.text
+    cfg.train.kd.teacher_probs = "live"
+    assert "live teacher, full vocabulary" in cards.render_model_card(cfg).text
+
+
 def test_model_card_validation_reports_problems(run_cfg):
     text = str(cards.render_model_card(run_cfg, results=cards.load_eval_results(run_cfg)))
     with pytest.raises(DistillkitError, match="license is missing"):
