@@ -195,14 +195,14 @@ def _link_whole_student(source: str, tokenizer, tmp: Path, keep_layers) -> dict 
     config = transformers.AutoConfig.from_pretrained(source)
     num_layers = config.num_hidden_layers
     keep = parse_keep_layers(keep_layers, num_layers)
-    weights = sorted(src.glob("*.safetensors"))
+    weights = _safetensors_files(src)
     if keep != list(range(num_layers)) or not weights:
         return None
     changes = fix_tokenizer(tokenizer)
     if len(tokenizer) > config.vocab_size:
         return None  # a new pad token needs a bigger embedding: load, resize, save
     tmp.mkdir(parents=True)
-    for f in [*weights, *src.glob("*.safetensors.index.json")]:
+    for f in [*weights, *src.glob("model.safetensors.index.json")]:
         target = f.resolve()  # Hub cache snapshots are symlinks into blobs/
         try:
             os.link(target, tmp / f.name)
@@ -222,6 +222,15 @@ def _link_whole_student(source: str, tokenizer, tmp: Path, keep_layers) -> dict 
     tokenizer.save_pretrained(tmp)
     return {"num_layers": num_layers, "kept_layers": keep, "num_params": _safetensors_numel(weights),
             "tokenizer_changes": changes, "weights": "linked"}
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The weight files transformers loads from `folder`: the index's shards, else model.safetensors
+    (a folder may also hold other .safetensors files, such as Mistral's consolidated weights)."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else []
 
 
 def _safetensors_numel(files: list[Path]) -> int:

@@ -110,6 +110,21 @@ def test_whole_student_links_its_weights_instead_of_loading_them(tmp_path, tiny_
     with torch.no_grad():
         assert torch.equal(init(ids).logits, source_model(ids).logits)
 
+    # Sharded weights (an index) beside a stray .safetensors file: the index's shards are linked, counted once.
+    sharded = tmp_path / "sharded"
+    source_model.save_pretrained(sharded, max_shard_size="100KB")
+    tok.save_pretrained(sharded)
+    (sharded / "consolidated.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    info = student_mod.build_student_init(type("S", (), {"model": str(sharded), "keep_layers": None})(),
+                                          tmp_path / "i_sharded")
+    assert info["weights"] == "linked" and info["num_params"] == sum(p.numel() for p in source_model.parameters())
+    assert sorted(p.name for p in (tmp_path / "i_sharded").glob("*.safetensors")) == shards
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "i_sharded")(ids).logits,
+                           source_model(ids).logits)
+
     # A fix that adds a token past the embedding rows, .bin weights, or pruning: weights are loaded and written.
     def adds_a_token(tokenizer, model=None):
         tokenizer.add_special_tokens({"pad_token": "<|brand_new_pad|>"})
