@@ -146,3 +146,20 @@ def test_whole_student_links_its_weights_instead_of_loading_them(tmp_path, tiny_
     info = student_mod.build_student_init(type("S", (), {"model": str(tmp_path / "bin"), "keep_layers": None})(),
                                           tmp_path / "i3")
     assert info["weights"] == "written"
+
+
+@pytest.mark.parametrize("cuda,cuda_bf16,cpu_bf16,expected", [
+    (True, True, False, True), (True, False, True, False),  # a GPU decides by itself
+    (False, False, True, True), (False, False, False, False),  # a CPU: bf16 only where it is native
+])
+def test_bf16_null_follows_the_hardware(monkeypatch, cuda, cuda_bf16, cpu_bf16, expected):
+    import torch
+
+    from distillkit.generate.backends import vllm as vllm_backend
+    from distillkit.train.student import resolve_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(vllm_backend, "cpu_has_fast_bf16", lambda: cpu_bf16)
+    assert resolve_bf16(None) is expected
+    assert resolve_bf16(False) is False and resolve_bf16(True) is True  # an explicit setting wins
