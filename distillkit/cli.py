@@ -67,7 +67,8 @@ def quiet_libraries() -> None:
 
     Also asks torch's C++ side (its NUMA-binding notice on every vLLM CPU engine) and vLLM to log errors
     only, unless TORCH_CPP_LOG_LEVEL / VLLM_LOGGING_LEVEL are set: TRL does the same for vLLM when it is
-    imported first, so every command now behaves alike. Must run before torch and vLLM are imported.
+    imported first, so every command now behaves alike; and without a terminal, tqdm bars redraw every
+    30 s (TQDM_MININTERVAL). Must run before torch and vLLM are imported.
     """
     import os
     import warnings
@@ -80,6 +81,10 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    if not sys.stderr.isatty():
+        # Libraries' tqdm bars (vLLM's "Processed prompts", lm-eval's requests) redraw many times a
+        # second; in a log file each redraw is a line. Every 30 s, like distillkit's own progress lines.
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -149,6 +149,8 @@ def test_quiet_libraries_drops_only_the_listed_noise(caplog, monkeypatch):
     from distillkit import cli
 
     monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file
     monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # a user's own setting wins
     loggers = [logging.getLogger(name) for name, *_ in cli.QUIET_LOGS]
     before = [list(lg.filters) for lg in loggers]
@@ -167,6 +169,7 @@ def test_quiet_libraries_drops_only_the_listed_noise(caplog, monkeypatch):
         assert [r.getMessage() for r in caplog.records] == ["Context length exceeded"]
         assert all(sum(isinstance(f, cli._DropKnownNoise) for f in lg.filters) == 1 for lg in loggers)
         assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR" and os.environ["TORCH_CPP_LOG_LEVEL"] == "INFO"
+        assert os.environ["TQDM_MININTERVAL"] == "30"
     finally:
         for lg, filters in zip(loggers, before):
             lg.filters[:] = filters
