@@ -145,15 +145,15 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
             log.info("train: mixture %s (%s): %d samples of %d, %.1f%% of tokens", name, part["kind"],
                      part["samples"], part["available"], 100 * part["token_share"])
     use_kd = t.kd.enabled
+    bf16 = resolve_bf16(t.bf16)
     teacher = None
     if use_kd and t.kd.teacher_probs == "live":
-        teacher = load_live_teacher(cfg, tokenizer)
+        teacher = load_live_teacher(cfg, tokenizer, bf16)
 
     with state.main_process_first():
         dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=use_kd,
                                                  packing=t.packing, seed=t.seed,
                                                  require_topk=t.kd.teacher_probs != "live")
-    bf16 = resolve_bf16(t.bf16)
     args = sft_config(cfg, out, bf16)
 
     if t.on_policy.enabled:
@@ -250,8 +250,9 @@ def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=No
                           data_collator=collator, kd=cfg.train.kd, teacher=teacher, callbacks=callbacks)
 
 
-def load_live_teacher(cfg: RecipeConfig, student_tokenizer):
-    """The generate stage's teacher, loaded for `kd.teacher_probs: live` (must share the student's vocabulary)."""
+def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
+    """The generate stage's teacher, loaded for `kd.teacher_probs: live` (must share the student's
+    vocabulary), in bf16 when the student trains in bf16, else in float32."""
     torch = require("torch", "train")
     transformers = require("transformers", "train")
     from distillkit.models import resolve_model
@@ -263,14 +264,8 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer):
         raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
                               f"{cfg.generate.teacher.model} tokenizes differently. Use stored top-k soft labels "
                               "from a compatible teacher, or kd.enabled: false")
-    dtype = torch.bfloat16 if resolve_bf16_safe() else torch.float32
+    dtype = torch.bfloat16 if bf16 else torch.float32
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
-
-
-def resolve_bf16_safe() -> bool:
-    from distillkit.train.student import resolve_bf16
-
-    return resolve_bf16(None)
 
 
 def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
