@@ -29,7 +29,7 @@ from distillkit.evaluate.protocol import (
     summarize_samples,
     uses_samples_natively,
 )
-from distillkit.generate.backends.vllm import cpu_has_fast_bf16
+from distillkit.hardware import cpu_has_fast_bf16
 from distillkit.records import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -265,9 +265,9 @@ def resolve_bf16(bf16: bool | None) -> bool:
         return bf16
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    from distillkit.generate.backends.vllm import cpu_has_fast_bf16
+    from distillkit import hardware
 
-    return cpu_has_fast_bf16()
+    return hardware.cpu_has_fast_bf16()
 
 
 def load_student(train_cfg, init_dir: str | Path):

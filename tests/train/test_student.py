@@ -155,11 +155,11 @@ def test_whole_student_links_its_weights_instead_of_loading_them(tmp_path, tiny_
 def test_bf16_null_follows_the_hardware(monkeypatch, cuda, cuda_bf16, cpu_bf16, expected):
     import torch
 
-    from distillkit.generate.backends import vllm as vllm_backend
+    from distillkit import hardware
     from distillkit.train.student import resolve_bf16
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
-    monkeypatch.setattr(vllm_backend, "cpu_has_fast_bf16", lambda: cpu_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: cpu_bf16)
     assert resolve_bf16(None) is expected
     assert resolve_bf16(False) is False and resolve_bf16(True) is True  # an explicit setting wins

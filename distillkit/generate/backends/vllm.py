@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError, require
 from distillkit.generate.backends import GenRequest, PromptResult, Sample, fixed_width
+from distillkit.hardware import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,6 @@ def cpu_engine_kwargs(kwargs: dict[str, Any], user: dict[str, Any]) -> dict[str,
 
 
 CPU_BLOCK_SIZE = 32
-
-
-def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this x86 CPU has native bf16 math (AVX512-BF16 or AMX); without it bf16 is emulated."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.partition(":")[2].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @contextlib.contextmanager
