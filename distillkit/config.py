@@ -571,6 +571,10 @@ class EvaluateConfig(StrictModel):
     temperature: NonNegativeFloat = 0.6
     top_p: float = Field(0.95, gt=0, le=1)
     max_gen_toks: PositiveInt = 32768
+    gen_prefix: Optional[str] = "auto"
+    """Text every answer is forced to start with, after the chat template (the R1 protocol forces
+    "<think>\n"). auto: the recipe's `generate.prompts.prefill`, so teacher and students answer as the
+    teacher was prompted for the traces and the students were trained; null: none."""
     limit: Optional[PositiveInt] = None
     """Evaluate only the first N questions of each task."""
     batch_size: str | int = "auto"

@@ -316,8 +316,12 @@ def _simple_evaluate(lm_eval, model, model_args, tasks, tm, ecfg, batch_size, de
     )
 
 
-def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str) -> dict[str, Any]:
+def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str,
+                   gen_prefix: str | None = None) -> dict[str, Any]:
     """Evaluate one model on `ecfg.tasks` under the R1 protocol; logged samples go to `samples_dir/<task>.jsonl`.
+
+    `gen_prefix` (e.g. "<think>\n") starts every answer, as lm-eval's task option of that name: the
+    chat is rendered with a final assistant message holding it, continued by the model.
 
     Returns {"tasks": {task: TaskScore dict}, "lm_eval": lm-eval's aggregated results}.
     """
@@ -330,6 +334,8 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
                               f"{sorted(local_task_names([LOCAL_TASKS_DIR]))})") from e
     tasks = loaded["tasks"]
     for task in tasks.values():
+        if gen_prefix:
+            task.set_config("gen_prefix", gen_prefix)
         if uses_samples_natively(task):
             task.set_config("repeats", ecfg.num_samples)
         elif ecfg.num_samples > 1:

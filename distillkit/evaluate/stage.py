@@ -60,6 +60,10 @@ def _fmt(score: dict[str, Any]) -> str:
     return f"{100 * score['pass_at_1']:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * score['pass_at_1']:.1f}"
 
 
+def _prefix_note(prefix: str | None) -> str:
+    return f", answers forced to start with {prefix.strip()!r}" if prefix else ""
+
+
 def comparison_markdown(results: dict[str, Any]) -> str:
     """The comparison table: pass@1 (%) ± standard error per task and model, and the paired change."""
     from distillkit.evaluate.protocol import TaskScore, paired_difference
@@ -72,7 +76,7 @@ def comparison_markdown(results: dict[str, Any]) -> str:
         "",
         f"pass@1 in % ± standard error over questions; k={proto['num_samples']} samples per question at "
         f"temperature {proto['temperature']}, top-p {proto['top_p']}, up to {proto['max_gen_toks']} new tokens, "
-        f"chat template applied (backend: {proto['backend']}).",
+        f"chat template applied{_prefix_note(proto.get('gen_prefix'))} (backend: {proto['backend']}).",
         "",
     ]
     both = "student_before" in models and "student_after" in models
@@ -139,9 +143,10 @@ def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
     out.begin(overwrite=overwrite)
     paths = model_paths(cfg)
     backend = choose_backend(ecfg.backend)
+    gen_prefix = cfg.generate.prompts.prefill if ecfg.gen_prefix == "auto" else ecfg.gen_prefix
     protocol = {"backend": backend, "num_samples": ecfg.num_samples, "temperature": ecfg.temperature,
                 "top_p": ecfg.top_p, "max_gen_toks": ecfg.max_gen_toks, "limit": ecfg.limit,
-                "chat_template": True, "seed": cfg.seed, "tasks": list(ecfg.tasks)}
+                "chat_template": True, "gen_prefix": gen_prefix or None, "seed": cfg.seed, "tasks": list(ecfg.tasks)}
     models: dict[str, Any] = {}
     for key, path in paths.items():
         done = folder / "results" / f"{key}.json"
@@ -150,7 +155,7 @@ def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
             log.info("evaluate: %s already scored, reusing %s", key, done)
             continue
         log.info("evaluate: %s (%s) on %s", key, path, ", ".join(ecfg.tasks))
-        result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend)
+        result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend, gen_prefix=gen_prefix)
         models[key] = {"model": path, **result}
         atomic_write_json(done, models[key])
     results = {"protocol": protocol, "models": models, "baselines": constant_baselines(folder, list(models), ecfg.tasks)}

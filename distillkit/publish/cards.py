@@ -162,6 +162,8 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
         num_samples=proto.get("num_samples", e.num_samples), temperature=proto.get("temperature", e.temperature),
         top_p=proto.get("top_p", e.top_p), max_gen_toks=proto.get("max_gen_toks", e.max_gen_toks),
         backend=proto.get("backend", e.backend), eval_table=_eval_table(results),
+        gen_prefix_note=(f", answers forced to start with `{proto['gen_prefix'].strip()}`"
+                         if proto.get("gen_prefix") else ""),
         dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, mixture=mixture, training_rows=rows,
         files_summary=files_summary, limitations=limitations,
     )

@@ -303,7 +303,7 @@ def test_vllm_backend_runs_in_process_on_the_cpu_build(tmp_path, answering_model
     student = _logged(cfg, "student_before", "toy_native")
     assert any(len(set(s["resps"][0])) > 1 for s in student)
     prompt, gen = samples[0]["arguments"][0]
-    assert prompt.endswith("<|im_start|>assistant\n") and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n") and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
 
 
 @pytest.mark.slow
@@ -322,17 +322,31 @@ def test_local_completions_backend_through_a_vllm_server_it_starts(tmp_path, ans
     _check_teacher_pass_at_1_by_hand(cfg, samples)
     assert any(len(set(s["resps"][0])) > 1 for s in samples)  # k samples, not k copies of one seed
     prompt = samples[0]["arguments"][0][0]
-    assert "<|im_start|>assistant" in str(prompt)
+    assert str(prompt).endswith("<|im_start|>assistant\n<think>\n")  # the forced start, rendered here too
 
 
 def test_samples_are_drawn_with_the_r1_settings_and_chat_template(toy_run):
     cfg, _ = toy_run
     s = _logged(cfg, "teacher", "toy_native")[0]
     prompt, gen = s["arguments"][0]
-    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
+    # gen_prefix auto = the recipe's generate prefill ("<think>\n", the default): the R1 protocol's forced start
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n<think>\n")
     assert gen["do_sample"] is True and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
     assert gen["max_gen_toks"] == 8
     assert _logged(cfg, "teacher", "toy_builtin_style")[0]["arguments"][0][1]["until"] == ["Question:"]
+    assert json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["protocol"]["gen_prefix"] == "<think>\n"
+    assert "answers forced to start with '<think>'" in (cfg.stage_dir("evaluate") / "comparison.md").read_text()
+
+
+def test_gen_prefix_null_leaves_the_answer_start_to_the_model(tmp_path, answering_model, tiny_qwen2, toy_tasks):
+    from distillkit.evaluate.stage import run_evaluate
+
+    cfg = _recipe(tmp_path, answering_model, tiny_qwen2, ["toy_native"], toy_tasks, models=("teacher",))
+    cfg.evaluate.gen_prefix = None
+    run_evaluate(cfg)
+    prompt = _logged(cfg, "teacher", "toy_native")[0]["arguments"][0][0]
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert "forced" not in (cfg.stage_dir("evaluate") / "comparison.md").read_text()
 
 
 def test_comparison_table_and_manifest(toy_run):

@@ -38,6 +38,10 @@ def test_model_card_metadata_round_trips(run_cfg):
     assert (result.dataset_name, result.metric_type, result.metric_value) == ("distillkit_arith", "pass@1", 14.25)
     assert "| distillkit_arith (100 questions) | 15.0 ± 3.0 | 5.0 ± 2.0 | 14.2 ± 3.1 |" in card.text
     assert "4 samples per question at\ntemperature 0.6 and top-p 0.95" in card.text
+    results = cards.load_eval_results(run_cfg)
+    results["protocol"]["gen_prefix"] = "<think>\n"
+    assert "chat template applied, answers forced to start with `<think>`, 4 samples" in \
+        str(cards.render_model_card(run_cfg, results=results).text).replace("\n", " ")
 
 
 def test_model_card_training_table_names_the_objective_and_the_run(run_cfg):
