@@ -320,7 +320,7 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
                    gen_prefix: str | None = None) -> dict[str, Any]:
     """Evaluate one model on `ecfg.tasks` under the R1 protocol; logged samples go to `samples_dir/<task>.jsonl`.
 
-    `gen_prefix` (e.g. "<think>\n") starts every answer, as lm-eval's task option of that name: the
+    `gen_prefix` (e.g. "<think>\\n") starts every answer, as lm-eval's task option of that name: the
     chat is rendered with a final assistant message holding it, continued by the model.
 
     Returns {"tasks": {task: TaskScore dict}, "lm_eval": lm-eval's aggregated results}.
