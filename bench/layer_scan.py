@@ -1,4 +1,5 @@
-"""Which decoder layers a pruned student can lose: the measurement behind the quickstart's `keep_layers`.
+"""Which decoder layers a pruned student can lose: the measurement behind the quickstart's `keep_layers`
+(and behind `keep_layers: auto:N`, distillkit/train/layers.py, which drops layers greedily by it).
 
 For kept traces of a run (its filter folder), teacher-forced on the teacher model, it reports the
 negative log-likelihood and top-1 accuracy of the *answer* tokens (the gold number where the trace
@@ -14,18 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
-
-
-def answer_positions(tokenizer, completion: str, gold: str) -> tuple[list[int], list[int]] | None:
-    """The completion's token ids and the indices of the tokens that spell the gold answer, or None."""
-    for pattern in (r"=\s*({})\b", r"\\boxed\{{({})\}}", r"is ({})\b"):
-        m = re.search(pattern.format(re.escape(gold)), completion)
-        if m:
-            enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-            spans = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < m.end(1) and b > m.start(1)]
-            return enc["input_ids"], spans
-    return None
 
 
 def main() -> None:
@@ -41,6 +30,7 @@ def main() -> None:
 
     from distillkit.models import resolve_model
     from distillkit.records import read_records
+    from distillkit.train.layers import answer_positions
     from distillkit.train.student import prune_layers
 
     torch.set_grad_enabled(False)

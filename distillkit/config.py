@@ -300,9 +300,10 @@ class StudentConfig(StrictModel):
     model: str = "builtin:smollm2-135m-instruct"
     """Hub id, folder, .gguf, or builtin:..."""
     keep_layers: Optional[str | list[int]] = None
-    """Initialize by keeping some decoder layers: "every_other", "first:N", "last:N" or a list of indices.
-    Which layers go matters more than how many: bench/layer_scan.py measures what each one costs the
-    teacher's answers on kept traces (for SmolLM2, first:24 loses the arithmetic; see the quickstart)."""
+    """Initialize by keeping some decoder layers: "every_other", "first:N", "last:N", "auto:N" or a list
+    of indices. Which layers go matters more than how many (for SmolLM2, first:24 loses the arithmetic;
+    see the quickstart). auto:N measures it: layers are dropped one at a time, each round the one whose
+    absence costs the gold-answer tokens of kept traces least (distillkit/train/layers.py)."""
 
 
 class LoraConfig(StrictModel):

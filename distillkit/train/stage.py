@@ -134,7 +134,7 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
 
     with state.main_process_first():
-        init = build_student_init(t.student, out / "student_init")
+        init = build_student_init(t.student, out / "student_init", records=None if t.sources else records)
     model, tokenizer = load_student(t, out / "student_init")
     check_student_tokenizer(tokenizer, model.config)
     mixture = None
@@ -212,7 +212,8 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         "peak_memory": _peak_memory_bytes(),
         "data": data_info,
         **({"mixture": mixture.composition} if mixture else {}),
-        "student_init": {k: init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes")},
+        "student_init": {k: init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
+                                              "layer_choice") if k in init},
         "method": t.method, "bf16": bf16, "kd": t.kd.model_dump(mode="json") if use_kd else None,
         "num_processes": state.num_processes,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),

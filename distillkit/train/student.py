@@ -41,11 +41,14 @@ def parse_keep_layers(spec: str | list[int] | None, num_layers: int) -> list[int
         keep = list(range(0, num_layers, 2))
         return keep if keep[-1] == num_layers - 1 else keep + [num_layers - 1]
     kind, _, n = spec.partition(":")
+    if kind == "auto":
+        raise DistillkitError(f"train.student.keep_layers={spec!r} is chosen by measurement on kept traces "
+                              "(build_student_init with records)")
     if kind in ("first", "last") and n.isdigit() and 0 < int(n) <= num_layers:
         n = int(n)
         return list(range(n)) if kind == "first" else list(range(num_layers - n, num_layers))
     raise DistillkitError(f"train.student.keep_layers={spec!r} is not understood; use \"every_other\", "
-                          f"\"first:N\", \"last:N\" (1 <= N <= {num_layers}) or a list of layer indices")
+                          f"\"first:N\", \"last:N\", \"auto:N\" (1 <= N <= {num_layers}) or a list of layer indices")
 
 
 def prune_layers(model, keep: list[int]):
@@ -141,12 +144,24 @@ def fix_tokenizer(tokenizer, model=None) -> list[str]:
 # ----------------------------------------------------------------------------------------- init
 
 
-def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16") -> dict:
+def auto_keep(spec) -> int | None:
+    """N of `keep_layers: "auto:N"`, else None."""
+    if isinstance(spec, str) and spec.startswith("auto:"):
+        n = spec.partition(":")[2]
+        if not n.isdigit():
+            raise DistillkitError(f"train.student.keep_layers={spec!r}: auto:N takes a number of layers, e.g. auto:24")
+        return int(n)
+    return None
+
+
+def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16", records=None) -> dict:
     """Resolve the student, keep the asked layers, fix the tokenizer, save all to `out_dir`.
 
     Written to a temporary folder and renamed, so an existing `out_dir` is always whole. With every
-    layer kept the weights are linked, not rewritten (`_link_whole_student`). Returns {"path", "source",
-    "num_layers", "kept_layers", "num_params", "tokenizer_changes", "weights": "linked" | "written"}.
+    layer kept the weights are linked, not rewritten (`_link_whole_student`). `keep_layers: auto:N`
+    chooses the layers on `records` (kept traces; `distillkit.train.layers`). Returns {"path",
+    "source", "num_layers", "kept_layers", "num_params", "tokenizer_changes", "weights": "linked" |
+    "written"} (+ "layer_choice": the rounds of an auto choice).
     """
     torch = require("torch", "train")
     transformers = require("transformers", "train")
@@ -160,17 +175,30 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    info = _link_whole_student(source, tokenizer, tmp, student_cfg.keep_layers)
+    auto = auto_keep(student_cfg.keep_layers)
+    info = None if auto else _link_whole_student(source, tokenizer, tmp, student_cfg.keep_layers)
     if info is None:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)  # unfixed: the fix below may resize
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+        # An auto choice runs the model: in float32 where bf16 is not native (and slow), cast when saved.
+        load_dtype = torch.float32 if auto and not resolve_bf16(None) else getattr(torch, dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype)
         num_layers = model.config.num_hidden_layers
-        keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
-        model = prune_layers(model, keep)
+        choice = None
+        if auto:
+            if records is None:
+                raise DistillkitError("train.student.keep_layers=auto:N measures the layers on the filter stage's "
+                                      "kept traces, which this run does not train on (train.sources); list the "
+                                      "layers to keep instead")
+            from distillkit.train.layers import choose_layers
+
+            keep, choice = choose_layers(model, tokenizer, records, auto)
+        else:
+            keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
+        model = prune_layers(model, keep).to(getattr(torch, dtype))
         changes = fix_tokenizer(tokenizer, model)
         info = {"num_layers": num_layers, "kept_layers": keep,
                 "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes,
-                "weights": "written"}
+                "weights": "written", **({"layer_choice": choice} if choice else {})}
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     info = {"path": str(out_dir), "source": source, **info}
