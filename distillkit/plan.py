@@ -128,8 +128,9 @@ def _layers_kept(shape: ModelShape, keep_layers) -> int:
         return len(keep_layers)
     if keep_layers == "every_other":
         return (shape.layers + 1) // 2
-    if isinstance(keep_layers, str) and keep_layers.startswith("first:"):
-        return min(shape.layers, int(keep_layers.split(":", 1)[1]))
+    if isinstance(keep_layers, str) and keep_layers.split(":", 1)[0] in ("first", "last", "auto"):
+        n = keep_layers.split(":", 1)[1]
+        return min(shape.layers, int(n)) if n.isdigit() else shape.layers
     return shape.layers
 
 

@@ -65,3 +65,12 @@ def test_plan_reads_local_config_and_rejects_unknown(tmp_path):
 
     with pytest.raises(DistillkitError, match="does not know the shape"):
         model_shape("someone/unknown-model")
+
+
+@pytest.mark.parametrize("spec,expected", [(None, 28), ([0, 5, 27], 3), ("every_other", 14), ("first:20", 20),
+                                           ("last:8", 8), ("auto:24", 24), ("auto:99", 28)])
+def test_layers_kept_for_every_keep_layers_form(spec, expected):
+    from distillkit.plan import KNOWN_SHAPES, _layers_kept
+
+    shape = next(s for s in KNOWN_SHAPES.values() if s.layers == 28)
+    assert _layers_kept(shape, spec) == expected
