@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/bench_train.py [--steps 12] [--layers 8]
 
 Same student (SmolLM2-135M-Instruct with its first `--layers` layers), same synthetic arithmetic
 traces, same hyperparameters (batch 4 x 512-token packed rows, AdamW, lr 1e-4, fp32 with flush-denormal
-(bf16 autocast is ~12x slower on this CPU, see `resolve_bf16`), no gradient checkpointing). Three runs, each for `--steps` optimizer steps after one warm-up step:
+(both sides; bf16 autocast is ~12x slower on an AVX2 CPU, 2x faster with AVX512-BF16: see `resolve_bf16`), no gradient checkpointing). Three runs, each for `--steps` optimizer steps after one warm-up step:
 
     trl_sft        a plain TRL script: SFTTrainer on {"messages"} with assistant_only_loss, packing (BFD),
                    padding-free (TRL's own defaults for packing)

@@ -30,43 +30,26 @@ def main() -> None:
 
     from distillkit.models import resolve_model
     from distillkit.records import read_records
-    from distillkit.train.layers import answer_positions
+    from distillkit.train.layers import AnswerBatch, answer_traces
     from distillkit.train.student import prune_layers
 
     torch.set_grad_enabled(False)
     path = resolve_model(args.model)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     full = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    seqs = []
-    for r in read_records(args.filter_dir).to_list():
-        found = answer_positions(tok, r["completion"], r["gold_answer"] or "")
-        if found:
-            prompt = tok.apply_chat_template(list(r["messages"]), add_generation_prompt=True, tokenize=False)
-            seqs.append((tok(prompt, add_special_tokens=False)["input_ids"], *found))
-        if len(seqs) == args.traces:
-            break
-    width = max(len(p) + len(c) for p, c, _ in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, (p, c, _) in enumerate(seqs):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        mask[i, :len(p) + len(c)] = 1
+    batch = AnswerBatch(answer_traces(tok, read_records(args.filter_dir).to_list(), args.traces), "cpu")
+    targets = batch.ids[batch.rows, batch.cols]
     n = full.config.num_hidden_layers
 
     def score(drop: list[int]) -> dict[str, float]:
         keep = [i for i in range(n) if i not in drop]
         model = prune_layers(copy.deepcopy(full), keep) if drop else full
-        logp = model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
-        nll, hits, count = 0.0, 0, 0
-        for i, (p, _, spans) in enumerate(seqs):
-            for j in spans:
-                at = len(p) + j
-                nll -= float(logp[i, at - 1, ids[i, at]])
-                hits += int(logp[i, at - 1].argmax() == ids[i, at])
-                count += 1
-        return {"layers": len(keep), "answer_nll": round(nll / count, 3), "answer_top1": round(hits / count, 3)}
+        logp = model(input_ids=batch.ids, attention_mask=batch.mask).logits[batch.rows, batch.cols - 1].log_softmax(-1)
+        nll = float(-logp.gather(-1, targets[:, None]).mean())
+        top1 = float((logp.argmax(-1) == targets).float().mean())
+        return {"layers": len(keep), "answer_nll": round(nll, 3), "answer_top1": round(top1, 3)}
 
-    report = {"traces": len(seqs), "full": score([])}
+    report = {"traces": int(batch.ids.shape[0]), "full": score([])}
     report["without_one"] = {layer: score([layer]) for layer in range(1, n - 1)}
     for spec in args.drop:
         report[f"drop {spec}"] = score([int(x) for x in spec.split(",")])

@@ -8,6 +8,7 @@ A user mistake prints one message and exits 2; only bugs show a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -34,16 +35,16 @@ RecipeArgs = Annotated[Optional[list[str]], typer.Argument(
     metavar="[RECIPE] [KEY=VALUE]...",
     help="Recipe YAML (or built-in name, default: quickstart), then dotted overrides like train.lora.r=32.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Discard this stage's previous output and start over.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and the library messages hidden by default.")]
 
 
-# Library messages that say nothing actionable to a distillkit user: (logger, message start, or text
-# the message contains). Shown again with --verbose.
+# Library messages that say nothing actionable to a distillkit user: (logger, text the message
+# contains). Shown again with --verbose.
 QUIET_LOGS = (
-    ("lm_eval.api.task", None, "Custom kwargs can be passed to `--metadata`"),  # our local tasks use no metadata
-    ("lm_eval.evaluator", "generation_kwargs: ", None),  # distillkit passes the R1 sampling on purpose
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward", None),  # optional CPU kernel
-    ("torch._library.triton", "Triton not available", None),  # no Triton on CPU, by design
+    ("lm_eval.api.task", "Custom kwargs can be passed to `--metadata`"),  # our local tasks use no metadata
+    ("lm_eval.evaluator", "specified through cli"),  # distillkit passes the R1 sampling on purpose
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # optional CPU kernel
+    ("torch._library.triton", "Triton not available"),  # no Triton on CPU, by design
 )
 QUIET_WARNINGS = (
     (FutureWarning, r"`torch.distributed.reduce_op` is deprecated"),  # vLLM's own import
@@ -52,14 +53,12 @@ QUIET_WARNINGS = (
 
 
 class _DropKnownNoise(logging.Filter):
-    def __init__(self, start: str | None, contains: str | None):
+    def __init__(self, text: str):
         super().__init__()
-        self.start, self.contains = start, contains
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        return not ((self.start is not None and text.startswith(self.start))
-                    or (self.contains is not None and self.contains in text))
+        return self.text not in str(record.msg)
 
 
 def quiet_libraries() -> None:
@@ -70,13 +69,12 @@ def quiet_libraries() -> None:
     imported first, so every command now behaves alike; and without a terminal, tqdm bars redraw every
     30 s (TQDM_MININTERVAL). Must run before torch and vLLM are imported.
     """
-    import os
     import warnings
 
-    for name, start, contains in QUIET_LOGS:
+    for name, text in QUIET_LOGS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
-            logger.addFilter(_DropKnownNoise(start, contains))
+            logger.addFilter(_DropKnownNoise(text))
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -95,8 +93,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("distillkit").setLevel(level)
     if verbose:
-        import os
-
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # else TRL's import sets ERROR
     else:
         quiet_libraries()

@@ -59,7 +59,9 @@ def answer_traces(tokenizer, records: Iterable[dict[str, Any]], max_traces: int 
     return out
 
 
-class _Batch:
+class AnswerBatch:
+    """Traces as one padded batch, with the (row, column) of every answer token."""
+
     def __init__(self, traces, device):
         torch = require("torch", "train")
         width = max(len(p) + len(c) for p, c, _ in traces)
@@ -75,7 +77,7 @@ class _Batch:
         self.ids, self.mask = self.ids.to(device), self.mask.to(device)
 
 
-def answer_nll(model, batch: _Batch, keep: list[int]) -> float:
+def answer_nll(model, batch: AnswerBatch, keep: list[int]) -> float:
     """Mean NLL of the answer tokens with only decoder layers `keep` (swapped in place, then restored)."""
     torch = require("torch", "train")
     backbone = getattr(model, model.base_model_prefix)
@@ -114,7 +116,7 @@ def choose_layers(model, tokenizer, records, num_keep: int, max_traces: int = 16
     device = "cuda" if torch.cuda.is_available() else "cpu"
     was = next(model.parameters()).device
     model.to(device).eval()
-    batch = _Batch(traces, device)
+    batch = AnswerBatch(traces, device)
     keep = list(range(n))
     rounds = [{"dropped": None, "answer_nll": round(answer_nll(model, batch, keep), 4)}]
     try:

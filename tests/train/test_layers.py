@@ -29,7 +29,7 @@ def test_answer_nll_of_a_layer_subset_equals_the_pruned_model(four_layers, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distillkit.train.layers import _Batch, answer_nll, answer_traces
+    from distillkit.train.layers import AnswerBatch, answer_nll, answer_traces
     from distillkit.train.student import prune_layers
     from train_helpers import teacher_records
 
@@ -37,7 +37,7 @@ def test_answer_nll_of_a_layer_subset_equals_the_pruned_model(four_layers, tiny_
     model = AutoModelForCausalLM.from_pretrained(four_layers, dtype=torch.float32).eval()
     traces = answer_traces(tok, teacher_records(tiny_qwen2, num=4), max_traces=3)
     assert len(traces) == 3
-    batch = _Batch(traces, "cpu")
+    batch = AnswerBatch(traces, "cpu")
     for keep in ([0, 1, 2, 3], [0, 2, 3], [0, 3]):
         pruned = prune_layers(AutoModelForCausalLM.from_pretrained(four_layers, dtype=torch.float32), keep).eval()
         with torch.no_grad():
@@ -52,7 +52,7 @@ def test_choose_layers_drops_the_cheapest_layer_each_round(four_layers, tiny_qwe
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distillkit.errors import DistillkitError
-    from distillkit.train.layers import _Batch, answer_nll, answer_traces, choose_layers
+    from distillkit.train.layers import AnswerBatch, answer_nll, answer_traces, choose_layers
     from train_helpers import teacher_records
 
     tok = AutoTokenizer.from_pretrained(four_layers)
@@ -61,7 +61,7 @@ def test_choose_layers_drops_the_cheapest_layer_each_round(four_layers, tiny_qwe
     keep, rounds = choose_layers(model, tok, records, num_keep=2)
     assert keep == [0, 3]  # first and last always stay
     assert [r["dropped"] for r in rounds][0] is None and sorted(r["dropped"] for r in rounds[1:]) == [1, 2]
-    batch = _Batch(answer_traces(tok, records), "cpu")
+    batch = AnswerBatch(answer_traces(tok, records), "cpu")
     first = rounds[1]["dropped"]
     other = ({1, 2} - {first}).pop()
     assert answer_nll(model, batch, [i for i in range(4) if i != first]) <= \
