@@ -306,6 +306,28 @@ class StudentConfig(StrictModel):
     absence costs the gold-answer tokens of kept traces least (distillkit/train/layers.py). A heuristic:
     on the quickstart auto:24 gave 19.2% after training vs 4.2% for first:24 and 40.0% for the
     hand-picked list (BENCHMARKS.md, Quickstart)."""
+    tokenizer: Literal["auto", "own", "teacher"] = "auto"
+    """Whose special tokens the student trains with. teacher: the teacher's tokenizer and a reasoning-keeping
+    template of its family (as DeepSeek gave its Qwen/Llama students R1's), embedding rows of the ids whose
+    token changes re-initialised (distillkit/train/tokenizer.py); needs the same BPE. own: the student's.
+    auto: teacher when both share a BPE and differ in special tokens (R1-Distill -> Qwen2.5 / Llama 3),
+    else own."""
+    rope_theta: Optional[PositiveFloat] = None
+    """RoPE base frequency override for training at a longer context than the student was made for
+    (open-r1 trained Qwen2.5-Math-7B, 4,096 positions, with rope_theta 300000 at 32k). Saved in
+    student_init's config and recorded in the model card."""
+    rope_scaling: Optional[dict[str, Any]] = None
+    """RoPE scaling override, merged into the config's RoPE settings, e.g. {rope_type: yarn, factor: 4.0,
+    original_max_position_embeddings: 4096}."""
+    max_position_embeddings: Optional[PositiveInt] = None
+    """The context the student is saved for; required with rope_theta / rope_scaling."""
+
+    @model_validator(mode="after")
+    def _context_complete(self):
+        if (self.rope_theta is not None or self.rope_scaling) and self.max_position_embeddings is None:
+            raise ValueError("train.student.rope_theta / rope_scaling change the context the student handles; "
+                             "also set train.student.max_position_embeddings (e.g. 32768) to the new length")
+        return self
 
 
 class LoraConfig(StrictModel):

@@ -37,6 +37,74 @@ CHATML_REASONING_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
+# DeepSeek-R1's format (R1-Distill-Qwen/Llama and students that adopt their tokens): the R1-Distill
+# template as shipped (BOS written by the template, system text first, <｜User｜>/<｜Assistant｜> turns,
+# <｜end▁of▁sentence｜> closing each answer), except that it keeps the reasoning of assistant turns
+# (the shipped one drops everything up to </think>) and marks the trained tokens with
+# {% generation %}. The generation prompt is the shipped older one, '<｜Assistant｜>' alone: distillkit
+# pre-fills "<think>\n" itself (generate.prompts.prefill, evaluate.gen_prefix), and the student trains
+# on those tokens too, so it opens its reasoning block without being forced.
+DEEPSEEK_REASONING_TEMPLATE = (
+    "{%- set ns = namespace(system_prompt='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{%- set ns.system_prompt = message['content'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- bos_token + ns.system_prompt -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '<｜User｜>' + message['content'] -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '<｜Assistant｜>' -}}{% generation %}{{- message['content'] + '<｜end▁of▁sentence｜>' -}}{% endgeneration %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<｜Assistant｜>' -}}{%- endif -%}"
+)
+
+
+# Llama 3's turn format with markers, without the shipped templates' `| trim` of the content (a
+# trimmed assistant turn no longer renders the trace verbatim) and without Llama 3.1's default
+# "Cutting Knowledge Date" system block. Installed only where the student has no usable template
+# (a base Llama without one, or one that drops reasoning).
+LLAMA3_REASONING_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{- message['content'] + '<|eot_id|>' -}}{% endgeneration %}"
+    "{%- else -%}"
+    "{{- message['content'] + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+
+def template_family(template: str | None) -> str | None:
+    """"deepseek" | "chatml" | "llama3" | None: the turn format a chat template writes, by its markers."""
+    if not template or not isinstance(template, str):
+        return None
+    if "<｜Assistant｜>" in template:
+        return "deepseek"
+    if "<|im_start|>" in template:
+        return "chatml"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    return None
+
+
+# Reasoning-keeping templates with generation markers, by family.
+REASONING_TEMPLATES = {"deepseek": DEEPSEEK_REASONING_TEMPLATE, "chatml": CHATML_REASONING_TEMPLATE,
+                       "llama3": LLAMA3_REASONING_TEMPLATE}
+
+# The turn markers of each family, for a tokenizer that has no template at all.
+FAMILY_TOKENS = {"deepseek": "<｜Assistant｜>", "llama3": "<|start_header_id|>", "chatml": "<|im_start|>"}
+
+
+def vocab_family(tokenizer) -> str | None:
+    """The family whose turn markers are single tokens of `tokenizer` (for a template-less base model)."""
+    vocab = tokenizer.get_vocab()
+    return next((family for family, token in FAMILY_TOKENS.items() if token in vocab), None)
+
 
 def cache_dir() -> Path:
     """Where converted models live: $DISTILLKIT_CACHE, else ~/.cache/distillkit."""

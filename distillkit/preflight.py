@@ -302,14 +302,29 @@ def _id_to_token(tokenizer) -> dict[int, str]:
     return {i: t for t, i in tokenizer.get_vocab().items()}
 
 
+def sample_trace(teacher, prefill: Optional[str] = "<think>\n") -> tuple[str, list[int]]:
+    """(completion text, the teacher's completion ids with its EOS) of an R1-style trace, rendered as the
+    generate stage would: after the teacher's generation prompt and `prefill`, the completion closes
+    the reasoning block, answers, and ends with EOS."""
+    opened = bool(prefill) and THINK_OPEN in prefill
+    text = ("" if opened else f"{THINK_OPEN}\n") + f"{REASONING_TEXT}\n{THINK_CLOSE}\n\n{ANSWER_TEXT}"
+    ids = teacher(text, add_special_tokens=False)["input_ids"]
+    return text, ids + ([teacher.eos_token_id] if teacher.eos_token_id is not None else [])
+
+
 def check_pair(teacher, student, teacher_config=None, student_config=None,
-               subject: str = "teacher/student") -> tuple[Finding, Optional[int]]:
+               subject: str = "teacher/student", prefill: Optional[str] = "<think>\n",
+               fix: str = "") -> tuple[Finding, Optional[int]]:
     """Whether token-level KL between teacher and student is meaningful; returns (finding, shared range).
 
     Compatible: the same token at every id both tokenizers define. Model vocab sizes may still differ
     by padding (Qwen2.5: 151,936 for <= 3B vs 152,064 for 7B+, over the same 151,665 tokens); logits are
     then compared over the shared range `[0, shared)`, shared = the smaller config vocab_size (the
     smaller tokenizer length without configs). `shared` is None when the pair is incompatible.
+
+    A few differing added tokens are harmless only if traces never hold them: a sample trace is
+    rendered with the teacher's tokenizer (`sample_trace`), and a differing id in it is an error
+    (`</think>` is in every R1 trace). `fix` replaces the default advice.
     """
     t_map, s_map = _id_to_token(teacher), _id_to_token(student)
     t_len, s_len = max(t_map, default=-1) + 1, max(s_map, default=-1) + 1
@@ -318,8 +333,8 @@ def check_pair(teacher, student, teacher_config=None, student_config=None,
     shared = min(t_vocab, s_vocab)
     common = min(t_len, s_len)
     mismatched = [i for i in range(common) if t_map.get(i) != s_map.get(i)]
-    fix = ("use a student from the teacher's tokenizer family (e.g. Qwen2.5 teacher -> Qwen2.5 student), or set "
-           "train.kd.enabled=false: SFT on the teacher's text works across tokenizers")
+    fix = fix or ("use a student from the teacher's tokenizer family (e.g. Qwen2.5 teacher -> Qwen2.5 student), "
+                  "or set train.kd.enabled: false (SFT on the teacher's text works across tokenizers)")
     examples = ", ".join(f"id {i}: {t_map.get(i)!r} vs {s_map.get(i)!r}" for i in mismatched[:3])
     if mismatched:
         added = set(getattr(teacher, "added_tokens_decoder", {})) | set(getattr(student, "added_tokens_decoder", {}))
@@ -333,10 +348,17 @@ def check_pair(teacher, student, teacher_config=None, student_config=None,
                        f"the teacher's tokenizer has {len(beyond):,} token(s) at ids >= the student's vocab_size "
                        f"{s_vocab:,} (e.g. {beyond[0]!r}): the student has no logit for them.", fix, subject), None
     sizes = f"vocab_size {t_vocab:,} vs {s_vocab:,}" if t_vocab != s_vocab else f"vocab_size {t_vocab:,}"
+    occurring = sorted(set(mismatched) & set(sample_trace(teacher, prefill)[1]))
+    if occurring:
+        named = ", ".join(f"{t_map[i]!r} (id {i}) is {s_map.get(i)!r} for the student" for i in occurring)
+        return Finding("vocab_compat", "error",
+                       f"{subject} differ at {len(mismatched)} added token id(s), and traces hold them: {named}. "
+                       "The stored soft labels and the teacher's token ids would train the student on other "
+                       "tokens.", fix, subject), None
     if mismatched:
         return Finding("vocab_compat", "warning",
                        f"{subject} share a vocabulary except {len(mismatched)} added token(s) ({examples}); "
-                       f"KL over the shared range [0, {shared:,}) ({sizes}).",
+                       f"KL over the shared range [0, {shared:,}) ({sizes}); a sample trace holds none of them.",
                        "harmless unless those tokens occur in traces; " + fix, subject), shared
     if t_len != s_len:
         return Finding("vocab_compat", "warning",
@@ -357,21 +379,30 @@ def _teacher_needs_tokenizer(cfg) -> bool:
     return teacher.backend != "openai" or teacher.openai.api == "completions"
 
 
-def _after_train_fixes(tokenizer, raw: list[Finding], subject: str) -> list[Finding]:
-    """Re-run the student's checks on the tokenizer the train stage will use (after `fix_tokenizer`).
-
-    Problems the train stage repairs (pad == EOS, no generation markers on a ChatML or known-family
-    template) become warnings that say so; the rest keep their severity.
-    """
+def student_after_init(student_cfg, tokenizer, teacher=None):
+    """(tokenizer, changes) as student_init/ will hold them: the teacher's special tokens when
+    `train.student.tokenizer` adopts them, then `fix_tokenizer`. Raises DistillkitError when the policy
+    cannot be applied (teacher asked, other BPE). Without the train extra: the tokenizer unchanged."""
     import copy
 
     try:
-        from distillkit.train.student import fix_tokenizer
-
-        fixed = copy.deepcopy(tokenizer)
-        changes = fix_tokenizer(fixed)
+        from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
     except ImportError:  # the train extra is missing; the stage itself will say so
-        return raw
+        return tokenizer, []
+    chosen, rows, note = choose_tokenizer(student_cfg.tokenizer, copy.deepcopy(tokenizer), teacher)
+    changes = fix_tokenizer(chosen)
+    if rows:
+        moved = ", ".join(f"{r.id} {r.was!r}->{r.now!r}" for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
+        note += f": {moved}"
+    return chosen, ([note] if note else []) + changes
+
+
+def _after_train_fixes(raw: list[Finding], fixed, changes: list[str], subject: str) -> list[Finding]:
+    """The student's checks as they stand after student_init (`fixed`, from `student_after_init`).
+
+    Problems the train stage repairs (pad == EOS, EOS that is not the end of turn, a template that drops
+    reasoning or lacks generation markers) become warnings that say so; the rest keep their severity.
+    """
     if not changes:
         return raw
     after = {f.check: f for f in check_tokenizer(fixed, None, subject=subject)}
@@ -379,11 +410,13 @@ def _after_train_fixes(tokenizer, raw: list[Finding], subject: str) -> list[Find
     for f in raw:
         new = after.get(f.check)
         if f.severity != "ok" and new is not None and new.severity == "ok":
-            # fix_tokenizer reports "pad_token: ..." and "chat_template: ..."; name the one that helped
-            which = "pad_token" if f.check == "eos_pad" else "chat_template"
+            # name the change that helped: eos/pad fixes for eos_pad and the trained turn's EOS
+            which = ("pad_token", "eos_token") if f.check == "eos_pad" else ("chat_template", "eos_token", "adopted")
             done = [c for c in changes if c.startswith(which)] or changes
             f = Finding(f.check, "warning", f"{f.message} The train stage fixes this in student_init/ "
                         f"({'; '.join(done)}).", f.fix, subject)
+        elif new is not None and new.severity != "ok" and f.severity == "ok":
+            f = replace(new, message=f"after student_init's changes ({'; '.join(changes)}): {new.message}")
         out.append(f)
     return out
 
@@ -463,19 +496,118 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
         student_spec = cfg.train.student.model
         subject = f"student {student_spec}"
         s_tok, s_config = load(student_spec, "student", "error", "")
-        if s_tok is not None:
-            raw = check_tokenizer(s_tok, s_config, subject=subject, is_trained=True)
-            findings += [replace(f, subject="student") for f in _after_train_fixes(s_tok, raw, subject)]
-        if cfg.train.kd.enabled or cfg.train.on_policy.enabled:
+        needs_teacher = cfg.train.kd.enabled or cfg.train.on_policy.enabled
+        t_tok = t_config = None
+        if needs_teacher:
             t_tok, t_config = load(teacher_spec, "teacher", "warning",
                                    "Vocab compatibility for KD cannot be checked before training.")
-            if s_tok is not None and t_tok is not None:
-                finding, _shared = check_pair(t_tok, s_tok, t_config, s_config,
-                                             subject=f"teacher {teacher_spec} and student {student_spec}")
-                findings.append(replace(finding, subject="teacher/student"))
+        elif cfg.train.student.tokenizer != "own":  # only to see whether the student adopts its tokens
+            if teacher_spec not in loaded:
+                try:
+                    loaded[teacher_spec] = load_tokenizer_and_config(teacher_spec)
+                except DistillkitError as e:
+                    loaded[teacher_spec] = e
+            if isinstance(loaded[teacher_spec], tuple):
+                t_tok, t_config = loaded[teacher_spec]
+        fixed = None
+        if s_tok is not None:
+            raw = check_tokenizer(s_tok, s_config, subject=subject, is_trained=True)
+            try:
+                fixed, changes = student_after_init(cfg.train.student, s_tok, t_tok)
+            except DistillkitError as e:
+                findings.append(Finding("student_tokens", "error", f"{subject}: {e}",
+                                        "train.student.tokenizer: own", "student"))
+            else:
+                findings += [replace(f, subject="student") for f in _after_train_fixes(raw, fixed, changes, subject)]
+                adopted = [c for c in changes if c.startswith("adopted")]
+                if adopted:
+                    findings.append(Finding("student_tokens", "warning", f"{subject} {adopted[0]}.",
+                                            "nothing to do (train.student.tokenizer: own keeps the student's "
+                                            "tokens, with train.kd.enabled: false)", "student"))
+        if needs_teacher and fixed is not None and t_tok is not None:
+            pair = f"teacher {teacher_spec} and student {student_spec}"
+            fix = ("train.student.tokenizer: teacher (or auto) lets a student with the teacher's BPE adopt its "
+                   "special tokens; with another BPE set train.kd.enabled: false (SFT on the teacher's text "
+                   "works across tokenizers)")
+            finding, _shared = check_pair(t_tok, fixed, t_config, s_config, subject=pair,
+                                          prefill=cfg.generate.prompts.prefill, fix=fix)
+            findings.append(replace(finding, subject="teacher/student"))
+            if finding.severity != "error":
+                findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
+        findings += check_context(cfg, stages, s_config, t_config if t_tok is not None else
+                                  _config_only(loaded, teacher_spec))
+    elif "generate" in stages:
+        findings += check_context(cfg, stages, None, _config_only(loaded, teacher_spec))
     for f in findings:
         # the caller shows the findings (the CLI prints them once); the debug log keeps a record
         log.debug("preflight %s", f)
+    return findings
+
+
+def check_trace_roundtrip(teacher, student, prefill: Optional[str], subject: str, fix: str) -> Finding:
+    """The train stage's own test (`train.data.check_same_tokenizer`) on a sample trace: the teacher's
+    completion ids decode to the completion text with the student's tokenizer. When they do not, the
+    train stage refuses stored soft labels, after the whole generation ran."""
+    text, ids = sample_trace(teacher, prefill)
+    body = ids[:-1] if ids and ids[-1] == student.eos_token_id else ids
+    decoded = student.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False) \
+        if max(body, default=0) < len(student) else None
+    if decoded != text:
+        return Finding("trace_roundtrip", "error",
+                       f"{subject}: the teacher's token ids of a sample trace do not decode to its text with the "
+                       f"student's tokenizer ({text[:40]!r} -> {str(decoded)[:40]!r}); the train stage would "
+                       "refuse the stored soft labels after generation.", fix, "teacher/student")
+    return Finding("trace_roundtrip", "ok", f"{subject}: the teacher's ids of a sample trace decode to the same "
+                   "text with the student's tokenizer.", subject="teacher/student")
+
+
+def _config_only(loaded: dict, spec: str):
+    result = loaded.get(spec)
+    return result[1] if isinstance(result, tuple) else None
+
+
+def _positions(config) -> Optional[int]:
+    return getattr(config, "max_position_embeddings", None) if config is not None else None
+
+
+def check_context(cfg, stages: list[str], s_config, t_config) -> list[Finding]:
+    """Lengths fit the models' positions: train.max_length (and the students' evaluation budget) within
+    the student's `max_position_embeddings` after `train.student` overrides; the teacher's
+    `max_model_len` and `max_tokens` within its own. vLLM refuses a longer engine at start; training
+    past the positions a RoPE model was made for runs but degrades, so both are errors here."""
+    findings: list[Finding] = []
+    st = cfg.train.student
+    student_positions = st.max_position_embeddings or _positions(s_config)
+    rope_fix = ("extend the student's context: train.student.rope_theta: 300000 and "
+                "train.student.max_position_embeddings: 32768 (open-r1 trains Qwen2.5-Math-7B at 32k as "
+                "open-r1/Qwen2.5-Math-7B-RoPE-300k), or train.student.rope_scaling: {rope_type: yarn, factor: 4.0, "
+                f"original_max_position_embeddings: {student_positions}}}; or lower ")
+    if "train" in stages and student_positions:
+        if cfg.train.max_length and cfg.train.max_length > student_positions:
+            findings.append(Finding(
+                "context", "error", f"train.max_length={cfg.train.max_length:,} exceeds student {st.model}'s "
+                f"max_position_embeddings {student_positions:,}.", rope_fix + f"train.max_length to {student_positions:,}",
+                "student"))
+        students = [m for m in cfg.evaluate.models if m.startswith("student")]
+        if "evaluate" in stages and students and cfg.evaluate.max_gen_toks >= student_positions:
+            findings.append(Finding(
+                "context", "error", f"evaluate.max_gen_toks={cfg.evaluate.max_gen_toks:,} does not fit student "
+                f"{st.model}'s {student_positions:,} positions (with the prompt).",
+                rope_fix + f"evaluate.max_gen_toks below {student_positions:,}", "student"))
+    teacher_positions = _positions(t_config)
+    if "generate" in stages and teacher_positions and cfg.generate.teacher.backend == "vllm":
+        asked = cfg.generate.teacher.vllm.max_model_len
+        if asked and asked > teacher_positions:
+            findings.append(Finding(
+                "context", "error", f"generate.teacher.vllm.max_model_len={asked:,} exceeds teacher "
+                f"{cfg.generate.teacher.model}'s max_position_embeddings {teacher_positions:,}; vLLM refuses it.",
+                f"lower it to {teacher_positions:,}, or extend the teacher's RoPE through "
+                "generate.teacher.vllm.engine_kwargs: {hf_overrides: {...}}", "teacher"))
+        if cfg.generate.sampling.max_tokens >= (asked or teacher_positions):
+            findings.append(Finding(
+                "context", "error", f"generate.sampling.max_tokens={cfg.generate.sampling.max_tokens:,} leaves no "
+                f"room for the prompt in the teacher's {asked or teacher_positions:,}-token context.",
+                "raise generate.teacher.vllm.max_model_len or lower generate.sampling.max_tokens", "teacher"))
     return findings
 
 

@@ -121,7 +121,9 @@ def model_folder(path: Path, tokenizer, vocab_size: int | None = None) -> str:
 
 
 def recipe(teacher: str, student: str, **overrides) -> RecipeConfig:
-    data = {"generate": {"teacher": {"model": teacher}}, "train": {"student": {"model": student}}}
+    # The tiny models have 2,048 positions (the context check would flag the default lengths).
+    data = {"generate": {"teacher": {"model": teacher}, "sampling": {"max_tokens": 512}},
+            "train": {"student": {"model": student}, "max_length": 1024}}
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split("__")
@@ -275,7 +277,7 @@ def test_padded_vocab_sizes_of_one_family_use_the_shared_range(tok_dir):
 def test_different_families_are_incompatible(tok_dir):
     f, shared = check_pair(load(tok_dir), other_tokenizer())
     assert (f.check, f.severity, shared) == ("vocab_compat", "error", None)
-    assert "vocabularies differ at" in f.message and "kd.enabled=false" in f.fix
+    assert "vocabularies differ at" in f.message and "train.kd.enabled: false" in f.fix
 
 
 def test_differing_added_tokens_only_warn(tok_dir):
@@ -309,9 +311,12 @@ def folders(tok_dir, tmp_path_factory):
     smol_like.chat_template = PLAIN_CHATML
     stripping = load(tok_dir)
     stripping.chat_template = STRIP_ALL
+    stripping_unknown = load(tok_dir)  # the same, in a turn format of no known family
+    stripping_unknown.chat_template = STRIP_ALL.replace("<|im_start|>", "[").replace("<|im_end|>", "<|im_end|>]")
     return {"good": good, "good_small": good_small,
             "smol_like": model_folder(root / "smol_like", smol_like),
             "stripping": model_folder(root / "stripping", stripping),
+            "stripping_unknown": model_folder(root / "stripping_unknown", stripping_unknown),
             "think_special": model_folder(root / "think_special", think_special(load(tok_dir))),
             "other": model_folder(root / "other", other_tokenizer())}
 
@@ -319,7 +324,7 @@ def folders(tok_dir, tmp_path_factory):
 def test_recipe_with_good_models_and_padded_vocab_passes(folders):
     cfg = recipe(folders["good"], folders["good_small"], train__kd__enabled=True)
     findings = preflight(cfg, stages=["generate", "train"])
-    assert {f.severity for f in findings} == {"ok"}
+    assert {f.severity for f in findings} == {"ok"}, [str(f) for f in findings if f.severity != "ok"]
     teacher = [f for f in findings if f.subject == "teacher"]
     assert [f.check for f in teacher] == ["chat_template", "eos_pad", "think_tokens"]
     assert len([f for f in findings if f.subject == "student"]) == 6
@@ -337,9 +342,18 @@ def test_what_the_train_stage_fixes_is_a_warning_that_says_so(folders):
     raise_on_fatal(findings.values())
 
 
-def test_stripping_template_with_markers_stops_the_train_stage(folders):
-    """The train stage keeps a template that already has markers, so stripping reasoning stays fatal."""
-    findings = preflight(recipe(folders["good"], folders["stripping"]), stages=["train"])
+def test_stripping_chatml_template_is_replaced_by_the_train_stage(folders):
+    """A ChatML template that strips reasoning (even one with markers) is replaced in student_init/."""
+    findings = by_check(preflight(recipe(folders["good"], folders["stripping"]), stages=["train"]))
+    for check in ("reasoning_rendered", "trained_turn"):
+        assert findings[check].severity == "warning"
+        assert "The train stage fixes this in student_init/ (chat_template: installed" in findings[check].message
+    raise_on_fatal(findings.values())
+
+
+def test_stripping_template_of_unknown_family_stops_the_train_stage(folders):
+    """No known family to replace it with: stripping reasoning stays fatal."""
+    findings = preflight(recipe(folders["good"], folders["stripping_unknown"]), stages=["train"])
     errors = [f.check for f in findings if f.severity == "error"]
     assert errors == ["reasoning_rendered", "trained_turn"]
     with pytest.raises(DistillkitError) as e:

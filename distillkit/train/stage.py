@@ -134,7 +134,8 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
 
     with state.main_process_first():
-        init = build_student_init(t.student, out / "student_init", records=None if t.sources else records)
+        init = build_student_init(t.student, out / "student_init", records=None if t.sources else records,
+                                  teacher=cfg.generate.teacher.model)
     model, tokenizer = load_student(t, out / "student_init")
     check_student_tokenizer(tokenizer, model.config)
     mixture = None
@@ -213,7 +214,7 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         "data": data_info,
         **({"mixture": mixture.composition} if mixture else {}),
         "student_init": {k: init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
-                                              "layer_choice") if k in init},
+                                              "adopted_rows", "context", "layer_choice") if k in init},
         "method": t.method, "bf16": bf16, "kd": t.kd.model_dump(mode="json") if use_kd else None,
         "num_processes": state.num_processes,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -260,8 +261,8 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
 
     path = resolve_model(cfg.generate.teacher.model)
     t_tok = transformers.AutoTokenizer.from_pretrained(path)
-    if t_tok.get_vocab() != {k: v for k, v in student_tokenizer.get_vocab().items() if k in t_tok.get_vocab()} \
-            or len(t_tok) > len(student_tokenizer):
+    t_vocab, s_vocab = t_tok.get_vocab(), student_tokenizer.get_vocab()  # once each: get_vocab() builds a dict
+    if any(s_vocab.get(k) != v for k, v in t_vocab.items()) or len(t_tok) > len(student_tokenizer):
         raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
                               f"{cfg.generate.teacher.model} tokenizes differently. Use stored top-k soft labels "
                               "from a compatible teacher, or kd.enabled: false")

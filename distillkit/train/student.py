@@ -8,16 +8,16 @@ the same folder as "student before", so before/after compare exactly the model t
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 from pathlib import Path
 
 from distillkit.errors import DistillkitError, require
+from distillkit.train.tokenizer import fix_tokenizer  # noqa: F401  (re-exported: preflight and tests use it)
 
 log = logging.getLogger(__name__)
-
-PAD_CANDIDATES = ("<|pad|>", "<|finetune_right_pad_id|>", "<|fim_pad|>", "<|endoftext|>", "<pad>")
 
 
 # ----------------------------------------------------------------------------------------- layers
@@ -53,8 +53,6 @@ def parse_keep_layers(spec: str | list[int] | None, num_layers: int) -> list[int
 
 def prune_layers(model, keep: list[int]):
     """A new model of the same class with only decoder layers `keep` (weights copied, layer indices renumbered)."""
-    import copy
-
     torch = require("torch", "train")
     config = copy.deepcopy(model.config)
     old_n = config.num_hidden_layers
@@ -93,54 +91,6 @@ def prune_layers(model, keep: list[int]):
     return pruned
 
 
-# ----------------------------------------------------------------------------------------- tokenizer
-
-
-def fix_tokenizer(tokenizer, model=None) -> list[str]:
-    """Make the tokenizer trainable for reasoning SFT; returns what was changed (for the manifest).
-
-    - no `{% generation %}` markers: TRL's training template for known families (Qwen, Llama 3, ...),
-      else distillkit's ChatML reasoning template when the template is ChatML;
-    - pad == EOS (SmolLM2) or no pad: a distinct pad token, because EOS is a training target and a
-      pad masked out of the loss would hide it (students that never stop).
-    """
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-    from distillkit.models import CHATML_REASONING_TEMPLATE
-
-    changes = []
-    template = tokenizer.chat_template
-    if not template or not has_generation_markers(template):
-        patched = None
-        try:
-            patched = get_training_chat_template(tokenizer)
-        except Exception:  # unknown family: TRL raises rather than returning None
-            patched = None
-        if patched is None and (not template or "<|im_start|>" in template):
-            patched = CHATML_REASONING_TEMPLATE
-        if patched is not None:
-            tokenizer.chat_template = patched
-            changes.append("chat_template: installed a template with generation markers that keeps reasoning")
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        vocab = tokenizer.get_vocab()
-        choice = next((t for t in PAD_CANDIDATES if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
-        if choice is None:
-            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-            choice = "<|pad|>"
-            if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(tokenizer))
-        else:
-            tokenizer.pad_token = choice
-        changes.append(f"pad_token: {choice!r} (was equal to eos {tokenizer.eos_token!r} or unset)")
-    if model is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        if model.generation_config is not None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-            if model.generation_config.eos_token_id is None:
-                model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return changes
-
-
 # ----------------------------------------------------------------------------------------- init
 
 
@@ -154,14 +104,18 @@ def auto_keep(spec) -> int | None:
     return None
 
 
-def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16", records=None) -> dict:
+def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16", records=None,
+                       teacher: str | None = None) -> dict:
     """Resolve the student, keep the asked layers, fix the tokenizer, save all to `out_dir`.
 
     Written to a temporary folder and renamed, so an existing `out_dir` is always whole. With every
-    layer kept the weights are linked, not rewritten (`_link_whole_student`). `keep_layers: auto:N`
-    chooses the layers on `records` (kept traces; `distillkit.train.layers`). Returns {"path",
+    layer kept the weights are linked, not rewritten (`_link_whole_student`; only a shard holding
+    changed embedding rows is rewritten). `keep_layers: auto:N` chooses the layers on `records` (kept
+    traces; `distillkit.train.layers`). `teacher` (a model argument) is the source of special tokens
+    for `student.tokenizer` auto/teacher (`distillkit.train.tokenizer`). The context overrides
+    (`rope_theta`, `rope_scaling`, `max_position_embeddings`) go into the saved config. Returns {"path",
     "source", "num_layers", "kept_layers", "num_params", "tokenizer_changes", "weights": "linked" |
-    "written"} (+ "layer_choice": the rounds of an auto choice).
+    "written", "adopted_rows", "context"} (+ "layer_choice": the rounds of an auto choice).
     """
     torch = require("torch", "train")
     transformers = require("transformers", "train")
@@ -172,17 +126,21 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     if info_path.exists():
         return json.loads(info_path.read_text())
     source = resolve_model(student_cfg.model)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    original = transformers.AutoTokenizer.from_pretrained(source)
+    chosen, rows, note = student_tokenizer(student_cfg, original, teacher)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     auto = auto_keep(student_cfg.keep_layers)
-    info = None if auto else _link_whole_student(source, tokenizer, tmp, student_cfg.keep_layers)
+    info = None if auto else _link_whole_student(source, copy.deepcopy(chosen), rows, note, original.eos_token_id,
+                                                 tmp, student_cfg)
     if info is None:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)  # unfixed: the fix below may resize
+        tokenizer = chosen  # unfixed: the fix below may resize the model
         # An auto choice runs the model: in float32 where bf16 is not native (and slow), cast when saved.
         load_dtype = torch.float32 if auto and not resolve_bf16(None) else getattr(torch, dtype)
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype)
         num_layers = model.config.num_hidden_layers
+        old_eos = original.eos_token_id
+        set_embedding_rows(model, rows, len(tokenizer))
         choice = None
         if auto:
             if records is None:
@@ -195,10 +153,13 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
         else:
             keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
         model = prune_layers(model, keep).to(getattr(torch, dtype))
-        changes = fix_tokenizer(tokenizer, model)
+        changes = ([note] if note else []) + fix_tokenizer(tokenizer, model)
+        _keep_old_stop(model.generation_config, old_eos, tokenizer)
+        context = apply_context(model.config, student_cfg)
         info = {"num_layers": num_layers, "kept_layers": keep,
                 "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes,
-                "weights": "written", **({"layer_choice": choice} if choice else {})}
+                "weights": "written", "adopted_rows": [r.to_json() for r in rows], "context": context,
+                **({"layer_choice": choice} if choice else {})}
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     info = {"path": str(out_dir), "source": source, **info}
@@ -207,49 +168,165 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     tmp.rename(out_dir)  # the folder appears whole or not at all
     log.info("student_init: %d of %d layers, %.1fM params, weights %s -> %s", len(info["kept_layers"]),
              info["num_layers"], info["num_params"] / 1e6, info["weights"], out_dir)
+    for change in info["tokenizer_changes"]:
+        log.info("student_init: %s", change)
     return info
 
 
-def _link_whole_student(source: str, tokenizer, tmp: Path, keep_layers) -> dict | None:
-    """student_init without loading the weights, when nothing in them changes: every layer kept, the
-    source a folder of safetensors files, and no new token that would grow the embeddings. The weight
-    files are hard-linked (symlinked across filesystems) next to the fixed tokenizer and config, so a
-    32B/70B student costs neither a copy on disk nor its size in CPU memory. Returns the info dict, or
-    None when the weights must be loaded (layer pruning, a resized vocabulary, .bin weights)."""
+def student_tokenizer(student_cfg, original, teacher: str | None):
+    """(tokenizer before the fix-ups, embedding rows to set, note) for `train.student.tokenizer`."""
+    from distillkit.train.tokenizer import choose_tokenizer
+
+    policy = getattr(student_cfg, "tokenizer", "own")
+    teacher_tok = None
+    if teacher is not None and policy != "own":
+        from distillkit.preflight import load_tokenizer_and_config
+
+        try:
+            teacher_tok, _ = load_tokenizer_and_config(teacher)
+        except DistillkitError as e:
+            if policy == "teacher":
+                raise
+            log.info("student_init: the teacher's tokenizer is not available (%s); the student keeps its own", e)
+    return choose_tokenizer(policy, copy.deepcopy(original), teacher_tok)
+
+
+def init_rows(weight, rows) -> None:
+    """Set rows of an embedding (or untied output head) matrix (V, H) in place: each to the mean of
+    the rows of its pieces (`RowInit.pieces`); rows with no pieces keep their values."""
+    torch = require("torch", "train")
+    with torch.no_grad():
+        for r in rows:
+            if r.pieces:
+                weight[r.id] = weight[torch.as_tensor(r.pieces)].float().mean(0).to(weight.dtype)
+
+
+def set_embedding_rows(model, rows, num_tokens: int) -> None:
+    """`init_rows` on the model's input embedding and, when untied, its output head (grown first
+    when the adopted tokenizer has more tokens than the model has rows)."""
+    if not rows:
+        return
+    if num_tokens > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(num_tokens)
+    init_rows(model.get_input_embeddings().weight.data, rows)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        init_rows(head.weight.data, rows)
+
+
+def _keep_old_stop(generation_config, old_eos: int | None, tokenizer) -> None:
+    """A student whose EOS was replaced (end of turn) still stops at its old end of text."""
+    if generation_config is None or old_eos is None or old_eos == tokenizer.eos_token_id:
+        return
+    stops = generation_config.eos_token_id
+    stops = list(stops) if isinstance(stops, list) else [stops]
+    if old_eos not in stops:
+        generation_config.eos_token_id = [*stops, old_eos]
+
+
+def apply_context(config, student_cfg) -> dict:
+    """Apply `train.student.rope_theta` / `rope_scaling` / `max_position_embeddings` to a model config;
+    returns {"max_position_embeddings": [old, new], "rope": [old, new]} for what changed (the card
+    records it). transformers >= 5 keeps RoPE settings in `rope_parameters`; older versions in
+    `rope_theta` / `rope_scaling`."""
+    changes: dict = {}
+    theta, scaling = getattr(student_cfg, "rope_theta", None), getattr(student_cfg, "rope_scaling", None)
+    if theta is not None or scaling:
+        if hasattr(config, "rope_parameters"):
+            old = dict(config.rope_parameters or {})
+            new = {**old, **({"rope_theta": theta} if theta is not None else {}), **(scaling or {})}
+            config.rope_parameters = new
+        else:
+            old = {"rope_theta": getattr(config, "rope_theta", None), "rope_scaling": getattr(config, "rope_scaling", None)}
+            if theta is not None:
+                config.rope_theta = theta
+            if scaling:
+                config.rope_scaling = dict(scaling)
+            new = {"rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling}
+        changes["rope"] = [old, new]
+    positions = getattr(student_cfg, "max_position_embeddings", None)
+    if positions is not None and positions != config.max_position_embeddings:
+        changes["max_position_embeddings"] = [config.max_position_embeddings, positions]
+        config.max_position_embeddings = positions
+    return changes
+
+
+def _link_whole_student(source: str, tokenizer, rows, note: str, old_eos: int | None, tmp: Path,
+                        student_cfg) -> dict | None:
+    """student_init without loading the model, when the layers stay: every layer kept, the source a
+    folder of safetensors files, and no new token that would grow the embeddings. The weight files are
+    hard-linked (symlinked across filesystems) next to the fixed tokenizer and config, so a 32B/70B
+    student costs neither a copy on disk nor its size in CPU memory; a shard holding embedding rows
+    that change (adopted tokens) is rewritten alone. Returns the info dict, or None when the model
+    must be loaded (layer pruning, a resized vocabulary, .bin weights)."""
     import os
 
     transformers = require("transformers", "train")
     src = Path(source)
     config = transformers.AutoConfig.from_pretrained(source)
     num_layers = config.num_hidden_layers
-    keep = parse_keep_layers(keep_layers, num_layers)
+    keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
     weights = _safetensors_files(src)
     if keep != list(range(num_layers)) or not weights:
         return None
+    if rows and max(r.id for r in rows) >= config.vocab_size:
+        return None  # the adopted tokenizer needs more rows than the model has
+    try:
+        generation = transformers.GenerationConfig.from_pretrained(source)
+    except OSError:  # the source has no generation_config.json
+        generation = None
     changes = fix_tokenizer(tokenizer)
     if len(tokenizer) > config.vocab_size:
         return None  # a new pad token needs a bigger embedding: load, resize, save
     tmp.mkdir(parents=True)
+    patched = _patch_embedding_files(weights, rows, tmp)
     for f in [*weights, *src.glob("model.safetensors.index.json")]:
+        if f.name in patched:
+            continue
         target = f.resolve()  # Hub cache snapshots are symlinks into blobs/
         try:
             os.link(target, tmp / f.name)
         except OSError:  # another filesystem: a symlink (the source must stay where it is)
             os.symlink(target, tmp / f.name)
-    config.pad_token_id = tokenizer.pad_token_id
+    from distillkit.train.tokenizer import update_model_config
+
+    update_model_config(config, generation, tokenizer)
+    _keep_old_stop(generation, old_eos, tokenizer)
+    context = apply_context(config, student_cfg)
     config.save_pretrained(tmp)
-    try:
-        generation = transformers.GenerationConfig.from_pretrained(source)
-    except OSError:  # the source has no generation_config.json
-        generation = None
     if generation is not None:
-        generation.pad_token_id = tokenizer.pad_token_id
-        if generation.eos_token_id is None:
-            generation.eos_token_id = tokenizer.eos_token_id
         generation.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return {"num_layers": num_layers, "kept_layers": keep, "num_params": _safetensors_numel(weights),
-            "tokenizer_changes": changes, "weights": "linked"}
+            "tokenizer_changes": ([note] if note else []) + changes, "adopted_rows": [r.to_json() for r in rows],
+            "context": context, "weights": "linked" + (f" ({len(patched)} shard(s) with new rows written)"
+                                                       if patched else "")}
+
+
+EMBEDDING_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
+
+
+def _patch_embedding_files(weights: list[Path], rows, tmp: Path) -> set[str]:
+    """Write (into `tmp`) each safetensors file holding an embedding or output-head matrix, with
+    `rows` set by `init_rows`; returns the names of the files written. Other files are untouched."""
+    if not any(r.pieces for r in rows):
+        return set()
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    written = set()
+    for f in weights:
+        with safe_open(str(f), framework="pt") as st:
+            targets = [k for k in st.keys() if k.endswith(EMBEDDING_SUFFIXES)]
+            metadata = st.metadata()
+        if not targets:
+            continue
+        tensors = load_file(str(f))
+        for name in targets:
+            init_rows(tensors[name], rows)
+        save_file(tensors, str(tmp / f.name), metadata=metadata or {"format": "pt"})
+        written.add(f.name)
+    return written
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
@@ -332,10 +409,23 @@ def load_student(train_cfg, init_dir: str | Path):
     lc = train_cfg.lora
     # LoRA's A matrices are drawn at random: seed first, so one recipe always starts from the same adapter.
     transformers.set_seed(train_cfg.seed)
+    # Embedding rows of adopted special tokens (`</think>`, `<｜Assistant｜>`, ...) start from an
+    # initialisation; LoRA alone never changes them, so PEFT trains exactly those rows.
+    new_rows = adopted_row_ids(init_dir)
     config = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                             target_modules=lc.target_modules, task_type="CAUSAL_LM")
+                             target_modules=lc.target_modules, task_type="CAUSAL_LM",
+                             trainable_token_indices=new_rows or None)
     model = peft.get_peft_model(model, config)
     return model, tokenizer
+
+
+def adopted_row_ids(init_dir: str | Path) -> list[int]:
+    """Ids whose embedding rows student_init re-initialised (adopted tokens), from distillkit_init.json."""
+    info = Path(init_dir) / "distillkit_init.json"
+    if not info.exists():
+        return []
+    rows = json.loads(info.read_text()).get("adopted_rows", [])
+    return [r["id"] for r in rows if r["init"].startswith("mean")]
 
 
 def save_merged(init_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
