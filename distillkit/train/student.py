@@ -188,7 +188,8 @@ def student_tokenizer(student_cfg, original, teacher: str | None):
             if policy == "teacher":
                 raise
             log.info("student_init: the teacher's tokenizer is not available (%s); the student keeps its own", e)
-    return choose_tokenizer(policy, copy.deepcopy(original), teacher_tok)
+    chosen, rows, note = choose_tokenizer(policy, original, teacher_tok)
+    return copy.deepcopy(chosen) if chosen is original else chosen, rows, note  # `original` stays as loaded
 
 
 def init_rows(weight, rows) -> None:

@@ -8,7 +8,7 @@ tokens above it. DeepSeek-R1-Distill-Qwen puts `<｜end▁of▁sentence｜>`, `<
 `<|box_start|>`, `<|box_end|>`; R1-Distill-Llama renames Llama 3's reserved specials the same way. Every
 trace holds `</think>`, so the teacher's ids (and the top-k soft labels on them) mean other tokens to
 the student. DeepSeek's answer was to give its Qwen and Llama students its own tokenizer and template;
-`adopt_teacher_tokens` does the same: the student's tokenizer becomes the teacher's (identical ids for
+`choose_tokenizer` does the same: the student's tokenizer becomes the teacher's (identical ids for
 every ordinary token, checked), and the embedding rows of the ids whose token changed are
 re-initialised (`embedding_rows`): rows whose old and new token play the same role (end or begin of
 text) are kept; the others start at the mean of the student's embeddings of the pieces its own BPE
@@ -53,27 +53,35 @@ def base_vocab(tokenizer) -> dict[str, int]:
     return {t: i for t, i in tokenizer.get_vocab().items() if i not in added}
 
 
-def shares_bpe(a, b) -> bool:
-    """Whether two tokenizers split ordinary text identically: the same base vocabulary at the same ids,
-    the same merges and pre-tokenizer (added tokens may differ)."""
-    import json
+# Text that exercises what a BPE decides: digits and numbers, LaTeX, code, whitespace runs, CJK,
+# accents, emoji. Two tokenizers with the same base vocabulary that split these the same way share
+# merges and pre-tokenizer for practical purposes (comparing the merge lists costs seconds at 150k).
+BPE_PROBES = (
+    "Hello world! The answer is $\\boxed{\\frac{12}{7}}$ and 3.14159, 1,234,567 or 2024-12-01.",
+    "def f(x):\n    return x ** 2  # square\n\n\n\tif a != b: print('ok')",
+    "   leading spaces, trailing tabs\t\t and\r\nwindows lines   ",
+    "因此，答案是 12。让我们一步一步地思考。 数学 ist schön, café naïve — 😀 ok",
+    "Reasoning here.\n\n**Final answer:** x = -\\sqrt{2} < 3 > 1 </> <|x|>",
+)  # no added token of any family (<think>, <|im_end|>): those may differ on purpose
 
+
+def shares_bpe(a, b) -> bool:
+    """Whether two tokenizers split ordinary text identically: the same base vocabulary at the same ids
+    and the same ids for probe texts (`BPE_PROBES`); added tokens may differ."""
     if base_vocab(a) != base_vocab(b):
         return False
-    try:
-        ja, jb = (json.loads(t.backend_tokenizer.to_str()) for t in (a, b))
-    except AttributeError:  # a slow tokenizer: the vocabulary is all we can compare
-        return True
-    return all(ja.get(k) == jb.get(k) for k in ("normalizer", "pre_tokenizer")) and \
-        ja["model"].get("merges") == jb["model"].get("merges")
+    return all(a(t, add_special_tokens=False)["input_ids"] == b(t, add_special_tokens=False)["input_ids"]
+               for t in BPE_PROBES)
 
 
 def special_differences(student, teacher) -> list[tuple[int, str | None, str]]:
     """(id, student's token or None, teacher's token) for every added token of the teacher whose id
     means something else (or nothing) to the student."""
-    s_map = {i: t for t, i in student.get_vocab().items()}
-    return [(i, s_map.get(i), tok.content) for i, tok in sorted(teacher.added_tokens_decoder.items())
-            if s_map.get(i) != tok.content]
+    ids = sorted(teacher.added_tokens_decoder)
+    size = len(student)
+    theirs = [student.convert_ids_to_tokens(i) if i < size else None for i in ids]  # no get_vocab(): 0.5 s at 150k
+    return [(i, was, teacher.added_tokens_decoder[i].content) for i, was in zip(ids, theirs)
+            if was != teacher.added_tokens_decoder[i].content]
 
 
 def _same_role(old: str | None, new: str) -> bool:
@@ -96,24 +104,13 @@ class RowInit:
         return {"id": self.id, "was": self.was, "now": self.now, "init": how}
 
 
-def embedding_rows(student, teacher) -> list[RowInit]:
+def embedding_rows(student, teacher, differences=None) -> list[RowInit]:
     """The rows that change when `student` (its original tokenizer) adopts `teacher`'s tokens."""
     rows = []
-    for i, was, now in special_differences(student, teacher):
+    for i, was, now in differences if differences is not None else special_differences(student, teacher):
         pieces = [] if _same_role(was, now) else student(now, add_special_tokens=False)["input_ids"]
         rows.append(RowInit(i, was, now, pieces))
     return rows
-
-
-def adopt_teacher_tokens(student, teacher):
-    """(the tokenizer the student will use, the embedding rows to set). Raises when the BPEs differ."""
-    import copy
-
-    if not shares_bpe(student, teacher):
-        raise DistillkitError("train.student.tokenizer=teacher needs a student whose BPE is the teacher's "
-                              "(the same ids for ordinary text); these two split text differently. Use "
-                              "train.student.tokenizer: own (and train.kd.enabled: false)")
-    return copy.deepcopy(teacher), embedding_rows(student, teacher)
 
 
 def choose_tokenizer(policy: str, student, teacher) -> tuple[object, list[RowInit], str]:
@@ -122,14 +119,24 @@ def choose_tokenizer(policy: str, student, teacher) -> tuple[object, list[RowIni
     auto adopts the teacher's tokens when the two share a BPE and differ in special tokens, which is
     the R1 pair (DeepSeek's students carry DeepSeek's tokenizer); otherwise the student keeps its own.
     `teacher` may be None (not loadable, e.g. a served model): the student keeps its own tokenizer.
+    The tokenizer returned is `student` or `teacher` itself, not a copy: copy it before changing it if
+    the caller still needs the original (a deep copy of a 150k-token tokenizer takes seconds).
+    Raises when `teacher` is asked for and the BPEs differ.
     """
     if policy == "own" or teacher is None:
         if policy == "teacher":
             raise DistillkitError("train.student.tokenizer=teacher: the teacher's tokenizer could not be loaded")
         return student, [], ""
-    if policy == "auto" and (not special_differences(student, teacher) or not shares_bpe(student, teacher)):
+    differences = special_differences(student, teacher)
+    if policy == "auto" and not differences:
         return student, [], ""
-    tokenizer, rows = adopt_teacher_tokens(student, teacher)
+    if not shares_bpe(student, teacher):
+        if policy == "auto":
+            return student, [], ""
+        raise DistillkitError("train.student.tokenizer=teacher needs a student whose BPE is the teacher's "
+                              "(the same ids for ordinary text); these two split text differently. Use "
+                              "train.student.tokenizer: own (and train.kd.enabled: false)")
+    tokenizer, rows = teacher, embedding_rows(student, teacher, differences)
     note = (f"adopted the teacher's special tokens ({len(rows)} ids change meaning; "
             f"{sum(1 for r in rows if r.pieces)} rows re-initialised)")
     return tokenizer, rows, note
