@@ -537,6 +537,9 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
                 findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
         findings += check_context(cfg, stages, s_config, t_config if t_tok is not None else
                                   _config_only(loaded, teacher_spec))
+        soft = check_soft_labels(cfg, stages)
+        if soft is not None:
+            findings.append(soft)
     elif "generate" in stages:
         findings += check_context(cfg, stages, None, _config_only(loaded, teacher_spec))
     for f in findings:
@@ -562,6 +565,21 @@ def check_trace_roundtrip(teacher, student, prefill: Optional[str], subject: str
                        "soft labels after generation.", fix, "teacher/student")
     return Finding("trace_roundtrip", "ok", f"{subject}: the teacher's ids of a sample trace decode to the same "
                    "text with the student's tokenizer.", subject="teacher/student")
+
+
+def check_soft_labels(cfg, stages: list[str]) -> Optional[Finding]:
+    """KD on stored soft labels needs this run's generation to store them (the train stage refuses
+    records without top-k, after generation). None when it does not apply."""
+    t = cfg.train
+    if not (t.kd.enabled and t.kd.teacher_probs != "live" and not t.sources and "generate" in stages):
+        return None
+    if cfg.generate.sampling.topk_logprobs > 0:
+        return Finding("soft_labels", "ok", f"the teacher's top-{cfg.generate.sampling.topk_logprobs} logprobs "
+                       "are stored for train.kd.", subject="train")
+    return Finding("soft_labels", "error", "train.kd is enabled on stored soft labels (kd.teacher_probs="
+                   f"{t.kd.teacher_probs}) but generate.sampling.topk_logprobs is 0: the traces would carry none.",
+                   "set generate.sampling.topk_logprobs: 20, or train.kd.teacher_probs: live, or "
+                   "train.kd.enabled: false", "train")
 
 
 def _config_only(loaded: dict, spec: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distillkit.config import RecipeConfig
+from distillkit.config import RecipeConfig, load_recipe
 from distillkit.errors import DistillkitError
 from distillkit.preflight import (
     Finding,
@@ -322,7 +322,7 @@ def folders(tok_dir, tmp_path_factory):
 
 
 def test_recipe_with_good_models_and_padded_vocab_passes(folders):
-    cfg = recipe(folders["good"], folders["good_small"], train__kd__enabled=True)
+    cfg = recipe(folders["good"], folders["good_small"], train__kd__enabled=True, generate__sampling__topk_logprobs=20)
     findings = preflight(cfg, stages=["generate", "train"])
     assert {f.severity for f in findings} == {"ok"}, [str(f) for f in findings if f.severity != "ok"]
     teacher = [f for f in findings if f.subject == "teacher"]
@@ -447,15 +447,25 @@ def test_smollm2_findings(smollm2_dir):
     assert "several tokens each" in raw["think_tokens"].message
 
     # the quickstart's default student: both problems are repaired by the train stage, so no error
-    findings = by_check(preflight(RecipeConfig(), stages=["generate", "train"]), "student")
+    findings = by_check(preflight(load_recipe("quickstart"), stages=["generate", "train"]), "student")
     assert findings["eos_pad"].severity == "warning" and "'<|endoftext|>'" in findings["eos_pad"].message
     assert findings["generation_markers"].severity == "warning"
     raise_on_fatal(findings.values())
     # as a teacher (EOS not trained) SmolLM2 is fine
-    teacher = preflight(RecipeConfig(), stages=["generate"])
+    teacher = preflight(load_recipe("quickstart"), stages=["generate"])
     assert [(f.check, f.severity) for f in teacher] == [("chat_template", "ok"), ("eos_pad", "ok"),
                                                         ("think_tokens", "ok")]
 
 
 def test_check_chat_template_names_the_subject(tok_dir):
     assert check_chat_template(load(tok_dir), "teacher x").message == "teacher x has a chat template."
+
+
+def test_stored_kd_without_stored_soft_labels_stops_before_generation(folders):
+    findings = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True,
+                                generate__sampling__topk_logprobs=0), stages=["generate", "train"])
+    errors = [f for f in findings if f.severity == "error"]
+    assert [f.check for f in errors] == ["soft_labels"] and "topk_logprobs: 20" in errors[0].fix
+    ok = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True,
+                          generate__sampling__topk_logprobs=20), stages=["generate", "train"])
+    assert [f for f in ok if f.severity == "error"] == []

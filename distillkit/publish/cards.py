@@ -137,10 +137,21 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
             ("max length", t.max_length)]
     if t.method != "full":
         rows.append(("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, targets={t.lora.target_modules}"))
+    if t.student.rope_theta is not None or t.student.rope_scaling or t.student.max_position_embeddings:
+        what = ", ".join(f"{k}={v}" for k, v in (("rope_theta", t.student.rope_theta),
+                                                 ("rope_scaling", t.student.rope_scaling),
+                                                 ("max_position_embeddings", t.student.max_position_embeddings)) if v)
+        rows.append(("context override", what))
+        limitations.append(f"The student's context was extended before training ({what}); its base model was "
+                           "made for a shorter one.")
     if train_manifest is not None:
         for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
             if key in train_manifest.stats:
                 rows.append((key.replace("_", " "), train_manifest.stats[key]))
+        adopted = train_manifest.stats.get("student_init", {}).get("adopted_rows") or []
+        if adopted:
+            moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)
+            rows.append(("special tokens", f"the teacher's, adopted as DeepSeek's distilled students did: {moved}"))
     mixture = _mixture_rows(train_manifest)
     data_summary = ""
     if filter_manifest is not None:

@@ -302,3 +302,24 @@ def test_preflight_context_check_and_rope_override(models, tmp_path):
     assert config.max_position_embeddings == 32768
     theta = config.rope_parameters["rope_theta"] if hasattr(config, "rope_parameters") else config.rope_theta
     assert theta == 300000.0
+
+
+def test_run_stops_at_preflight_before_generation_and_writes_nothing(models, tmp_path):
+    """`distillkit run` with KD between different BPEs: one message naming the pair and the fix, exit 2,
+    no run folder (nothing half-written)."""
+    import subprocess
+    import sys
+
+    recipe_file = tmp_path / "pair.yaml"
+    recipe_file.write_text(
+        f"name: pair\noutput_dir: {tmp_path / 'runs' / 'pair'}\n"
+        f"generate: {{teacher: {{model: {models[R1_QWEN]}}}, sampling: {{max_tokens: 1024, topk_logprobs: 20}}}}\n"
+        f"train: {{student: {{model: {models[LLAMA_8B]}}}, max_length: 2048, kd: {{enabled: true}}}}\n"
+        "evaluate: {max_gen_toks: 1024}\n")
+    proc = subprocess.run([sys.executable, "-m", "distillkit", "run", str(recipe_file)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "vocab_compat" in proc.stderr and "train.kd.enabled: false" in proc.stderr
+    assert str(models[R1_QWEN]) in proc.stderr and str(models[LLAMA_8B]) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()

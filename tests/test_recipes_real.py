@@ -1,0 +1,199 @@
+"""Every shipped recipe runs end to end, shrunk, on its real models' tokenizers and configs.
+
+Each test takes a recipe under recipes/ and replaces only what this machine cannot have:
+- the model weights: the teacher is a scripted tiny model (distillkit.testing.scripted) and the student a
+  tiny random one (distillkit.testing.real_tokenizers.build_real_shaped_model), both carrying the real
+  tokenizer, chat template, vocabulary size, context length, RoPE settings, tying and special ids;
+- the prompt and benchmark sources: local files instead of Hub datasets;
+- the sizes and the hardware: 4 prompts x 2 samples of 64 tokens, one epoch at 256 tokens, one GPU's
+  worth of parallelism (no accelerate launch, TP = DP = 1), one evaluated model on a local task.
+Everything else stays as the recipe has it: backend, sampling, top-k soft labels, filters, selection,
+method (QLoRA runs on CPU through bitsandbytes), LoRA settings, KD mode, packing, checkpointing,
+bf16, RoPE override, evaluation protocol. generate -> filter -> train -> evaluate then run for real.
+
+The teacher writes `COMPLETION` after every prompt, so each assertion is about something known: the
+trained text keeps the reasoning, the student's EOS is trained, the soft label at `</think>` is the
+teacher's, and the chat template saved with the student renders exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+rt = pytest.importorskip("distillkit.testing.real_tokenizers")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+# The recipe's teacher when this machine has its tokenizer; DeepSeek-R1's own (129k vocabulary) ships in
+# no package, so the 70B recipe's served teacher uses R1-Distill-Qwen's tokenizer: another BPE than the
+# Llama student's, which is the point of that recipe (SFT only).
+TEACHER_STAND_IN = {"deepseek-ai/DeepSeek-R1": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}
+PROBLEMS = ["What is 2 + 3?", "What is 1 + 4?", "Compute 10 - 5.", "How much is 15 / 3?"]
+COMPLETION = "Two plus three makes five.\n</think>\n\nThe answer is $\\boxed{5}$."
+SCRIPTED_CONFIG_KEYS = ("vocab_size", "max_position_embeddings", "rope_theta", "rope_scaling",
+                        "tie_word_embeddings", "bos_token_id", "eos_token_id")
+
+
+def test_every_recipe_is_covered():
+    assert len(RECIPES) >= 11 and all(p.exists() for p in RECIPES)
+
+
+def _scripted_teacher(teacher_id: str, prefill: str | None, out: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    from distillkit.generate.prompts import render_prompt
+    from distillkit.testing.scripted import build_scripted_model, chain_for
+
+    spec = rt.REAL_MODELS[teacher_id]
+    tok_dir = spec["tokenizer"]()
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tail, _, _ = render_prompt(tokenizer, [{"role": "user", "content": PROBLEMS[0]}], prefill or "")
+    completion = COMPLETION if prefill and "<think>" in prefill else "<think>\n" + COMPLETION
+    chain = chain_for(tokenizer, tail, completion, tokenizer.eos_token_id)
+    overrides = {k: v for k, v in spec["config"].items() if k in SCRIPTED_CONFIG_KEYS}
+    vocab = overrides.pop("vocab_size")
+    arch = spec["config"]["model_type"]
+    return build_scripted_model(out, tok_dir, chain, arch=arch, vocab_size=vocab, config_overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Models built once per module: several recipes share a teacher or a student."""
+    root, cache = tmp_path_factory.mktemp("models"), {}
+
+    def get(kind: str, model_id: str, prefill: str | None = None) -> Path:
+        key = (kind, model_id, prefill)
+        if key not in cache:
+            out = root / f"{kind}-{len(cache)}"
+            cache[key] = (_scripted_teacher(model_id, prefill, out) if kind == "teacher"
+                          else rt.build_real_shaped_model(model_id, out))
+        return cache[key]
+    return get
+
+
+def shrink(recipe: Path, tmp: Path, built) -> tuple[dict, str, str]:
+    """The recipe as a dict with weights, sources, sizes and hardware replaced (see the module docstring);
+    also the teacher's and student's real ids."""
+    data = yaml.safe_load(recipe.read_text())
+    gen, filt, train, ev = data["generate"], data["filter"], data["train"], data["evaluate"]
+    teacher_id = TEACHER_STAND_IN.get(gen["teacher"]["model"], gen["teacher"]["model"])
+    student_id = train["student"]["model"]
+    data["output_dir"] = str(tmp / "run")
+    data.pop("hardware", None)
+
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "problem": q, "answer": "5"}) + "\n"
+                               for i, q in enumerate(PROBLEMS)))
+    prefill = gen.get("prompts", {}).get("prefill", "<think>\n")
+    gen["prompts"] = {"path": str(prompts), "columns": {"id": "id", "problem": "problem", "answer": "answer"}}
+    if prefill != "<think>\n":
+        gen["prompts"]["prefill"] = prefill
+    gen["teacher"]["model"] = str(built("teacher", teacher_id, prefill))
+    if "vllm" in gen["teacher"]:
+        gen["teacher"]["vllm"].update(tensor_parallel_size=1, data_parallel_size=1, max_model_len=512)
+        gen["teacher"]["vllm"].pop("distributed_executor_backend", None)
+    gen["sampling"].update(n=2, max_tokens=64)
+    gen["shard_size"] = 4
+
+    if filt.get("decontaminate", {}).get("enabled"):
+        bench = tmp / "benchmark.jsonl"
+        bench.write_text(json.dumps({"problem": "Find the area of a circle of radius 3 in square units."}) + "\n")
+        filt["decontaminate"]["benchmarks"] = [{"path": str(bench), "column": "problem", "name": "local"}]
+    filt.pop("num_workers", None)
+
+    train["student"]["model"] = str(built("student", student_id))
+    train.update(num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
+                 max_length=256, save_steps=1000, report_to=[])
+    train.pop("accelerate_config", None)
+    train.pop("max_steps", None)
+
+    ev.update(models=["student_after"], tasks=["distillkit_arith"], num_samples=1, max_gen_toks=32, limit=2)
+    for key in ("tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size"):
+        ev.get("model_args", {}).pop(key, None)
+    data["stages"] = ["generate", "filter", "train", "evaluate"]
+    return data, teacher_id, student_id
+
+
+@contextlib.contextmanager
+def served_teacher(data: dict):
+    """An OpenAI-compatible vLLM server over the scripted teacher, for recipes whose teacher is an endpoint."""
+    teacher = data["generate"]["teacher"]
+    if teacher["backend"] != "openai":
+        yield
+        return
+    from distillkit.evaluate.harness import vllm_server
+
+    with vllm_server(teacher["model"], seed=0) as url:
+        teacher["openai"].update(base_url=url + "/v1", model=teacher["model"], max_retries=1)
+        yield
+
+
+@pytest.mark.parametrize("recipe", RECIPES[:-1] if RECIPES[-1].name == "quickstart.yaml" else RECIPES,
+                         ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, built):
+    if recipe.name == "quickstart.yaml":
+        pytest.skip("the quickstart runs its real models (tests/test_cli.py, make quickstart)")
+    from transformers import AutoTokenizer
+
+    from distillkit.config import validate_recipe
+    from distillkit.pipeline import run_pipeline
+    from distillkit.preflight import preflight, raise_on_fatal
+    from distillkit.records import read_records
+    from distillkit.train.data import record_to_messages, tokenize_record
+
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    original = yaml.safe_load(recipe.read_text())
+    data, teacher_id, student_id = shrink(recipe, tmp_path, built)
+    # As shipped (16-32k tokens), the lengths fit the real models' positions (RoPE overrides included).
+    from transformers import AutoConfig
+
+    from distillkit.preflight import check_context
+
+    as_shipped = validate_recipe(original, source=str(recipe))
+    context = check_context(as_shipped, list(as_shipped.stages), AutoConfig.from_pretrained(built("student", student_id)),
+                            AutoConfig.from_pretrained(data["generate"]["teacher"]["model"]))
+    assert [str(f) for f in context] == []
+    with served_teacher(data):
+        cfg = validate_recipe(data, source=str(recipe))
+        findings = preflight(cfg)
+        raise_on_fatal(findings)  # the pair passes preflight as shipped
+        manifests = run_pipeline(cfg)
+    assert set(manifests) == {"generate", "filter", "train", "evaluate"}
+    kept = read_records(cfg.stage_dir("filter"))
+    assert len(kept) >= 1 and all(r["completion"].endswith(COMPLETION.split("</think>")[1]) for r in kept)
+
+    stats = manifests["train"].stats
+    kd_on = original["train"].get("kd", {}).get("enabled", False)
+    assert (stats["kd"] is not None) == kd_on  # KD stays on wherever the recipe has it on
+    if kd_on:
+        assert stats["data"]["num_kd_tokens"] > 0 and stats["data"]["teacher_ids_used"]
+    changes = " ".join(stats["student_init"]["tokenizer_changes"])
+    shares = rt.REAL_MODELS[teacher_id]["config"]["model_type"] == rt.REAL_MODELS[student_id]["config"]["model_type"]
+    assert ("adopted the teacher's special tokens" in changes) == shares
+
+    saved_dir = cfg.stage_dir("train") / "model"
+    saved = AutoTokenizer.from_pretrained(saved_dir)
+    config = json.loads((saved_dir / "config.json").read_text())
+    record = kept[0]
+    topk = len(record["topk_ids"][0]) if kd_on else 0
+    ex = tokenize_record(saved, record, use_teacher_ids=stats["data"]["teacher_ids_used"], topk=topk,
+                         max_length=None)
+    # the chat template saved with the student renders exactly what it was trained on
+    assert saved.decode(ex["input_ids"]) == saved.apply_chat_template(record_to_messages(record), tokenize=False)
+    trained = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
+    text = saved.decode(trained)
+    assert "Two plus three makes five." in text and "</think>" in text  # the reasoning is trained
+    assert trained[-1] == saved.eos_token_id == config["eos_token_id"]  # and the EOS that ends it
+    if kd_on:  # the soft label at </think> is the teacher's distribution over that very token
+        think_end = saved.convert_tokens_to_ids("</think>")
+        at = ex["input_ids"].index(think_end)
+        assert ex["kd_mask"][at] == 1 and ex["kd_ids"][at][0] == think_end
+    results = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())
+    assert "student_after" in json.dumps(results)
