@@ -380,7 +380,8 @@ def load_student(train_cfg, init_dir: str | Path):
     """Load the student from `init_dir` for `train_cfg.method`: returns (model, tokenizer).
 
     full: all weights trainable, fp32 master weights (bf16 autocast comes from the trainer).
-    lora: frozen base + PEFT LoRA adapters on `lora.target_modules`.
+    lora: frozen base (bf16 when training in bf16, else fp32) + PEFT LoRA adapters (fp32) on
+          `lora.target_modules`.
     qlora: base quantized to 4-bit by bitsandbytes (NF4 + double quantization by default), LoRA on top,
            compute in `qlora.compute_dtype`.
     """
@@ -389,6 +390,11 @@ def load_student(train_cfg, init_dir: str | Path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(init_dir)
     method = train_cfg.method
     kwargs = {"dtype": torch.float32}
+    if method == "lora" and resolve_bf16(train_cfg.bf16):
+        # The frozen base only runs forward (and backward through it) under autocast: bf16 weights give the
+        # same compute at half the memory (a 7B LoRA student at 16k tokens: ~46 GiB with an fp32 base,
+        # BENCHMARKS.md "Training memory"). PEFT keeps the trained adapters in fp32.
+        kwargs["dtype"] = torch.bfloat16
     if method == "qlora":
         require("bitsandbytes", "qlora", "train.method=qlora needs bitsandbytes")
         q = train_cfg.qlora

@@ -163,3 +163,18 @@ def test_bf16_null_follows_the_hardware(monkeypatch, cuda, cuda_bf16, cpu_bf16, 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: cpu_bf16)
     assert resolve_bf16(None) is expected
     assert resolve_bf16(False) is False and resolve_bf16(True) is True  # an explicit setting wins
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_lora_base_is_bf16_when_training_in_bf16(tiny_qwen2, bf16):
+    """The frozen base follows train.bf16 (half the memory of an fp32 base); adapters stay fp32."""
+    import torch
+
+    from distillkit.config import RecipeConfig
+    from distillkit.train.student import load_student
+
+    cfg = RecipeConfig.model_validate({"train": {"method": "lora", "bf16": bf16, "lora": {"r": 4}}})
+    model, _ = load_student(cfg.train, tiny_qwen2)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16 if bf16 else torch.float32} and trained == {torch.float32}
