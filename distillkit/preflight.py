@@ -533,7 +533,8 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
             finding, _shared = check_pair(t_tok, fixed, t_config, s_config, subject=pair,
                                           prefill=cfg.generate.prompts.prefill, fix=fix)
             findings.append(replace(finding, subject="teacher/student"))
-            if finding.severity != "error":
+            stored = cfg.train.kd.enabled and cfg.train.kd.teacher_probs != "live"  # labels on the teacher's ids
+            if finding.severity != "error" and stored:
                 findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
         findings += check_context(cfg, stages, s_config, t_config if t_tok is not None else
                                   _config_only(loaded, teacher_spec))

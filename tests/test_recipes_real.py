@@ -6,7 +6,7 @@ Each test takes a recipe under recipes/ and replaces only what this machine cann
   tokenizer, chat template, vocabulary size, context length, RoPE settings, tying and special ids;
 - the prompt and benchmark sources: local files instead of Hub datasets;
 - the sizes and the hardware: 4 prompts x 2 samples of 64 tokens, one epoch at 256 tokens, one GPU's
-  worth of parallelism (no accelerate launch, TP = DP = 1), bf16 where the CPU has it, one evaluated
+  worth of parallelism (one training process, no accelerate launch, TP = DP = 1), bf16 where the CPU has it, one evaluated
   model on a local task.
 Everything else stays as the recipe has it: backend, sampling, top-k soft labels, filters, selection,
 method (QLoRA runs on CPU through bitsandbytes), LoRA settings, KD mode, packing, checkpointing,
@@ -114,7 +114,8 @@ def shrink(recipe: Path, tmp: Path, built) -> tuple[dict, str, str]:
     # slower than fp32 (distillkit.train.student.resolve_bf16); on a GPU or an AVX512-BF16 CPU it is bf16.
     train.update(num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
                  max_length=256, save_steps=1000, report_to=[], bf16=None)
-    train.pop("accelerate_config", None)
+    train.pop("accelerate_config", None)  # FSDP / ZeRO-3 over 8 GPUs: one process here (DDP on CPU is
+    train.pop("num_processes", None)       # tested in tests/train/test_trainer.py)
     train.pop("max_steps", None)
 
     ev.update(models=["student_after"], tasks=["distillkit_arith"], num_samples=1, max_gen_toks=32, limit=2)

@@ -78,38 +78,6 @@ LLAMA3_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\
 # ---------------------------------------------------------------------------------------------------------
 QWEN_BPE_SIZE = 151643  # ids 0..151642 are BPE tokens in every Qwen2/2.5 tokenizer (GGUF: token_type 1)
 
-# DeepSeek-R1-Distill-Qwen: contents at these ids are read from the GGUF (and checked against this table);
-# `special` is from DeepSeek's tokenizer.json: a public copy of DeepSeek-R1-Distill-Qwen-1.5B's tokenizer.json
-# and tokenizer_config.json (via Esperanto/DeepSeek-R1-Distill-Qwen-1.5B-kvc-fp16-onnx) lists <｜User｜>,
-# <｜Assistant｜>, <|EOT|>, <think>, </think>, <tool_call>, </tool_call> and the fim/repo tokens as
-# special=false; a second public test fixture agrees for User/Assistant/think. The GGUF's token_type 3
-# ("control") for <｜User｜> etc. comes from llama.cpp's convert script, which marks any token that *looks*
-# special as control, so it cannot be used for this flag.
-_R1_QWEN_ADDED = [
-    (151643, "<｜end▁of▁sentence｜>", True),
-    (151644, "<｜User｜>", False),
-    (151645, "<｜Assistant｜>", False),
-    (151646, "<｜begin▁of▁sentence｜>", True),
-    (151647, "<|EOT|>", False),
-    (151648, "<think>", False),
-    (151649, "</think>", False),
-    (151650, "<|quad_start|>", True),
-    (151651, "<|quad_end|>", True),
-    (151652, "<|vision_start|>", True),
-    (151653, "<|vision_end|>", True),
-    (151654, "<|vision_pad|>", True),
-    (151655, "<|image_pad|>", True),
-    (151656, "<|video_pad|>", True),
-    (151657, "<tool_call>", False),
-    (151658, "</tool_call>", False),
-    (151659, "<|fim_prefix|>", False),
-    (151660, "<|fim_middle|>", False),
-    (151661, "<|fim_suffix|>", False),
-    (151662, "<|fim_pad|>", False),
-    (151663, "<|repo_name|>", False),
-    (151664, "<|file_sep|>", False),
-]
-
 # Qwen2.5 (all sizes, base/Instruct/Math share them): ids and flags from public copies of Qwen2.5's
 # tokenizer_config.json added_tokens_decoder (e.g. Qwen2.5-0.5B-Instruct's, quoted in several repos) and
 # quicktok's qwen3.special; <tool_call>, </tool_call>, fim and repo tokens are special=false.
@@ -137,6 +105,25 @@ _QWEN25_ADDED = [
     (151663, "<|repo_name|>", False),
     (151664, "<|file_sep|>", False),
 ]
+
+# DeepSeek-R1-Distill-Qwen: contents at these ids are read from the GGUF (and checked against this table);
+# `special` is from DeepSeek's tokenizer.json: a public copy of DeepSeek-R1-Distill-Qwen-1.5B's tokenizer.json
+# and tokenizer_config.json (via Esperanto/DeepSeek-R1-Distill-Qwen-1.5B-kvc-fp16-onnx) lists <｜User｜>,
+# <｜Assistant｜>, <|EOT|>, <think>, </think>, <tool_call>, </tool_call> and the fim/repo tokens as
+# special=false; a second public test fixture agrees for User/Assistant/think. The GGUF's token_type 3
+# ("control") for <｜User｜> etc. comes from llama.cpp's convert script, which marks any token that *looks*
+# special as control, so it cannot be used for this flag.
+# At 151650-151664 both carry Qwen2.5's tokens with the same flags.
+_R1_QWEN_ADDED = [
+    (151643, "<｜end▁of▁sentence｜>", True),
+    (151644, "<｜User｜>", False),
+    (151645, "<｜Assistant｜>", False),
+    (151646, "<｜begin▁of▁sentence｜>", True),
+    (151647, "<|EOT|>", False),
+    (151648, "<think>", False),
+    (151649, "</think>", False),
+] + _QWEN25_ADDED[7:]
+
 # Qwen2.5's additional_special_tokens (tokenizer_config.json / special_tokens_map.json of Qwen2.5 repos).
 _QWEN25_ADDITIONAL_SPECIAL = [content for _, content, special in _QWEN25_ADDED[1:14]]
 

@@ -131,15 +131,13 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     auto = auto_keep(student_cfg.keep_layers)
-    info = None if auto else _link_whole_student(source, copy.deepcopy(chosen), rows, note, original.eos_token_id,
-                                                 tmp, student_cfg)
+    info = None if auto else _link_whole_student(source, copy.deepcopy(chosen), rows, note, tmp, student_cfg)
     if info is None:
         tokenizer = chosen  # unfixed: the fix below may resize the model
         # An auto choice runs the model: in float32 where bf16 is not native (and slow), cast when saved.
         load_dtype = torch.float32 if auto and not resolve_bf16(None) else getattr(torch, dtype)
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype)
         num_layers = model.config.num_hidden_layers
-        old_eos = original.eos_token_id
         set_embedding_rows(model, rows, len(tokenizer))
         choice = None
         if auto:
@@ -154,7 +152,6 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
             keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
         model = prune_layers(model, keep).to(getattr(torch, dtype))
         changes = ([note] if note else []) + fix_tokenizer(tokenizer, model)
-        _keep_old_stop(model.generation_config, old_eos, tokenizer)
         context = apply_context(model.config, student_cfg)
         info = {"num_layers": num_layers, "kept_layers": keep,
                 "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes,
@@ -215,16 +212,6 @@ def set_embedding_rows(model, rows, num_tokens: int) -> None:
         init_rows(head.weight.data, rows)
 
 
-def _keep_old_stop(generation_config, old_eos: int | None, tokenizer) -> None:
-    """A student whose EOS was replaced (end of turn) still stops at its old end of text."""
-    if generation_config is None or old_eos is None or old_eos == tokenizer.eos_token_id:
-        return
-    stops = generation_config.eos_token_id
-    stops = list(stops) if isinstance(stops, list) else [stops]
-    if old_eos not in stops:
-        generation_config.eos_token_id = [*stops, old_eos]
-
-
 def apply_context(config, student_cfg) -> dict:
     """Apply `train.student.rope_theta` / `rope_scaling` / `max_position_embeddings` to a model config;
     returns {"max_position_embeddings": [old, new], "rope": [old, new]} for what changed (the card
@@ -252,8 +239,7 @@ def apply_context(config, student_cfg) -> dict:
     return changes
 
 
-def _link_whole_student(source: str, tokenizer, rows, note: str, old_eos: int | None, tmp: Path,
-                        student_cfg) -> dict | None:
+def _link_whole_student(source: str, tokenizer, rows, note: str, tmp: Path, student_cfg) -> dict | None:
     """student_init without loading the model, when the layers stay: every layer kept, the source a
     folder of safetensors files, and no new token that would grow the embeddings. The weight files are
     hard-linked (symlinked across filesystems) next to the fixed tokenizer and config, so a 32B/70B
@@ -276,6 +262,7 @@ def _link_whole_student(source: str, tokenizer, rows, note: str, old_eos: int | 
         generation = transformers.GenerationConfig.from_pretrained(source)
     except OSError:  # the source has no generation_config.json
         generation = None
+    old_eos = tokenizer.eos_token_id
     changes = fix_tokenizer(tokenizer)
     if len(tokenizer) > config.vocab_size:
         return None  # a new pad token needs a bigger embedding: load, resize, save
@@ -291,8 +278,7 @@ def _link_whole_student(source: str, tokenizer, rows, note: str, old_eos: int | 
             os.symlink(target, tmp / f.name)
     from distillkit.train.tokenizer import update_model_config
 
-    update_model_config(config, generation, tokenizer)
-    _keep_old_stop(generation, old_eos, tokenizer)
+    update_model_config(config, generation, tokenizer, old_eos)
     context = apply_context(config, student_cfg)
     config.save_pretrained(tmp)
     if generation is not None:
