@@ -194,7 +194,7 @@ def test_cli_train_with_a_source_lacking_columns_exits_2(tmp_path, tiny_qwen2, t
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({
         "name": "m", "output_dir": str(tmp_path / "run"), "stages": ["filter", "train"],
-        "train": {"student": {"model": str(tiny_qwen2)}, "sources": [
+        "train": {"student": {"model": str(tiny_qwen2)}, "max_length": 512, "sources": [
             {"path": "stage:filter", "weight": 1},
             {"path": str(tmp_path / "qa.jsonl"), "kind": "non_reasoning", "weight": 1}]}}))
     with pytest.raises(SystemExit) as info:

@@ -49,7 +49,7 @@ def models(tmp_path_factory):
 
 
 def recipe(teacher, student, **overrides) -> RecipeConfig:
-    data = {"generate": {"teacher": {"model": str(teacher)}, "sampling": {"max_tokens": 1024}},
+    data = {"generate": {"teacher": {"model": str(teacher)}, "sampling": {"max_tokens": 1024, "topk_logprobs": 20}},
             "train": {"student": {"model": str(student)}, "max_length": 2048,
                       "kd": {"enabled": True}},
             "evaluate": {"max_gen_toks": 1024}}
