@@ -1,15 +1,20 @@
 """Math verifier: the last `\\boxed{...}` of the answer compared with the gold answer by math-verify.
 
-math-verify (imported only inside worker processes, it takes ~1 s to import) decides equivalence
+math-verify (imported only where a comparison runs, it takes ~1 s to import) decides equivalence
 across forms: 1/2 vs 0.5, 2\\sqrt{2} vs \\sqrt{8}, set order, intervals, `x=3` vs 3, units and
 `\\text{...}` stripped. Comparisons run in a `TimeoutPool` with a per-record wall-clock limit, so a
 pathological expression (sympy expanding 9^{9^{9^{9}}}) costs one worker restart, not the run.
+
+`verify_math_answer(text, gold)` is the same judgement for one answer section in this process (no pool),
+used where one implementation must serve two callers: distillkit's R1 evaluation tasks score with it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -90,21 +95,73 @@ def warm_up() -> None:
     verify(parse("$1$"), parse("$1$"))
 
 
-def compare(gold: str, answer: str) -> tuple[bool, str]:
+def compare(gold: str, answer: str, timeout_s: int | None = None) -> tuple[bool, str]:
     """(equivalent, why-not) for one pair; runs inside a worker process.
 
-    math-verify's own SIGALRM timeouts are switched off: when they fire it returns False quietly,
-    which would read as `wrong_answer`. The pool's outer timeout reports `verify_timeout` instead.
+    math-verify's own SIGALRM timeouts are switched off by default (`timeout_s=None`): when they fire it
+    returns False quietly, which would read as `wrong_answer`. The pool's outer timeout reports
+    `verify_timeout` instead. Callers without a pool pass `timeout_s` (main thread only).
     """
     from math_verify import parse, verify
 
-    gold_parsed = parse(_as_latex(gold), parsing_timeout=None)
+    gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout_s)
     if not gold_parsed:
         return False, "unparsable_gold"
-    answer_parsed = parse(_as_latex(answer), parsing_timeout=None)
+    answer_parsed = parse(_as_latex(answer), parsing_timeout=timeout_s)
     if not answer_parsed:
         return False, "unparsable_answer"
-    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=None)), ""
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=timeout_s)), ""
+
+
+def _answer_or_verdict(answer_section: str, gold: str, fallbacks: Sequence[str]) -> tuple[str, Verdict | None]:
+    """The extracted answer to compare with `gold` (already stripped), or the verdict reached without
+    comparing: no gold, no answer, an empty box."""
+    if not gold:
+        return "", Verdict(None, "no_gold_answer")
+    answer, _how = extract_answer(answer_section, fallbacks)
+    if answer is None:
+        return "", Verdict(False, "no_boxed_answer")
+    if not answer:
+        return "", Verdict(False, "empty_boxed_answer")
+    return answer, None
+
+
+def _comparison_verdict(gold: str, answer: str, ok: bool, why: str) -> Verdict:
+    """The verdict for a finished comparison (`compare`'s result)."""
+    if ok:
+        return Verdict(True, "correct", f"{answer!r} == {gold!r}")
+    if why == "unparsable_gold":
+        return Verdict(None, "unparsable_gold", gold)
+    if why == "unparsable_answer":
+        return Verdict(False, "unparsable_answer", answer)
+    return Verdict(False, "wrong_answer", f"{answer!r} != {gold!r}")
+
+
+@functools.lru_cache(maxsize=65536)
+def _compare_cached(gold: str, answer: str, timeout_s: int | None) -> tuple[bool, str]:
+    # k samples of one question mostly repeat a few answers: each pair is parsed once.
+    return compare(gold, answer, timeout_s)
+
+
+def verify_math_answer(answer_section: str, gold: str, fallbacks: Sequence[str] = (),
+                       timeout_s: int = 5) -> Verdict:
+    """The math verifier's verdict on one final-answer section (the text after `</think>`), in this process.
+
+    Same extraction (last `\\boxed{}`, then `fallbacks`), same comparison and same reasons as
+    `MathVerifier`, without its worker pool. The wall-clock limit is math-verify's own SIGALRM
+    timeout, which works only in the main thread: elsewhere the comparison runs unlimited. A timeout
+    reads as `unparsable_answer`/`wrong_answer` (math-verify gives up quietly), never as correct.
+    """
+    gold = (gold or "").strip()
+    answer, verdict = _answer_or_verdict(answer_section or "", gold, fallbacks)
+    if verdict is not None:
+        return verdict
+    limit = timeout_s if threading.current_thread() is threading.main_thread() else None
+    try:
+        ok, why = _compare_cached(gold, answer, limit)
+    except Exception as e:  # math-verify raised: cannot judge, but never silently pass
+        return Verdict(False, "verify_error", f"{type(e).__name__}: {e}")
+    return _comparison_verdict(gold, answer, ok, why)
 
 
 class MathParams(BaseModel):
@@ -144,15 +201,9 @@ class MathVerifier(Verifier):
         pairs: dict[tuple[str, str], list[int]] = {}  # many samples share an answer: compare each pair once
         for i, rec in enumerate(records):
             gold = (rec.get("gold_answer") or "").strip()
-            if not gold:
-                verdicts[i] = Verdict(None, "no_gold_answer")
-                continue
-            answer, how = extract_answer(answer_text(rec), self.params.fallbacks)
-            if answer is None:
-                verdicts[i] = Verdict(False, "no_boxed_answer")
-                continue
-            if not answer:
-                verdicts[i] = Verdict(False, "empty_boxed_answer")
+            answer, verdict = _answer_or_verdict(answer_text(rec), gold, self.params.fallbacks)
+            if verdict is not None:
+                verdicts[i] = verdict
                 continue
             pairs.setdefault((gold, answer), []).append(i)
         if pairs:
@@ -160,15 +211,7 @@ class MathVerifier(Verifier):
             results = self._get_pool().map(keys)
             for key, res in zip(keys, results):
                 if res.status == "ok":
-                    ok, why = res.value
-                    if ok:
-                        v = Verdict(True, "correct", f"{key[1]!r} == {key[0]!r}")
-                    elif why == "unparsable_gold":
-                        v = Verdict(None, "unparsable_gold", key[0])
-                    elif why == "unparsable_answer":
-                        v = Verdict(False, "unparsable_answer", key[1])
-                    else:
-                        v = Verdict(False, "wrong_answer", f"{key[1]!r} != {key[0]!r}")
+                    v = _comparison_verdict(key[0], key[1], *res.value)
                 elif res.status == "timeout":
                     v = Verdict(False, "verify_timeout", res.error)
                 else:  # math-verify raised or its worker died: cannot judge, but never silently pass
