@@ -136,8 +136,8 @@ def _run_stage(stage: str, args: list[str] | None, overwrite: bool, verbose: boo
 
 
 def _preflight_for(cfg, stages: list[str]) -> None:
-    """Stop before a stage starts when teacher/student tokenizers or templates would break it."""
-    if not any(s in stages for s in ("generate", "train")):
+    """Stop before a stage starts when teacher/student tokenizers or templates, or evaluation tasks, would break it."""
+    if not any(s in stages for s in ("generate", "train", "evaluate")):
         return
     try:
         from distillkit.preflight import preflight, raise_on_fatal
@@ -154,6 +154,14 @@ def _preflight_for(cfg, stages: list[str]) -> None:
 def validate(args: RecipeArgs = None) -> None:
     """Check a recipe: report every mistake (key path, bad value, fix) at once; exit 2 if any."""
     cfg = _load(args)
+    if "evaluate" in cfg.stages:  # a task name or dataset that cannot work fails now, not after training
+        from distillkit.preflight import check_eval_tasks, raise_on_fatal
+
+        findings = check_eval_tasks(cfg.evaluate)
+        for f in findings:
+            if f.severity == "warning":
+                err.print(f"[yellow]warning[/] {f.check}: {f.message} Fix: {f.fix}")
+        raise_on_fatal(findings)
     out.print(f"[green]ok[/]: recipe {cfg.name!r} is valid; stages {cfg.stages}; output {cfg.run_dir}")
 
 

@@ -585,9 +585,12 @@ class TrainConfig(StrictModel):
 class EvaluateConfig(StrictModel):
     models: list[Literal["teacher", "student_before", "student_after"]] = Field(
         default_factory=lambda: ["teacher", "student_before", "student_after"])
-    tasks: list[str] = Field(default_factory=lambda: ["aime24", "minerva_math500"])
-    """lm-eval task names: built-in ones (aime24, hendrycks_math500, gpqa_diamond_cot_zeroshot, ...) or
-    distillkit's local tasks (distillkit_arith, ...)."""
+    tasks: list[str] = Field(default_factory=lambda: ["r1_aime24", "r1_aime25", "r1_math500"])
+    """lm-eval task names. distillkit's R1-protocol tasks (r1_aime24, r1_aime25, r1_math500, r1_gpqa_diamond:
+    R1's zero-shot prompt, the boxed answer read after </think>; GPQA's dataset is gated), its local
+    distillkit_arith, a folder of your own (`include_path`), or lm-eval's built-ins by name (aime24,
+    minerva_math500, ...: written for other prompt formats; a warning names those whose reported metric
+    cannot read a boxed answer)."""
     include_path: Optional[str] = None
     """Extra folder of lm-eval task YAMLs."""
     backend: Literal["vllm", "hf", "local-completions"] = "vllm"

@@ -17,6 +17,8 @@ others are printed as warnings.
     generation_markers  no {% generation %} in the template: TRL's assistant_only_loss cannot mask
     vocab_compat        teacher and student vocabularies differ: token-level KL compares unrelated tokens
     tokenizer_load      the tokenizer (or model config) could not be loaded at all
+    task_name           an evaluate.tasks name no task folder defines: the run would fail after training
+    task_dataset        a task's dataset is gated without access, missing, or lacks the columns it reads
 
 Only tokenizers and model configs are loaded, never weights. For a GGUF model the cached converted
 folder is used when it exists, else the tokenizer and config are read from the GGUF metadata.
@@ -543,10 +545,26 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
             findings.append(soft)
     elif "generate" in stages:
         findings += check_context(cfg, stages, None, _config_only(loaded, teacher_spec))
+    if "evaluate" in stages:
+        findings += check_eval_tasks(cfg.evaluate)
     for f in findings:
         # the caller shows the findings (the CLI prints them once); the debug log keeps a record
         log.debug("preflight %s", f)
     return findings
+
+
+def check_eval_tasks(ecfg) -> list[Finding]:
+    """evaluate.tasks: every name exists and its dataset is readable (gated access, local files, columns),
+    read from the task YAMLs without building a task or loading a model (`distillkit.evaluate.task_checks`)."""
+    try:
+        from distillkit.evaluate.task_checks import check_tasks
+    except ImportError:  # lm-eval not installed: the evaluate stage says which extra to install
+        return []
+    try:
+        results = check_tasks(list(ecfg.tasks), ecfg.include_path)
+    except DistillkitError as e:
+        return [Finding("task_name", "error", str(e), "fix evaluate.include_path", "evaluate")]
+    return [Finding(check, severity, message, fix, "evaluate") for check, severity, message, fix in results]
 
 
 def check_trace_roundtrip(teacher, student, prefill: Optional[str], subject: str, fix: str) -> Finding:

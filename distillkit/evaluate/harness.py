@@ -25,6 +25,8 @@ from distillkit.evaluate.protocol import (
     TaskScore,
     primary_metric,
     r1_gen_kwargs,
+    reads_boxed_answers,
+    reads_reasoning,
     sample_each,
     summarize_samples,
     uses_samples_natively,
@@ -35,8 +37,10 @@ from distillkit.records import atomic_write_text
 log = logging.getLogger(__name__)
 
 LOCAL_TASKS_DIR = Path(__file__).with_name("tasks")
-# R1-style models close their reasoning with this; lm-eval scores only the text after it.
+# R1-style models close their reasoning with this; lm-eval's own tasks score only the text after it.
 THINK_END_TOKEN = "</think>"
+# distillkit's R1-protocol tasks (tasks/r1/): the defaults.
+R1_TASKS = ("r1_aime24", "r1_aime25", "r1_math500", "r1_gpqa_diamond")
 
 
 def local_task_names(include_paths: list[Path]) -> set[str]:
@@ -297,23 +301,71 @@ def _device() -> str:
         return "cpu"
 
 
-def _simple_evaluate(lm_eval, model, model_args, tasks, tm, ecfg, batch_size, device, seed):
-    """`model`: a backend name, or an lm-eval LM instance (then `model_args` are not used)."""
-    backend = model if isinstance(model, str) else None
+def _simple_evaluate(lm_eval, lm, tasks, tm, ecfg, batch_size, device, seed):
     return lm_eval.simple_evaluate(
-        model=_register_completions_backend() if backend == "local-completions" else model,
-        model_args=model_args,
+        model=lm,
         tasks=list(tasks.values()),
         task_manager=tm,
         apply_chat_template=True,
         gen_kwargs=r1_gen_kwargs(ecfg.temperature, ecfg.top_p, ecfg.max_gen_toks),
         limit=ecfg.limit,
         batch_size=batch_size,
-        device=device if backend == "hf" else None,
+        device=device,
         log_samples=True,
         bootstrap_iters=1000,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
+
+
+@contextlib.contextmanager
+def language_model(backend: str, model_path: str, model_args: dict[str, Any], batch_size: Any, device: str, seed: int):
+    """lm-eval's model object for one model under `backend` (a vLLM engine, a started server, or HF weights),
+    created once and used for every task group; released on exit."""
+    if backend == "vllm":
+        with vllm_engine(model_args, batch_size) as lm:
+            yield lm
+        return
+    from lm_eval.api.registry import get_model
+
+    server = contextlib.nullcontext()
+    if backend == "local-completions" and "base_url" not in model_args:
+        server = vllm_server(model_path, seed)
+    with server as url:
+        if url:
+            model_args = {**model_args, "base_url": f"{url}/v1/completions"}
+        name = _register_completions_backend() if backend == "local-completions" else backend
+        lm = get_model(name).create_from_arg_obj(model_args, {"batch_size": batch_size, "device": device})
+        try:
+            yield lm
+        finally:
+            del lm
+            gc.collect()
+
+
+def task_groups(tasks: dict[str, Any], strip_token: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Tasks split by how lm-eval must hand them responses: (think_end_token, tasks).
+
+    lm-eval's own tasks were written for answers only: the model's `think_end_token` cuts R1-style
+    reasoning off before their filters run (and keeps vLLM from stopping at their stop strings inside the
+    reasoning). distillkit's R1 tasks read the reasoning themselves (an unclosed `</think>` is wrong), so
+    they get the raw text. One model, two lm-eval calls when a run mixes both.
+    """
+    raw = {n: t for n, t in tasks.items() if reads_reasoning(t)}
+    stripped = {n: t for n, t in tasks.items() if n not in raw}
+    return [(token, group) for token, group in ((strip_token, stripped), (None, raw)) if group]
+
+
+def warn_unboxed(tasks: dict[str, Any], strip_token: Any) -> list[str]:
+    """Warn for each task whose reported metric scores a boxed, R1-style correct answer as wrong; returns them."""
+    blind = []
+    for name, task in tasks.items():
+        if reads_boxed_answers(task, strip_reasoning=bool(strip_token) and not reads_reasoning(task)) is False:
+            blind.append(name)
+            log.warning("evaluate.tasks: %s scores an R1-style answer (reasoning, </think>, then the gold answer in "
+                        "\\boxed{}) as wrong under its reported metric %r: a distilled model's score there will be "
+                        "near 0 whatever it knows. Use distillkit's R1 tasks (%s) for R1-protocol numbers.",
+                        name, primary_metric(task), ", ".join(R1_TASKS))
+    return blind
 
 
 def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str,
@@ -333,6 +385,9 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
         raise DistillkitError(f"evaluate.tasks: {e.args[0]} (distillkit's local tasks: "
                               f"{sorted(local_task_names([LOCAL_TASKS_DIR]))})") from e
     tasks = loaded["tasks"]
+    model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args))
+    strip_token = model_args.get("think_end_token")
+    warn_unboxed(tasks, strip_token)
     for task in tasks.values():
         if gen_prefix:
             task.set_config("gen_prefix", gen_prefix)
@@ -349,18 +404,15 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
         torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
         if batch_size == "auto":
             batch_size = 32  # lm-eval's automatic search probes memory by trial batches: pointless on CPU
-    model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args))
-    server = contextlib.nullcontext()
-    if backend == "local-completions" and "base_url" not in model_args:
-        server = vllm_server(model_path, seed)
-    elif backend == "vllm":
-        server = vllm_engine(model_args, batch_size)
-    with server as handle:
-        if backend == "local-completions" and handle:
-            model_args["base_url"] = f"{handle}/v1/completions"
-        model = handle if backend == "vllm" else backend
-        results = _simple_evaluate(lm_eval, model, model_args, tasks, tm, ecfg, batch_size, device, seed)
-    samples = results.pop("samples", {}) or {}
+    results: dict[str, dict] = {key: {} for key in ("results", "n-samples", "versions", "samples")}
+    with language_model(backend, model_path, model_args, batch_size, device, seed) as lm:
+        own_token = getattr(lm, "think_end_token", None)  # as the backend parsed it (hf: a digit string -> id)
+        for token, group in task_groups(tasks, strip_token):
+            lm.think_end_token = own_token if token else None
+            out = _simple_evaluate(lm_eval, lm, group, tm, ecfg, batch_size, device if backend == "hf" else None, seed)
+            for key, part in results.items():
+                part.update(out.get(key) or {})
+    samples = results.pop("samples")
     scores: dict[str, TaskScore] = {}
     for name, task in tasks.items():
         task_samples = samples.get(name, [])
@@ -371,5 +423,4 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
     del loaded, tasks
     gc.collect()
     return {"tasks": {n: s.to_dict() for n, s in scores.items()},
-            "lm_eval": json.loads(json.dumps({k: results.get(k) for k in ("results", "n-samples", "versions")},
-                                             default=str))}
+            "lm_eval": json.loads(json.dumps(results, default=str))}

@@ -204,3 +204,53 @@ def uses_samples_natively(task) -> bool:
     """distillkit's own tasks keep all `repeats` responses and score them together."""
     process = task.config.process_results
     return getattr(process, "__name__", "") == "process_math_samples"
+
+
+# ------------------------------------------------------------------ tasks and R1-style answers
+
+
+def reads_reasoning(task) -> bool:
+    """Whether a task scores the whole response itself, `<think>...</think>` included (distillkit's R1 tasks,
+    `metadata: {reads_reasoning: true}`). lm-eval must then hand it the raw text: its `think_end_token`
+    cuts the reasoning off, and a response that never closed it would be scored as if it were the answer."""
+    return bool((task.config.metadata or {}).get("reads_reasoning"))
+
+
+def probe_response(target: str, strip_reasoning: bool) -> str:
+    """An R1-style response whose final answer is `target`, boxed: what a correct distilled student writes."""
+    response = ("<think>\nLet me work this out step by step.\n</think>\n\n"
+                f"The final answer is $\\boxed{{{target}}}$.")
+    return response.split("</think>")[-1].lstrip() if strip_reasoning else response
+
+
+def reads_boxed_answers(task, strip_reasoning: bool) -> bool | None:
+    """Does the task's reported metric give full marks to an R1-style response boxing the gold answer?
+
+    Probed on the task's first question with its own filter pipeline and process_results, exactly as a
+    model's response would be scored. None when it cannot be probed (not generative, no documents, a
+    target that is not a single answer, or the task's code raising on the probe).
+    """
+    from lm_eval.api.instance import Instance
+
+    if task.get_config("output_type") != "generate_until" or not task._filters:
+        return None
+    try:
+        doc = next(iter(task.eval_docs))
+        target = task.doc_to_target(doc)
+        if isinstance(target, list):
+            target = target[0] if len(target) == 1 else None
+        if not isinstance(target, (str, int, float)) or isinstance(target, bool):
+            return None
+        target = str(target).strip()
+        if "####" in target:  # gsm8k-style worked solution: the answer follows the marker
+            target = target.split("####")[-1].strip()
+        inst = Instance(request_type="generate_until", doc=doc, arguments=("", {}), idx=0,
+                        metadata=(task.config.task, 0, 1))
+        inst.resps = [probe_response(target, strip_reasoning)]
+        ensemble = task._filters[0]
+        ensemble.apply([inst])
+        scores = task.process_results(doc, [inst.filtered_resps[ensemble.name]])
+        return float(scores[primary_metric(task)]) >= 1.0
+    except Exception as e:  # noqa: BLE001 - a probe: any failure means "cannot tell"
+        log.debug("could not probe %s with a boxed answer: %r", task.config.task, e)
+        return None

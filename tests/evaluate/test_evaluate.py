@@ -395,7 +395,7 @@ def test_unknown_task_lists_the_local_ones(tmp_path, tiny_qwen2, monkeypatch):
 
 
 def test_every_recipe_names_tasks_lm_eval_knows():
-    """The built-in benchmarks the recipes name (aime24, minerva_math500, ...) are lm-eval task names.
+    """The benchmarks the recipes name are task names lm-eval finds (distillkit's R1 tasks included).
     Their data cannot be fetched offline, but a misspelt name would only fail on the user's GPU."""
     from pathlib import Path
 
@@ -406,9 +406,12 @@ def test_every_recipe_names_tasks_lm_eval_knows():
     from distillkit.evaluate.harness import LOCAL_TASKS_DIR, local_task_names
 
     root = Path(__file__).resolve().parents[2]
-    named = {t for recipe in (root / "recipes").rglob("*.yaml")
-             for t in ((yaml.safe_load(recipe.read_text()) or {}).get("evaluate") or {}).get("tasks") or []}
-    assert {"aime24", "minerva_math500", "gpqa_diamond_cot_zeroshot"} <= named
+    named = set()
+    for recipe in (root / "recipes").rglob("*.yaml"):
+        tasks = ((yaml.safe_load(recipe.read_text()) or {}).get("evaluate") or {}).get("tasks") or []
+        if recipe.parent.name not in ("recipes", "accelerate"):  # every size recipe: R1's table, R1's protocol
+            assert tasks == ["r1_aime24", "r1_aime25", "r1_math500", "r1_gpqa_diamond"], recipe
+        named |= set(tasks)
     named |= set(EvaluateConfig().tasks)  # the default when a recipe names none
     known = set(lm_eval.tasks.TaskManager(include_path=[str(LOCAL_TASKS_DIR)]).all_tasks)
     assert local_task_names([LOCAL_TASKS_DIR]) <= known

@@ -20,6 +20,7 @@ import pytest
 from distillkit.evaluate.harness import LOCAL_TASKS_DIR
 
 R1_DIR = LOCAL_TASKS_DIR / "r1"
+LM_EVAL_YAMLS = {"minerva_math500": "minerva_math/minerva_math500.yaml", "aime24": "aime/aime24.yaml"}
 R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # DeepSeek-R1 README
 K = 3  # samples per question in the lm-eval run
 
@@ -32,6 +33,7 @@ def _load_utils():
 
 
 utils = _load_utils()
+LM_EVAL_TASKS = Path(importlib.util.find_spec("lm_eval.tasks").origin).parent
 
 # ------------------------------------------------------------------------ fixture rows, Hub layouts
 
@@ -137,8 +139,14 @@ def fixture_tasks(tmp_path_factory) -> Path:
         writer.writerows(GPQA_ROWS)
     sources = {"r1_aime24": ("parquet", "aime24.parquet", "train"), "r1_aime25": ("parquet", "aime25.parquet", "train"),
                "r1_math500": ("json", "math500.jsonl", "test"), "r1_gpqa_diamond": ("csv", "gpqa_diamond.csv", "train")}
+    # lm-eval's own tasks on the same fixtures (aime24 reads Maxwell-Jia/AIME_2024: ID, Problem, Solution, Answer)
+    datasets.Dataset.from_list([{"ID": f"2024-I-{r['id']}", "Problem": r["problem"], "Solution": r["solution"],
+                                 "Answer": int(r["answer"])} for r in AIME24_ROWS]).to_parquet(folder / "aime24_mj.parquet")
+    sources["minerva_math500"] = ("json", "math500.jsonl", "test")
+    sources["aime24"] = ("parquet", "aime24_mj.parquet", "train")
     for task, (builder, data, split) in sources.items():
-        override = {"include": str(R1_DIR / f"{task}.yaml"), "task": task, "dataset_path": builder,
+        shipped = R1_DIR / f"{task}.yaml" if task.startswith("r1_") else LM_EVAL_TASKS / LM_EVAL_YAMLS[task]
+        override = {"include": str(shipped), "task": task, "dataset_path": builder,
                     "dataset_name": None,
                     "dataset_kwargs": {"data_files": {split: str(folder / data)}, "cache_dir": str(folder / "cache")}}
         (folder / "yamls").mkdir(exist_ok=True)
@@ -430,3 +438,42 @@ def test_pass_at_1_and_pass_at_k_over_k_samples(scripted_run, tasks, name):
     closed = [fmean("</think>" in r for r in responses) for (t, _i), (responses, _r) in sorted(SCRIPT.items())
               if t == name]
     assert results["results"][name][f"reasoning_closed,{score.filter}"] == pytest.approx(fmean(closed))
+
+
+# --------------------------------------------------------- how the harness hands tasks their responses
+
+
+@pytest.fixture(scope="module")
+def builtin_tasks(task_manager):
+    """lm-eval's own minerva_math500 and aime24, on the same fixture questions."""
+    return task_manager.load(["minerva_math500", "aime24"])["tasks"]
+
+
+def test_r1_tasks_get_raw_responses_and_lm_evals_get_the_answer_only(tasks, builtin_tasks):
+    from distillkit.evaluate.harness import task_groups
+
+    groups = task_groups({**builtin_tasks, **tasks}, "</think>")
+    assert [(token, sorted(group)) for token, group in groups] == [
+        ("</think>", ["aime24", "minerva_math500"]),
+        (None, ["r1_aime24", "r1_aime25", "r1_gpqa_diamond", "r1_math500"])]
+    assert task_groups(tasks, "</think>") == [(None, tasks)]  # one lm-eval call when all are R1 tasks
+    # a user who sets think_end_token=None in evaluate.model_args gets lm-eval's tasks unstripped too
+    assert [t for t, _ in task_groups({**builtin_tasks, **tasks}, None)] == [None, None]
+
+
+def test_tasks_that_cannot_read_a_boxed_answer_are_named(task_manager, builtin_tasks, caplog):
+    """The probe scores "<think>..</think> The final answer is $\\boxed{gold}$." with each task's own code."""
+    from distillkit.evaluate.harness import R1_TASKS, warn_unboxed
+    from distillkit.evaluate.protocol import reads_boxed_answers
+
+    tasks = task_manager.load(list(R1_TASKS))["tasks"]  # as loaded, before the evaluate stage wraps them
+
+    # minerva_math500 reports exact_match, which wants "Final Answer: The final answer is X. I hope it is
+    # correct."; aime24 reads the last \boxed{}; the R1 tasks read the box after </think>
+    assert reads_boxed_answers(builtin_tasks["minerva_math500"], strip_reasoning=True) is False
+    assert reads_boxed_answers(builtin_tasks["aime24"], strip_reasoning=True) is True
+    for name, task in tasks.items():
+        assert reads_boxed_answers(task, strip_reasoning=False) is True, name
+    with caplog.at_level("WARNING"):
+        assert warn_unboxed({**builtin_tasks, **tasks}, "</think>") == ["minerva_math500"]
+    assert "minerva_math500 scores an R1-style answer" in caplog.text and "'exact_match'" in caplog.text
