@@ -368,6 +368,38 @@ def warn_unboxed(tasks: dict[str, Any], strip_token: Any) -> list[str]:
     return blind
 
 
+def describe_task(task, strip_token: Any) -> dict[str, Any]:
+    """What a task's numbers mean: version, data, shots, prompt and answer extraction (card, comparison.md).
+
+    distillkit's tasks say it in their metadata (`prompt`, `extraction`); lm-eval's are named as its own,
+    with the metric and filter reported and how the reasoning reached them."""
+    cfg = task.config
+    meta = cfg.metadata or {}
+    source = str(meta.get("config_source") or "")
+    own = source.startswith(str(LOCAL_TASKS_DIR))
+    if reads_reasoning(task):
+        reasoning = "the raw response (no </think>: wrong)"
+    elif strip_token:
+        reasoning = f"the text after {strip_token} (lm-eval think_end_token; the whole response when unclosed)"
+    else:
+        reasoning = "the whole response, reasoning included"
+    metric = primary_metric(task)
+    filters = [f.name for f in getattr(task, "_filters", [])]
+    return {
+        "version": meta.get("version"),
+        "source": "distillkit" if own else ("lm-eval" if "lm_eval" in source else (source or "lm-eval")),
+        "dataset": cfg.dataset_path or ("custom" if cfg.custom_dataset else None),
+        "dataset_config": cfg.dataset_name,
+        "split": cfg.test_split or cfg.validation_split,
+        "num_fewshot": cfg.num_fewshot or 0,
+        "prompt": meta.get("prompt") or "lm-eval's own prompt",
+        "extraction": meta.get("extraction") or (f"lm-eval's own: metric {metric}"
+                                                 + (f", filter {filters[0]}" if filters else "")),
+        "scored_text": reasoning,
+        "metric": metric,
+    }
+
+
 def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str,
                    gen_prefix: str | None = None) -> dict[str, Any]:
     """Evaluate one model on `ecfg.tasks` under the R1 protocol; logged samples go to `samples_dir/<task>.jsonl`.
@@ -375,7 +407,8 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
     `gen_prefix` (e.g. "<think>\\n") starts every answer, as lm-eval's task option of that name: the
     chat is rendered with a final assistant message holding it, continued by the model.
 
-    Returns {"tasks": {task: TaskScore dict}, "lm_eval": lm-eval's aggregated results}.
+    Returns {"tasks": {task: TaskScore dict}, "task_info": {task: describe_task()}, "lm_eval": lm-eval's
+    aggregated results}.
     """
     lm_eval = require("lm_eval", "eval", "evaluation needs lm-eval")
     tm = make_task_manager(ecfg.tasks, ecfg.include_path)
@@ -388,6 +421,7 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
     model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args))
     strip_token = model_args.get("think_end_token")
     warn_unboxed(tasks, strip_token)
+    info = {name: describe_task(task, strip_token) for name, task in tasks.items()}
     for task in tasks.values():
         if gen_prefix:
             task.set_config("gen_prefix", gen_prefix)
@@ -422,5 +456,5 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
         scores[name] = summarize_samples(name, task_samples, primary_metric(task))
     del loaded, tasks
     gc.collect()
-    return {"tasks": {n: s.to_dict() for n, s in scores.items()},
+    return {"tasks": {n: s.to_dict() for n, s in scores.items()}, "task_info": info,
             "lm_eval": json.loads(json.dumps(results, default=str))}

@@ -103,7 +103,24 @@ def comparison_markdown(results: dict[str, Any]) -> str:
                   "in hindsight): " + "; ".join(f"{t} {100 * b['pass_at_1']:.1f} (answer {b['answer']!r})"
                                                 for t, b in baselines.items())]
     lines += ["", "Models:"] + [f"- {MODEL_LABELS[m]}: `{results['models'][m]['model']}`" for m in models]
+    lines += task_lines(proto.get("task_info") or {})
     return "\n".join(lines) + "\n"
+
+
+def task_lines(task_info: dict[str, Any]) -> list[str]:
+    """"Tasks:" and one line per task: version, data, shots, prompt, what was scored and how (Markdown)."""
+    if not task_info:
+        return []
+    lines = ["", "Tasks (two runs' numbers compare only where these lines are equal):"]
+    for name, t in task_info.items():
+        data = t.get("dataset") or "?"
+        if t.get("dataset_config") and t["dataset_config"] != "default":
+            data += f" ({t['dataset_config']})"
+        if t.get("split"):
+            data += f", split {t['split']}"
+        lines.append(f"- `{name}` v{t.get('version')} ({t.get('source')}): {data}; {t.get('num_fewshot', 0)}-shot; "
+                     f"prompt: {t.get('prompt')}; scored on {t.get('scored_text')}; answer: {t.get('extraction')}")
+    return lines
 
 
 def constant_baselines(folder: Path, model_keys: list[str], tasks: list[str]) -> dict[str, Any]:
@@ -158,6 +175,7 @@ def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
         result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend, gen_prefix=gen_prefix)
         models[key] = {"model": path, **result}
         atomic_write_json(done, models[key])
+    protocol["task_info"] = next((m["task_info"] for m in models.values() if m.get("task_info")), {})
     results = {"protocol": protocol, "models": models, "baselines": constant_baselines(folder, list(models), ecfg.tasks)}
     atomic_write_json(folder / "results.json", results)
     atomic_write_text(folder / "comparison.md", comparison_markdown(results))

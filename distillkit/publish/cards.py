@@ -20,6 +20,7 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
+from distillkit.evaluate.stage import task_lines
 from distillkit.records import Manifest
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
         num_samples=proto.get("num_samples", e.num_samples), temperature=proto.get("temperature", e.temperature),
         top_p=proto.get("top_p", e.top_p), max_gen_toks=proto.get("max_gen_toks", e.max_gen_toks),
         backend=proto.get("backend", e.backend), eval_table=_eval_table(results),
+        task_lines="\n".join(task_lines(proto.get("task_info") or {})),
         gen_prefix_note=(f", answers forced to start with `{proto['gen_prefix'].strip()}`"
                          if proto.get("gen_prefix") else ""),
         dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, mixture=mixture, training_rows=rows,

@@ -124,3 +124,12 @@ def test_real_smollm2_through_the_r1_task(r1_run):
     results = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())["models"]["student_before"]
     assert results["tasks"]["r1_math500"]["pass_at_1"] == pytest.approx(fmean(per_question))
     assert results["lm_eval"]["results"]["r1_math500"]["reasoning_closed,none"] == pytest.approx(fmean(closed))
+
+
+def test_comparison_names_each_tasks_version_prompt_and_extraction(r1_run):
+    cfg, _, _ = r1_run
+    text = (cfg.stage_dir("evaluate") / "comparison.md").read_text()
+    [r1] = [line for line in text.splitlines() if line.startswith("- `r1_math500` v1.0")]
+    assert "0-shot; prompt: zero-shot, R1 user turn" in r1 and "scored on the raw response (no </think>: wrong)" in r1
+    [arith] = [line for line in text.splitlines() if line.startswith("- `distillkit_arith` v1.0 (distillkit)")]
+    assert "scored on the text after </think> (lm-eval think_end_token" in arith

@@ -477,3 +477,21 @@ def test_tasks_that_cannot_read_a_boxed_answer_are_named(task_manager, builtin_t
     with caplog.at_level("WARNING"):
         assert warn_unboxed({**builtin_tasks, **tasks}, "</think>") == ["minerva_math500"]
     assert "minerva_math500 scores an R1-style answer" in caplog.text and "'exact_match'" in caplog.text
+
+
+def test_task_description_names_version_data_prompt_and_extraction(task_manager, builtin_tasks):
+    from distillkit.evaluate.harness import describe_task
+    from distillkit.evaluate.stage import task_lines
+
+    r1 = task_manager.load(["r1_gpqa_diamond"])["tasks"]["r1_gpqa_diamond"]
+    info = describe_task(r1, "</think>")
+    assert (info["version"], info["num_fewshot"], info["metric"]) == (1.0, 0, "pass@1")
+    assert "shuffled by a hash of Record ID" in info["prompt"] and "last \\boxed{}" in info["extraction"]
+    assert info["scored_text"] == "the raw response (no </think>: wrong)"
+    builtin = describe_task(builtin_tasks["minerva_math500"], "</think>")
+    assert builtin["extraction"].startswith("lm-eval's own: metric exact_match")
+    assert builtin["scored_text"].startswith("the text after </think>") and builtin["source"] == str(
+        task_manager.task_index["minerva_math500"].yaml_path)  # the fixture override here; lm-eval's path for users
+    [_, _, line] = task_lines({"r1_gpqa_diamond": info})
+    assert line.startswith("- `r1_gpqa_diamond` v1.0 (")
+    assert "split train; 0-shot; prompt: zero-shot, R1 user turn" in line

@@ -236,3 +236,17 @@ def test_model_card_records_adopted_tokens_and_context_override(run_cfg):
     assert "| context override | rope_theta=300000.0, max_position_embeddings=32768 |" in text
     assert "151649 `<|box_end|>` -> `</think>` (mean of 3 student token embeddings)" in text
     assert "context was extended before training" in text
+
+
+def test_model_card_names_each_tasks_version_prompt_and_extraction(run_cfg):
+    """The card carries what the evaluate stage records per task (harness.describe_task on the real task)."""
+    from distillkit.evaluate.harness import describe_task, make_task_manager
+
+    task = make_task_manager(["distillkit_arith"]).load(["distillkit_arith"])["tasks"]["distillkit_arith"]
+    results = cards.load_eval_results(run_cfg)
+    results["protocol"]["task_info"] = {"distillkit_arith": describe_task(task, "</think>")}
+    card = cards.render_model_card(run_cfg, results=results)
+    [line] = [x for x in card.text.splitlines() if x.startswith("- `distillkit_arith` v1.0 (distillkit)")]
+    assert "custom, split test; 0-shot; prompt: one worked example" in line
+    assert "scored on the text after </think>" in line and "answer: text after </think> when closed" in line
+    cards.validate_model_card(str(card), expected_eval=1)
