@@ -838,21 +838,3 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: list[str] | 
         data = apply_overrides(data, overrides)
     return validate_recipe(data, source=str(path))
 
-
-# Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
-# `train.resume=true` continues the same run instead of being refused as a different config.
-_NOT_HASHED = {"filter": {"num_workers"}, "train": {"resume", "report_to", "logging_steps"}}
-
-
-def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
-    """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
-    from distillkit.records import stable_hash
-
-    upto = STAGES[: STAGES.index(stage) + 1]
-    content = {s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s)) for s in upto}
-    if "train" in upto and cfg.train.sources:
-        # the training data, not only its path: an edited local file retrains
-        from distillkit.train.mixture import source_digest
-
-        content["train_source_content"] = [source_digest(s) for s in cfg.train.sources]
-    return stable_hash(content | {"seed": cfg.seed})

@@ -1,4 +1,5 @@
-"""The pipeline: stage name -> stage function, and `run_pipeline` that skips stages already done.
+"""The pipeline: stage name -> stage function, each stage's config hash, and `run_pipeline` that skips
+stages already done.
 
 Each stage is a plain function `run_<stage>(cfg, overwrite=False, **kw) -> Manifest` in
 `distillkit/<stage>/stage.py`, imported only when it runs (torch, vllm and lm_eval stay unloaded
@@ -11,11 +12,27 @@ import importlib
 import logging
 from collections.abc import Callable
 
-from distillkit.config import STAGES, RecipeConfig, stage_config_hash
+from distillkit.config import STAGES, RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.records import Manifest, read_manifest
+from distillkit.records import Manifest, content_digest, read_manifest, stable_hash
 
 log = logging.getLogger(__name__)
+
+# Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
+# `train.resume=true` continues the same run instead of being refused as a different config.
+_NOT_HASHED = {"filter": {"num_workers"}, "train": {"resume", "report_to", "logging_steps"}}
+
+
+def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
+    """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
+    upto = STAGES[: STAGES.index(stage) + 1]
+    content = {s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s)) for s in upto}
+    if "train" in upto and cfg.train.sources:
+        # the training data, not only its path: an edited local file retrains (stage outputs and Hub datasets
+        # are named by their config; a missing path fails later with a clear error)
+        content["train_source_content"] = [None if s.is_stage else content_digest(s.path) for s in cfg.train.sources]
+    return stable_hash(content | {"seed": cfg.seed})
+
 
 STAGE_FUNCTIONS = {
     "generate": "distillkit.generate.stage:run_generate",

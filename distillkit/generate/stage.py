@@ -18,10 +18,11 @@ import os
 import time
 from pathlib import Path
 
-from distillkit.config import RecipeConfig, stage_config_hash
+from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
 from distillkit.generate.backends import Backend, GenRequest, PromptResult, apply_stop, make_backend, prompt_seed
 from distillkit.generate.prompts import Prompt, load_prompts, render_prompt
+from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, list_shards, make_record, record_features, split_reasoning
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ and its leaderboard read (license, base_model, datasets, model-index). The Hub c
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
+from distillkit.evaluate.results import EvalResults
 from distillkit.evaluate.stage import task_lines
 from distillkit.records import Manifest
 
@@ -59,37 +59,32 @@ def _pct(x: float | None) -> str:
 # ----------------------------------------------------------------------------------------- model card
 
 
-def eval_results_for(results: dict[str, Any] | None, model_key: str = "student_after") -> list:
+def eval_results_for(results: EvalResults | None, model_key: str = "student_after") -> list:
     """model-index entries (huggingface_hub EvalResult) of one evaluated model: pass@1 in % per task."""
     from huggingface_hub import EvalResult
 
-    if not results or model_key not in results.get("models", {}):
+    if not results or model_key not in results.models:
         return []
-    proto = results["protocol"]
-    out = []
-    for task, score in results["models"][model_key]["tasks"].items():
-        out.append(EvalResult(
-            task_type="text-generation", task_name="Text Generation",
-            dataset_type=task, dataset_name=task,
-            metric_type="pass@1", metric_value=round(100 * score["pass_at_1"], 2),
-            metric_name=f"pass@1 (%), k={proto['num_samples']}, T={proto['temperature']}, top-p={proto['top_p']}",
-        ))
-    return out
+    proto = results.protocol
+    return [EvalResult(
+        task_type="text-generation", task_name="Text Generation",
+        dataset_type=task, dataset_name=task,
+        metric_type="pass@1", metric_value=round(100 * score.pass_at_1, 2),
+        metric_name=f"pass@1 (%), k={proto.num_samples}, T={proto.temperature}, top-p={proto.top_p}",
+    ) for task, score in results.models[model_key].tasks.items()]
 
 
-def _eval_table(results: dict[str, Any] | None) -> str:
+def _eval_table(results: EvalResults | None) -> str:
     if not results:
         return "Not evaluated."
     labels = {"teacher": "teacher", "student_before": "student before training", "student_after": "this model"}
-    models = [m for m in labels if m in results["models"]]
-    tasks = list(dict.fromkeys(t for m in models for t in results["models"][m]["tasks"]))
+    models = [m for m in results.model_keys() if m in labels]
     lines = ["| task | " + " | ".join(labels[m] for m in models) + " |", "|---|" + "---|" * len(models)]
-    for task in tasks:
-        cells = []
-        for m in models:
-            s = results["models"][m]["tasks"].get(task)
-            cells.append("–" if not s else _pct(s["pass_at_1"]) + (f" ± {_pct(s['stderr'])}" if s["stderr"] is not None else ""))
-        n = next(results["models"][m]["tasks"][task]["num_questions"] for m in models if task in results["models"][m]["tasks"])
+    for task in results.task_names():
+        scores = [results.score(m, task) for m in models]
+        cells = ["–" if not s else _pct(s.pass_at_1) + (f" ± {_pct(s.stderr)}" if s.stderr is not None else "")
+                 for s in scores]
+        n = next(s.num_questions for s in scores if s)
         lines.append(f"| {task} ({n} questions) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -110,7 +105,7 @@ def _mixture_rows(train_manifest: Manifest | None) -> list[dict[str, Any]]:
             for name, part in mixture.items()]
 
 
-def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, repo_id: str | None = None,
+def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, repo_id: str | None = None,
                       files_summary: str = "", train_manifest: Manifest | None = None,
                       filter_manifest: Manifest | None = None):
     """The student's model card (huggingface_hub ModelCard), metadata and text."""
@@ -165,18 +160,19 @@ def render_model_card(cfg: RecipeConfig, results: dict[str, Any] | None = None, 
         library_name="transformers", pipeline_tag="text-generation",
         model_name=repo_id.split("/")[-1], eval_results=eval_results_for(results) or None,
     )
-    proto = (results or {}).get("protocol", {})
+    proto = results.protocol if results else None
     e = cfg.evaluate
     return ModelCard.from_template(
         data, template_path=str(MODEL_TEMPLATE),
         model_name=repo_id.split("/")[-1], repo_id=repo_id, teacher=teacher,
         student=base or t.student.model, method_summary=method_summary,
-        num_samples=proto.get("num_samples", e.num_samples), temperature=proto.get("temperature", e.temperature),
-        top_p=proto.get("top_p", e.top_p), max_gen_toks=proto.get("max_gen_toks", e.max_gen_toks),
-        backend=proto.get("backend", e.backend), eval_table=_eval_table(results),
-        task_lines="\n".join(task_lines(proto.get("task_info") or {})),
-        gen_prefix_note=(f", answers forced to start with `{proto['gen_prefix'].strip()}`"
-                         if proto.get("gen_prefix") else ""),
+        num_samples=proto.num_samples if proto else e.num_samples,
+        temperature=proto.temperature if proto else e.temperature,
+        top_p=proto.top_p if proto else e.top_p, max_gen_toks=proto.max_gen_toks if proto else e.max_gen_toks,
+        backend=proto.backend if proto else e.backend, eval_table=_eval_table(results),
+        task_lines="\n".join(task_lines(proto.task_info) if proto else []),
+        gen_prefix_note=(f", answers forced to start with `{proto.gen_prefix.strip()}`"
+                         if proto and proto.gen_prefix else ""),
         dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, mixture=mixture, training_rows=rows,
         files_summary=files_summary, limitations=limitations,
     )
@@ -304,6 +300,6 @@ def validate_dataset_card(text: str, folder: Path | None = None) -> Any:
     return card
 
 
-def load_eval_results(cfg: RecipeConfig) -> dict[str, Any] | None:
-    path = cfg.stage_dir("evaluate") / "results.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def load_eval_results(cfg: RecipeConfig) -> EvalResults | None:
+    """The evaluate stage's results of this run (None before it ran), read through its schema."""
+    return EvalResults.read(cfg.stage_dir("evaluate"))

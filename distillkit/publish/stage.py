@@ -19,8 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
-from distillkit.config import RecipeConfig, stage_config_hash
+from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
+from distillkit.pipeline import stage_config_hash
 from distillkit.publish import cards
 from distillkit.records import MANIFEST, STATE, Manifest, StageOutput, atomic_write_text, list_shards, read_manifest
 
@@ -98,7 +99,7 @@ def build_model_folder(cfg: RecipeConfig, dest: Path) -> list[str]:
     card = cards.render_model_card(cfg, results=results, files_summary=summary,
                                    train_manifest=read_manifest(cfg.stage_dir("train")),
                                    filter_manifest=read_manifest(cfg.stage_dir("filter")))
-    expected = len(results["models"]["student_after"]["tasks"]) if results and "student_after" in results["models"] else 0
+    expected = len(results.models["student_after"].tasks) if results and "student_after" in results.models else 0
     cards.validate_model_card(str(card), expected_eval=expected)
     atomic_write_text(dest / "README.md", str(card))
     return sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())

@@ -3,9 +3,9 @@
 `distillkit train` with `train.accelerate_config` or `train.num_processes > 1` writes the validated
 recipe to `<run>/train/launch_recipe.json` and runs
 
-    accelerate launch [--config_file CFG] [--num_processes N] -m distillkit.train.launch RECIPE [--overwrite]
+    accelerate launch [--config_file CFG] [--num_processes N] -m distillkit.train RECIPE [--overwrite]
 
-Each process then runs `run_train` itself; Trainer/accelerate set up the process group from the
+Each process then runs `run_train` itself (`distillkit/train/__main__.py`; this module imports no stage code); Trainer/accelerate set up the process group from the
 environment torchrun provides. On a machine without CUDA the processes use gloo on CPU: accelerate's
 own CPU launcher needs `mpirun`, so distillkit launches with `--multi_gpu` (plain torchrun) and the
 trainer asks for the CPU (`use_cpu=True`), which makes accelerate pick MULTI_CPU with gloo.
@@ -52,7 +52,7 @@ def launch_command(train_cfg, recipe_path: str | os.PathLike, overwrite: bool, p
         cmd += ["--num_processes", str(train_cfg.num_processes)]
     if port is not None:
         cmd += ["--main_process_port", str(port)]
-    cmd += ["-m", "distillkit.train.launch", str(recipe_path)]
+    cmd += ["-m", "distillkit.train", str(recipe_path)]
     if overwrite:
         cmd.append("--overwrite")
     return cmd
@@ -85,23 +85,3 @@ def launch(cfg, overwrite: bool = False):
     if manifest is None:
         raise DistillkitError(f"distributed training finished without writing {out}/manifest.json")
     return manifest
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of each launched process."""
-    import argparse
-
-    from distillkit.config import RecipeConfig
-    from distillkit.train.stage import run_train
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="recipe JSON written by distillkit.train.launch.launch")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = RecipeConfig.model_validate_json(Path(args.recipe).read_text())
-    run_train(cfg, overwrite=args.overwrite)
-
-
-if __name__ == "__main__":
-    main()

@@ -298,33 +298,18 @@ def load_sources(cfg: RecipeConfig) -> list[tuple[MixtureSourceConfig, Any]]:
 
 def source_input(source: MixtureSourceConfig, cfg: RecipeConfig) -> tuple[str, str]:
     """(where, what) for the train manifest's `inputs`: a stage folder and its config hash, or the source."""
-    from distillkit.records import read_manifest
+    from distillkit.records import content_digest, read_manifest
 
     if source.is_stage:
         folder = cfg.stage_dir(source.path.removeprefix("stage:"))
     elif not source.is_file and Path(source.path).expanduser().is_dir():
         folder = Path(source.path).expanduser()
     elif source.is_file:
-        return source.path, source_digest(source) or "missing"
+        return source.path, content_digest(source.path) or "missing"
     else:
         return source.path, f"hub:{source.config or 'default'}/{source.split}"
     manifest = read_manifest(folder)
     return str(folder), manifest.config_hash if manifest else "unknown"
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def source_digest(source: MixtureSourceConfig) -> str | None:
-    """What a source's content hashes to, for the stage hash: a local file's sha256, a local folder's
-    manifest hash and shard sizes; None for stage outputs (their config is hashed upstream), Hub datasets
-    (named by path, config and split) and missing paths (loading them fails with a clear error)."""
-    import hashlib
-
-    from distillkit.records import list_shards, read_manifest
-
-    if source.is_stage:
-        return None
     path = Path(source.path).expanduser()
     if source.is_file and path.is_file():
         st = path.stat()

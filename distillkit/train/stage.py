@@ -19,8 +19,9 @@ import shutil
 import time
 from pathlib import Path
 
-from distillkit.config import RecipeConfig, stage_config_hash
+from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
+from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, read_manifest, read_records
 
 log = logging.getLogger(__name__)

@@ -65,8 +65,10 @@ def test_summarize_samples_picks_the_filter_and_rejects_missing_metric():
 
 
 def test_paired_difference():
-    before = TaskScore("t", "pass@1", "f", 3, 4, 0.25, None, None, {"0": 0.0, "1": 0.25, "2": 0.5})
-    after = TaskScore("t", "pass@1", "f", 3, 4, 0.5, None, None, {"0": 0.25, "1": 0.5, "2": 0.75, "9": 1.0})
+    common = {"task": "t", "metric": "pass@1", "filter": "f", "num_questions": 3, "num_samples": 4, "stderr": None,
+              "pass_at_k": None}
+    before = TaskScore(**common, pass_at_1=0.25, per_question={"0": 0.0, "1": 0.25, "2": 0.5})
+    after = TaskScore(**common, pass_at_1=0.5, per_question={"0": 0.25, "1": 0.5, "2": 0.75, "9": 1.0})
     diff, se, n = paired_difference(after, before)
     assert (diff, se, n) == (pytest.approx(0.25), pytest.approx(0.0), 3)  # question 9 is unpaired
 

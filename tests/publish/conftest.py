@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distillkit.config import validate_recipe
-from distillkit.records import StageOutput, atomic_write_json, make_record, record_features
+from distillkit.records import StageOutput, make_record, record_features
 
 FUNNEL = [
     {"step": "input", "in": 8, "rejected": 0, "out": 8},
@@ -52,18 +52,19 @@ def make_run(root: Path, model_dir: Path, **publish) -> object:
     tr = StageOutput(train, "train", "t")
     tr.begin()
     tr.finish(stats={"tokens_seen": 12345, "tokens_per_s": 390.0, "train_seconds": 31.7, "final_train_loss": 0.52})
-    score = {"metric": "pass@1", "filter": "all_samples", "num_questions": 100, "num_samples": 4,
-             "pass_at_k": 0.3, "per_question": {}}
-    atomic_write_json(cfg.stage_dir("evaluate") / "results.json", {
-        "protocol": {"backend": "hf", "num_samples": 4, "temperature": 0.6, "top_p": 0.95, "max_gen_toks": 64},
-        "models": {
-            "teacher": {"model": "t", "tasks": {"distillkit_arith": {**score, "task": "distillkit_arith",
-                                                                      "pass_at_1": 0.15, "stderr": 0.03}}},
-            "student_before": {"model": "b", "tasks": {"distillkit_arith": {**score, "task": "distillkit_arith",
-                                                                             "pass_at_1": 0.05, "stderr": 0.02}}},
-            "student_after": {"model": "a", "tasks": {"distillkit_arith": {**score, "task": "distillkit_arith",
-                                                                            "pass_at_1": 0.1425, "stderr": 0.031}}},
-        }})
+    from distillkit.evaluate.results import EvalResults, ModelResult, Protocol, TaskScore
+
+    def score(pass_at_1, stderr):
+        return TaskScore(task="distillkit_arith", metric="pass@1", filter="all_samples", num_questions=100,
+                         num_samples=4, pass_at_1=pass_at_1, stderr=stderr, pass_at_k=0.3)
+
+    # written by the evaluate stage's own schema, as the stage writes it
+    EvalResults(
+        protocol=Protocol(backend="hf", num_samples=4, temperature=0.6, top_p=0.95, max_gen_toks=64),
+        models={key: ModelResult(model=path, tasks={"distillkit_arith": score(p, se)})
+                for key, path, p, se in [("teacher", "t", 0.15, 0.03), ("student_before", "b", 0.05, 0.02),
+                                         ("student_after", "a", 0.1425, 0.031)]},
+    ).write(cfg.stage_dir("evaluate") / "results.json")
     (cfg.stage_dir("evaluate") / "comparison.md").write_text("| task | ... |\n")
     return cfg
 

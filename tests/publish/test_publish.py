@@ -39,7 +39,7 @@ def test_model_card_metadata_round_trips(run_cfg):
     assert "| distillkit_arith (100 questions) | 15.0 ± 3.0 | 5.0 ± 2.0 | 14.2 ± 3.1 |" in card.text
     assert "4 samples per question at\ntemperature 0.6 and top-p 0.95" in card.text
     results = cards.load_eval_results(run_cfg)
-    results["protocol"]["gen_prefix"] = "<think>\n"
+    results.protocol.gen_prefix = "<think>\n"
     assert "chat template applied, answers forced to start with `<think>`, 4 samples" in \
         str(cards.render_model_card(run_cfg, results=results).text).replace("\n", " ")
 
@@ -244,7 +244,7 @@ def test_model_card_names_each_tasks_version_prompt_and_extraction(run_cfg):
 
     task = make_task_manager(["distillkit_arith"]).load(["distillkit_arith"])["tasks"]["distillkit_arith"]
     results = cards.load_eval_results(run_cfg)
-    results["protocol"]["task_info"] = {"distillkit_arith": describe_task(task, "</think>")}
+    results.protocol.task_info = {"distillkit_arith": describe_task(task, "</think>")}
     card = cards.render_model_card(run_cfg, results=results)
     [line] = [x for x in card.text.splitlines() if x.startswith("- `distillkit_arith` v1.0 (distillkit)")]
     assert "custom, split test; 0-shot; prompt: one worked example" in line

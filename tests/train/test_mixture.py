@@ -205,7 +205,8 @@ def test_cli_train_with_a_source_lacking_columns_exits_2(tmp_path, tiny_qwen2, t
 
 
 def test_an_edited_local_source_changes_the_train_hash_and_only_that(tmp_path):
-    from distillkit.config import RecipeConfig, stage_config_hash
+    from distillkit.config import RecipeConfig
+    from distillkit.pipeline import stage_config_hash
 
     chat = tmp_path / "chat.jsonl"
     chat.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(3)))

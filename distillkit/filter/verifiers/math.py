@@ -50,17 +50,45 @@ def _match_brace(text: str, open_index: int) -> int | None:
     return None
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{...}` (or `\\fbox{...}`, `\\boxed 5`) in `text`, else None."""
-    best: tuple[int, str] | None = None
+# What may stand between the boxes of one answer given in parts: "$\\boxed{3}$, $\\boxed{5}$, and $\\boxed{7}$",
+# "\\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}". Any other word between two boxes (a draft, "or equivalently")
+# keeps them apart and the last one is the answer.
+_BOX_JOINER = re.compile(r"(?:[\s$,;.]|\\[,;!:]|\\q?quad|\\text\s*\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b|\\\(|\\\)"
+                         r"|\\\[|\\\])*")
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every complete `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5` in `text`, in order."""
+    spans = []
     for m in _BOXED.finditer(text):
         end = _match_brace(text, m.end() - 1)
         if end is not None:
-            best = (m.start(), text[m.end():end].strip())
-    for m in _BOXED_BARE.finditer(text):
-        if best is None or m.start() > best[0]:
-            best = (m.start(), m.group(1).strip())
-    return best[1] if best is not None else None
+            spans.append((m.start(), end + 1, text[m.end():end].strip()))
+    spans += [(m.start(), m.end(), m.group(1).strip()) for m in _BOXED_BARE.finditer(text)]
+    return sorted(spans)
+
+
+def extract_boxed(text: str) -> str | None:
+    """The final boxed answer of `text`, else None.
+
+    The last non-empty box (an empty `\\boxed{}` counts only when every box is empty: "\\boxed{27} (written
+    within \\boxed{} as asked)" answers 27). When the boxes just before it are separated from it by
+    nothing but commas, "and"/"or", spaces and math delimiters, the answer was given in parts and they are
+    joined: "$\\boxed{3}$, $\\boxed{5}$ and $\\boxed{7}$" -> "3, 5, 7" (repeats once).
+    """
+    spans = boxed_spans(text)
+    if not spans:
+        return None
+    full = [sp for sp in spans if sp[2]]
+    if not full:
+        return ""
+    group = [full[-1]]
+    for prev in reversed(full[:-1]):
+        if not _BOX_JOINER.fullmatch(text[prev[1]:group[0][0]]):
+            break
+        group.insert(0, prev)
+    parts = list(dict.fromkeys(sp[2] for sp in group))
+    return ", ".join(parts)
 
 
 def extract_answer(text: str, fallbacks: Sequence[str] = ()) -> tuple[str | None, str]:

@@ -1,0 +1,27 @@
+"""Entry point of each process `accelerate launch` starts for the train stage (see `distillkit.train.launch`):
+
+    python -m distillkit.train <run>/train/launch_recipe.json [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from distillkit.config import RecipeConfig
+    from distillkit.train.stage import run_train
+
+    parser = argparse.ArgumentParser(description="one process of a distributed distillkit train stage")
+    parser.add_argument("recipe", help="recipe JSON written by distillkit.train.launch.launch")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = RecipeConfig.model_validate_json(Path(args.recipe).read_text())
+    run_train(cfg, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    main()
