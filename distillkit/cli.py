@@ -146,7 +146,7 @@ def _preflight_for(cfg, stages: list[str]) -> None:
     findings = preflight(cfg, stages=stages)
     for f in findings:
         if f.severity == "warning":
-            err.print(f"[yellow]preflight warning[/] {f.check}: {f.message} Fix: {f.fix}")
+            _print_finding(f, err)
     raise_on_fatal(findings)
 
 
@@ -160,7 +160,7 @@ def validate(args: RecipeArgs = None) -> None:
         findings = check_eval_tasks(cfg.evaluate)
         for f in findings:
             if f.severity == "warning":
-                err.print(f"[yellow]warning[/] {f.check}: {f.message} Fix: {f.fix}")
+                _print_finding(f, err)
         raise_on_fatal(findings)
     out.print(f"[green]ok[/]: recipe {cfg.name!r} is valid; stages {cfg.stages}; output {cfg.run_dir}")
 
@@ -314,12 +314,20 @@ def preflight(args: RecipeArgs = None) -> None:
 
     cfg = _load(args)
     findings = run_preflight(cfg, stages=list(cfg.stages))
-    table = Table("check", "severity", "message", "fix", title="preflight")
-    colors = {"error": "red", "warning": "yellow", "ok": "green"}
     for f in findings:
-        table.add_row(f.check, f"[{colors.get(f.severity, 'white')}]{f.severity}[/]", f.message, f.fix or "")
-    out.print(table)
+        _print_finding(f, out)
     raise_on_fatal(findings)
+
+
+def _print_finding(f, console) -> None:
+    """A preflight finding, one entry per finding, wrapped to the terminal (80 columns when not a terminal)."""
+    from distillkit.preflight import format_finding
+
+    colors = {"error": "red", "warning": "yellow", "ok": "green"}
+    text = format_finding(f, console.width if console.is_terminal else 80)
+    head, _, rest = text.partition(" ")
+    console.print(f"[{colors.get(f.severity, 'white')}]{escape(head)}[/] {escape(rest)}", highlight=False,
+                  soft_wrap=True)
 
 
 def _terminate_as_interrupt() -> None:
@@ -339,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear message and exit 2 for user mistakes, never a traceback for them."""
     command = typer.main.get_command(app)
     _terminate_as_interrupt()
+    if not {"--verbose", "-v"} & set(sys.argv[1:] if argv is None else argv):
+        quiet_libraries()  # before any command imports torch, vLLM or bitsandbytes (their notices are noise)
     try:
         code = command.main(args=argv, prog_name="distillkit", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -2,6 +2,9 @@
 
 Every model forbids unknown keys, so a typo is an error that names the key and the closest valid
 one. `load_recipe` collects *all* mistakes of a file before raising one `ConfigError`.
+
+Size: the whole tree is here on purpose (one schema a user reads top to bottom, every key documented where
+it is defined); loading and override parsing follow it. Stage hashes live in pipeline.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ others are printed as warnings.
 
 Only tokenizers and model configs are loaded, never weights. For a GGUF model the cached converted
 folder is used when it exists, else the tokenizer and config are read from the GGUF metadata.
+
+Size: one function per check in the table above, each with its message and fix; they share the loading
+and the rendering helpers.
 """
 
 from __future__ import annotations
@@ -649,6 +652,25 @@ def check_context(cfg, stages: list[str], s_config, t_config) -> list[Finding]:
                 f"room for the prompt in the teacher's {asked or teacher_positions:,}-token context.",
                 "raise generate.teacher.vllm.max_model_len or lower generate.sampling.max_tokens", "teacher"))
     return findings
+
+
+SEVERITY_MARK = {"error": "error  ", "warning": "warning", "ok": "ok     "}
+
+
+def format_finding(f: Finding, width: int = 80) -> str:
+    """One finding as text for a terminal of `width` columns: "severity check (subject): message", wrapped
+    under itself, then "fix: ..." indented the same way. Never a line longer than `width`."""
+    import textwrap
+
+    indent = " " * (len(SEVERITY_MARK["warning"]) + 1)
+    head = f"{SEVERITY_MARK.get(f.severity, f.severity)} {f.check}" + (f" ({f.subject})" if f.subject else "")
+    width = max(width, 40)
+    lines = textwrap.wrap(f"{head}: {f.message}", width=width, subsequent_indent=indent,
+                          break_long_words=True, break_on_hyphens=False)
+    if f.fix:
+        lines += textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     ",
+                               break_long_words=True, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def raise_on_fatal(findings: Iterable[Finding]) -> None:

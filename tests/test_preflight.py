@@ -471,3 +471,19 @@ def test_stored_kd_without_stored_soft_labels_stops_before_generation(folders):
     ok = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True,
                           generate__sampling__topk_logprobs=20), stages=["generate", "train"])
     assert [f for f in ok if f.severity == "error"] == []
+
+
+def test_findings_print_one_entry_each_within_80_columns():
+    from distillkit.preflight import Finding, format_finding
+
+    long = Finding("task_dataset", "error", "evaluate.tasks: r1_gpqa_diamond reads Idavidrein/gpqa, a gated dataset "
+                   "this machine has no access to " + "x" * 120, "accept its terms at "
+                   "https://huggingface.co/datasets/Idavidrein/gpqa and log in (`huggingface-cli login` or HF_TOKEN)",
+                   "evaluate")
+    text = format_finding(long, 80)
+    lines = text.splitlines()
+    assert lines[0].startswith("error   task_dataset (evaluate): evaluate.tasks: r1_gpqa_diamond")
+    assert all(len(line) <= 80 for line in lines), [len(x) for x in lines]
+    assert all(line.startswith(" " * 8) for line in lines[1:])  # wrapped under the first line's text
+    assert any(line.strip().startswith("fix: accept its terms") for line in lines)
+    assert format_finding(Finding("eos_pad", "ok", "fine."), 80) == "ok      eos_pad: fine."

@@ -6,6 +6,9 @@ Backends (`evaluate.backend`):
 - `hf`: transformers generate(), any machine.
 - `local-completions`: an OpenAI-compatible /v1/completions server (vLLM's, SGLang's). Give its
   URL as `evaluate.model_args.base_url`, or distillkit starts a vLLM server per model.
+
+Size: the three lm-eval backends (in-process vLLM, HF, an OpenAI-compatible server it can start) and how
+tasks are handed to them; the R1 protocol's scoring itself is in protocol.py and results.py.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ the byte-level one in tokenizer.json (it special-cases the Hub ids "deepseek-ai/
 only). A local folder with the real class therefore tokenizes wrongly under transformers 5, so the R1
 folders here name "PreTrainedTokenizerFast", which loads tokenizer.json as it is. `REAL_TOKENIZER_CLASS`
 records what the Hub repos say.
+
+Size: one builder per real tokenizer family with the cited facts it is checked against (ids, templates);
+test support, never imported by the pipeline.
 """
 
 from __future__ import annotations

@@ -310,19 +310,3 @@ def source_input(source: MixtureSourceConfig, cfg: RecipeConfig) -> tuple[str, s
         return source.path, f"hub:{source.config or 'default'}/{source.split}"
     manifest = read_manifest(folder)
     return str(folder), manifest.config_hash if manifest else "unknown"
-    path = Path(source.path).expanduser()
-    if source.is_file and path.is_file():
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if key not in _DIGESTS:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            _DIGESTS[key] = "sha256:" + h.hexdigest()
-        return _DIGESTS[key]
-    if not source.is_file and path.is_dir():
-        manifest = read_manifest(path)
-        shards = [(p.name, p.stat().st_size) for p in list_shards(path)]
-        return f"folder:{manifest.config_hash if manifest else 'unknown'}:{shards}"
-    return None

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
@@ -82,61 +84,109 @@ def _peak_memory_bytes() -> dict:
     return out
 
 
+@dataclass
+class Prepared:
+    """What the train stage has before `trainer.train()`: the student, its data and, for live KD, the teacher."""
+
+    records: list
+    init: dict
+    model: Any
+    tokenizer: Any
+    dataset: Any
+    data_info: dict
+    bf16: bool
+    mixture: Any = None
+    teacher: Any = None
+
+
+@dataclass
+class Fitted:
+    """What `trainer.train()` left: its result, where it resumed from, and the wall time of training."""
+
+    result: Any
+    resume_from: Path | None
+    tokens_before: int
+    train_seconds: float
+
+
 def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None = None) -> Manifest:
     """Train the student on the kept records; returns the train manifest.
 
+    Phases: open the stage folder (or return its finished manifest), prepare the student and its data,
+    build the trainer, fit (resuming an interrupted run of this config), save, write the manifest.
     With `train.accelerate_config` or `train.num_processes > 1` the work is relaunched in that many
     processes through `accelerate launch` (see `distillkit.train.launch`). `callbacks` are extra
     `transformers.TrainerCallback`s (tests use one to interrupt a run).
     """
     from distillkit.train.launch import in_distributed_child, launch, wants_launch
 
-    t = cfg.train
-    if wants_launch(t) and not in_distributed_child():
+    if wants_launch(cfg.train) and not in_distributed_child():
         return launch(cfg, overwrite=overwrite)
-
     torch = require("torch", "train")
     require("trl", "train")
     from accelerate import PartialState
 
-    from distillkit.train.data import build_train_dataset
-    from distillkit.train.student import build_student_init, load_student, resolve_bf16, save_merged
-
     state = PartialState(cpu=not torch.cuda.is_available())
+    stage = open_stage(cfg, state, overwrite)
+    if stage.is_complete() and not overwrite:
+        log.info("train: %s is complete for this config; nothing to do", stage.folder)
+        return stage.manifest()
+    t0 = time.time()
+    prepared = prepare_training(cfg, state)
+    trainer = make_trainer(cfg, prepared, callbacks)
+    fitted = fit(cfg, trainer, t0)
+    files = save_student(cfg, trainer, prepared.tokenizer, state)
+    return write_manifest(cfg, stage, state, prepared, trainer, fitted, files)
+
+
+def open_stage(cfg: RecipeConfig, state, overwrite: bool) -> StageOutput:
+    """The train folder's StageOutput, begun (on the main process) unless a finished output of this config is there."""
+    t = cfg.train
     out = cfg.stage_dir("train")
-    src = input_dir(cfg)
     if t.sources:
-        from distillkit.train.mixture import build_mixture, load_sources, source_input
+        from distillkit.train.mixture import source_input
 
         inputs = dict(source_input(s, cfg) for s in t.sources)
     else:
+        src = input_dir(cfg)
         upstream = read_manifest(src)
         inputs = {str(src): upstream.config_hash if upstream else "unknown"}
     stage = StageOutput(out, "train", train_config_hash(cfg), config=t.model_dump(mode="json"), inputs=inputs)
     if not overwrite and stage.is_complete():
-        log.info("train: %s is complete for this config; nothing to do", out)
-        return stage.manifest()
+        return stage
     if state.is_main_process:
         stage.begin(overwrite=overwrite)
         if overwrite or not t.resume:  # a fresh run: never mix with an earlier run's checkpoints or model
             for name in ("checkpoints", "adapter", "model", *(["student_init"] if overwrite else [])):
                 shutil.rmtree(out / name, ignore_errors=True)
     state.wait_for_everyone()
-    t0 = time.time()
+    return stage
 
+
+def prepare_training(cfg: RecipeConfig, state) -> Prepared:
+    """Read the training data, derive and load the student (and a live teacher), tokenize the examples."""
+    import torch
+
+    from distillkit.train.data import build_train_dataset
+    from distillkit.train.student import build_student_init, load_student, resolve_bf16
+
+    t = cfg.train
+    out = cfg.stage_dir("train")
+    records = loaded = None
     if t.sources:
+        from distillkit.train.mixture import build_mixture, load_sources
+
         loaded = load_sources(cfg)  # reads every source and checks its columns before the model loads
     else:
+        src = input_dir(cfg)
         records = read_records(src)
         if len(records) == 0:
             raise DistillkitError(f"{src} holds no kept records to train on; check the filter funnel "
                                   "(distillkit inspect) or loosen the filters")
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
-
     with state.main_process_first():
-        init = build_student_init(t.student, out / "student_init", records=None if t.sources else records,
-                                  teacher=cfg.generate.teacher.model)
+        init = build_student_init(t.student, out / "student_init", records=records, teacher=cfg.generate.teacher.model)
     model, tokenizer = load_student(t, out / "student_init")
     check_student_tokenizer(tokenizer, model.config)
     mixture = None
@@ -146,46 +196,58 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
         for name, part in mixture.composition.items():
             log.info("train: mixture %s (%s): %d samples of %d, %.1f%% of tokens", name, part["kind"],
                      part["samples"], part["available"], 100 * part["token_share"])
-    use_kd = t.kd.enabled
     bf16 = resolve_bf16(t.bf16)
-    teacher = None
-    if use_kd and t.kd.teacher_probs == "live":
-        teacher = load_live_teacher(cfg, tokenizer, bf16)
-
+    teacher = load_live_teacher(cfg, tokenizer, bf16) if t.kd.enabled and t.kd.teacher_probs == "live" else None
     with state.main_process_first():
-        dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=use_kd,
+        dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=t.kd.enabled,
                                                  packing=t.packing, seed=t.seed,
                                                  require_topk=t.kd.teacher_probs != "live")
-    args = sft_config(cfg, out, bf16)
-    # student_init already made EOS the template's end of turn; TRL's own option for it checks the
-    # token exists and keeps model and generation config on it.
-    args.eos_token = tokenizer.eos_token
+    return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
+                    data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher)
 
-    if t.on_policy.enabled:
-        trainer = build_on_policy_trainer(cfg, model, tokenizer, records, args)
-    else:
-        trainer = build_trainer(cfg, model, tokenizer, dataset, args, teacher, callbacks)
+
+def make_trainer(cfg: RecipeConfig, p: Prepared, callbacks: list | None = None):
+    """The TRL trainer for the recipe (off-policy DistillTrainer, or an on-policy one), with the loss-curve callback."""
     from distillkit.train.trainer import LossCurveCallback
 
-    curves = LossCurveCallback()
-    trainer.add_callback(curves)
+    args = sft_config(cfg, cfg.stage_dir("train"), p.bf16)
+    # student_init already made EOS the template's end of turn; TRL's own option for it checks the
+    # token exists and keeps model and generation config on it.
+    args.eos_token = p.tokenizer.eos_token
+    if cfg.train.on_policy.enabled:
+        trainer = build_on_policy_trainer(cfg, p.model, p.tokenizer, p.records, args)
+    else:
+        trainer = build_trainer(cfg, p.model, p.tokenizer, p.dataset, args, p.teacher, callbacks)
+    trainer.add_callback(LossCurveCallback())
     for cb in callbacks or []:
         if cb not in trainer.callback_handler.callbacks:
             trainer.add_callback(cb)
+    return trainer
 
-    resume_from = last_checkpoint(out / "checkpoints") if t.resume else None
+
+def fit(cfg: RecipeConfig, trainer, t0: float) -> Fitted:
+    """trainer.train(), from the last checkpoint of an interrupted run of this config when train.resume."""
+    import json
+
+    from distillkit.train.trainer import LossCurveCallback
+
+    resume_from = last_checkpoint(cfg.stage_dir("train") / "checkpoints") if cfg.train.resume else None
+    tokens_before = 0
     if resume_from is not None:
         log.info("train: resuming an interrupted run of this config from %s (train.resume=false starts over)",
                  resume_from)
-    tokens_before = 0
-    if resume_from is not None:
-        import json
-
         tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = curves.train_seconds or (time.time() - t0)
+    curves = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossCurveCallback))
+    return Fitted(result=result, resume_from=resume_from, tokens_before=int(tokens_before),
+                  train_seconds=curves.train_seconds or (time.time() - t0))
 
-    # Save: full weights, or the adapter (and the adapter merged into student_init).
+
+def save_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]:
+    """Full weights to model/, or the adapter to adapter/ (and merged into student_init as model/)."""
+    from distillkit.train.student import save_merged
+
+    t, out = cfg.train, cfg.stage_dir("train")
     files = {}
     if state.is_main_process:
         if t.method == "full":
@@ -200,35 +262,42 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
                 save_merged(out / "student_init", out / "adapter", out / "model")
                 files["model"] = "model"
     state.wait_for_everyone()
+    return files
 
+
+def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, trainer, fitted: Fitted,
+                   files: dict[str, str]) -> Manifest:
+    """The train manifest: token counts and speed, the loss curve, memory, data and student_init facts."""
+    t = cfg.train
     history = trainer.state.log_history
     tokens_seen = int(trainer.state.num_input_tokens_seen)
-    new_tokens = tokens_seen - int(tokens_before)
+    new_tokens = tokens_seen - fitted.tokens_before
     curve = [{k: row[k] for k in ("step", "loss", "ce", "kl", "learning_rate", "num_input_tokens_seen") if k in row}
              for row in history if "loss" in row]
+    seconds = fitted.train_seconds
     stats = {
         "tokens_seen": tokens_seen,
-        "tokens_per_s": round(new_tokens / train_seconds, 2) if train_seconds > 0 else None,
-        "train_seconds": round(train_seconds, 3),
+        "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
+        "train_seconds": round(seconds, 3),
         "global_steps": trainer.state.global_step,
-        "resumed_from": resume_from.name if resume_from else None,
-        "final_train_loss": round(float(result.training_loss), 6),
+        "resumed_from": fitted.resume_from.name if fitted.resume_from else None,
+        "final_train_loss": round(float(fitted.result.training_loss), 6),
         "loss_curve": curve,
         "peak_memory": _peak_memory_bytes(),
-        "data": data_info,
-        **({"mixture": mixture.composition} if mixture else {}),
-        "student_init": {k: init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
-                                              "adopted_rows", "context", "layer_choice") if k in init},
-        "method": t.method, "bf16": bf16, "kd": t.kd.model_dump(mode="json") if use_kd else None,
+        "data": p.data_info,
+        **({"mixture": p.mixture.composition} if p.mixture else {}),
+        "student_init": {k: p.init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
+                                                "adopted_rows", "context", "layer_choice") if k in p.init},
+        "method": t.method, "bf16": p.bf16, "kd": t.kd.model_dump(mode="json") if t.kd.enabled else None,
         "num_processes": state.num_processes,
-        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
         "files": files,
     }
-    counts = {"records": len(records), "examples": data_info["num_examples"], "tokens_seen": tokens_seen,
+    counts = {"records": len(p.records), "examples": p.data_info["num_examples"], "tokens_seen": tokens_seen,
               "steps": trainer.state.global_step}
     if not state.is_main_process:
         return Manifest(stage="train", config_hash=stage.config_hash, counts=counts, stats=stats)
-    return stage.finish(counts=counts, stats=stats, timings={"train_s": round(train_seconds, 3)},
+    return stage.finish(counts=counts, stats=stats, timings={"train_s": round(seconds, 3)},
                         versions=("distillkit", "datasets", "torch", "transformers", "trl", "peft", "accelerate"))
 
 
@@ -302,8 +371,9 @@ def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
                                    max_completion_length=t.on_policy.max_new_tokens)
         return DistillationTrainer(model=model, teacher_model=teacher_path, args=dargs,
                                    train_dataset=Dataset.from_list(prompts), processing_class=tokenizer)
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from distillkit.train.trl_compat import gkd_classes
 
+    GKDConfig, GKDTrainer = gkd_classes()
     chats = [{"messages": record_to_messages(r)} for r in records]
     gargs = GKDConfig(**common, lmbda=t.on_policy.lmbda, beta=beta, temperature=t.kd.temperature,
                       max_new_tokens=t.on_policy.max_new_tokens, max_length=t.max_length)

@@ -4,6 +4,9 @@ The student is always trained from `student_init/`, a plain HF folder written he
 the resolved student model with only the kept decoder layers (`train.student.keep_layers`) and a
 tokenizer whose template keeps the reasoning and whose pad token differs from EOS. Evaluation loads
 the same folder as "student before", so before/after compare exactly the model that was trained.
+
+Size: every change made to the student before training (layers, tokens and their embedding rows, template,
+context, loading for full/LoRA/QLoRA) is here, in the order `build_student_init` applies them.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import types
 from typing import Any
 
 from distillkit.train.data import IGNORE, KD_COLUMNS
+from distillkit.train.trl_compat import add_train_tokens, check_class_hooks, check_instance_hooks, record_metric
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class DistillTrainer(SFTTrainer):
         self.kd = kd
         self.teacher = teacher
         self._num_kd_items = None
+        check_class_hooks()
         super().__init__(*args, **kwargs)
+        check_instance_hooks(self)
         if self.use_kd:
             add_hidden_forward(_unwrap(self.model))
             if teacher is not None:
@@ -120,7 +123,8 @@ class DistillTrainer(SFTTrainer):
     def use_kd(self) -> bool:
         return self.kd is not None and self.kd.enabled
 
-    # The soft-label columns must survive `remove_unused_columns`.
+    # Private hooks (trl_compat.py lists and checks them). The soft-label columns must survive
+    # `remove_unused_columns`.
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if self._signature_columns is not None:
@@ -144,7 +148,7 @@ class DistillTrainer(SFTTrainer):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
             value = loss[0] if isinstance(loss, tuple) else loss
-            self._metrics[mode]["ce"].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+            record_metric(self, mode, "ce", self.accelerator.gather_for_metrics(value.detach()).mean().item())
             return loss
         return self._compute_kd_loss(model, inputs, kd_inputs, num_items_in_batch)
 
@@ -187,13 +191,14 @@ class DistillTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
             ce, kl = ce * self.accelerator.num_processes, kl * self.accelerator.num_processes
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-        self._metrics[mode]["ce"].append(self.accelerator.gather_for_metrics(ce.detach()).mean().item() * steps)
-        self._metrics[mode]["kl"].append(self.accelerator.gather_for_metrics(kl.detach()).mean().item() * steps)
+        record_metric(self, mode, "ce", self.accelerator.gather_for_metrics(ce.detach()).mean().item() * steps)
+        record_metric(self, mode, "kl", self.accelerator.gather_for_metrics(kl.detach()).mean().item() * steps)
+        n_tok = 0
         if mode == "train":
             if "attention_mask" in inputs:
                 n_tok = inputs["attention_mask"].sum()
             else:
                 n_tok = torch.tensor(inputs["input_ids"].numel(), device=hidden.device)
-            self._total_train_tokens += self.accelerator.gather_for_metrics(n_tok).sum().item()
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            n_tok = self.accelerator.gather_for_metrics(n_tok).sum().item()
+        add_train_tokens(self, mode, n_tok)
         return loss
