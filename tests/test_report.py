@@ -1,4 +1,5 @@
-"""The HTML run report, rendered in a real headless Chromium: every section, no console errors."""
+"""The HTML run report, built from stage outputs in the shapes the real stages write, and rendered in a
+real headless Chromium: every section, no console errors, what a person sees (bars, values, no overflow)."""
 
 import json
 import re
@@ -7,56 +8,148 @@ import subprocess
 
 import pytest
 
+from distillkit.config import validate_recipe
+from distillkit.evaluate.results import Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
+from distillkit.filter.stage import run_filter
 from distillkit.publish.report import SECTIONS, build_report
-from distillkit.records import StageOutput, atomic_write_json, make_record, record_features
+from distillkit.records import StageOutput, make_record, record_features
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+LONG = "https://example.org/" + "a" * 300 + " $\\frac{" + "x" * 250 + "}{2}$"  # must wrap, not overflow
+PASS_REASONS = ["truncation:complete", "length:length_ok", "dedup:unique", "selection:selected"]
+# (model, task) -> (pass@1, stderr, pass@k), as fractions
+SCORES = {("teacher", "distillkit_arith"): (0.342, 0.041, 0.45),
+          ("student_before", "distillkit_arith"): (0.017, 0.012, 0.03),
+          ("student_after", "distillkit_arith"): (0.375, 0.044, 0.5), ("teacher", "r1_math500"): (0.1, 0.03, None),
+          ("student_before", "r1_math500"): (0.0, 0.0, None), ("student_after", "r1_math500"): (0.08, 0.027, None)}
 
 
-def _fake_run(root):
-    gen = StageOutput(root / "generate", "generate", "g")
+def _generations(n: int = 10) -> list[dict]:
+    """Teacher samples: complete, truncated (finish_reason length), too long, too short to judge the
+    language of, an exact duplicate, one with an unbreakable URL/LaTeX line, one with markup."""
+    recs = []
+    for i in range(n):
+        text = f"Tom has {i} apples and buys one more, so he has {i} + 1 = {i + 1} apples in total now."
+        recs.append(make_record(prompt_id=f"p{i // 2}", sample_index=i % 2, source="arith",
+                                problem=f"What is {i}+1?", gold_answer=str(i + 1), completion=text,
+                                completion_tokens=20 + i, finish_reason="stop"))
+    recs[1].update(finish_reason="length", completion_tokens=96)
+    recs[2].update(completion_tokens=200)  # length: too_long
+    recs[3].update(completion="7")  # language: too few letters to judge (passed None)
+    recs[5].update(completion=recs[4]["completion"])  # dedup: exact duplicate within prompt p2
+    recs[6].update(completion="see " + LONG, problem="Read " + LONG)
+    recs[7].update(completion="ok </script><b>x</b> and some more words to be judged as English text here.")
+    return recs
+
+
+def _fake_run(root, write_rejected: bool = True):
+    """A run folder: generate and train/evaluate outputs written with the stages' writers and shapes,
+    the filter output by the real filter stage (its manifest and kept/rejected shards)."""
+    cfg = validate_recipe({
+        "name": "reporttest", "output_dir": str(root),
+        "generate": {"teacher": {"model": "builtin:smollm2-135m-instruct"}, "prompts": {"builtin": "arith"}},
+        "filter": {"verifiers": [{"kind": "truncation", "require_closed_reasoning": False},
+                                 {"kind": "language", "field": "completion"},
+                                 {"kind": "length", "max_tokens": 100}],
+                   "dedup": {"near": {"enabled": False}}, "write_rejected": write_rejected},
+    })
+    gen = StageOutput(cfg.stage_dir("generate"), "generate", "g")
     gen.begin()
-    gen.write_shard(0, [make_record(prompt_id=f"p{i}", problem=f"What is {i}+1?", gold_answer=str(i + 1),
-                                    completion=f"{i}+1={i + 1}</think> \\boxed{{{i + 1}}}", completion_tokens=10 + i)
-                        for i in range(8)], record_features())
-    gen.finish(counts={"records": 8})
-    filt = StageOutput(root / "filter", "filter", "f")
-    filt.begin()
-    kept = [make_record(prompt_id=f"p{i}", problem=f"What is {i}+1?", completion="ok </script><b>x</b>",
-                        completion_tokens=12, verdicts=[{"verifier": "math", "passed": True, "reason": "correct"}])
-            for i in range(3)]
-    rejected = [make_record(prompt_id=f"r{i}", problem="Hard?", completion="loop loop loop", completion_tokens=90,
-                            finish_reason="length",
-                            verdicts=[{"verifier": "truncation", "passed": False, "reason": "truncated"}])
-                for i in range(2)]
-    filt.write_shard(0, kept, record_features())
-    from distillkit.records import write_shard
+    recs = _generations()
+    gen.write_shard(0, recs, record_features())
+    gen.finish(counts={"rows_read": 5, "bad_rows": 0, "duplicates": 0, "prompts": 5, "samples": len(recs),
+                       "tokens": sum(r["completion_tokens"] for r in recs), "shards": 1, "shards_resumed": 0})
+    run_filter(cfg, show_progress=False)
 
-    write_shard(root / "filter" / "rejected", 0, rejected, record_features())
-    filt.finish(counts={"records": 3, "rejected": 2},
-                stats={"funnel": [{"step": "input", "out": 5}, {"step": "truncation", "out": 3}],
-                       "reasons": {"truncation": {"truncated": 2}}})
-    train = StageOutput(root / "train", "train", "t")
+    # train: a 10-step run logged every 5 steps (LossCurveCallback rows -> stats.loss_curve)
+    train = StageOutput(cfg.stage_dir("train"), "train", "t")
     train.begin()
-    train.finish(counts={"steps": 3}, stats={"loss_curve": [{"step": s, "loss": 2.0 / s, "ce": 1.5 / s, "kl": 0.5 / s}
-                                                            for s in (1, 2, 3)]})
-    ev = StageOutput(root / "evaluate", "evaluate", "e")
+    curve = [{"step": 5, "loss": 1.25, "ce": 0.9, "kl": 1.6, "learning_rate": 5e-5},
+             {"step": 10, "loss": 0.75, "ce": 0.6, "kl": 0.9, "learning_rate": 0.0}]
+    train.finish(counts={"records": 6, "examples": 6, "tokens_seen": 4321, "steps": 10},
+                 stats={"tokens_seen": 4321, "train_seconds": 12.5, "global_steps": 10, "final_train_loss": 1.0,
+                        "loss_curve": curve, "kd": {"enabled": True, "alpha": 0.5, "temperature": 1.0}})
+
+    ev = StageOutput(cfg.stage_dir("evaluate"), "evaluate", "e")
     ev.begin()
-    atomic_write_json(root / "evaluate" / "results.json", {"models": {
-        "teacher": {"arith": {"pass@1": 0.15, "stderr": 0.03}},
-        "student_after": {"arith": {"pass@1": 0.2, "stderr": 0.04}}}})
-    ev.finish(counts={"questions": 100})
+    info = TaskInfo(version=1, source="distillkit", dataset="custom", split="test", prompt="one-shot arithmetic",
+                    extraction="last \\boxed{} or 'The answer is N'", scored_text="the whole response", metric="pass@1")
+    models = {}
+    for (model, task), (p, se, pk) in SCORES.items():
+        models.setdefault(model, ModelResult(model=f"/models/{model}", tasks={}))
+        models[model].tasks[task] = TaskScore(task=task, metric="pass@1", filter="all_samples", num_questions=60,
+                                              num_samples=2, pass_at_1=p, stderr=se, pass_at_k=pk)
+    EvalResults(protocol=Protocol(backend="vllm", num_samples=2, temperature=0.6, top_p=0.95, max_gen_toks=96,
+                                  limit=60, tasks=["distillkit_arith", "r1_math500"],
+                                  task_info={"distillkit_arith": info, "r1_math500": info}),
+                models=models, baselines={"distillkit_arith": Baseline(answer="12", pass_at_1=0.05, num_questions=60)},
+                ).write(cfg.stage_dir("evaluate") / "results.json")
+    ev.finish(counts={"models": 3, "tasks": 2})
     return root
 
 
+def _section(page: str, sid: str) -> str:
+    return re.search(rf"<section id=['\"]{sid}['\"]>(.*?)</section>", page, re.S).group(1)
+
+
+def _expected_values(run) -> dict[tuple[str, str], str]:
+    """pass@1 ± se per (model, task) straight from results.json, formatted as the page shows them."""
+    data = json.loads((run / "evaluate" / "results.json").read_text())
+    return {(m, t): f"{100 * s['pass_at_1']:.1f} ± {100 * s['stderr']:.1f}"
+            for m, r in data["models"].items() for t, s in r["tasks"].items()}
+
+
 def test_report_contains_every_section_and_escapes_text(tmp_path):
-    page = build_report(_fake_run(tmp_path / "run")).read_text()
+    run = _fake_run(tmp_path / "run")
+    page = build_report(run).read_text()
     for sid in SECTIONS:
         assert f"<section id='{sid}'>" in page
     assert "<b>x</b>" not in page  # completion text is data, never markup
-    assert "15.0 ± 3.0" in page and "20.0 ± 4.0" in page
-    assert "truncation:truncated" in page
+    assert "34.2 ± 4.1" in page and "37.5 ± 4.4" in page and "1.7 ± 1.2" in page
+    assert "nothing to show" not in page and "<pre>" not in page  # no comparison.md dump
+    assert "<code>distillkit_arith</code> v1" in page
+    assert "one-shot arithmetic" in page and "last \\boxed{} or" in page  # task_info line
     assert not re.search(r"(src|href)=['\"]?https?:", page)  # self-contained: nothing fetched
+
+
+def test_rejection_reasons_are_rejections_only(tmp_path):
+    page = build_report(_fake_run(tmp_path / "run")).read_text()
+    reasons = _section(page, "reasons")
+    chart = re.search(r"<svg.*?</svg>", reasons, re.S).group(0)
+    for rejection in ["truncation:truncated_at_max_tokens", "length:too_long", "dedup:exact_duplicate"]:
+        assert rejection in chart
+    for passed in PASS_REASONS + ["language:too_short_to_judge"]:
+        assert passed not in chart
+        assert passed in reasons  # counted apart, in the table of verdicts that let a record through
+    assert re.search(r"language:too_short_to_judge</td><td>cannot judge</td><td>1<", reasons)
+    assert re.search(r"truncation:complete</td><td>passed</td><td>9<", reasons)
+
+
+def test_rejection_reasons_without_rejected_shards(tmp_path):
+    """filter.write_rejected: false: the manifest's counts, classified by the kept records' verdicts."""
+    run = _fake_run(tmp_path / "run", write_rejected=False)
+    assert not (run / "filter" / "rejected").exists()
+    reasons = _section(build_report(run).read_text(), "reasons")
+    chart = re.search(r"<svg.*?</svg>", reasons, re.S).group(0)
+    assert "length:too_long" in chart and "truncation:truncated_at_max_tokens" in chart
+    assert not any(p in chart for p in PASS_REASONS + ["language:too_short_to_judge"])
+
+
+def test_loss_curve_of_a_short_run_has_axes_points_and_values(tmp_path):
+    training = _section(build_report(_fake_run(tmp_path / "run")).read_text(), "training")
+    assert ">step</text>" in training and ">loss</text>" in training
+    ticks = re.findall(r"<text class='tick'[^>]*>([^<]+)</text>", training)
+    assert {"0", "10"} <= set(ticks) and {"0", "0.5", "1", "1.5"} <= set(ticks)  # x: steps, y: loss
+    assert len(re.findall(r"<circle ", training)) == 6  # 2 logged steps x (total, CE, KL)
+    assert "total loss, step 5: 1.25" in training  # tooltip
+    assert "<td>10</td><td>0.75</td><td>0.6</td><td>0.9</td>" in training  # value table
+
+
+def test_report_of_an_unreadable_results_file_says_why(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    (run / "evaluate" / "results.json").write_text(json.dumps({"models": {"teacher": {"arith": {"pass@1": 0.1}}}}))
+    evaluation = _section(build_report(run).read_text(), "evaluation")
+    assert "class='error'" in evaluation and "not an evaluate results file" in evaluation
 
 
 def test_report_needs_a_run(tmp_path):
@@ -66,21 +159,42 @@ def test_report_needs_a_run(tmp_path):
         build_report(tmp_path)
 
 
+# Opens every sample and measures again: long text inside the samples must wrap too.
+PROBE = ("<script>document.querySelectorAll('details').forEach(function(d){d.open=true;});"
+         "var r=document.documentElement;document.body.setAttribute('data-probe',"
+         "r.clientWidth+' '+r.scrollWidth);</script></body>")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup.sh installs it as root)")
 def test_report_renders_in_headless_chromium(tmp_path):
-    page = build_report(_fake_run(tmp_path / "run"))
+    run = _fake_run(tmp_path / "run")
+    page = build_report(run)
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE))
     common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+              "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400"]
     res = subprocess.run(common + ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000", "--dump-dom",
-                                   page.as_uri()], capture_output=True, text=True, timeout=120)
+                                   probed.as_uri()], capture_output=True, text=True, timeout=120)
     dom = res.stdout
     assert 'data-rendered="ok"' in dom, res.stderr[-2000:]
     assert re.search(r"<pre id=\"errors\"></pre>", dom), "a script error was caught on the page"
-    assert "5 of 5 samples shown" in dom
+    assert "10 of 10 samples shown" in dom  # 7 kept and 3 rejected records, all embedded
     console = [line for line in res.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
+
+    # no horizontal overflow at 1280 px, samples closed (the page's own check) and all open (the probe)
+    assert 'data-overflow="no"' in dom
+    width, scroll = map(int, re.search(r'data-probe="(\d+) (\d+)"', dom).groups())
+    assert 1200 <= width <= 1280 and scroll <= width, (width, scroll)
+
+    # the evaluation chart: one bar per model and task, showing results.json's pass@1 ± se
+    bars = re.findall(r'<g class="bar" data-model="(\w+)" data-task="(\w+)">.*?<text class="value"[^>]*>([^<]*)</text>',
+                      _section(dom, "evaluation"), re.S)
+    assert {(m, t): v for m, t, v in bars} == _expected_values(run)
+    assert len(bars) == len(SCORES)
+    for sid in ("funnel", "reasons", "lengths", "training", "evaluation"):
+        assert "nothing to show" not in _section(dom, sid) and 'class="empty"' not in _section(dom, sid), sid
+
     shot = tmp_path / "report.png"
-    subprocess.run(common + ["--window-size=1100,2400", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(common + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
-    json.dumps({"screenshot": str(shot)})

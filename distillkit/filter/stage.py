@@ -6,6 +6,7 @@ every step that judged it in its `verdicts` column; the manifest's `stats` hold 
 
     funnel   [{"step", "in", "rejected", "out"}]   a record counts at the first step that rejects it
     reasons  {step: {reason: count}}                every verdict given, passes included
+    outcomes {step: {"rejected"|"passed"|"cannot_judge": {reason: count}}}  the same verdicts by outcome
     sources  {source: {"records", "passed_verifiers", "pass_rate", "kept", "prompts", "prompts_kept"}}
     verifiers {step: {...}}                         usage of verifiers that report it (the judge: requests,
                                                     cache hits, tokens); absent when none does
@@ -73,12 +74,15 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
     alive = [True] * n
     funnel = [{"step": "input", "in": n, "rejected": 0, "out": n}]
     reasons: dict[str, Counter] = {}
+    outcomes: dict[str, dict[str, Counter]] = {}
     timings: dict[str, float] = {}
     verifier_stats: dict[str, dict[str, Any]] = {}
 
     def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
         before = sum(alive)
         reasons[step] = Counter(v.reason for v in judged.values())
+        outcomes[step] = {name: Counter(v.reason for v in judged.values() if v.passed is value)
+                          for name, value in (("rejected", False), ("passed", True), ("cannot_judge", None))}
         for i, v in judged.items():
             verdicts[i].append((step, v))
         for i in candidates:
@@ -167,6 +171,7 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
         s["prompts"] = len(prompts[src])
         s["prompts_kept"] = len(prompts_kept[src])
     stats = {"funnel": funnel, "reasons": {k: dict(sorted(v.items())) for k, v in reasons.items()},
+             "outcomes": {k: {o: dict(sorted(c.items())) for o, c in v.items()} for k, v in outcomes.items()},
              "sources": dict(sorted(sources.items()))}
     if verifier_stats:
         stats["verifiers"] = verifier_stats
@@ -253,17 +258,21 @@ def funnel_table(manifest: Manifest | None):
 
     table = Table(title="filter funnel")
     for col, just in (("step", "left"), ("in", "right"), ("rejected", "right"), ("out", "right"),
-                      ("reasons (all verdicts)", "left")):
+                      ("rejection reasons", "left"), ("cannot judge", "left")):
         table.add_column(col, justify=just)
     if manifest is None:
         return table
-    reasons = manifest.stats.get("reasons", {})
+    outcomes = manifest.stats.get("outcomes", {})
+
+    def listed(counts: dict) -> str:
+        return ", ".join(f"{r} {c}" for r, c in sorted(counts.items(), key=lambda kv: -kv[1]))
+
     for row in manifest.stats.get("funnel", []):
-        counts = reasons.get(row["step"], {})
-        text = ", ".join(f"{r} {c}" for r, c in sorted(counts.items(), key=lambda kv: -kv[1]))
-        table.add_row(row["step"], str(row["in"]), str(row["rejected"]), str(row["out"]), text)
+        step = outcomes.get(row["step"], {})
+        table.add_row(row["step"], str(row["in"]), str(row["rejected"]), str(row["out"]),
+                      listed(step.get("rejected", {})), listed(step.get("cannot_judge", {})))
     for src, s in manifest.stats.get("sources", {}).items():
         table.add_row(f"source {src or '-'}", str(s["records"]), "", str(s["kept"]),
                       f"pass rate {s['pass_rate']:.1%} ({s['passed_verifiers']}/{s['records']}); "
-                      f"prompts kept {s['prompts_kept']}/{s['prompts']}")
+                      f"prompts kept {s['prompts_kept']}/{s['prompts']}", "")
     return table

@@ -1,10 +1,10 @@
 """`distillkit report RUN_DIR`: one self-contained HTML page of a run (no network, no external assets).
 
-Sections: summary, filter funnel, rejection reasons, length histograms (kept vs rejected),
-training loss curves (CE and KL), evaluation comparison (pass@1 with standard error), and a
-browsable sample of kept and rejected traces with their reasons. Charts are inline SVG drawn here;
-the sample browser is a few lines of inline JavaScript over embedded JSON. A section whose stage
-has not run says so instead of disappearing.
+Sections: summary, filter funnel, rejection reasons (passes and "cannot judge" counted apart), length
+histograms, loss curves (the train manifest's `loss_curve`), evaluation (pass@1 ± se per model and task,
+read through `EvalResults`) and a browser over a sample of kept and rejected traces. Charts are inline
+SVG; the browser is inline JavaScript over embedded JSON. A section whose stage has not run says so.
+After rendering, <body data-overflow> says whether the page is wider than the window.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ import html
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError
+from distillkit.evaluate.protocol import paired_difference
+from distillkit.evaluate.results import MODEL_LABELS, EvalResults, TaskScore
 from distillkit.records import atomic_write_text, iter_records, list_shards, read_manifest
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 SECTIONS = ["summary", "funnel", "reasons", "lengths", "training", "evaluation", "samples"]
+NBSP_PM = "\u00a0±\u00a0"  # "±" that a table cell does not break around
+CURVES = {"loss": "total loss", "ce": "CE", "kl": "KL"}  # keys of the train manifest's loss_curve rows
 
 
 # ----------------------------------------------------------------------------------------- svg
@@ -30,157 +35,183 @@ def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def svg_bars(items: list[tuple[str, float]], width: int = 640, bar_h: int = 22, color: str = PALETTE[0],
-             fmt: str = "{:g}") -> str:
-    """Horizontal bar chart of (label, value)."""
+def _empty(text: str = "nothing to show") -> str:
+    return f"<p class='empty'>{_esc(text)}</p>"
+
+
+def _svg(width: float, height: float) -> str:
+    """An SVG that scales down with the page (viewBox) but never grows past its drawn size."""
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' viewBox='0 0 {width} {height:.0f}' "
+            f"width='{width}' height='{height:.0f}' role='img'>")
+
+
+def _ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    """About n round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten apart)."""
+    span = (hi - lo) or abs(hi) or 1.0
+    step = 10 ** math.floor(math.log10(span / n))
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if span / (step * m) <= n)
+    step = max(1.0, round(step)) if integer else step
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(k * step, 10) for k in range(first, last + 1)]
+
+
+def svg_bars(items: list[tuple], width: int = 940, bar_h: int = 22, color: str = PALETTE[0], fmt: str = "{:g}") -> str:
+    """Horizontal bar chart of (label, value) or (label, value, value text); the text defaults to fmt."""
     if not items:
-        return "<p class='empty'>nothing to show</p>"
-    label_w, pad = 220, 8
-    vmax = max(v for _, v in items) or 1
-    height = len(items) * (bar_h + 6) + pad
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height}' role='img'>"]
-    for i, (label, value) in enumerate(items):
-        y = pad // 2 + i * (bar_h + 6)
-        w = max(1.0, (width - label_w - 70) * value / vmax)
-        out.append(f"<text x='{label_w - 6}' y='{y + bar_h * 0.7}' text-anchor='end'>{_esc(label)}</text>"
+        return _empty()
+    label_w = 230
+    vmax = max(item[1] for item in items) or 1
+    out = [_svg(width, len(items) * (bar_h + 6) + 8)]
+    for i, (label, value, *text) in enumerate(items):
+        text = text[0] if text else fmt.format(value)
+        y = 4 + i * (bar_h + 6)
+        w = max(1.0, (width - label_w - 120) * value / vmax)
+        out.append(f"<g class='bar'><text x='{label_w - 6}' y='{y + bar_h * 0.7}' text-anchor='end'>"
+                   f"{_esc(label)}</text>"
                    f"<rect x='{label_w}' y='{y}' width='{w:.1f}' height='{bar_h}' fill='{color}'>"
-                   f"<title>{_esc(label)}: {_esc(fmt.format(value))}</title></rect>"
-                   f"<text x='{label_w + w + 4:.1f}' y='{y + bar_h * 0.7}'>{_esc(fmt.format(value))}</text>")
-    out.append("</svg>")
-    return "".join(out)
+                   f"<title>{_esc(label)}: {_esc(text)}</title></rect>"
+                   f"<text class='value' x='{label_w + w + 4:.1f}' y='{y + bar_h * 0.7}'>{_esc(text)}</text></g>")
+    return "".join(out) + "</svg>"
 
 
-def svg_histogram(series: dict[str, list[float]], bins: int = 20, width: int = 640, height: int = 220) -> str:
-    """Overlaid histograms with a shared bin grid (one color per series, translucent)."""
+def svg_histogram(series: dict[str, list[float]], bins: int = 20, width: int = 940, height: int = 220) -> str:
+    """Histograms on a shared bin grid, the series' bars side by side within each bin."""
     values = [v for vs in series.values() for v in vs]
     if not values:
-        return "<p class='empty'>nothing to show</p>"
+        return _empty()
     lo, hi = min(values), max(values)
     hi = hi if hi > lo else lo + 1
     step = (hi - lo) / bins
-    counts = {}
+    counts = {name: [0] * bins for name in series}
     for name, vs in series.items():
-        c = [0] * bins
         for v in vs:
-            c[min(bins - 1, int((v - lo) / step))] += 1
-        counts[name] = c
+            counts[name][min(bins - 1, int((v - lo) / step))] += 1
     cmax = max(max(c) for c in counts.values()) or 1
-    left, bottom, top = 40, 30, 10
+    left, bottom, top = 40, 30, 24
     plot_w, plot_h = width - left - 10, height - bottom - top
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height + 24}' role='img'>"]
+    out = [_svg(width, height + 24)]
     for k, (name, c) in enumerate(counts.items()):
         color = PALETTE[k % len(PALETTE)]
         for b, n in enumerate(c):
             if n:
-                h = plot_h * n / cmax
-                x = left + b * plot_w / bins
-                out.append(f"<rect x='{x:.1f}' y='{top + plot_h - h:.1f}' width='{plot_w / bins - 1:.1f}' "
-                           f"height='{h:.1f}' fill='{color}' fill-opacity='0.55'><title>{_esc(name)}: {n} in "
+                h, w = plot_h * n / cmax, (plot_w / bins - 2) / len(counts)
+                out.append(f"<rect x='{left + b * plot_w / bins + k * w:.1f}' y='{top + plot_h - h:.1f}' "
+                           f"width='{w:.1f}' height='{h:.1f}' fill='{color}'><title>{_esc(name)}: {n} in "
                            f"[{lo + b * step:.0f}, {lo + (b + 1) * step:.0f})</title></rect>")
         out.append(f"<rect x='{left + k * 150}' y='{height + 8}' width='12' height='12' fill='{color}'/>"
                    f"<text x='{left + k * 150 + 16}' y='{height + 18}'>{_esc(name)} ({len(series[name])})</text>")
     out.append(f"<line x1='{left}' y1='{top + plot_h}' x2='{left + plot_w}' y2='{top + plot_h}' stroke='#999'/>"
                f"<text x='{left}' y='{top + plot_h + 16}'>{lo:.0f}</text>"
                f"<text x='{left + plot_w}' y='{top + plot_h + 16}' text-anchor='end'>{hi:.0f} tokens</text>"
-               f"<text x='4' y='{top + 10}'>{cmax}</text></svg>")
+               f"<text x='4' y='14'>{cmax} records (tallest bar)</text></svg>")
     return "".join(out)
 
 
-def svg_lines(series: dict[str, list[tuple[float, float]]], width: int = 640, height: int = 240,
-              x_label: str = "step") -> str:
-    """Line chart of several (x, y) series sharing axes."""
-    points = [p for ps in series.values() for p in ps if p[1] is not None and math.isfinite(p[1])]
+def svg_lines(series: dict[str, list[tuple[float, float]]], width: int = 940, height: int = 280,
+              x_label: str = "step", y_label: str = "loss") -> str:
+    """Line chart of (x, y) series on shared, labelled axes with tick values; every point is drawn
+    (a circle with its value as tooltip) so that a short run's few logged steps stay visible."""
+    series = {k: [p for p in ps if p[1] is not None and math.isfinite(p[1])] for k, ps in series.items()}
+    points = [p for ps in series.values() for p in ps]
     if not points:
-        return "<p class='empty'>nothing to show</p>"
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(0.0, min(ys)), max(ys) if max(ys) > min(0.0, min(ys)) else 1.0
-    left, bottom, top = 48, 30, 10
-    pw, ph = width - left - 10, height - bottom - top
+        return _empty()
+    xt = _ticks(0, max(p[0] for p in points), integer=True)
+    yt = _ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
+    left, right, top, bottom = 64, 16, 10, 46
+    pw, ph = width - left - right, height - top - bottom
 
     def sx(x):
-        return left + pw * (x - x0) / (x1 - x0)
+        return left + pw * (x - xt[0]) / ((xt[-1] - xt[0]) or 1)
 
     def sy(y):
-        return top + ph - ph * (y - y0) / (y1 - y0)
+        return top + ph - ph * (y - yt[0]) / ((yt[-1] - yt[0]) or 1)
 
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height + 24}' role='img'>",
-           f"<line x1='{left}' y1='{top + ph}' x2='{left + pw}' y2='{top + ph}' stroke='#999'/>",
-           f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + ph}' stroke='#999'/>",
-           f"<text x='4' y='{top + 10}'>{y1:.3g}</text><text x='4' y='{top + ph}'>{y0:.3g}</text>",
-           f"<text x='{left + pw}' y='{top + ph + 16}' text-anchor='end'>{_esc(x_label)} {x1:g}</text>"]
-    for k, (name, ps) in enumerate(series.items()):
-        ps = [p for p in ps if p[1] is not None and math.isfinite(p[1])]
-        if not ps:
-            continue
+    out = [_svg(width, height + 26)]
+    for t in yt:
+        out.append(f"<line x1='{left}' y1='{sy(t):.1f}' x2='{left + pw}' y2='{sy(t):.1f}' stroke='#eee'/>"
+                   f"<text class='tick' x='{left - 6}' y='{sy(t) + 4:.1f}' text-anchor='end'>{t:g}</text>")
+    for t in xt:
+        out.append(f"<line x1='{sx(t):.1f}' y1='{top + ph}' x2='{sx(t):.1f}' y2='{top + ph + 4}' stroke='#999'/>"
+                   f"<text class='tick' x='{sx(t):.1f}' y='{top + ph + 17}' text-anchor='middle'>{t:g}</text>")
+    out.append(f"<line x1='{left}' y1='{top + ph}' x2='{left + pw}' y2='{top + ph}' stroke='#999'/>"
+               f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + ph}' stroke='#999'/>"
+               f"<text class='axis' x='{left + pw / 2}' y='{top + ph + 36}' text-anchor='middle'>{_esc(x_label)}</text>"
+               f"<text class='axis' transform='translate(16 {top + ph / 2}) rotate(-90)' "
+               f"text-anchor='middle'>{_esc(y_label)}</text>")
+    for k, (name, ps) in enumerate((name, ps) for name, ps in series.items() if ps):
         color = PALETTE[k % len(PALETTE)]
         path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(ps))
         out.append(f"<path d='{path}' fill='none' stroke='{color}' stroke-width='2'/>")
-        out.append(f"<rect x='{left + k * 150}' y='{height + 8}' width='12' height='12' fill='{color}'/>"
-                   f"<text x='{left + k * 150 + 16}' y='{height + 18}'>{_esc(name)}</text>")
-    out.append("</svg>")
-    return "".join(out)
+        if len(ps) <= 200:
+            out += [f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='3.5' fill='{color}'><title>{_esc(name)}, "
+                    f"{_esc(x_label)} {x:g}: {y:.4g}</title></circle>" for x, y in ps]
+        out.append(f"<rect x='{left + k * 190}' y='{height + 10}' width='12' height='12' fill='{color}'/>"
+                   f"<text x='{left + k * 190 + 16}' y='{height + 20}'>{_esc(name)} (last {ps[-1][1]:.4g})</text>")
+    return "".join(out) + "</svg>"
 
 
-def svg_bars_with_error(items: list[tuple[str, float, float]], width: int = 640, bar_h: int = 26) -> str:
-    """Horizontal bars of (label, mean, standard error) on a 0-100 scale, with +-1 se whiskers."""
-    if not items:
-        return "<p class='empty'>nothing to show</p>"
-    label_w = 260
-    scale = (width - label_w - 80) / 100.0
-    height = len(items) * (bar_h + 8) + 8
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart' width='{width}' height='{height}' role='img'>"]
-    for i, (label, mean, se) in enumerate(items):
-        y = 4 + i * (bar_h + 8)
-        w = max(1.0, mean * scale)
-        lo, hi = label_w + max(0.0, mean - se) * scale, label_w + min(100.0, mean + se) * scale
-        out.append(f"<text x='{label_w - 6}' y='{y + bar_h * 0.7}' text-anchor='end'>{_esc(label)}</text>"
-                   f"<rect x='{label_w}' y='{y}' width='{w:.1f}' height='{bar_h}' fill='{PALETTE[i % 8]}'>"
-                   f"<title>{_esc(label)}: {mean:.1f} +- {se:.1f}</title></rect>"
-                   f"<line x1='{lo:.1f}' y1='{y + bar_h / 2}' x2='{hi:.1f}' y2='{y + bar_h / 2}' stroke='#222'/>"
-                   f"<text x='{hi + 6:.1f}' y='{y + bar_h * 0.7}'>{mean:.1f} ± {se:.1f}</text>")
-    out.append("</svg>")
-    return "".join(out)
+def _pct(score: TaskScore, pm: str = " ± ") -> str:
+    """pass@1 in % ± its standard error, as comparison.md writes it."""
+    mean = f"{100 * score.pass_at_1:.1f}"
+    return mean if score.stderr is None else f"{mean}{pm}{100 * score.stderr:.1f}"
+
+
+def svg_eval(results: EvalResults, width: int = 940, bar_h: int = 22) -> str:
+    """pass@1 (%) ± se: one group per task, one bar per model with a ±1 se whisker and its value;
+    the dashed line is the task's constant-answer baseline."""
+    models, tasks = results.model_keys(), results.task_names()
+    scores = {(m, t): s for m in models for t in tasks if (s := results.score(m, t))}
+    if not scores:
+        return _empty()
+    label_w, right = 130, 100
+    hi = max([100 * (s.pass_at_1 + (s.stderr or 0)) for s in scores.values()]
+             + [100 * b.pass_at_1 for b in results.baselines.values()])
+    xt = _ticks(0, min(100.0, max(hi, 1.0)))
+    scale = (width - label_w - right) / xt[-1]
+    group_h = 20 + len(models) * (bar_h + 4)
+    height = len(tasks) * (group_h + 8) + 30
+    out = [_svg(width, height)]
+    for t in xt:
+        x = label_w + t * scale
+        out.append(f"<line x1='{x:.1f}' y1='0' x2='{x:.1f}' y2='{height - 26}' stroke='#eee'/>"
+                   f"<text class='tick' x='{x:.1f}' y='{height - 12}' text-anchor='middle'>{t:g}%</text>")
+    for g, task in enumerate(tasks):
+        y0 = g * (group_h + 8)
+        out.append(f"<text class='group' x='4' y='{y0 + 14}'>{_esc(task)}</text>")
+        for i, m in enumerate(models):
+            y = y0 + 20 + i * (bar_h + 4)
+            out.append(f"<text x='{label_w - 6}' y='{y + bar_h * 0.7}' text-anchor='end'>"
+                       f"{_esc(MODEL_LABELS.get(m, m))}</text>")
+            if (s := scores.get((m, task))) is None:
+                out.append(f"<text x='{label_w + 4}' y='{y + bar_h * 0.7}' class='empty'>not evaluated</text>")
+                continue
+            mean, se = 100 * s.pass_at_1, 100 * (s.stderr or 0)
+            lo, hi = label_w + max(0.0, mean - se) * scale, label_w + min(100.0, mean + se) * scale
+            out.append(f"<g class='bar' data-model='{_esc(m)}' data-task='{_esc(task)}'>"
+                       f"<rect x='{label_w}' y='{y}' width='{max(1.0, mean * scale):.1f}' height='{bar_h}' "
+                       f"fill='{PALETTE[i % 8]}'><title>{_esc(MODEL_LABELS.get(m, m))}, {_esc(task)}: pass@1 "
+                       f"{_esc(_pct(s))}% over {s.num_questions} questions</title></rect>"
+                       f"<line x1='{lo:.1f}' y1='{y + bar_h / 2}' x2='{hi:.1f}' y2='{y + bar_h / 2}' stroke='#222'/>"
+                       f"<text class='value' x='{max(hi, label_w + mean * scale) + 6:.1f}' "
+                       f"y='{y + bar_h * 0.7}'>{_esc(_pct(s))}</text></g>")
+        if (b := results.baselines.get(task)) is not None:
+            x = label_w + 100 * b.pass_at_1 * scale
+            out.append(f"<line x1='{x:.1f}' y1='{y0 + 18}' x2='{x:.1f}' y2='{y0 + group_h}' stroke='#555' "
+                       f"stroke-dasharray='4 3'><title>constant-answer baseline ({_esc(b.answer)}): "
+                       f"{100 * b.pass_at_1:.1f}%</title></line>")
+    return "".join(out) + "</svg>"
 
 
 # ----------------------------------------------------------------------------------------- data
-
-
-def _funnel(stats: dict) -> list[tuple[str, float]]:
-    """(step, records remaining) from a filter manifest's stats, whatever the exact layout."""
-    funnel = stats.get("funnel")
-    if isinstance(funnel, list):
-        rows = []
-        for step in funnel:
-            name = step.get("step") or step.get("verifier") or step.get("name")
-            value = step.get("out", step.get("kept", step.get("remaining")))
-            if name is not None and value is not None:
-                rows.append((str(name), float(value)))
-        return rows
-    if isinstance(funnel, dict):
-        return [(str(k), float(v if not isinstance(v, dict) else v.get("out", 0))) for k, v in funnel.items()]
-    return []
-
-
-def _reasons(stats: dict) -> list[tuple[str, float]]:
-    reasons = stats.get("reasons") or stats.get("rejection_reasons") or {}
-    if isinstance(reasons, dict):
-        flat = {}
-        for k, v in reasons.items():
-            if isinstance(v, dict):
-                flat.update({f"{k}:{r}": n for r, n in v.items()})
-            else:
-                flat[k] = v
-        return sorted(((k, float(v)) for k, v in flat.items()), key=lambda kv: -kv[1])
-    return []
 
 
 def _reasons_of(record: dict) -> list[str]:
     return [f"{v['verifier']}:{v['reason']}" for v in record.get("verdicts") or [] if v.get("passed") is False]
 
 
-def _sample(folder: Path, n: int, seed: int = 0) -> tuple[list[dict], list[int]]:
-    """Up to n records (reservoir sample) and the completion lengths of all records."""
+def _sample(folder: Path, n: int, verdicts: Counter, seed: int = 0) -> tuple[list[dict], list[int]]:
+    """Up to n records (reservoir sample) and the completion lengths of all records; counts every
+    verdict (verifier, reason, passed) into `verdicts` on the way."""
     rng = random.Random(seed)
     lengths, chosen = [], []
     if not folder.is_dir() or not list_shards(folder):
@@ -188,6 +219,7 @@ def _sample(folder: Path, n: int, seed: int = 0) -> tuple[list[dict], list[int]]
     cols = ["id", "problem", "gold_answer", "completion", "prefill", "completion_tokens", "finish_reason", "verdicts"]
     for i, rec in enumerate(iter_records(folder, columns=cols)):
         lengths.append(rec.get("completion_tokens") or 0)
+        verdicts.update((v["verifier"], v["reason"], v.get("passed")) for v in rec.get("verdicts") or [])
         if len(chosen) < n:
             chosen.append(rec)
         elif (j := rng.randint(0, i)) < n:
@@ -195,56 +227,129 @@ def _sample(folder: Path, n: int, seed: int = 0) -> tuple[list[dict], list[int]]
     return chosen, lengths
 
 
-def _loss_curves(train_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    manifest = read_manifest(train_dir)
-    history = []
-    if manifest is not None:
-        history = manifest.stats.get("loss_curve") or manifest.stats.get("log_history") or []
-    if not history and (train_dir / "log_history.json").exists():
-        history = json.loads((train_dir / "log_history.json").read_text())
+def _reason_counts(verdicts: Counter, stats: dict, have_rejected: bool) -> dict[Any, list[tuple[str, int]]]:
+    """{False: rejections, True: passes, None: cannot judge}: [(step:reason, count)] by count.
+
+    From the filter manifest's `outcomes` (every verdict by outcome). Runs filtered before it existed have
+    only `reasons` (passes included, unlabelled): then the records' `verdicts` say which is which, and
+    without rejected shards (filter.write_rejected: false) a reason counts as a rejection unless a kept
+    record carries it as a pass or "cannot judge"."""
+    if stats.get("outcomes"):
+        named = {"rejected": False, "passed": True, "cannot_judge": None}
+        verdicts = Counter({(step, reason, named[o]): n for step, by in stats["outcomes"].items()
+                            for o, rs in by.items() for reason, n in rs.items()})
+    elif not have_rejected:
+        kind = {(s, r): p for s, r, p in verdicts}
+        verdicts = Counter({(s, r, kind.get((s, r), False)): n for s, rs in (stats.get("reasons") or {}).items()
+                            for r, n in rs.items()})
+    out: dict[Any, list[tuple[str, int]]] = {False: [], True: [], None: []}
+    for (step, reason, passed), n in sorted(verdicts.items(), key=lambda kv: -kv[1]):
+        out[passed].append((f"{step}:{reason}", n))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- sections
+
+
+def _table(header: list[str] | str, rows: list[list[str]]) -> str:
+    """An HTML table (cells are already-escaped HTML; header: names, or header rows as HTML) in a box
+    that scrolls sideways if it must."""
+    head = header if isinstance(header, str) else "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<div class='scroll'><table>{head}{body}</table></div>"
+
+
+def _reasons_section(counts: dict[Any, list[tuple[str, int]]]) -> str:
+    body = svg_bars([(k, n, str(n)) for k, n in counts[False]], color=PALETTE[3]) if counts[False] \
+        else _empty("no record was rejected")
+    other = [[_esc(k), "passed" if p else "cannot judge", str(n)] for p in (True, None) for k, n in counts[p]]
+    if other:
+        body += ("<p class='note'>Verdicts that let a record through (not rejections):</p>"
+                 + _table(["step:reason", "verdict", "records"], other))
+    return body + ("<p class='note'>Every verdict is counted: with several verifiers judging a record, a rejected "
+                   "record can count under more than one reason; the funnel counts it once.</p>")
+
+
+def _training_section(manifest) -> str:
+    """Loss curves from the train manifest's `loss_curve` (one row per log: step, loss, ce, kl, ...)."""
+    if manifest is None:
+        return _empty("train has not run")
     curves: dict[str, list[tuple[float, float]]] = {}
-    for row in history:
-        step = row.get("step")
-        if step is None:
-            continue
-        for key, name in (("loss", "total loss"), ("ce", "CE"), ("ce_loss", "CE"), ("kl", "KL"), ("kd", "KL"),
-                          ("kd_loss", "KL")):
-            if isinstance(row.get(key), (int, float)):
-                curves.setdefault(name, []).append((float(step), float(row[key])))
-    return curves
+    for row in manifest.stats.get("loss_curve") or []:
+        for key, name in CURVES.items():
+            if isinstance(row.get(key), (int, float)) and row.get("step") is not None:
+                curves.setdefault(name, []).append((float(row["step"]), float(row[key])))
+    st, kd = manifest.stats, manifest.stats.get("kd") or {}
+    facts = [f"{st.get('global_steps', '?')} steps", f"{st.get('tokens_seen') or 0:,} tokens seen",
+             f"{st.get('train_seconds') or 0:.0f} s of training"]
+    facts += [f"mean train loss {st['final_train_loss']:.4g}"] if st.get("final_train_loss") is not None else []
+    facts += [f"total loss = {kd['alpha']:g}·CE + {1 - kd['alpha']:g}·T²·KL (T = {kd.get('temperature', 1):g})"
+              ] if kd.get("alpha") is not None else []
+    body = f"<p class='note'>{_esc(', '.join(facts))}</p>"
+    if not curves:
+        return body + _empty("the train manifest has no loss_curve")
+    steps = sorted({x for ps in curves.values() for x, _ in ps})
+    value = {(name, x): y for name, ps in curves.items() for x, y in ps}
+    rows = [[f"{x:g}"] + [f"{value[(n, x)]:.4g}" if (n, x) in value else "–" for n in curves] for x in steps]
+    return (body + svg_lines(curves) + f"<details{' open' if len(steps) <= 12 else ''}><summary>loss values "
+            f"({len(steps)} logged steps)</summary>" + _table(["step"] + list(curves), rows) + "</details>")
 
 
-def _eval_items(eval_dir: Path) -> list[tuple[str, float, float]]:
-    path = eval_dir / "results.json"
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    items = []
-    models = data.get("models", data)
-    for model, tasks in models.items():
-        if not isinstance(tasks, dict):
-            continue
-        for task, res in tasks.items():
-            if isinstance(res, dict) and "pass@1" in res:
-                mean, se = float(res["pass@1"]), float(res.get("stderr", res.get("pass@1_stderr", 0.0)) or 0.0)
-                if mean <= 1.0 and se <= 1.0:  # fractions -> percent
-                    mean, se = 100 * mean, 100 * se
-                items.append((f"{model} / {task}", mean, se))
-    return items
+def _paired(before: TaskScore | None, after: TaskScore | None) -> str:
+    """after − before in points, paired by question (as comparison.md), or "–"."""
+    diff, se, n = paired_difference(after, before) if before and after else (0.0, None, 0)
+    return "–" if not n else f"{100 * diff:+.1f}" + (f"{NBSP_PM}{100 * se:.1f}" if se is not None else "")
+
+
+def _evaluation_section(eval_dir: Path) -> str:
+    try:
+        results = EvalResults.read(eval_dir)
+    except DistillkitError as e:  # a results.json of another shape: say so loudly, keep the rest of the report
+        return f"<p class='error'>{_esc(e)}</p>"
+    if results is None:
+        return _empty("evaluate has not run")
+    p, models = results.protocol, results.model_keys()
+    body = (f"<p class='note'>pass@1 in % ± standard error over questions; k={p.num_samples} samples per question "
+            f"at temperature {p.temperature:g}, top-p {p.top_p:g}, up to {p.max_gen_toks} new tokens "
+            f"(backend {_esc(p.backend)}). Whiskers: ±1 se; dashed line: constant-answer baseline.</p>")
+    both = "student_before" in models and "student_after" in models
+    header = ("<tr><th rowspan='2'>task</th><th rowspan='2'>questions</th>"
+              + "".join(f"<th colspan='2'>{_esc(MODEL_LABELS.get(m, m))}</th>" for m in models)
+              + ("<th rowspan='2'>after − before (paired)</th>" if both else "")
+              + "<th rowspan='2'>baseline</th></tr><tr>"
+              + f"<th>pass@1</th><th>pass@{p.num_samples}</th>" * len(models) + "</tr>")
+    rows = []
+    for task in results.task_names():
+        scores = {m: results.score(m, task) for m in models}
+        row = [_esc(task), str(next((s.num_questions for s in scores.values() if s), 0))]
+        for s in scores.values():
+            passk = None if s is None else s.pass_at_k
+            row += [_esc(_pct(s, NBSP_PM)) if s else "–", "–" if passk is None else f"{100 * passk:.1f}"]
+        row += [_paired(scores["student_before"], scores["student_after"])] if both else []
+        b = results.baselines.get(task)
+        rows.append(row + [f"{100 * b.pass_at_1:.1f} (always {_esc(b.answer)})" if b else "–"])
+    lines = [f"<li><code>{_esc(name)}</code> v{_esc(t.version)} ({_esc(t.source)}): {_esc(t.dataset or '?')}"
+             f"{', split ' + _esc(t.split) if t.split else ''}; {t.num_fewshot}-shot; prompt: {_esc(t.prompt)}; "
+             f"scored on {_esc(t.scored_text)}; answer: {_esc(t.extraction)}</li>" for name, t in p.task_info.items()]
+    lines += [f"<li>{_esc(MODEL_LABELS.get(m, m))}: <code>{_esc(results.models[m].model)}</code></li>" for m in models]
+    return body + svg_eval(results) + _table(header, rows) + f"<ul class='small'>{''.join(lines)}</ul>"
 
 
 # ----------------------------------------------------------------------------------------- page
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:980px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;padding:0 16px;max-width:980px;
+color:#222;overflow-wrap:anywhere}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
-.chart text{font-size:12px;fill:#333}.empty{color:#888;font-style:italic}
-table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+.chart{display:block;max-width:100%;height:auto}.chart text{font-size:12px;fill:#333}
+.chart .tick{fill:#666;font-size:11px}.chart .axis,.chart .group{font-weight:600}
+.empty{color:#888;font-style:italic}.error{color:#b00}.note,.small{color:#555;font-size:.88em}.scroll{overflow-x:auto}
+table{border-collapse:collapse;margin:6px 0;overflow-wrap:break-word}
+td,th{padding:3px 7px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 .sample{border:1px solid #ddd;border-radius:6px;margin:8px 0;padding:6px 10px}
 .sample.kept{border-left:5px solid #54A24B}.sample.rejected{border-left:5px solid #E45756}
-.sample pre{white-space:pre-wrap;max-height:260px;overflow:auto;background:#f7f7f7;padding:6px}
-.tag{display:inline-block;background:#eee;border-radius:3px;padding:0 5px;margin-right:4px;font-size:.85em}
-#controls{margin:8px 0}#errors{color:#b00}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}#controls{margin:8px 0}#errors{color:#b00}
+.sample pre{max-height:260px;overflow:auto;background:#f7f7f7;padding:6px}
 """
 
 JS = """
@@ -277,6 +382,8 @@ JS = """
   }
   [kind, reason, query].forEach(function(el){ el.addEventListener('input', render); });
   render();
+  var root = document.documentElement;
+  document.body.setAttribute('data-overflow', root.scrollWidth > root.clientWidth ? 'yes' : 'no');
   document.body.setAttribute('data-rendered', 'ok');
 })();
 """
@@ -298,30 +405,27 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
     rows = []
     for stage, m in stages.items():
         if m is None:
-            rows.append(f"<tr><td>{stage}</td><td colspan='3' class='empty'>not run</td></tr>")
+            rows.append([stage, "<span class='empty'>not run</span>", "", ""])
             continue
         counts = ", ".join(f"{k}: {v}" for k, v in list(m.counts.items())[:6])
-        rows.append(f"<tr><td>{stage}</td><td>{_esc(counts)}</td><td>{m.timings.get('total_s', 0):.0f} s</td>"
-                    f"<td><code>{_esc(m.config_hash)}</code></td></tr>")
-    summary = ("<table><tr><th>stage</th><th>counts</th><th>time</th><th>config hash</th></tr>"
-               + "".join(rows) + "</table>")
+        rows.append([stage, _esc(counts), f"{m.timings.get('total_s', 0):.0f}\u00a0s",
+                     f"<code>{_esc(m.config_hash)}</code>"])
+    summary = _table(["stage", "counts", "time", "config hash"], rows)
 
-    fstats = stages["filter"].stats if stages["filter"] else {}
-    funnel = svg_bars(_funnel(fstats)) if fstats else "<p class='empty'>filter has not run</p>"
-    reasons = svg_bars(_reasons(fstats), color=PALETTE[3]) if fstats else "<p class='empty'>filter has not run</p>"
-
-    kept, kept_len = _sample(run_dir / "filter", num_samples // 2)
-    rejected, rej_len = _sample(run_dir / "filter" / "rejected", num_samples // 2, seed=1)
+    verdicts: Counter = Counter()
+    kept, kept_len = _sample(run_dir / "filter", num_samples // 2, verdicts)
+    rejected, rej_len = _sample(run_dir / "filter" / "rejected", num_samples // 2, verdicts, seed=1)
     if not kept and not rejected:  # no filter yet: show the raw generations
-        kept, kept_len = _sample(run_dir / "generate", num_samples)
+        kept, kept_len = _sample(run_dir / "generate", num_samples, Counter())
     lengths = svg_histogram({"kept": kept_len, "rejected": rej_len} if rej_len else {"generated": kept_len})
 
-    curves = _loss_curves(run_dir / "train")
-    training = svg_lines(curves) if curves else "<p class='empty'>no training log</p>"
-    evaluation = svg_bars_with_error(_eval_items(run_dir / "evaluate"))
-    comparison = run_dir / "evaluate" / "comparison.md"
-    if comparison.exists():
-        evaluation += f"<pre>{_esc(comparison.read_text())}</pre>"
+    fm = stages["filter"]
+    if fm is None:
+        funnel = reasons = _empty("filter has not run")
+    else:
+        funnel = svg_bars([(r["step"], r["out"], f"{r['out']}" + (f" (−{r['rejected']})" if r["rejected"] else ""))
+                           for r in fm.stats.get("funnel", [])])
+        reasons = _reasons_section(_reason_counts(verdicts, fm.stats, bool(rej_len) or not fm.counts.get("rejected")))
 
     samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",
                 "completion": (r.get("prefill") or "") + (r.get("completion") or ""),
@@ -340,11 +444,13 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
         _section("funnel", "Filter funnel (records remaining after each step)", funnel),
         _section("reasons", "Rejection reasons", reasons),
         _section("lengths", "Completion lengths, kept vs rejected", lengths),
-        _section("training", "Training loss (CE and KL)", training),
-        _section("evaluation", "Evaluation: pass@1 over k samples (± standard error)", evaluation),
+        _section("training", "Training loss (total, CE and KL)", _training_section(stages["train"])),
+        _section("evaluation", "Evaluation: pass@1 over k samples (± standard error)",
+                 _evaluation_section(run_dir / "evaluate")),
         _section("samples", "Samples", browser),
     ])
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>distillkit report: "
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'><title>distillkit report: "
             f"{_esc(run_dir.name)}</title><style>{CSS}</style>"
             "<script>window.addEventListener('error',function(e){var el=document.getElementById('errors');"
             "if(el){el.textContent+=String(e.message)+'\\n';}});</script></head>"

@@ -123,6 +123,10 @@ def test_filter_stage_end_to_end(run_cfg):
     assert m.stats["reasons"]["math"] == {"correct": 5, "no_boxed_answer": 2, "no_gold_answer": 1, "wrong_answer": 3}
     assert m.stats["reasons"]["format"] == {"answer_not_boxed": 1, "unclosed_reasoning": 1, "well_formed": 9}
     assert m.stats["reasons"]["selection"] == {"not_shortest": 1, "pass_rate_above_max": 1, "selected": 2}
+    # the same verdicts by outcome: what the report and the CLI funnel list as rejections
+    assert m.stats["outcomes"]["math"] == {"rejected": {"no_boxed_answer": 2, "wrong_answer": 3},
+                                           "passed": {"correct": 5}, "cannot_judge": {"no_gold_answer": 1}}
+    assert m.stats["outcomes"]["format"]["passed"] == {"well_formed": 9}
     assert m.stats["sources"] == {
         "arith": {"records": 8, "passed_verifiers": 4, "pass_rate": 0.5, "kept": 2, "prompts": 2, "prompts_kept": 2},
         "other": {"records": 3, "passed_verifiers": 1, "pass_rate": 0.3333, "kept": 0, "prompts": 2, "prompts_kept": 0}}
