@@ -103,11 +103,7 @@ class Scorers:
     """The six scorers; each `name(response, gold_entry) -> bool`."""
 
     def __init__(self):
-        logging.getLogger("math_verify").setLevel(logging.ERROR)
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        logging.getLogger("r1_task_utils").setLevel(logging.ERROR)
         self.r1 = _load("r1_task_utils", R1_UTILS)
-        self.r1.log.setLevel(logging.ERROR)
         import lm_eval
         from lm_eval.models.utils import postprocess_generated_text
 
@@ -354,6 +350,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lighteval-src", help="PYTHONPATH holding lighteval 0.13.0 and its pinned latex2sympy2_extended "
                                             "1.0.6 / antlr4 4.13.2: also run lighteval's own metrics and compare")
     args = ap.parse_args(argv)
+    # math-verify and the scorers warn per unparsable answer: hundreds of lines here. Only when run as a script:
+    # imported by a test, the process's logging is left alone.
+    if __name__ == "__main__":
+        for name in ("math_verify", "lm_eval", "r1_task_utils", "distillkit"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     golds, responses = load_corpus(args.corpus)
     t0 = time.perf_counter()
     rows = score(golds, responses)

@@ -10,7 +10,8 @@ Each test takes a recipe under recipes/ and replaces only what this machine cann
   model on a local task.
 Everything else stays as the recipe has it: backend, sampling, top-k soft labels, filters, selection,
 method (QLoRA runs on CPU through bitsandbytes), LoRA settings, KD mode, packing, checkpointing,
-bf16, RoPE override, evaluation protocol. generate -> filter -> train -> evaluate then run for real.
+bf16, RoPE override, evaluation protocol. generate -> filter -> train -> evaluate then run for real
+(evaluate once per student: a multi-GPU recipe with a single-GPU sibling stops after train).
 
 The teacher writes `COMPLETION` after every prompt, so each assertion is about something known: the
 trained text keeps the reasoning, the student's EOS is trained, the soft label at `</think>` is the
@@ -121,7 +122,10 @@ def shrink(recipe: Path, tmp: Path, built) -> tuple[dict, str, str]:
     ev.update(models=["student_after"], tasks=["distillkit_arith"], num_samples=1, max_gen_toks=32, limit=2)
     for key in ("tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size"):
         ev.get("model_args", {}).pop(key, None)
-    data["stages"] = ["generate", "filter", "train", "evaluate"]
+    # Evaluation runs once per student: a multi-GPU recipe whose single-GPU sibling evaluates the same student
+    # (same tokenizer and template; the evaluation parallelism is shrunk to one process anyway) stops after train.
+    sibling = recipe.name == "multi_gpu.yaml" and (recipe.parent / "qlora_single_gpu.yaml").exists()
+    data["stages"] = ["generate", "filter", "train"] + ([] if sibling else ["evaluate"])
     return data, teacher_id, student_id
 
 
@@ -168,7 +172,7 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
         findings = preflight(cfg)
         raise_on_fatal(findings)  # the pair passes preflight as shipped
         manifests = run_pipeline(cfg)
-    assert set(manifests) == {"generate", "filter", "train", "evaluate"}
+    assert set(manifests) == set(cfg.stages) >= {"generate", "filter", "train"}
     kept = read_records(cfg.stage_dir("filter"))
     assert len(kept) >= 1 and all(r["completion"].endswith(COMPLETION.split("</think>")[1]) for r in kept)
 
@@ -198,5 +202,8 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
         think_end = saved.convert_tokens_to_ids("</think>")
         at = ex["input_ids"].index(think_end)
         assert ex["kd_mask"][at] == 1 and ex["kd_ids"][at][0] == think_end
-    results = json.loads((cfg.stage_dir("evaluate") / "results.json").read_text())
-    assert "student_after" in json.dumps(results)
+    if "evaluate" in cfg.stages:
+        from distillkit.evaluate.results import EvalResults
+
+        results = EvalResults.read(cfg.stage_dir("evaluate"))
+        assert results.model_keys() == ["student_after"] and results.score("student_after", "distillkit_arith")

@@ -13,6 +13,7 @@ from distillkit.evaluate.results import Baseline, EvalResults, ModelResult, Prot
 from distillkit.filter.stage import run_filter
 from distillkit.publish.report import SECTIONS, build_report
 from distillkit.records import StageOutput, make_record, record_features
+from distillkit.train.stats import TrainStats
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 LONG = "https://example.org/" + "a" * 300 + " $\\frac{" + "x" * 250 + "}{2}$"  # must wrap, not overflow
@@ -67,8 +68,10 @@ def _fake_run(root, write_rejected: bool = True):
     curve = [{"step": 5, "loss": 1.25, "ce": 0.9, "kl": 1.6, "learning_rate": 5e-5},
              {"step": 10, "loss": 0.75, "ce": 0.6, "kl": 0.9, "learning_rate": 0.0}]
     train.finish(counts={"records": 6, "examples": 6, "tokens_seen": 4321, "steps": 10},
-                 stats={"tokens_seen": 4321, "train_seconds": 12.5, "global_steps": 10, "final_train_loss": 1.0,
-                        "loss_curve": curve, "kd": {"enabled": True, "alpha": 0.5, "temperature": 1.0}})
+                 stats=TrainStats(tokens_seen=4321, tokens_per_s=345.7, train_seconds=12.5, global_steps=10,
+                                  final_train_loss=1.0, loss_curve=curve, method="lora", bf16=False,
+                                  kd={"enabled": True, "alpha": 0.5, "temperature": 1.0}, trainable_params=1000,
+                                  ).dump())  # as the train stage writes them
 
     ev = StageOutput(cfg.stage_dir("evaluate"), "evaluate", "e")
     ev.begin()

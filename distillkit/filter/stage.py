@@ -2,14 +2,8 @@
 
 Reads `<run>/generate`, writes kept records to `<run>/filter` and rejected ones to
 `<run>/filter/rejected` (same shard numbering as the input). Every record carries the verdicts of
-every step that judged it in its `verdicts` column; the manifest's `stats` hold the funnel:
-
-    funnel   [{"step", "in", "rejected", "out"}]   a record counts at the first step that rejects it
-    reasons  {step: {reason: count}}                every verdict given, passes included
-    outcomes {step: {"rejected"|"passed"|"cannot_judge": {reason: count}}}  the same verdicts by outcome
-    sources  {source: {"records", "passed_verifiers", "pass_rate", "kept", "prompts", "prompts_kept"}}
-    verifiers {step: {...}}                         usage of verifiers that report it (the judge: requests,
-                                                    cache hits, tokens); absent when none does
+every step that judged it in its `verdicts` column; the manifest's `stats` hold the funnel, the reasons
+and the per-source pass rates (`distillkit/filter/stats.py`, `FilterStats`, defines them).
 """
 
 from __future__ import annotations
@@ -25,6 +19,7 @@ from typing import Any
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
+from distillkit.filter.stats import FilterStats
 from distillkit.filter.verifiers.base import Verdict
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, list_shards, read_manifest, record_features
@@ -170,11 +165,9 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
         s["pass_rate"] = round(s["passed_verifiers"] / s["records"], 4) if s["records"] else 0.0
         s["prompts"] = len(prompts[src])
         s["prompts_kept"] = len(prompts_kept[src])
-    stats = {"funnel": funnel, "reasons": {k: dict(sorted(v.items())) for k, v in reasons.items()},
-             "outcomes": {k: {o: dict(sorted(c.items())) for o, c in v.items()} for k, v in outcomes.items()},
-             "sources": dict(sorted(sources.items()))}
-    if verifier_stats:
-        stats["verifiers"] = verifier_stats
+    stats = FilterStats(funnel=funnel, reasons={k: dict(sorted(v.items())) for k, v in reasons.items()},
+                        outcomes={k: {o: dict(sorted(c.items())) for o, c in v.items()} for k, v in outcomes.items()},
+                        sources=dict(sorted(sources.items())), verifiers=verifier_stats).dump()
     return FilterResult(verdicts=verdicts, kept=alive, stats=stats, timings=timings)
 
 
@@ -260,19 +253,18 @@ def funnel_table(manifest: Manifest | None):
     for col, just in (("step", "left"), ("in", "right"), ("rejected", "right"), ("out", "right"),
                       ("rejection reasons", "left"), ("cannot judge", "left")):
         table.add_column(col, justify=just)
-    if manifest is None:
+    stats = FilterStats.of(manifest)
+    if stats is None:
         return table
-    outcomes = manifest.stats.get("outcomes", {})
 
     def listed(counts: dict) -> str:
         return ", ".join(f"{r} {c}" for r, c in sorted(counts.items(), key=lambda kv: -kv[1]))
 
-    for row in manifest.stats.get("funnel", []):
-        step = outcomes.get(row["step"], {})
-        table.add_row(row["step"], str(row["in"]), str(row["rejected"]), str(row["out"]),
-                      listed(step.get("rejected", {})), listed(step.get("cannot_judge", {})))
-    for src, s in manifest.stats.get("sources", {}).items():
-        table.add_row(f"source {src or '-'}", str(s["records"]), "", str(s["kept"]),
-                      f"pass rate {s['pass_rate']:.1%} ({s['passed_verifiers']}/{s['records']}); "
-                      f"prompts kept {s['prompts_kept']}/{s['prompts']}", "")
+    for row in stats.funnel:
+        table.add_row(row.step, str(row.in_), str(row.rejected), str(row.out),
+                      listed(stats.counts(row.step, "rejected")), listed(stats.counts(row.step, "cannot_judge")))
+    for src, s in stats.sources.items():
+        table.add_row(f"source {src or '-'}", str(s.records), "", str(s.kept),
+                      f"pass rate {s.pass_rate:.1%} ({s.passed_verifiers}/{s.records}); "
+                      f"prompts kept {s.prompts_kept}/{s.prompts}", "")
     return table

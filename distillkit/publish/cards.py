@@ -22,6 +22,7 @@ from distillkit.errors import DistillkitError
 from distillkit.evaluate.results import EvalResults
 from distillkit.evaluate.stage import task_lines
 from distillkit.records import Manifest
+from distillkit.train.stats import TrainStats
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def _eval_table(results: EvalResults | None) -> str:
 
 def _mixture_rows(train_manifest: Manifest | None) -> list[dict[str, Any]]:
     """One row per source of the training mixture (train manifest `stats.mixture`), or none."""
-    mixture = (train_manifest.stats.get("mixture") if train_manifest is not None else None) or {}
+    train_stats = TrainStats.of(train_manifest)
+    mixture = (train_stats.mixture if train_stats is not None else None) or {}
     def kind(part: dict[str, Any]) -> str:
         fmt = part.get("reasoning_format")
         label = part["kind"].replace("_", "-")
@@ -140,11 +142,11 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         rows.append(("context override", what))
         limitations.append(f"The student's context was extended before training ({what}); its base model was "
                            "made for a shorter one.")
-    if train_manifest is not None:
+    train_stats = TrainStats.of(train_manifest)
+    if train_stats is not None:
         for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
-            if key in train_manifest.stats:
-                rows.append((key.replace("_", " "), train_manifest.stats[key]))
-        adopted = train_manifest.stats.get("student_init", {}).get("adopted_rows") or []
+            rows.append((key.replace("_", " "), getattr(train_stats, key)))
+        adopted = train_stats.student_init.get("adopted_rows") or []
         if adopted:
             moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)
             rows.append(("special tokens", f"the teacher's, adopted as DeepSeek's distilled students did: {moved}"))
@@ -210,15 +212,17 @@ def validate_model_card(text: str, expected_eval: int | None = None) -> Any:
 
 
 def _funnel_rows(filter_manifest: Manifest | None) -> list[dict[str, Any]]:
-    if filter_manifest is None:
+    """The funnel with each step's rejection reasons, most frequent first (passes are not rejections)."""
+    from distillkit.filter.stats import FilterStats
+
+    stats = FilterStats.of(filter_manifest)
+    if stats is None:
         return []
-    reasons = filter_manifest.stats.get("reasons", {})
     rows = []
-    for row in filter_manifest.stats.get("funnel", []):
-        # reasons hold every verdict, passes included; show the failing ones, most frequent first
-        failing = {r: c for r, c in reasons.get(row["step"], {}).items() if r not in ("ok", "passed", "pass")}
-        text = ", ".join(f"{r} {c}" for r, c in sorted(failing.items(), key=lambda kv: -kv[1])[:6])
-        rows.append({**row, "reasons": text or "–"})
+    for row in stats.funnel:
+        rejected = stats.counts(row.step, "rejected")
+        text = ", ".join(f"{r} {c}" for r, c in sorted(rejected.items(), key=lambda kv: -kv[1])[:6])
+        rows.append({**row.model_dump(by_alias=True), "reasons": text or "–"})
     return rows
 
 

@@ -20,7 +20,9 @@ from typing import Any
 from distillkit.errors import DistillkitError
 from distillkit.evaluate.protocol import paired_difference
 from distillkit.evaluate.results import MODEL_LABELS, EvalResults, TaskScore
+from distillkit.filter.stats import FilterStats
 from distillkit.records import atomic_write_text, iter_records, list_shards, read_manifest
+from distillkit.train.stats import TrainStats
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 SECTIONS = ["summary", "funnel", "reasons", "lengths", "training", "evaluation", "samples"]
@@ -227,21 +229,20 @@ def _sample(folder: Path, n: int, verdicts: Counter, seed: int = 0) -> tuple[lis
     return chosen, lengths
 
 
-def _reason_counts(verdicts: Counter, stats: dict, have_rejected: bool) -> dict[Any, list[tuple[str, int]]]:
+def _reason_counts(verdicts: Counter, stats: FilterStats, have_rejected: bool) -> dict[Any, list[tuple[str, int]]]:
     """{False: rejections, True: passes, None: cannot judge}: [(step:reason, count)] by count.
 
     From the filter manifest's `outcomes` (every verdict by outcome). Runs filtered before it existed have
     only `reasons` (passes included, unlabelled): then the records' `verdicts` say which is which, and
     without rejected shards (filter.write_rejected: false) a reason counts as a rejection unless a kept
     record carries it as a pass or "cannot judge"."""
-    if stats.get("outcomes"):
+    if stats.outcomes:
         named = {"rejected": False, "passed": True, "cannot_judge": None}
-        verdicts = Counter({(step, reason, named[o]): n for step, by in stats["outcomes"].items()
+        verdicts = Counter({(step, reason, named[o]): n for step, by in stats.outcomes.items()
                             for o, rs in by.items() for reason, n in rs.items()})
     elif not have_rejected:
         kind = {(s, r): p for s, r, p in verdicts}
-        verdicts = Counter({(s, r, kind.get((s, r), False)): n for s, rs in (stats.get("reasons") or {}).items()
-                            for r, n in rs.items()})
+        verdicts = Counter({(s, r, kind.get((s, r), False)): n for s, rs in stats.reasons.items() for r, n in rs.items()})
     out: dict[Any, list[tuple[str, int]]] = {False: [], True: [], None: []}
     for (step, reason, passed), n in sorted(verdicts.items(), key=lambda kv: -kv[1]):
         out[passed].append((f"{step}:{reason}", n))
@@ -274,15 +275,17 @@ def _training_section(manifest) -> str:
     """Loss curves from the train manifest's `loss_curve` (one row per log: step, loss, ce, kl, ...)."""
     if manifest is None:
         return _empty("train has not run")
+    st = TrainStats.of(manifest)
+    if st is None:
+        return _empty("the train manifest holds no statistics")
     curves: dict[str, list[tuple[float, float]]] = {}
-    for row in manifest.stats.get("loss_curve") or []:
+    for point in st.loss_curve:
         for key, name in CURVES.items():
-            if isinstance(row.get(key), (int, float)) and row.get("step") is not None:
-                curves.setdefault(name, []).append((float(row["step"]), float(row[key])))
-    st, kd = manifest.stats, manifest.stats.get("kd") or {}
-    facts = [f"{st.get('global_steps', '?')} steps", f"{st.get('tokens_seen') or 0:,} tokens seen",
-             f"{st.get('train_seconds') or 0:.0f} s of training"]
-    facts += [f"mean train loss {st['final_train_loss']:.4g}"] if st.get("final_train_loss") is not None else []
+            if getattr(point, key) is not None:
+                curves.setdefault(name, []).append((float(point.step), float(getattr(point, key))))
+    kd = st.kd or {}
+    facts = [f"{st.global_steps} steps", f"{st.tokens_seen:,} tokens seen", f"{st.train_seconds:.0f} s of training",
+             f"mean train loss {st.final_train_loss:.4g}"]
     facts += [f"total loss = {kd['alpha']:g}·CE + {1 - kd['alpha']:g}·T²·KL (T = {kd.get('temperature', 1):g})"
               ] if kd.get("alpha") is not None else []
     body = f"<p class='note'>{_esc(', '.join(facts))}</p>"
@@ -423,9 +426,10 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
     if fm is None:
         funnel = reasons = _empty("filter has not run")
     else:
-        funnel = svg_bars([(r["step"], r["out"], f"{r['out']}" + (f" (−{r['rejected']})" if r["rejected"] else ""))
-                           for r in fm.stats.get("funnel", [])])
-        reasons = _reasons_section(_reason_counts(verdicts, fm.stats, bool(rej_len) or not fm.counts.get("rejected")))
+        fstats = FilterStats.of(fm)
+        funnel = svg_bars([(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else ""))
+                           for r in fstats.funnel])
+        reasons = _reasons_section(_reason_counts(verdicts, fstats, bool(rej_len) or not fm.counts.get("rejected")))
 
     samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",
                 "completion": (r.get("prefill") or "") + (r.get("completion") or ""),

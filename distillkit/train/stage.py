@@ -25,6 +25,7 @@ from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, read_manifest, read_records
+from distillkit.train.stats import TrainStats
 
 log = logging.getLogger(__name__)
 
@@ -275,24 +276,24 @@ def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, tr
     curve = [{k: row[k] for k in ("step", "loss", "ce", "kl", "learning_rate", "num_input_tokens_seen") if k in row}
              for row in history if "loss" in row]
     seconds = fitted.train_seconds
-    stats = {
-        "tokens_seen": tokens_seen,
-        "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
-        "train_seconds": round(seconds, 3),
-        "global_steps": trainer.state.global_step,
-        "resumed_from": fitted.resume_from.name if fitted.resume_from else None,
-        "final_train_loss": round(float(fitted.result.training_loss), 6),
-        "loss_curve": curve,
-        "peak_memory": _peak_memory_bytes(),
-        "data": p.data_info,
-        **({"mixture": p.mixture.composition} if p.mixture else {}),
-        "student_init": {k: p.init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
-                                                "adopted_rows", "context", "layer_choice") if k in p.init},
-        "method": t.method, "bf16": p.bf16, "kd": t.kd.model_dump(mode="json") if t.kd.enabled else None,
-        "num_processes": state.num_processes,
-        "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
-        "files": files,
-    }
+    stats = TrainStats(
+        tokens_seen=tokens_seen,
+        tokens_per_s=round(new_tokens / seconds, 2) if seconds > 0 else None,
+        train_seconds=round(seconds, 3),
+        global_steps=trainer.state.global_step,
+        resumed_from=fitted.resume_from.name if fitted.resume_from else None,
+        final_train_loss=round(float(fitted.result.training_loss), 6),
+        loss_curve=curve,
+        peak_memory=_peak_memory_bytes(),
+        data=p.data_info,
+        mixture=p.mixture.composition if p.mixture else None,
+        student_init={k: p.init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
+                                             "adopted_rows", "context", "layer_choice") if k in p.init},
+        method=t.method, bf16=p.bf16, kd=t.kd.model_dump(mode="json") if t.kd.enabled else None,
+        num_processes=state.num_processes,
+        trainable_params=sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
+        files=files,
+    ).dump()
     counts = {"records": len(p.records), "examples": p.data_info["num_examples"], "tokens_seen": tokens_seen,
               "steps": trainer.state.global_step}
     if not state.is_main_process:

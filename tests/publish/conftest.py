@@ -9,20 +9,23 @@ from pathlib import Path
 import pytest
 
 from distillkit.config import validate_recipe
+from distillkit.filter.stats import FilterStats
 from distillkit.records import StageOutput, make_record, record_features
+from distillkit.train.stats import TrainStats
 
 FUNNEL = [
     {"step": "input", "in": 8, "rejected": 0, "out": 8},
     {"step": "truncation", "in": 8, "rejected": 2, "out": 6},
     {"step": "math", "in": 6, "rejected": 3, "out": 3},
 ]
-REASONS = {"truncation": {"ok": 6, "truncated": 2}, "math": {"ok": 3, "wrong_answer": 2, "no_boxed_answer": 1}}
+OUTCOMES = {"truncation": {"rejected": {"truncated_at_max_tokens": 2}, "passed": {"complete": 6}, "cannot_judge": {}},
+            "math": {"rejected": {"wrong_answer": 2, "no_boxed_answer": 1}, "passed": {"correct": 3}, "cannot_judge": {}}}
 
 
 def _records(n: int, kept: bool) -> list[dict]:
     return [make_record(prompt_id=f"p{i // 2}", sample_index=i % 2, problem=f"What is {i} plus 1?",
                         gold_answer=str(i + 1), completion=f"<think>\n{i}+1</think> \\boxed{{{i + 1}}}",
-                        verdicts=[{"verifier": "math", "passed": kept, "reason": "ok" if kept else "wrong_answer"}])
+                        verdicts=[{"verifier": "math", "passed": kept, "reason": "correct" if kept else "wrong_answer"}])
             for i in range(n)]
 
 
@@ -41,7 +44,8 @@ def make_run(root: Path, model_dir: Path, **publish) -> object:
     filt.begin()
     filt.write_shard(0, _records(3, True), record_features())
     filt.finish(counts={"input": 8, "kept": 3, "rejected": 5, "prompts_input": 4, "prompts_kept": 2},
-                stats={"funnel": FUNNEL, "reasons": REASONS})
+                stats=FilterStats(funnel=FUNNEL, reasons={step: {**o["rejected"], **o["passed"]} for step, o in OUTCOMES.items()},
+                                  outcomes=OUTCOMES).dump())  # as the filter stage writes them
     StageOutput(cfg.stage_dir("filter") / "rejected", "filter", "f").write_shard(0, _records(5, False), record_features())
     train = cfg.stage_dir("train")
     shutil.copytree(model_dir, train / "model")
@@ -51,7 +55,9 @@ def make_run(root: Path, model_dir: Path, **publish) -> object:
     (train / "adapter" / "adapter_model.safetensors").write_bytes(b"not really weights")
     tr = StageOutput(train, "train", "t")
     tr.begin()
-    tr.finish(stats={"tokens_seen": 12345, "tokens_per_s": 390.0, "train_seconds": 31.7, "final_train_loss": 0.52})
+    tr.finish(stats=TrainStats(tokens_seen=12345, tokens_per_s=390.0, train_seconds=31.7, global_steps=3,
+                               final_train_loss=0.52, method="lora", bf16=False, trainable_params=4096,
+                               files={"adapter": "adapter", "model": "model"}).dump())  # as the train stage writes them
     from distillkit.evaluate.results import EvalResults, ModelResult, Protocol, TaskScore
 
     def score(pass_at_1, stderr):

@@ -227,11 +227,14 @@ def test_push_needs_repo_ids_and_a_token(run_cfg, monkeypatch, tmp_path):
 def test_model_card_records_adopted_tokens_and_context_override(run_cfg):
     """What student_init changed in the student (its special tokens, its context) is on the card."""
     from distillkit.records import Manifest
+    from distillkit.train.stats import TrainStats
 
     cfg = run_cfg.model_copy(deep=True)
     cfg.train.student.max_position_embeddings, cfg.train.student.rope_theta = 32768, 300000.0
     rows = [{"id": 151649, "was": "<|box_end|>", "now": "</think>", "init": "mean of 3 student token embeddings"}]
-    manifest = Manifest(stage="train", config_hash="x", counts={}, stats={"student_init": {"adopted_rows": rows}})
+    stats = TrainStats(tokens_seen=10, tokens_per_s=1.0, train_seconds=10.0, global_steps=1, final_train_loss=1.0,
+                       method="lora", bf16=False, trainable_params=1, student_init={"adopted_rows": rows})
+    manifest = Manifest(stage="train", config_hash="x", counts={}, stats=stats.dump())
     text = cards.render_model_card(cfg, train_manifest=manifest).text
     assert "| context override | rope_theta=300000.0, max_position_embeddings=32768 |" in text
     assert "151649 `<|box_end|>` -> `</think>` (mean of 3 student token embeddings)" in text
