@@ -24,7 +24,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
-TASK_FIX = "correct the name in evaluate.tasks (distillkit lists its own with `ls distillkit/evaluate/tasks`)"
+TASK_FIX = "correct the name in evaluate.tasks (local tasks: {names}; lm-eval's: `lm_eval ls tasks`)"
 
 # (check, severity, message, fix): preflight wraps them as Findings
 Result = tuple[str, str, str, str]
@@ -95,7 +95,7 @@ def _task_configs(tasks: list[str], include_path: str | None) -> tuple[dict[str,
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             where = f"distillkit, lm-eval or {include_path}" if include_path else "distillkit or lm-eval"
             results.append(("task_name", "error", f"evaluate.tasks: {name!r} is not a task {where} defines.{hint}",
-                            TASK_FIX))
+                            TASK_FIX.format(names=", ".join(sorted(local)))))
             continue
         cfg = None
         if entry.yaml_path is not None and getattr(entry.kind, "name", "") in ("TASK", "PY_TASK"):
