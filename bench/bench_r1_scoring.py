@@ -51,7 +51,6 @@ newer copies there; nothing is installed into it), and reports how far the repro
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import logging
@@ -62,19 +61,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from distillkit.testing import load_file_module
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "bench" / "data" / "r1_scoring_corpus.json"
 R1_UTILS = ROOT / "distillkit" / "evaluate" / "tasks" / "r1" / "utils.py"
 
 SCORERS = ("distillkit", "lm-eval </think>", "lm-eval raw", "lighteval", "lighteval raw", "open-r1")
 REASONING_TAGS = [("<think>", "</think>")]  # lighteval's default `reasoning_tags`
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_corpus(path: Path = CORPUS) -> tuple[dict, list[dict]]:
@@ -103,13 +97,13 @@ class Scorers:
     """The six scorers; each `name(response, gold_entry) -> bool`."""
 
     def __init__(self):
-        self.r1 = _load("r1_task_utils", R1_UTILS)
+        self.r1 = load_file_module(R1_UTILS, "r1_task_utils")
         import lm_eval
         from lm_eval.models.utils import postprocess_generated_text
 
         self.postprocess = postprocess_generated_text
-        self.minerva = _load("minerva_math_utils",
-                             Path(lm_eval.__file__).parent / "tasks" / "minerva_math" / "utils.py")
+        self.minerva = load_file_module(Path(lm_eval.__file__).parent / "tasks" / "minerva_math" / "utils.py",
+                                        "minerva_math_utils")
         from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
         from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 

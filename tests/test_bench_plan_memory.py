@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +11,14 @@ from pathlib import Path
 import pytest
 
 from distillkit.plan import plan_recipe
+from distillkit.testing import load_file_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_plan_memory.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_plan_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(SCRIPT, "bench_plan_memory")
 
 
 @pytest.mark.parametrize("shape,method", [("qwen2.5-math-1.5b", "lora"), ("qwen2.5-math-7b", "qlora")])

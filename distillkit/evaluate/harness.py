@@ -46,24 +46,54 @@ THINK_END_TOKEN = "</think>"
 R1_TASKS = ("r1_aime24", "r1_aime25", "r1_math500", "r1_gpqa_diamond")
 
 
-def local_task_names(include_paths: list[Path]) -> set[str]:
-    """Task names defined by the YAML files under `include_paths` (read without lm-eval)."""
+def read_task_yaml(path: Path, _seen: frozenset = frozenset()) -> dict[str, Any]:
+    """A task YAML as lm-eval reads it (`include:` merged under the file's own keys), `!function` tags left
+    as None: a plain YAML read, so finding and checking local tasks does not import lm-eval."""
     import yaml
 
     class _Loader(yaml.SafeLoader):
         pass
 
-    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function tags
-    names = set()
-    for folder in include_paths:
-        for path in Path(folder).rglob("*.yaml"):
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    path = Path(path).expanduser().resolve()
+    if path in _seen:
+        raise ValueError(f"include cycle at {path}")
+    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} is not a YAML mapping")
+    includes = cfg.pop("include", None)
+    merged: dict[str, Any] = {}
+    for inc in [] if includes is None else includes if isinstance(includes, list) else [includes]:
+        merged |= read_task_yaml(path.parent / inc if not Path(inc).is_absolute() else Path(inc), _seen | {path})
+    return merged | cfg
+
+
+def task_folders(include_path: str | None = None) -> list[Path]:
+    """distillkit's task folder and `evaluate.include_path`; raises naming the key when the latter is no folder."""
+    folders = [LOCAL_TASKS_DIR] + ([Path(include_path).expanduser()] if include_path else [])
+    for folder in folders:
+        if not folder.is_dir():
+            raise DistillkitError(f"evaluate.include_path={str(folder)!r} is not a folder of lm-eval task YAMLs")
+    return folders
+
+
+def local_task_configs(folders: list[Path]) -> dict[str, dict[str, Any]]:
+    """{task name: its config} of the task YAMLs under `folders` (a later folder wins, as in lm-eval)."""
+    configs: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.yaml")):
             try:
-                data = yaml.load(path.read_text(), Loader=_Loader)
-            except yaml.YAMLError:
+                cfg = read_task_yaml(path)
+            except Exception:  # noqa: BLE001 - a YAML that is not a task (or not valid) is no task
                 continue
-            if isinstance(data, dict) and isinstance(data.get("task"), str):
-                names.add(data["task"])
-    return names
+            if isinstance(cfg.get("task"), str):
+                configs[cfg["task"]] = cfg
+    return configs
+
+
+def local_task_names(folders: list[Path]) -> set[str]:
+    """Task names defined by the YAML files under `folders` (read without lm-eval)."""
+    return set(local_task_configs(folders))
 
 
 def make_task_manager(tasks: list[str], include_path: str | None = None):
@@ -73,12 +103,9 @@ def make_task_manager(tasks: list[str], include_path: str | None = None):
     names only local tasks skips it.
     """
     lm_tasks = require("lm_eval.tasks", "eval", "evaluation needs lm-eval")
-    paths = [LOCAL_TASKS_DIR] + ([Path(include_path)] if include_path else [])
-    for p in paths:
-        if not p.is_dir():
-            raise DistillkitError(f"evaluate.include_path={str(p)!r} is not a folder of lm-eval task YAMLs")
-    needs_builtin = not set(tasks) <= local_task_names(paths)
-    return lm_tasks.TaskManager(include_path=[str(p) for p in paths], include_defaults=needs_builtin)
+    folders = task_folders(include_path)
+    needs_builtin = not set(tasks) <= local_task_names(folders)
+    return lm_tasks.TaskManager(include_path=[str(p) for p in folders], include_defaults=needs_builtin)
 
 
 def _vllm_version() -> str | None:
@@ -358,16 +385,26 @@ def task_groups(tasks: dict[str, Any], strip_token: Any) -> list[tuple[Any, dict
     return [(token, group) for token, group in ((strip_token, stripped), (None, raw)) if group]
 
 
+_PROBED: dict[tuple[str, str, bool], bool | None] = {}
+
+
 def warn_unboxed(tasks: dict[str, Any], strip_token: Any) -> list[str]:
-    """Warn for each task whose reported metric scores a boxed, R1-style correct answer as wrong; returns them."""
+    """Warn for each task whose reported metric scores a boxed, R1-style correct answer as wrong; returns them.
+
+    Each task (by name and YAML) is probed and warned about once per process, not once per evaluated model."""
     blind = []
     for name, task in tasks.items():
-        if reads_boxed_answers(task, strip_reasoning=bool(strip_token) and not reads_reasoning(task)) is False:
+        strip = bool(strip_token) and not reads_reasoning(task)
+        key = (name, str((task.config.metadata or {}).get("config_source")), strip)
+        if key not in _PROBED:
+            _PROBED[key] = reads_boxed_answers(task, strip_reasoning=strip)
+            if _PROBED[key] is False:
+                log.warning("evaluate.tasks: %s scores an R1-style answer (reasoning, </think>, then the gold answer "
+                            "in \\boxed{}) as wrong under its reported metric %r: a distilled model's score there will "
+                            "be near 0 whatever it knows. Use distillkit's R1 tasks (%s) for R1-protocol numbers.",
+                            name, primary_metric(task), ", ".join(R1_TASKS))
+        if _PROBED[key] is False:
             blind.append(name)
-            log.warning("evaluate.tasks: %s scores an R1-style answer (reasoning, </think>, then the gold answer in "
-                        "\\boxed{}) as wrong under its reported metric %r: a distilled model's score there will be "
-                        "near 0 whatever it knows. Use distillkit's R1 tasks (%s) for R1-protocol numbers.",
-                        name, primary_metric(task), ", ".join(R1_TASKS))
     return blind
 
 

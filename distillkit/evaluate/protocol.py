@@ -102,6 +102,12 @@ def paired_difference(after: TaskScore, before: TaskScore) -> tuple[float, float
     return mean, se, len(diffs)
 
 
+def paired_text(after: TaskScore | None, before: TaskScore | None, pm: str = " ± ") -> str:
+    """after − before in points ± its paired standard error, or "–" without two scores on shared questions."""
+    diff, se, n = paired_difference(after, before) if before and after else (0.0, None, 0)
+    return "–" if not n else f"{100 * diff:+.1f}" + (f"{pm}{100 * se:.1f}" if se is not None else "")
+
+
 # ------------------------------------------------------------------------ k samples for any task
 
 

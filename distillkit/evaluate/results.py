@@ -43,6 +43,11 @@ class TaskScore(_Schema):
     per_question: dict[str, float] = Field(default_factory=dict)
     """doc_id -> that question's pass rate over its k samples (used for paired differences)."""
 
+    def percent(self, pm: str = " ± ") -> str:
+        """pass@1 in % ± its standard error, as comparison.md, the card and the report write it."""
+        mean = f"{100 * self.pass_at_1:.1f}"
+        return mean if self.stderr is None else f"{mean}{pm}{100 * self.stderr:.1f}"
+
 
 class TaskInfo(_Schema):
     """What a task's numbers mean (`harness.describe_task`): two runs compare where these are equal."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.results import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
+from distillkit.evaluate.results import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, atomic_write_text, read_manifest
 
@@ -56,18 +56,13 @@ def model_paths(cfg: RecipeConfig) -> dict[str, str]:
     return out
 
 
-def _fmt(score: TaskScore) -> str:
-    se = score.stderr
-    return f"{100 * score.pass_at_1:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * score.pass_at_1:.1f}"
-
-
 def _prefix_note(prefix: str | None) -> str:
     return f", answers forced to start with {prefix.strip()!r}" if prefix else ""
 
 
 def comparison_markdown(results: EvalResults) -> str:
     """The comparison table: pass@1 (%) ± standard error per task and model, and the paired change."""
-    from distillkit.evaluate.protocol import paired_difference
+    from distillkit.evaluate.protocol import paired_text
 
     models = results.model_keys()
     proto = results.protocol
@@ -85,12 +80,9 @@ def comparison_markdown(results: EvalResults) -> str:
     for task in results.task_names():
         scores = {m: results.score(m, task) for m in models}
         n = next((s.num_questions for s in scores.values() if s), 0)
-        row = [task, str(n)] + [_fmt(s) if s else "–" for s in scores.values()]
-        if both and scores["student_before"] and scores["student_after"]:
-            diff, se, _ = paired_difference(scores["student_after"], scores["student_before"])
-            row.append(f"{100 * diff:+.1f} ± {100 * se:.1f}" if se is not None else f"{100 * diff:+.1f}")
-        elif both:
-            row.append("–")
+        row = [task, str(n)] + [s.percent() if s else "–" for s in scores.values()]
+        if both:
+            row.append(paired_text(scores["student_after"], scores["student_before"]))
         lines.append("| " + " | ".join(row) + " |")
     passk = [(t, m, s.pass_at_k) for m in models for t, s in results.models[m].tasks.items() if s.pass_at_k is not None]
     if passk and proto.num_samples > 1:

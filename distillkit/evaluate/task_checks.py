@@ -30,61 +30,19 @@ TASK_FIX = "correct the name in evaluate.tasks (local tasks: {names}; lm-eval's:
 Result = tuple[str, str, str, str]
 
 
-def read_task_yaml(path: Path, _seen: frozenset = frozenset()) -> dict[str, Any]:
-    """A task YAML as lm-eval reads it (`include:` merged under the file's own keys), `!function` tags left
-    as None: a plain YAML read, so checking distillkit's own tasks does not import lm-eval."""
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    path = Path(path).expanduser().resolve()
-    if path in _seen:
-        raise ValueError(f"include cycle at {path}")
-    cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} is not a YAML mapping")
-    includes = cfg.pop("include", None)
-    merged: dict[str, Any] = {}
-    for inc in [] if includes is None else includes if isinstance(includes, list) else [includes]:
-        merged |= read_task_yaml(path.parent / inc if not Path(inc).is_absolute() else Path(inc), _seen | {path})
-    return merged | cfg
-
-
-def _local_task_files(include_path: str | None) -> dict[str, Path]:
-    """{task name: its YAML} for distillkit's tasks and `include_path` (the later folder wins, as in lm-eval)."""
-    from distillkit.errors import DistillkitError
-    from distillkit.evaluate.harness import LOCAL_TASKS_DIR
-
-    folders = [LOCAL_TASKS_DIR] + ([Path(include_path).expanduser()] if include_path else [])
-    files: dict[str, Path] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            raise DistillkitError(f"evaluate.include_path={str(folder)!r} is not a folder of lm-eval task YAMLs")
-        for path in sorted(folder.rglob("*.yaml")):
-            try:
-                name = read_task_yaml(path).get("task")
-            except Exception:  # noqa: BLE001 - a YAML that is not a task (or not valid) is no task
-                continue
-            if isinstance(name, str):
-                files[name] = path
-    return files
-
-
 def _task_configs(tasks: list[str], include_path: str | None) -> tuple[dict[str, dict | None], list[Result]]:
     """{task: its YAML config (None for groups, tags and Python tasks)} and the results for unknown names.
 
     Names in distillkit's folder or `include_path` are read directly; only other names need lm-eval's index
     of its built-in tasks (~20 s on a small CPU)."""
-    local = _local_task_files(include_path)
-    configs: dict[str, dict | None] = {name: read_task_yaml(local[name]) for name in tasks if name in local}
+    from distillkit.evaluate.harness import local_task_configs, make_task_manager, task_folders
+
+    local = local_task_configs(task_folders(include_path))
+    configs: dict[str, dict | None] = {name: local[name] for name in tasks if name in local}
     rest = [name for name in tasks if name not in local]
     if not rest:
         return configs, []
     from lm_eval.tasks._yaml_loader import load_yaml
-
-    from distillkit.evaluate.harness import make_task_manager
 
     index = make_task_manager(tasks, include_path).task_index
     results: list[Result] = []

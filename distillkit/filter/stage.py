@@ -68,14 +68,12 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
     verdicts: list[list[tuple[str, Verdict]]] = [[] for _ in range(n)]
     alive = [True] * n
     funnel = [{"step": "input", "in": n, "rejected": 0, "out": n}]
-    reasons: dict[str, Counter] = {}
     outcomes: dict[str, dict[str, Counter]] = {}
     timings: dict[str, float] = {}
     verifier_stats: dict[str, dict[str, Any]] = {}
 
     def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
         before = sum(alive)
-        reasons[step] = Counter(v.reason for v in judged.values())
         outcomes[step] = {name: Counter(v.reason for v in judged.values() if v.passed is value)
                           for name, value in (("rejected", False), ("passed", True), ("cannot_judge", None))}
         for i, v in judged.items():
@@ -165,7 +163,8 @@ def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_pr
         s["pass_rate"] = round(s["passed_verifiers"] / s["records"], 4) if s["records"] else 0.0
         s["prompts"] = len(prompts[src])
         s["prompts_kept"] = len(prompts_kept[src])
-    stats = FilterStats(funnel=funnel, reasons={k: dict(sorted(v.items())) for k, v in reasons.items()},
+    stats = FilterStats(funnel=funnel,
+                        reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
                         outcomes={k: {o: dict(sorted(c.items())) for o, c in v.items()} for k, v in outcomes.items()},
                         sources=dict(sorted(sources.items())), verifiers=verifier_stats).dump()
     return FilterResult(verdicts=verdicts, kept=alive, stats=stats, timings=timings)

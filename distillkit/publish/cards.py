@@ -83,16 +83,14 @@ def _eval_table(results: EvalResults | None) -> str:
     lines = ["| task | " + " | ".join(labels[m] for m in models) + " |", "|---|" + "---|" * len(models)]
     for task in results.task_names():
         scores = [results.score(m, task) for m in models]
-        cells = ["–" if not s else _pct(s.pass_at_1) + (f" ± {_pct(s.stderr)}" if s.stderr is not None else "")
-                 for s in scores]
+        cells = [s.percent() if s else "–" for s in scores]
         n = next(s.num_questions for s in scores if s)
         lines.append(f"| {task} ({n} questions) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _mixture_rows(train_manifest: Manifest | None) -> list[dict[str, Any]]:
+def _mixture_rows(train_stats: TrainStats | None) -> list[dict[str, Any]]:
     """One row per source of the training mixture (train manifest `stats.mixture`), or none."""
-    train_stats = TrainStats.of(train_manifest)
     mixture = (train_stats.mixture if train_stats is not None else None) or {}
     def kind(part: dict[str, Any]) -> str:
         fmt = part.get("reasoning_format")
@@ -150,7 +148,7 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         if adopted:
             moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)
             rows.append(("special tokens", f"the teacher's, adopted as DeepSeek's distilled students did: {moved}"))
-    mixture = _mixture_rows(train_manifest)
+    mixture = _mixture_rows(train_stats)
     data_summary = ""
     if filter_manifest is not None:
         c = filter_manifest.counts

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.protocol import paired_difference
-from distillkit.evaluate.results import MODEL_LABELS, EvalResults, TaskScore
+from distillkit.evaluate.protocol import paired_text
+from distillkit.evaluate.results import MODEL_LABELS, EvalResults
 from distillkit.filter.stats import FilterStats
 from distillkit.records import atomic_write_text, iter_records, list_shards, read_manifest
 from distillkit.train.stats import TrainStats
@@ -152,12 +152,6 @@ def svg_lines(series: dict[str, list[tuple[float, float]]], width: int = 940, he
     return "".join(out) + "</svg>"
 
 
-def _pct(score: TaskScore, pm: str = " ± ") -> str:
-    """pass@1 in % ± its standard error, as comparison.md writes it."""
-    mean = f"{100 * score.pass_at_1:.1f}"
-    return mean if score.stderr is None else f"{mean}{pm}{100 * score.stderr:.1f}"
-
-
 def svg_eval(results: EvalResults, width: int = 940, bar_h: int = 22) -> str:
     """pass@1 (%) ± se: one group per task, one bar per model with a ±1 se whisker and its value;
     the dashed line is the task's constant-answer baseline."""
@@ -192,10 +186,10 @@ def svg_eval(results: EvalResults, width: int = 940, bar_h: int = 22) -> str:
             out.append(f"<g class='bar' data-model='{_esc(m)}' data-task='{_esc(task)}'>"
                        f"<rect x='{label_w}' y='{y}' width='{max(1.0, mean * scale):.1f}' height='{bar_h}' "
                        f"fill='{PALETTE[i % 8]}'><title>{_esc(MODEL_LABELS.get(m, m))}, {_esc(task)}: pass@1 "
-                       f"{_esc(_pct(s))}% over {s.num_questions} questions</title></rect>"
+                       f"{_esc(s.percent())}% over {s.num_questions} questions</title></rect>"
                        f"<line x1='{lo:.1f}' y1='{y + bar_h / 2}' x2='{hi:.1f}' y2='{y + bar_h / 2}' stroke='#222'/>"
                        f"<text class='value' x='{max(hi, label_w + mean * scale) + 6:.1f}' "
-                       f"y='{y + bar_h * 0.7}'>{_esc(_pct(s))}</text></g>")
+                       f"y='{y + bar_h * 0.7}'>{_esc(s.percent())}</text></g>")
         if (b := results.baselines.get(task)) is not None:
             x = label_w + 100 * b.pass_at_1 * scale
             out.append(f"<line x1='{x:.1f}' y1='{y0 + 18}' x2='{x:.1f}' y2='{y0 + group_h}' stroke='#555' "
@@ -298,12 +292,6 @@ def _training_section(manifest) -> str:
             f"({len(steps)} logged steps)</summary>" + _table(["step"] + list(curves), rows) + "</details>")
 
 
-def _paired(before: TaskScore | None, after: TaskScore | None) -> str:
-    """after − before in points, paired by question (as comparison.md), or "–"."""
-    diff, se, n = paired_difference(after, before) if before and after else (0.0, None, 0)
-    return "–" if not n else f"{100 * diff:+.1f}" + (f"{NBSP_PM}{100 * se:.1f}" if se is not None else "")
-
-
 def _evaluation_section(eval_dir: Path) -> str:
     try:
         results = EvalResults.read(eval_dir)
@@ -327,8 +315,8 @@ def _evaluation_section(eval_dir: Path) -> str:
         row = [_esc(task), str(next((s.num_questions for s in scores.values() if s), 0))]
         for s in scores.values():
             passk = None if s is None else s.pass_at_k
-            row += [_esc(_pct(s, NBSP_PM)) if s else "–", "–" if passk is None else f"{100 * passk:.1f}"]
-        row += [_paired(scores["student_before"], scores["student_after"])] if both else []
+            row += [_esc(s.percent(NBSP_PM)) if s else "–", "–" if passk is None else f"{100 * passk:.1f}"]
+        row += [paired_text(scores["student_after"], scores["student_before"], NBSP_PM)] if both else []
         b = results.baselines.get(task)
         rows.append(row + [f"{100 * b.pass_at_1:.1f} (always {_esc(b.answer)})" if b else "–"])
     lines = [f"<li><code>{_esc(name)}</code> v{_esc(t.version)} ({_esc(t.source)}): {_esc(t.dataset or '?')}"

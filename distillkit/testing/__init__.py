@@ -94,3 +94,14 @@ def build_tiny_model(out_dir: str | Path, arch: str = "qwen2", num_layers: int =
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     return out_dir
+
+
+def load_file_module(path: str | Path, name: str):
+    """The Python file at `path` imported as module `name`: a bench/ script, or an lm-eval task's utils.py
+    (neither is part of an importable package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -46,7 +46,7 @@ def _moved(what: str) -> DistillkitError:
                            "new TRL/transformers release as an issue")
 
 
-def check_class_hooks(trainer_cls: Any = None) -> None:
+def check_class_hooks() -> None:
     """The overridden methods exist on transformers' Trainer with the parameters DistillTrainer's overrides take."""
     import transformers
 

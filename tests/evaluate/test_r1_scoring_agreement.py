@@ -9,11 +9,12 @@ with lm-eval and lighteval" section needs rewriting along with this table.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from distillkit.testing import load_file_module
 
 pytest.importorskip("math_verify")
 pytest.importorskip("lm_eval")
@@ -23,10 +24,7 @@ SCRIPT = ROOT / "bench" / "bench_r1_scoring.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_r1_scoring", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(SCRIPT, "bench_r1_scoring")
 
 
 bench = _bench()

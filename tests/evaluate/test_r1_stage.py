@@ -11,7 +11,6 @@ a task scored on the answer only (distillkit_arith). What it proves:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from statistics import fmean
 
@@ -19,6 +18,7 @@ import pytest
 
 from distillkit.config import validate_recipe
 from distillkit.evaluate.harness import LOCAL_TASKS_DIR
+from distillkit.testing import load_file_module
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +34,7 @@ K = 2
 
 
 def _utils():
-    spec = importlib.util.spec_from_file_location("r1_utils_stage", LOCAL_TASKS_DIR / "r1" / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(LOCAL_TASKS_DIR / "r1" / "utils.py", "r1_utils_stage")
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from statistics import fmean, stdev
 import pytest
 
 from distillkit.evaluate.harness import LOCAL_TASKS_DIR
+from distillkit.testing import load_file_module
 
 R1_DIR = LOCAL_TASKS_DIR / "r1"
 LM_EVAL_YAMLS = {"minerva_math500": "minerva_math/minerva_math500.yaml", "aime24": "aime/aime24.yaml"}
@@ -26,10 +27,7 @@ K = 3  # samples per question in the lm-eval run
 
 
 def _load_utils():
-    spec = importlib.util.spec_from_file_location("r1_task_utils", R1_DIR / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(R1_DIR / "utils.py", "r1_task_utils")
 
 
 utils = _load_utils()
@@ -476,7 +474,10 @@ def test_tasks_that_cannot_read_a_boxed_answer_are_named(task_manager, builtin_t
         assert reads_boxed_answers(task, strip_reasoning=False) is True, name
     with caplog.at_level("WARNING"):
         assert warn_unboxed({**builtin_tasks, **tasks}, "</think>") == ["minerva_math500"]
+        # the stage evaluates up to three models with the same tasks: one warning, not three
+        assert warn_unboxed({**builtin_tasks, **tasks}, "</think>") == ["minerva_math500"]
     assert "minerva_math500 scores an R1-style answer" in caplog.text and "'exact_match'" in caplog.text
+    assert caplog.text.count("scores an R1-style answer") == 1
 
 
 def test_task_description_names_version_data_prompt_and_extraction(task_manager, builtin_tasks):

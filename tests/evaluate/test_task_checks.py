@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from distillkit.evaluate.harness import LOCAL_TASKS_DIR
-from distillkit.evaluate.task_checks import check_tasks, read_task_yaml
+from distillkit.evaluate.harness import LOCAL_TASKS_DIR, read_task_yaml
+from distillkit.evaluate.task_checks import check_tasks
 from distillkit.preflight import check_eval_tasks
 
 R1 = LOCAL_TASKS_DIR / "r1"
