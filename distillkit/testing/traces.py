@@ -1,0 +1,118 @@
+"""Synthetic R1-shaped trace records for filter tests and benchmarks.
+
+Each record looks like a teacher sample of the generate stage: `<think>` reasoning in sentences of
+arithmetic, then a `\\boxed{}` answer; a fixed share of the samples is wrong, unboxed, truncated,
+repetitive, mixed-language, or an exact or near copy of an earlier sample of the same prompt, so that
+every step of the default filter has work. Records are a pure function of (seed, record index), so a
+folder of any size is written shard by shard without holding more than one shard.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_WORDS = ("we have the so then first next add subtract multiply divide check value result sum total "
+          "term each both since because therefore equals gives remaining part number numbers step case "
+          "compute consider note that this which left right side equation factor prime square root").split()
+# What a sample is, by share of samples (the rest are correct and well formed).
+_KINDS = (("wrong", 0.18), ("unboxed", 0.05), ("truncated", 0.07), ("repetitive", 0.04),
+          ("mixed_language", 0.03), ("exact_copy", 0.05), ("near_copy", 0.05))
+
+
+def _sentence(rng: random.Random) -> str:
+    a, b = rng.randint(2, 9999), rng.randint(2, 999)
+    op, val = rng.choice((("+", a + b), ("-", a - b), ("*", a * b)))
+    return (" ".join(rng.choices(_WORDS, k=rng.randint(6, 14))).capitalize()
+            + f": {a} {op} {b} = {val}. ")
+
+
+def _reasoning(rng: random.Random, chars: int) -> str:
+    parts, size = [], 0
+    while size < chars:
+        s = _sentence(rng)
+        parts.append(s)
+        size += len(s)
+    return "".join(parts)
+
+
+def _kind(rng: random.Random) -> str:
+    x = rng.random()
+    for name, share in _KINDS:
+        if x < share:
+            return name
+        x -= share
+    return "correct"
+
+
+def synthetic_record(index: int, samples: int = 4, chars: int = 6000, tokens: int | None = None, topk: int = 0,
+                     vocab: int = 152_064, seed: int = 0, source: str = "synthetic") -> dict[str, Any]:
+    """Record `index` (prompt index // samples, sample index % samples) of a synthetic run.
+
+    chars: size of the reasoning text; tokens: completion length in tokens (default chars // 4);
+    topk > 0 adds (tokens, topk) soft labels as numpy arrays (int32 ids, float16 logprobs, descending).
+    """
+    import numpy as np
+
+    p, k = divmod(index, samples)
+    prng = random.Random(f"{seed}:prompt:{p}")
+    a, b = prng.randint(10, 99), prng.randint(10, 99)
+    gold = a * b + prng.randint(0, 50)
+    problem = f"Problem {p}: compute {a} times {b} plus {gold - a * b}. " + _reasoning(prng, 120)
+    kind = _kind(random.Random(f"{seed}:kind:{index}")) if k > 0 else _kind(random.Random(f"{seed}:kind:{index}:0"))
+    if kind in ("exact_copy", "near_copy") and k == 0:
+        kind = "correct"
+    rng = random.Random(f"{seed}:sample:{p}:{0 if kind in ('exact_copy', 'near_copy') else k}")
+    reasoning = _reasoning(rng, chars)
+    answer = gold + (rng.randint(1, 9) if kind == "wrong" else 0)
+    response = f"The answer is $\\boxed{{{answer}}}$." if kind != "unboxed" else f"The answer is {answer}."
+    if kind == "exact_copy":  # the first sample again, up to case and spacing
+        reasoning = reasoning.replace(". ", ".  ")
+    elif kind == "near_copy":  # the first sample with one sentence changed
+        cut = reasoning.find(". ", len(reasoning) // 2) + 2
+        reasoning = reasoning[:cut] + _sentence(random.Random(f"{seed}:near:{index}")) + reasoning[cut:]
+    elif kind == "repetitive":
+        loop = _sentence(rng)
+        reasoning = reasoning[: len(reasoning) // 3] + loop * max(8, (2 * len(reasoning) // 3) // len(loop))
+    elif kind == "mixed_language":
+        reasoning = reasoning[: len(reasoning) // 2] + "我们先计算这个乘积，然后再加上余数，得到最终的答案。" * 40
+    closed = kind != "truncated"
+    completion = reasoning + ("\n</think>\n\n" + response if closed else "")
+    n_tokens = tokens if tokens is not None else max(1, len(completion) // 4)
+    ids_rng = np.random.default_rng([seed, index])
+    rec: dict[str, Any] = {
+        "id": f"{source}-{p}#{k}", "prompt_id": f"{source}-{p}", "sample_index": k, "source": source,
+        "problem": problem, "gold_answer": str(gold), "tests": None,
+        "messages": [{"role": "user", "content": problem}], "teacher": "synthetic-r1", "sampling": "{}",
+        "prefill": "<think>\n", "completion": completion,
+        "completion_ids": ids_rng.integers(0, vocab, n_tokens, dtype=np.int32),
+        "reasoning": reasoning.strip(), "response": response if closed else None, "reasoning_closed": closed,
+        "prompt_tokens": len(problem) // 4, "completion_tokens": n_tokens,
+        "finish_reason": "stop" if closed else "length", "verdicts": [], "meta": "{}",
+    }
+    if topk:
+        rec["topk_ids"] = ids_rng.integers(0, vocab, (n_tokens, topk), dtype=np.int32)
+        rec["topk_logprobs"] = np.sort(-ids_rng.exponential(2.0, (n_tokens, topk)), axis=1)[:, ::-1].astype(np.float16)
+    return rec
+
+
+def synthetic_shards(num: int, shard_size: int = 256, **kwargs: Any) -> Iterator[list[dict[str, Any]]]:
+    """The records 0..num-1 of `synthetic_record`, one list per shard."""
+    for start in range(0, num, shard_size):
+        yield [synthetic_record(i, **kwargs) for i in range(start, min(num, start + shard_size))]
+
+
+def write_synthetic_run(folder: str | Path, num: int, shard_size: int = 256, **kwargs: Any) -> Path:
+    """A finished generate-stage folder of `num` synthetic records (shards, manifest), one shard in memory at a time."""
+    from distillkit.records import StageOutput, record_features
+
+    folder = Path(folder)
+    out = StageOutput(folder, "generate", f"synthetic-{num}-{kwargs.get('seed', 0)}", {"synthetic": kwargs})
+    out.begin(overwrite=True)
+    features = record_features(kwargs.get("topk", 0))
+    for i, rows in enumerate(synthetic_shards(num, shard_size, **kwargs)):
+        out.write_shard(i, rows, features)
+    out.finish(counts={"records": num}, versions=["distillkit"])
+    return folder
