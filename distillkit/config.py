@@ -282,6 +282,36 @@ class SelectionConfig(StrictModel):
     """Drop prompts the teacher solves more often than this (1 keeps all): too easy to teach."""
 
 
+class FilterExecutorConfig(StrictModel):
+    """Where the per-record work (verifiers, dedup keys) runs; dedup, selection and writing run once after it.
+
+    Shards are the unit: a finished shard is never verified again, so a killed filter resumes."""
+
+    kind: Literal["inline", "local", "slurm"] = "inline"
+    """inline: shard after shard in this process (math and code verifiers still use `filter.num_workers`
+    processes). local: datatrove's LocalPipelineExecutor, `workers` processes on this machine, each
+    verifying whole shards. slurm: datatrove's SlurmPipelineExecutor, an array job verifying the shards
+    and a dependent job for the global steps; `distillkit filter` submits them and returns (rerun it when
+    they finish, or let the second job finish the stage); the run folder must be on a file system every node
+    sees. Results are the same under every kind (the executor is not part of the stage's config hash)."""
+    workers: PositiveInt = 2
+    """Tasks running at once: processes on this machine (local), array tasks at a time (slurm)."""
+    tasks: Optional[PositiveInt] = None
+    """How many tasks share the shards (default: one per shard)."""
+    slurm: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of datatrove's SlurmPipelineExecutor: partition and time are required, e.g.
+    {partition: cpu, time: "04:00:00", cpus_per_task: 4, mem_per_cpu_gb: 4, venv_path: .venv/bin/activate}."""
+
+    @model_validator(mode="after")
+    def _slurm_needs(self):
+        if self.kind == "slurm":
+            missing = [k for k in ("partition", "time") if k not in self.slurm]
+            if missing:
+                raise ValueError(f"filter.executor.kind=slurm needs filter.executor.slurm.{missing[0]} "
+                                 "(e.g. slurm: {partition: cpu, time: \"04:00:00\"})")
+        return self
+
+
 class FilterConfig(StrictModel):
     verifiers: list[VerifierSpec] = Field(default_factory=_default_verifiers)
     """Ordered chain; a record is kept when no verifier fails it."""
@@ -289,7 +319,8 @@ class FilterConfig(StrictModel):
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     num_workers: PositiveInt = 2
-    """Worker processes for math and code verification."""
+    """Worker processes for math and code verification (in each executor task)."""
+    executor: FilterExecutorConfig = Field(default_factory=FilterExecutorConfig)
     write_rejected: bool = True
     stop_at_first_rejection: bool = False
     """Skip later verifiers once one rejects a record: faster, but rejected records then carry only

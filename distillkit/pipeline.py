@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
 # `train.resume=true` continues the same run instead of being refused as a different config.
-_NOT_HASHED = {"filter": {"num_workers"}, "train": {"resume", "report_to", "logging_steps"}}
+_NOT_HASHED = {"filter": {"num_workers", "executor"}, "train": {"resume", "report_to", "logging_steps"}}
 
 
 def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:

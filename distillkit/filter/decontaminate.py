@@ -85,7 +85,8 @@ class Decontaminator:
         if len(toks) < self.n:
             label = self._short.get(tuple(toks))
             return (label, " ".join(toks)) if label else None
-        for g in ngrams(toks, self.n):
+        for i in range(len(toks) - self.n + 1):  # the first shared n-gram in the problem's order
+            g = tuple(toks[i:i + self.n])
             if g in self._grams:
                 return self._grams[g], " ".join(g)
         return None

@@ -1,36 +1,256 @@
 """The filter stage: verify every trace, drop duplicates and contaminated prompts, select per prompt.
 
 Reads `<run>/generate`, writes kept records to `<run>/filter` and rejected ones to
-`<run>/filter/rejected` (same shard numbering as the input). Every record carries the verdicts of
-every step that judged it in its `verdicts` column; the manifest's `stats` hold the funnel, the reasons
-and the per-source pass rates (`distillkit/filter/stats.py`, `FilterStats`, defines them).
+`<run>/filter/rejected` (same shard numbering as the input), in three passes that never hold more
+than one shard of records:
+
+  1. per shard (distillkit/filter/verify.py): decontamination and the verifier chain; each shard's
+     verdicts and small keys go to `<run>/filter/.work/judged-NNNNN.parquet`. It runs in this process
+     or on datatrove's executors (distillkit/filter/executors.py); finished shards are skipped on rerun.
+  2. once, over the keys only: exact and near dedup, pass rates and selection per prompt.
+  3. per shard again: the input records, their verdicts appended, split into kept and rejected shards
+     (Arrow batches: soft labels are copied as buffers, never turned into Python lists).
+
+Every record carries the verdicts of every step that judged it in its `verdicts` column; the manifest's
+`stats` hold the funnel, the reasons and the per-source pass rates (`distillkit/filter/stats.py`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
 from distillkit.filter.stats import FilterStats
 from distillkit.filter.verifiers.base import Verdict
+from distillkit.filter.verify import OUTCOME_OF, VERIFY_COLUMNS, Judge, Judged, Tally, judged_path  # noqa: F401
 from distillkit.pipeline import stage_config_hash
-from distillkit.records import Manifest, StageOutput, list_shards, read_manifest, record_features
+from distillkit.records import Manifest, StageOutput, list_shards, read_manifest
 
 log = logging.getLogger(__name__)
 
 REJECTED = "rejected"
-# What the verifiers read; soft labels and token ids stay on disk until records are written back.
-VERIFY_COLUMNS = ["id", "prompt_id", "sample_index", "source", "problem", "gold_answer", "tests", "prefill",
-                  "completion", "reasoning", "response", "reasoning_closed", "completion_tokens", "finish_reason"]
-_CHUNK = 256
+WORK = ".work"
+
+
+# ----------------------------------------------------------------------------------------- keys
+
+
+@dataclass
+class Keys:
+    """What the global steps hold per record (all records of the run, in shard and row order)."""
+
+    ids: Any                    # pyarrow string array (for "of <id>" details)
+    prompt: np.ndarray          # int64 prompt codes
+    prompt_names: Any           # pyarrow string array: code -> prompt id
+    source: np.ndarray          # int64 source codes
+    source_names: list[str]
+    sample_index: np.ndarray
+    order_len: np.ndarray
+    alive: np.ndarray           # after the per-record steps
+    passed_verifiers: np.ndarray
+    exact: np.ndarray           # (N, 2) uint64
+    bands: np.ndarray           # (N, bands) uint64 (0 columns without near dedup)
+    signatures: Callable[[list[int]], dict[int, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+
+def _codes(array) -> tuple[np.ndarray, Any]:
+    import pyarrow as pa
+
+    enc = array.dictionary_encode() if len(array) else pa.array([], pa.string()).dictionary_encode()
+    return np.asarray(enc.indices, dtype=np.int64), enc.dictionary
+
+
+def _fixed(column, width: int, dtype) -> np.ndarray:
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.asarray(arr.values, dtype=dtype).reshape(-1, width) if width else np.zeros((len(arr), 0), dtype)
+
+
+def keys_from_work(work: Path, count: int, bands: int) -> Keys:
+    """Read the keys of `count` judged shard files (not their verdicts or signatures)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = ["id", "prompt_id", "source", "sample_index", "order_len", "alive", "passed_verifiers", "exact"]
+    cols += ["bands"] if bands else []
+    tables = [pq.read_table(judged_path(work, k), columns=cols) for k in range(count)]
+    offsets = np.cumsum([0] + [t.num_rows for t in tables])
+    t = pa.concat_tables(tables) if tables else None
+
+    def col(name):
+        return t.column(name).combine_chunks() if t is not None else pa.array([], pa.string())
+
+    prompt, prompt_names = _codes(col("prompt_id"))
+    source, source_names = _codes(col("source"))
+
+    def signatures(wanted: list[int]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        wanted_arr = np.asarray(sorted(wanted), dtype=np.int64)
+        shard_of = np.searchsorted(offsets, wanted_arr, side="right") - 1
+        for k in np.unique(shard_of):
+            rows = wanted_arr[shard_of == k]
+            sig = pq.read_table(judged_path(work, int(k)), columns=["signature"]).column("signature").combine_chunks()
+            width = sig.type.list_size
+            values = np.asarray(sig.values, dtype=np.uint32).reshape(-1, width)
+            for i in rows:
+                out[int(i)] = values[i - offsets[k]].copy()
+        return out
+
+    n = int(offsets[-1])
+    return Keys(ids=col("id"), prompt=prompt, prompt_names=prompt_names, source=source,
+                source_names=[str(s) for s in source_names.to_pylist()],
+                sample_index=np.asarray(col("sample_index") if t is not None else [], dtype=np.int64),
+                order_len=np.asarray(col("order_len") if t is not None else [], dtype=np.int64),
+                alive=np.asarray(col("alive") if t is not None else [], dtype=bool),
+                passed_verifiers=np.asarray(col("passed_verifiers") if t is not None else [], dtype=bool),
+                exact=_fixed(col("exact"), 2, np.uint64) if t is not None else np.zeros((0, 2), np.uint64),
+                bands=_fixed(col("bands"), bands, np.uint64) if t is not None and bands else np.zeros((n, 0), np.uint64),
+                signatures=signatures)
+
+
+def keys_from_memory(records: Sequence[dict[str, Any]], j: Judged) -> Keys:
+    import pyarrow as pa
+
+    prompt, prompt_names = _codes(pa.array([r["prompt_id"] for r in records], pa.string()))
+    source, source_names = _codes(pa.array([r.get("source") or "" for r in records], pa.string()))
+    sigs = j.signatures
+    return Keys(ids=pa.array([r["id"] for r in records], pa.string()), prompt=prompt, prompt_names=prompt_names,
+                source=source, source_names=[str(s) for s in source_names.to_pylist()],
+                sample_index=np.array([r.get("sample_index") or 0 for r in records], dtype=np.int64),
+                order_len=j.order_len, alive=j.alive.copy(), passed_verifiers=j.passed_verifiers, exact=j.exact,
+                bands=j.bands if j.bands is not None else np.zeros((len(records), 0), np.uint64),
+                signatures=lambda wanted: {i: sigs[i] for i in wanted})
+
+
+# ----------------------------------------------------------------------------------------- global steps
+
+
+@dataclass
+class Decisions:
+    """The global steps' verdicts per record, as small arrays, and the stage's stats."""
+
+    kept: np.ndarray
+    dedup: np.ndarray          # int8: -1 not compared, 0 unique, 1 exact, 2 near duplicate
+    dup_of: np.ndarray         # int64: the kept copy's record index
+    selection: np.ndarray      # int32: -1 not a candidate, else an index into `selection_verdicts`
+    selection_verdicts: list[Verdict]
+    stats: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def verdicts_of(self, i: int, ids) -> list[tuple[str, Verdict]]:
+        out = []
+        d = self.dedup[i]
+        if d >= 0:
+            out.append(("dedup", Verdict(True, "unique") if d == 0 else
+                        Verdict(False, "exact_duplicate" if d == 1 else "near_duplicate",
+                                f"of {ids[int(self.dup_of[i])].as_py()}")))
+        if self.selection[i] >= 0:
+            out.append(("selection", self.selection_verdicts[self.selection[i]]))
+        return out
+
+
+class _Rows:
+    """`records[i]` as the selection functions read it, built from the keys on demand."""
+
+    def __init__(self, keys: Keys):
+        self.k = keys
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"prompt_id": int(self.k.prompt[i]), "sample_index": int(self.k.sample_index[i]),
+                "completion_tokens": int(self.k.order_len[i])}
+
+
+_DEDUP_CODE = {"exact_duplicate": 1, "near_duplicate": 2}
+
+
+def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
+    """Dedup and selection over all records' keys, and the funnel/reasons/sources stats."""
+    from distillkit.filter.selection import select
+
+    n = len(keys)
+    alive = keys.alive.copy()
+    funnel = [{"step": "input", "in": n, "rejected": 0, "out": n}]
+    funnel += [{"step": s, "in": row[0], "rejected": row[1], "out": row[2]}
+               for s in tally.steps if (row := tally.funnel.get(s)) is not None]
+    outcomes = {s: tally.outcomes[s] for s in tally.steps if s in tally.outcomes}
+    timings = dict(tally.timings)
+
+    def record_step(step: str, rejected: np.ndarray, reasons: Counter, passes: Counter) -> None:
+        before = int(alive.sum())
+        alive[rejected] = False
+        funnel.append({"step": step, "in": before, "rejected": before - int(alive.sum()), "out": int(alive.sum())})
+        outcomes[step] = {"rejected": reasons, "passed": passes, "cannot_judge": Counter()}
+
+    dedup = np.full(n, -1, dtype=np.int8)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if cfg.dedup.exact or cfg.dedup.near.enabled:
+        from distillkit.filter.dedup import DedupKeys, duplicates
+
+        t0 = time.time()
+        candidates = np.flatnonzero(alive)
+        group = keys.prompt if cfg.dedup.scope == "prompt" else np.zeros(n, dtype=np.int64)
+        found = duplicates(DedupKeys(group=group, exact=keys.exact, bands=keys.bands), candidates, cfg.dedup,
+                           keys.signatures)
+        dedup[candidates] = 0
+        for i, (reason, j) in found.items():
+            dedup[i], dup_of[i] = _DEDUP_CODE[reason], j
+        rejected = np.array(sorted(found), dtype=np.int64)
+        record_step("dedup", rejected, Counter(r for r, _ in found.values()),
+                    Counter({"unique": len(candidates) - len(found)} if len(candidates) > len(found) else {}))
+        timings["dedup_s"] = round(time.time() - t0, 3)
+
+    t0 = time.time()
+    total = np.bincount(keys.prompt, minlength=len(keys.prompt_names)) if n else np.zeros(0)
+    good = np.bincount(keys.prompt, weights=keys.passed_verifiers, minlength=len(keys.prompt_names)) if n else np.zeros(0)
+    rates = {p: good[p] / total[p] for p in np.flatnonzero(total)}
+    candidates = np.flatnonzero(alive)
+    dropped = select(_Rows(keys), candidates.tolist(), rates, cfg.selection)
+    table: dict[Verdict, int] = {}
+    selection = np.full(n, -1, dtype=np.int32)
+    selected = Verdict(True, "selected")
+    for i in candidates:
+        v = dropped.get(int(i), selected)
+        selection[i] = table.setdefault(v, len(table))
+    record_step("selection", np.array(sorted(dropped), dtype=np.int64), Counter(v.reason for v in dropped.values()),
+                Counter({"selected": len(candidates) - len(dropped)} if len(candidates) > len(dropped) else {}))
+    timings["selection_s"] = round(time.time() - t0, 3)
+
+    sources = {}
+    for s, name in enumerate(keys.source_names):
+        mine = keys.source == s
+        records = int(mine.sum())
+        passed = int(keys.passed_verifiers[mine].sum())
+        sources[name] = {"records": records, "passed_verifiers": passed, "kept": int(alive[mine].sum()),
+                         "pass_rate": round(passed / records, 4) if records else 0.0,
+                         "prompts": len(np.unique(keys.prompt[mine])),
+                         "prompts_kept": len(np.unique(keys.prompt[mine & alive]))}
+    stats = FilterStats(funnel=funnel,
+                        reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
+                        outcomes={k: {o: dict(sorted(v.get(o, Counter()).items())) for o in OUTCOME_OF.values()}
+                                  for k, v in outcomes.items()},
+                        sources=dict(sorted(sources.items())), verifiers=tally.verifiers).dump()
+    return Decisions(kept=alive, dedup=dedup, dup_of=dup_of, selection=selection,
+                     selection_verdicts=list(table), stats=stats, timings=timings)
+
+
+# ----------------------------------------------------------------------------------------- in memory
 
 
 @dataclass
@@ -43,12 +263,147 @@ class FilterResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _step_names(cfg: FilterConfig) -> list[str]:
-    names, seen = [], Counter()
-    for spec in cfg.verifiers:
-        seen[spec.kind] += 1
-        names.append(spec.kind if seen[spec.kind] == 1 else f"{spec.kind}#{seen[spec.kind]}")
-    return names
+def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_progress: bool = True) -> FilterResult:
+    """Judge `records` (dicts with at least VERIFY_COLUMNS) with the whole chain of `cfg`, in memory.
+
+    The same steps as the stage (one shard holding every record); for lists that fit in memory."""
+    with Judge(cfg) as judge:
+        tally = Tally(steps=judge.all_steps())
+        judged = judge.judge(list(records), tally)
+        tally.verifiers = judge.usage()
+    keys = keys_from_memory(records, judged)
+    d = decide(keys, tally, cfg)
+    verdicts = [judged.verdicts[i] + d.verdicts_of(i, keys.ids) for i in range(len(records))]
+    return FilterResult(verdicts=verdicts, kept=d.kept.tolist(), stats=d.stats, timings=d.timings)
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _annotate_batch(batch, judged_verdicts: list[list[dict]], extra: list[list[tuple[str, Verdict]]], verdict_type):
+    """`batch` with the filter's verdicts appended to `verdicts` and non-pass details put in `meta`."""
+    import pyarrow as pa
+
+    names = batch.schema.names
+    old_verdicts = batch.column("verdicts").to_pylist() if "verdicts" in names else [None] * batch.num_rows
+    old_meta = batch.column("meta").to_pylist() if "meta" in names else [None] * batch.num_rows
+    verdicts, metas = [], []
+    for row_verdicts, meta, judged, more in zip(old_verdicts, old_meta, judged_verdicts, extra):
+        entries = [(v["step"], v["passed"], v["reason"], v["detail"]) for v in judged]
+        entries += [(s, v.passed, v.reason, v.detail if v.passed is not True else "") for s, v in more]
+        verdicts.append(list(row_verdicts or []) + [{"verifier": s, "passed": p, "reason": r} for s, p, r, _ in entries])
+        details = {s: d for s, p, r, d in entries if d and p is not True}
+        if details:  # the record schema's verdict entries have no detail field; keep it readable in `meta`
+            try:
+                parsed = json.loads(meta or "{}")
+            except json.JSONDecodeError:
+                parsed = {"original_meta": meta}
+            parsed["filter_details"] = details
+            meta = json.dumps(parsed, ensure_ascii=False)
+        metas.append(meta if meta is not None else "{}")
+    arrays = {name: batch.column(name) for name in names}
+    arrays["verdicts"] = pa.array(verdicts, verdict_type)
+    arrays["meta"] = pa.array(metas, pa.string())
+    return arrays
+
+
+class _ShardWriter:
+    """Writes one output shard batch by batch to a temporary file; `commit` renames it into place."""
+
+    def __init__(self, final: Path, schema):
+        self.final, self.schema = final, schema
+        self.tmp: str | None = None
+        self.writer = None
+        self.rows = 0
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if table.num_rows == 0:
+            return
+        if self.writer is None:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".tmp-{self.final.name}.", dir=self.final.parent)
+            os.close(fd)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            Path(self.tmp).unlink(missing_ok=True)
+
+
+def _output_schema(pf):
+    """The input's schema (soft-label width included) with `verdicts` typed as the record schema's."""
+    from datasets import Features
+
+    from distillkit.records import record_features
+
+    features = Features.from_arrow_schema(pf.schema_arrow)
+    features["verdicts"] = record_features()["verdicts"]  # an input written without features has `[]` as null
+    if "meta" not in features:
+        features["meta"] = record_features()["meta"]
+    return features.arrow_schema
+
+
+def _batch_rows(pf, budget_bytes: int = 64 << 20) -> int:
+    """Rows per write batch: about `budget_bytes` of uncompressed data (soft labels make rows large)."""
+    md = pf.metadata
+    if md.num_rows == 0 or md.num_row_groups == 0:
+        return 256
+    per_row = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups)) / md.num_rows
+    return int(max(1, min(1024, budget_bytes // max(1, per_row))))
+
+
+def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, offset: int, d: Decisions, ids,
+                        write_rejected: bool) -> tuple[int, int]:
+    """Split input shard `index` into kept and rejected output shards; returns (kept, rejected) counts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from distillkit.filter.verify import open_shard
+    from distillkit.records import shard_path
+
+    pf = open_shard(source)
+    schema = _output_schema(pf)
+    verdict_type = schema.field("verdicts").type
+    judged = pq.read_table(judged_path(work, index), columns=["verdicts"]).column("verdicts").to_pylist()
+    kept_w = _ShardWriter(shard_path(out_dir, index), schema)
+    rej_w = _ShardWriter(shard_path(out_dir / REJECTED, index), schema)
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_batch_rows(pf)):
+            n = batch.num_rows
+            rows = range(offset + row, offset + row + n)
+            arrays = _annotate_batch(batch, judged[row:row + n], [d.verdicts_of(i, ids) for i in rows], verdict_type)
+            table = pa.table([arrays.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema.remove_metadata())
+            table = table.cast(schema)
+            mask = pa.array(d.kept[offset + row: offset + row + n])
+            kept_w.write(table.filter(mask))
+            if write_rejected:
+                rej_w.write(table.filter(pc.invert(mask)))
+            row += n
+        rej_w.commit()
+        kept_w.commit()
+    except BaseException:
+        kept_w.abort()
+        rej_w.abort()
+        raise
+    return kept_w.rows, row - kept_w.rows
+
+
+# ----------------------------------------------------------------------------------------- stage
 
 
 def _progress():
@@ -60,134 +415,14 @@ def _progress():
                         TimeElapsedColumn(), transient=True, unit="records")
 
 
-def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_progress: bool = True) -> FilterResult:
-    """Judge `records` (dicts with at least VERIFY_COLUMNS) with the whole chain of `cfg`."""
-    from distillkit.filter.registry import build
+def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool = True) -> Manifest | None:
+    """Run the filter stage of `cfg`; returns the manifest (the existing one if already complete).
 
-    n = len(records)
-    verdicts: list[list[tuple[str, Verdict]]] = [[] for _ in range(n)]
-    alive = [True] * n
-    funnel = [{"step": "input", "in": n, "rejected": 0, "out": n}]
-    outcomes: dict[str, dict[str, Counter]] = {}
-    timings: dict[str, float] = {}
-    verifier_stats: dict[str, dict[str, Any]] = {}
+    With `filter.executor.kind: slurm` the jobs are submitted and None is returned; the second job
+    finishes the stage (or rerun this when the first is done)."""
+    import pyarrow as pa
 
-    def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
-        before = sum(alive)
-        outcomes[step] = {name: Counter(v.reason for v in judged.values() if v.passed is value)
-                          for name, value in (("rejected", False), ("passed", True), ("cannot_judge", None))}
-        for i, v in judged.items():
-            verdicts[i].append((step, v))
-        for i in candidates:
-            if i in judged and judged[i].passed is False:
-                alive[i] = False
-        funnel.append({"step": step, "in": before, "rejected": before - sum(alive), "out": sum(alive)})
-
-    progress = _progress() if show_progress else None
-    if progress:
-        progress.start()
-    try:
-        if cfg.decontaminate.enabled:
-            from distillkit.filter.decontaminate import Decontaminator
-
-            t0 = time.time()
-            deco = Decontaminator(cfg.decontaminate.benchmarks, cfg.decontaminate.ngram)
-            by_prompt: dict[str, Verdict] = {}
-            judged = {}
-            for i, rec in enumerate(records):
-                pid = rec["prompt_id"]
-                if pid not in by_prompt:
-                    hit = deco.match(rec.get("problem") or "")
-                    by_prompt[pid] = (Verdict(False, "contaminated", f"{hit[0]}: '{hit[1]}'") if hit
-                                      else Verdict(True, "clean"))
-                judged[i] = by_prompt[pid]
-            record_step("decontaminate", judged, range(n))
-            timings["decontaminate_s"] = round(time.time() - t0, 3)
-
-        for step, spec in zip(_step_names(cfg), cfg.verifiers):
-            t0 = time.time()
-            todo = [i for i in range(n) if alive[i] or not cfg.stop_at_first_rejection]
-            task = progress.add_task(f"filter {step}", total=len(todo)) if progress else None
-            judged = {}
-            with build(spec.kind, spec.params, num_workers=cfg.num_workers) as verifier:
-                # The judge defers to this run's earlier rule verdicts, which live here, not in the records.
-                with_prior = getattr(verifier, "reads_prior_verdicts", False)
-                for start in range(0, len(todo), _CHUNK):
-                    chunk = todo[start:start + _CHUNK]
-                    batch = [{**records[i], "prior_verdicts": [v.as_record_entry(s) for s, v in verdicts[i]]}
-                             if with_prior else records[i] for i in chunk]
-                    for i, v in zip(chunk, verifier.batch(batch)):
-                        judged[i] = v
-                    if progress:
-                        progress.advance(task, len(chunk))
-                if hasattr(verifier, "stats"):  # usage worth a manifest line (the judge's requests, tokens)
-                    verifier_stats[step] = verifier.stats()
-            record_step(step, judged, todo)
-            timings[f"{step}_s"] = round(time.time() - t0, 3)
-    finally:
-        if progress:
-            progress.stop()
-
-    # The teacher's solve rate per prompt counts verifier passes only: a correct trace dropped later
-    # as a duplicate was still solved.
-    passed_verifiers = [all(v.passed is not False for s, v in verdicts[i] if s != "decontaminate") for i in range(n)]
-
-    dedup = cfg.dedup
-    if dedup.exact or dedup.near.enabled:
-        from distillkit.filter.dedup import find_duplicates
-
-        t0 = time.time()
-        candidates = [i for i in range(n) if alive[i]]
-        dups = find_duplicates(records, candidates, dedup)
-        record_step("dedup", {i: dups.get(i, Verdict(True, "unique")) for i in candidates}, candidates)
-        timings["dedup_s"] = round(time.time() - t0, 3)
-
-    from distillkit.filter.selection import pass_rates, select
-
-    candidates = [i for i in range(n) if alive[i]]
-    dropped = select(records, candidates, pass_rates(records, passed_verifiers), cfg.selection)
-    record_step("selection", {i: dropped.get(i, Verdict(True, "selected")) for i in candidates}, candidates)
-
-    sources: dict[str, dict[str, Any]] = defaultdict(lambda: {"records": 0, "passed_verifiers": 0, "kept": 0})
-    prompts: dict[str, set] = defaultdict(set)
-    prompts_kept: dict[str, set] = defaultdict(set)
-    for i, rec in enumerate(records):
-        src = rec.get("source") or ""
-        sources[src]["records"] += 1
-        sources[src]["passed_verifiers"] += int(passed_verifiers[i])
-        sources[src]["kept"] += int(alive[i])
-        prompts[src].add(rec["prompt_id"])
-        if alive[i]:
-            prompts_kept[src].add(rec["prompt_id"])
-    for src, s in sources.items():
-        s["pass_rate"] = round(s["passed_verifiers"] / s["records"], 4) if s["records"] else 0.0
-        s["prompts"] = len(prompts[src])
-        s["prompts_kept"] = len(prompts_kept[src])
-    stats = FilterStats(funnel=funnel,
-                        reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
-                        outcomes={k: {o: dict(sorted(c.items())) for o, c in v.items()} for k, v in outcomes.items()},
-                        sources=dict(sorted(sources.items())), verifiers=verifier_stats).dump()
-    return FilterResult(verdicts=verdicts, kept=alive, stats=stats, timings=timings)
-
-
-def _annotate(row: dict[str, Any], judged: list[tuple[str, Verdict]]) -> dict[str, Any]:
-    row = dict(row)
-    row["verdicts"] = list(row.get("verdicts") or []) + [v.as_record_entry(s) for s, v in judged]
-    details = {s: v.detail for s, v in judged if v.detail and v.passed is not True}
-    if details:  # the record schema's verdict entries have no detail field; keep it readable in `meta`
-        try:
-            meta = json.loads(row.get("meta") or "{}")
-        except json.JSONDecodeError:
-            meta = {"original_meta": row.get("meta")}
-        meta["filter_details"] = details
-        row["meta"] = json.dumps(meta, ensure_ascii=False)
-    return row
-
-
-def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool = True) -> Manifest:
-    """Run the filter stage of `cfg`; returns the manifest (the existing one if already complete)."""
-    import pyarrow.parquet as pq
-    from datasets import Dataset
+    from distillkit.filter.executors import verify_all
 
     gen_dir, out_dir = cfg.stage_dir("generate"), cfg.stage_dir("filter")
     gen_manifest = read_manifest(gen_dir)
@@ -199,49 +434,73 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
     if not overwrite and out.is_complete():
         return out.manifest()
     out.begin(overwrite=overwrite)
-    # Filtering is not resumed shard by shard (dedup and selection look across shards): start clean.
-    for p in list_shards(out_dir):
-        p.unlink()
-    shutil.rmtree(out_dir / REJECTED, ignore_errors=True)
-
+    work = out_dir / WORK
+    if overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(out_dir / REJECTED, ignore_errors=True)
     shards = list_shards(gen_dir)
-    rows: list[dict[str, Any]] = []
-    shard_of: list[int] = []
-    for k, shard in enumerate(shards):
-        names = pq.ParquetFile(shard).schema_arrow.names
-        part = pq.read_table(shard, columns=[c for c in VERIFY_COLUMNS if c in names]).to_pylist()
-        rows.extend(part)
-        shard_of.extend([k] * len(part))
-    log.info("filter: %d records from %d shards of %s", len(rows), len(shards), gen_dir)
-    result = filter_records(rows, cfg.filter, show_progress=show_progress)
+
+    # 1. per shard, wherever the executor runs it; finished shards are skipped
+    t0 = time.time()
+    redone = verify_all(cfg, shards, work, out.config_hash, show_progress=show_progress)
+    if redone is None:  # submitted to a scheduler
+        return None
+    verify_s = round(time.time() - t0, 3)
+    if redone:  # written outputs (if any) came from other verdicts: rewrite every shard
+        for p in [*list_shards(out_dir), *list_shards(out_dir / REJECTED), *work.glob("written-*")]:
+            p.unlink()
+    return finish_filter(cfg, out, shards, work, verify_s)
+
+
+def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work: Path, verify_s: float = 0.0) -> Manifest:
+    """Passes 2 and 3 over finished judged files: dedup and selection, then the kept and rejected shards."""
+    from distillkit.filter.verify import Tally, read_judged_meta
+
+    out_dir = out.folder
+    fcfg = cfg.filter
+    metas = [read_judged_meta(judged_path(work, k)) for k in range(len(shards))]
+    missing = [shards[k].name for k, m in enumerate(metas) if m is None]
+    if missing:
+        raise DistillkitError(f"filter: shards {missing} of {shards[0].parent} have not been verified; "
+                              "rerun `distillkit filter`")
+    tally = Tally(steps=metas[0]["tally"]["steps"] if metas else [])
+    for m in metas:
+        tally.add(Tally.from_json(m["tally"]))
+    from distillkit.filter.dedup import lsh_bands
+
+    bands = lsh_bands(fcfg.dedup.near.threshold, fcfg.dedup.near.num_perm)[0] if fcfg.dedup.near.enabled else 0
+    keys = keys_from_work(work, len(shards), bands)
+    log.info("filter: %d records from %d shards", len(keys), len(shards))
+    d = decide(keys, tally, fcfg)
 
     t0 = time.time()
-    offset = 0
-    for k, shard in enumerate(shards):
-        table = pq.read_table(shard)
-        features = Dataset(table).features  # keep the input's schema (soft-label width included)
-        # ...except verdicts: an input written without explicit features has `[]` inferred as null.
-        features["verdicts"] = record_features()["verdicts"]
-        kept, rejected = [], []
-        for j, row in enumerate(table.to_pylist()):
-            i = offset + j
-            (kept if result.kept[i] else rejected).append(_annotate(row, result.verdicts[i]))
-        offset += table.num_rows
-        if kept:
-            out.write_shard(k, kept, features)
-        if rejected and cfg.filter.write_rejected:
-            from distillkit.records import write_shard
+    offsets = np.cumsum([0] + [m["rows"] for m in metas])
+    progress = _progress() if len(shards) > 1 else None
+    task = progress.add_task("filter: write", total=len(shards)) if progress else None
+    if progress:
+        progress.start()
+    try:
+        for k, shard in enumerate(shards):
+            marker = work / f"written-{k:05d}"
+            if not marker.exists():
+                write_shard_outputs(shard, k, work, out_dir, int(offsets[k]), d, keys.ids, fcfg.write_rejected)
+                marker.touch()
+            if progress:
+                progress.advance(task)
+    finally:
+        if progress:
+            progress.stop()
+    timings = {**d.timings, "verify_s": verify_s, "write_s": round(time.time() - t0, 3)}
 
-            write_shard(out_dir / REJECTED, k, rejected, features)
-    result.timings["write_s"] = round(time.time() - t0, 3)
-
-    n_kept = sum(result.kept)
-    counts = {"input": len(rows), "kept": n_kept, "rejected": len(rows) - n_kept,
-              "prompts_input": len({r["prompt_id"] for r in rows}),
-              "prompts_kept": len({r["prompt_id"] for r, k in zip(rows, result.kept) if k})}
-    log.info("filter: kept %d of %d records", n_kept, len(rows))
-    return out.finish(counts=counts, stats=result.stats, timings=result.timings,
-                      versions=["distillkit", "datasets", "pyarrow", "math_verify"])
+    n, n_kept = len(keys), int(d.kept.sum())
+    counts = {"input": n, "kept": n_kept, "rejected": n - n_kept,
+              "prompts_input": int(len(np.unique(keys.prompt))),
+              "prompts_kept": int(len(np.unique(keys.prompt[d.kept])))}
+    log.info("filter: kept %d of %d records", n_kept, n)
+    manifest = out.finish(counts=counts, stats=d.stats, timings=timings,
+                          versions=["distillkit", "datasets", "pyarrow", "math_verify", "datatrove"])
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
 
 
 def funnel_table(manifest: Manifest | None):

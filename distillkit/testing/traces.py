@@ -70,9 +70,9 @@ def synthetic_record(index: int, samples: int = 4, chars: int = 6000, tokens: in
     response = f"The answer is $\\boxed{{{answer}}}$." if kind != "unboxed" else f"The answer is {answer}."
     if kind == "exact_copy":  # the first sample again, up to case and spacing
         reasoning = reasoning.replace(". ", ".  ")
-    elif kind == "near_copy":  # the first sample with one sentence changed
-        cut = reasoning.find(". ", len(reasoning) // 2) + 2
-        reasoning = reasoning[:cut] + _sentence(random.Random(f"{seed}:near:{index}")) + reasoning[cut:]
+    elif kind == "near_copy":  # the first sample with its last result changed (Jaccard of shingles ~0.99)
+        head, _, last = reasoning.rstrip().rpartition(" ")
+        reasoning = f"{head} {int(last.rstrip('.')) + 1}. "
     elif kind == "repetitive":
         loop = _sentence(rng)
         reasoning = reasoning[: len(reasoning) // 3] + loop * max(8, (2 * len(reasoning) // 3) // len(loop))
