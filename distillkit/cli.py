@@ -131,8 +131,15 @@ def _run_stage(stage: str, args: list[str] | None, overwrite: bool, verbose: boo
 
     warn_if_too_big(cfg, stage)
     manifest = stage_function(stage)(cfg, overwrite=overwrite, **kwargs)
+    if manifest is None:
+        out.print(_SUBMITTED.format(stage=stage, folder=cfg.stage_dir(stage)))
+        return
     _print_manifest(stage, manifest)
     out.print(f"[green]{stage} done[/] -> {cfg.stage_dir(stage)}")
+
+
+_SUBMITTED = ("[yellow]{stage} submitted[/] to the scheduler; its output appears in {folder} when the jobs end "
+              "(rerun the same command then: finished work is kept)")
 
 
 def _preflight_for(cfg, stages: list[str]) -> None:
@@ -181,7 +188,9 @@ def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verb
         cfg = _load(args)
         from distillkit.records import read_manifest
 
-        out.print(funnel_table(read_manifest(cfg.stage_dir("filter"))))
+        manifest = read_manifest(cfg.stage_dir("filter"))
+        if manifest is not None:
+            out.print(funnel_table(manifest))
     except (ImportError, AttributeError):
         pass
 
@@ -225,8 +234,12 @@ def run(args: RecipeArgs = None,
             out.print(f"[dim]{stage}: up to date, skipped[/]")
         elif status == "running":
             out.rule(f"[bold]{stage}")
+        elif status == "submitted":
+            out.print(_SUBMITTED.format(stage=stage, folder=cfg.stage_dir(stage)))
 
     manifests = run_pipeline(cfg, from_stage=from_stage, overwrite=overwrite, on_stage=on_stage)
+    if any(s not in manifests for s in cfg.stages):  # a stage went to a scheduler; the rest waits for it
+        return
     for stage, manifest in manifests.items():
         _print_manifest(stage, manifest)
     comparison = cfg.stage_dir("evaluate") / "comparison.md"

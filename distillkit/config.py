@@ -297,7 +297,7 @@ class FilterExecutorConfig(StrictModel):
     workers: PositiveInt = 2
     """Tasks running at once: processes on this machine (local), array tasks at a time (slurm)."""
     tasks: Optional[PositiveInt] = None
-    """How many tasks share the shards (default: one per shard)."""
+    """How many tasks share the shards (default: one per worker for local, one per shard for slurm)."""
     slurm: dict[str, Any] = Field(default_factory=dict)
     """Arguments of datatrove's SlurmPipelineExecutor: partition and time are required, e.g.
     {partition: cpu, time: "04:00:00", cpus_per_task: 4, mem_per_cpu_gb: 4, venv_path: .venv/bin/activate}."""

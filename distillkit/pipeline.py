@@ -67,7 +67,8 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
     """Run `cfg.stages` in pipeline order; a stage whose manifest matches its config hash is skipped.
 
     `from_stage` forces that stage and the ones after it to rerun. `on_stage(stage, status)` is
-    called with status "skipped", "running" or "done" (the CLI prints from it).
+    called with status "skipped", "running", "done" or "submitted" (the CLI prints from it); a submitted
+    stage (the filter on Slurm) ends the run, and rerunning continues from it once its jobs finish.
     """
     selected = [s for s in STAGES if s in cfg.stages]
     if from_stage is not None and from_stage not in selected:
@@ -86,7 +87,12 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
         from distillkit.plan import warn_if_too_big
 
         warn_if_too_big(cfg, stage)
-        manifests[stage] = stage_function(stage)(cfg, overwrite=overwrite or forced)
+        manifest = stage_function(stage)(cfg, overwrite=overwrite or forced)
+        if manifest is None:  # handed to a scheduler (filter.executor.kind: slurm): later stages wait for it
+            if on_stage:
+                on_stage(stage, "submitted")
+            break
+        manifests[stage] = manifest
         if on_stage:
             on_stage(stage, "done")
     return manifests

@@ -12,6 +12,7 @@ and the next run skips every shard whose judged file is complete.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,9 @@ class VerifyShards:
         self.shards, self.todo, self.work = shards, todo, work
         self.filter_config, self.config_hash = filter_config, config_hash
 
+    def __repr__(self) -> str:  # datatrove logs the pipeline
+        return f"distillkit filter: verify {len(self.todo)} shards into {self.work}"
+
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         fcfg = FilterConfig.model_validate(self.filter_config)
         shards = [Path(s) for s in self.shards]
@@ -67,6 +71,9 @@ class FinishFilter:
 
     def __init__(self, recipe: dict[str, Any]):
         self.recipe = recipe
+
+    def __repr__(self) -> str:
+        return "distillkit filter: dedup, selection and writing"
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         cfg = RecipeConfig.model_validate(self.recipe)
@@ -137,14 +144,19 @@ def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: s
                 progress.stop()
     else:
         step = VerifyShards([str(s) for s in shards], todo, str(work), cfg.filter.model_dump(mode="json"), config_hash)
-        tasks = min(ex.tasks or len(todo), len(todo))
-        if ex.kind == "slurm":
-            _submit_slurm(cfg, step, tasks, work)
+        if ex.kind == "slurm":  # default: a task per shard (array tasks are cheap to schedule)
+            _submit_slurm(cfg, step, min(ex.tasks or len(todo), len(todo)), work)
             return None
         from datatrove.executor import LocalPipelineExecutor
+        from loguru import logger
 
+        # default: a task per worker; each builds its verifiers (math-verify workers) once for its shards
+        tasks = min(ex.tasks or ex.workers, len(todo))
         executor = LocalPipelineExecutor(pipeline=[step], tasks=tasks, workers=min(ex.workers, tasks),
                                          logging_dir=str(work / "datatrove"), skip_completed=False)
+        if progress:  # the bar says how far it is; datatrove's per-task lines go to its log folder
+            logger.remove()
+            logger.add(sys.stderr, level="WARNING")
         task = progress.add_task(f"filter: verify ({min(ex.workers, tasks)} datatrove workers)",
                                  total=len(todo), unit="shards") if progress else None
         stop = _watch(work, todo, progress, task) if progress else None

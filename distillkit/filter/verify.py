@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 VERIFY_COLUMNS = ["id", "prompt_id", "sample_index", "source", "problem", "gold_answer", "tests", "prefill",
                   "completion", "reasoning", "response", "reasoning_closed", "completion_tokens", "finish_reason"]
 REQUIRED_COLUMNS = ("id", "prompt_id")
+_DERIVED = ("reasoning", "response", "reasoning_closed")  # from prefill + completion when a shard lacks them
 BATCH = 256
 OUTCOME_OF = {False: "rejected", True: "passed", None: "cannot_judge"}
 JUDGED_FORMAT = 1
@@ -276,15 +277,22 @@ def open_shard(path: Path):
 
 
 def read_verify_rows(pf, batch_rows: int = BATCH):
-    """Batches of the verifier columns as dicts; columns the shard lacks are None in every record."""
+    """Batches of the verifier columns as dicts; columns the shard lacks are None in every record (the
+    reasoning split is derived from the completion), so each verifier gives its "cannot judge" reason."""
+    from distillkit.records import split_reasoning
+
     names = pf.schema_arrow.names
     have = [c for c in VERIFY_COLUMNS if c in names]
     absent = [c for c in VERIFY_COLUMNS if c not in names]
+    derive = any(c in absent for c in _DERIVED)
     for batch in pf.iter_batches(batch_size=batch_rows, columns=have):
         rows = batch.to_pylist()
         if absent:
             for r in rows:
                 r.update(dict.fromkeys(absent))
+                if derive:  # an imported dataset without the split: make it from the text, as generate does
+                    reasoning, response, closed = split_reasoning(r.get("completion") or "", r.get("prefill") or "")
+                    r.update({k: v for k, v in zip(_DERIVED, (reasoning, response, closed)) if k in absent})
         yield rows
 
 

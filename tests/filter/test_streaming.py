@@ -49,3 +49,192 @@ def test_same_output_as_the_in_memory_filter(case):
     want = {i: comparable(r) for i, r in expected["records"].items()}
     diff = [i for i in got if got[i] != want[i]]
     assert not diff, (diff[:3], [got[i] for i in diff[:3]], [want[i] for i in diff[:3]])
+
+
+def run_on(case, root: Path, **executor) -> "RecipeConfig":
+    """The case's config in a new run folder sharing the case's generate output."""
+    from distillkit.config import RecipeConfig
+
+    data = case.model_dump(mode="json")
+    data["output_dir"] = str(root / "run")
+    data["filter"]["executor"] = executor
+    cfg = RecipeConfig.model_validate(data)
+    cfg.stage_dir("generate").parent.mkdir(parents=True, exist_ok=True)
+    cfg.stage_dir("generate").symlink_to(case.stage_dir("generate"))
+    return cfg
+
+
+def test_datatrove_local_executor_gives_the_same_output(case, tmp_path):
+    inline = run_filter(case, show_progress=False)
+    cfg = run_on(case, tmp_path, kind="local", workers=2)
+    m = run_filter(cfg, show_progress=False)
+    assert m.stats == inline.stats and m.counts == inline.counts
+    assert m.config_hash == inline.config_hash  # the executor is not part of the stage's config
+    assert outputs(cfg) == outputs(case)
+    assert not (cfg.stage_dir("filter") / ".work").exists()  # judged files go once the stage is complete
+
+
+def test_killed_run_resumes_without_redoing_finished_shards(case, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import distillkit.filter.executors as executors
+    from distillkit.records import count_records, read_manifest
+
+    cfg = run_on(case, tmp_path)
+    work = cfg.stage_dir("filter") / ".work"
+    script = ("import json, sys\nfrom distillkit.config import RecipeConfig\nfrom distillkit.filter.stage import run_filter\n"
+              "run_filter(RecipeConfig.model_validate(json.loads(sys.argv[1])), show_progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(cfg.model_dump(mode="json"))])
+    deadline = time.time() + 120
+    while not (work / "judged-00001.parquet").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in work.glob("judged-*.parquet"))
+    assert 2 <= len(done) < 10, done  # killed in the middle of verification
+    assert read_manifest(cfg.stage_dir("filter")) is None
+
+    verified = []
+    real = executors.verify_shard
+    monkeypatch.setattr(executors, "verify_shard", lambda src, k, *a, **kw: verified.append(k) or real(src, k, *a, **kw))
+    m = run_filter(cfg, show_progress=False)
+    assert sorted(verified) == [k for k in range(10) if f"judged-{k:05d}.parquet" not in done]
+    assert outputs(cfg) == outputs(case)  # nothing lost, nothing twice
+    assert count_records(cfg.stage_dir("filter")) + count_records(cfg.stage_dir("filter") / "rejected") == m.counts["input"]
+
+
+def test_a_kill_while_writing_rewrites_only_unfinished_shards(case, tmp_path, monkeypatch):
+    import distillkit.filter.stage as stage
+
+    cfg = run_on(case, tmp_path)
+    real, calls = stage.write_shard_outputs, []
+
+    def dies_at_shard_4(source, k, *a, **kw):
+        if k == 4:
+            raise KeyboardInterrupt  # as a kill would, after shards 0-3 are written
+        calls.append(k)
+        return real(source, k, *a, **kw)
+
+    monkeypatch.setattr(stage, "write_shard_outputs", dies_at_shard_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(cfg, show_progress=False)
+    assert calls == [0, 1, 2, 3]
+    calls.clear()
+    monkeypatch.setattr(stage, "write_shard_outputs", lambda source, k, *a, **kw: calls.append(k) or real(source, k, *a, **kw))
+    run_filter(cfg, show_progress=False)
+    assert calls == [4, 5, 6, 7, 8, 9]
+    assert outputs(cfg) == outputs(case)
+
+
+def small_run(root: Path, num: int = 240, shard_size: int = 60, **filter_cfg):
+    from distillkit.config import RecipeConfig
+    from distillkit.testing.traces import write_synthetic_run
+
+    cfg = RecipeConfig.model_validate({"name": "small", "output_dir": str(root / "run"),
+                                       "filter": {"num_workers": 1, **filter_cfg}})
+    write_synthetic_run(cfg.stage_dir("generate"), num, shard_size=shard_size, samples=4, chars=600)
+    return cfg
+
+
+def test_a_corrupt_shard_is_named_and_the_others_are_kept(tmp_path, monkeypatch):
+    import shutil
+
+    import distillkit.filter.executors as executors
+    from distillkit.errors import DistillkitError
+
+    cfg = small_run(tmp_path)
+    gen = cfg.stage_dir("generate")
+    good = tmp_path / "good-shard.parquet"
+    shutil.copy(gen / "shard-00002.parquet", good)
+    data = good.read_bytes()
+    (gen / "shard-00002.parquet").write_bytes(data[: len(data) // 2])  # a copy that stopped half-way
+    with pytest.raises(DistillkitError) as e:
+        run_filter(cfg, show_progress=False)
+    msg = str(e.value)
+    assert "shard-00002.parquet" in msg and "corrupt or truncated" in msg and "1 of 4 input shards" in msg
+    assert "rerun `distillkit generate`" in msg
+    work = cfg.stage_dir("filter") / ".work"
+    assert sorted(p.name for p in work.glob("judged-*")) == [f"judged-0000{k}.parquet" for k in (0, 1, 3)]
+
+    shutil.copy(good, gen / "shard-00002.parquet")  # the fix: a good copy
+    verified = []
+    real = executors.verify_shard
+    monkeypatch.setattr(executors, "verify_shard", lambda src, k, *a, **kw: verified.append(k) or real(src, k, *a, **kw))
+    m = run_filter(cfg, show_progress=False)
+    assert verified == [2] and m.counts["input"] == 240
+
+
+def test_missing_columns_get_verdicts_not_a_crash(tmp_path):
+    import pyarrow.parquet as pq
+
+    from distillkit.records import read_records
+
+    cfg = small_run(tmp_path, num=8, shard_size=4)
+    shard = cfg.stage_dir("generate") / "shard-00001.parquet"
+    table = pq.read_table(shard)
+    # An imported dataset without answers or finish reasons, one completion null
+    table = table.drop(["gold_answer", "finish_reason", "response", "reasoning", "reasoning_closed"])
+    completion = table.column("completion").to_pylist()
+    completion[0] = None
+    table = table.set_column(table.schema.get_field_index("completion"), "completion",
+                             __import__("pyarrow").array(completion))
+    pq.write_table(table, shard)
+    m = run_filter(cfg, show_progress=False)
+    rows = {r["id"]: {v["verifier"]: v["reason"] for v in r["verdicts"]}
+            for folder in (cfg.stage_dir("filter"), cfg.stage_dir("filter") / "rejected")
+            for r in read_records(folder).to_list()}
+    assert len(rows) == m.counts["input"] == 8
+    broken = [rows[f"synthetic-{p}#{k}"] for p in (1,) for k in range(4)]
+    assert all(v["math"] == "no_gold_answer" for v in broken)
+    assert broken[0]["truncation"] == "unclosed_reasoning" and broken[0]["language"] == "too_short_to_judge"
+    # the reasoning split is made from the text when the columns are missing
+    assert [b["format"] for b in broken[1:]] == ["well_formed"] * 3
+
+
+def test_slurm_executor_submits_an_array_and_a_finishing_job(tmp_path, monkeypatch):
+    """The sbatch scripts are captured instead of submitted; each array task and the finishing job are
+    then run the way Slurm would run them (datatrove's pickled executor, SLURM_ARRAY_TASK_ID set)."""
+    import os
+    import subprocess
+    import sys
+
+    import datatrove.executor.slurm as dt_slurm
+
+    from distillkit.records import read_manifest
+
+    cfg = small_run(tmp_path, executor={"kind": "slurm", "workers": 2, "tasks": 2,
+                                        "slurm": {"partition": "cpu", "time": "01:00:00", "cpus_per_task": 2}})
+    submitted = []
+
+    def fake_sbatch(script, job_id_retriever, *args):
+        submitted.append((script, args))
+        return str(1000 + len(submitted))
+
+    monkeypatch.setattr(dt_slurm, "launch_slurm_job", fake_sbatch)
+    assert run_filter(cfg, show_progress=False) is None  # submitted, not finished
+    verify_script, verify_args = submitted[0]
+    assert "#SBATCH --array=0-1%2" in verify_script and "#SBATCH --partition=cpu" in verify_script
+    assert "launch_pickled_pipeline" in verify_script
+    finish = [s for s, a in submitted if "distillkit-filter-finish" in s]
+    assert finish and any("--dependency=afterok:1001" in x for s, a in submitted if s == finish[0] for x in a)
+
+    work = cfg.stage_dir("filter") / ".work"
+    fake_bin = tmp_path / "bin"  # `scontrol show hostnames`, as datatrove asks the node's Slurm
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text("#!/bin/sh\necho \"$3\"\n")
+    (fake_bin / "scontrol").chmod(0o755)
+    env = {**os.environ, "SLURM_NODELIST": "node1", "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    launch = [sys.executable, "-m", "datatrove.tools.launch_pickled_pipeline"]
+    for task in range(2):
+        subprocess.run([*launch, str(work / "datatrove" / "executor.pik")], check=True,
+                       env={**env, "SLURM_ARRAY_TASK_ID": str(task)}, capture_output=True)
+    assert len(list(work.glob("judged-*.parquet"))) == 4
+    subprocess.run([*launch, str(work / "datatrove-finish" / "executor.pik")], check=True,
+                   env={**env, "SLURM_ARRAY_TASK_ID": "0"}, capture_output=True)
+    m = read_manifest(cfg.stage_dir("filter"))
+    inline = run_filter(small_run(tmp_path / "inline"), show_progress=False)
+    assert m is not None and m.stats == inline.stats and m.counts == inline.counts
