@@ -23,9 +23,10 @@ What it does NOT protect against:
     the wall timeout ends the run);
   - the weaker modes. Without bubblewrap we fall back to `unshare --net --pid` (no network, own pid
     namespace, but the host filesystem is visible and only uid `nobody`'s permissions keep writes
-    out) and, where namespaces are not allowed at all, to a plain subprocess with rlimits, a scrubbed
-    environment and a temp directory: that guard has NO network or filesystem isolation, and a
-    warning says so once per process. Install bubblewrap (`apt-get install bubblewrap`).
+    out). Where namespaces are not allowed at all (many cluster nodes) only a plain subprocess with
+    rlimits, a scrubbed environment and a temp directory is left: it has NO network or filesystem
+    isolation, so the code verifier refuses to run there (`require_isolation`) unless the recipe sets
+    `allow_unisolated: true`, which the manifest and the dataset card record.
 """
 
 from __future__ import annotations
@@ -127,9 +128,25 @@ def _bwrap_prefix(python: str, workdir: str) -> list[str]:
     return cmd + ["--bind", workdir, "/sandbox", "--chdir", "/sandbox"]
 
 
-@functools.lru_cache(maxsize=None)
+MODES = ("bwrap", "unshare", "unshare-user", "none")
+FORCE_ENV = "DISTILLKIT_SANDBOX_ISOLATION"
+
+
 def isolation_mode(python: str = sys.executable) -> str:
-    """The strongest guard that works here: "bwrap", "unshare" or "none" (probed once per process)."""
+    """The strongest guard that works here: "bwrap", "unshare", "unshare-user" or "none" (probed once per
+    process). DISTILLKIT_SANDBOX_ISOLATION forces one (tests; pinning a mode on a cluster's workers)."""
+    forced = os.environ.get(FORCE_ENV)
+    if forced:
+        if forced not in MODES:
+            from distillkit.errors import DistillkitError
+
+            raise DistillkitError(f"{FORCE_ENV}={forced!r} is not a sandbox mode; use one of {list(MODES)}")
+        return forced
+    return _probe_isolation(python)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_isolation(python: str) -> str:
     if shutil.which("bwrap"):
         probe_dir = tempfile.mkdtemp(prefix="distillkit-probe-")
         try:
@@ -144,10 +161,31 @@ def isolation_mode(python: str = sys.executable) -> str:
             return "unshare"
         if _probe(["unshare", "--map-root-user", *flags, "true"]):
             return "unshare-user"
-    log.warning("code sandbox: neither bubblewrap nor network namespaces are available, so generated "
-                "code runs with rlimits and a scrubbed environment only: it CAN reach the network and "
-                "write anywhere this user can. Install bubblewrap (apt-get install bubblewrap).")
     return "none"
+
+
+UNISOLATED_HELP = (
+    "Neither bubblewrap nor Linux namespaces work on this machine, so model-written code would run with "
+    "rlimits and a scrubbed environment only: it could reach the network and write anywhere this user can. "
+    "The code verifier refuses that by default. Fix: install bubblewrap (apt-get install bubblewrap), or "
+    "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or "
+    "user.max_user_namespaces > 0), or run the filter where one of them works (filter.executor: local on "
+    "a workstation). To accept the risk on this machine, set `allow_unisolated: true` on the code "
+    "verifier (filter.verifiers: [{kind: code, allow_unisolated: true}]); the run's manifest and dataset "
+    "card then say the code ran unisolated.")
+
+
+def require_isolation(allow_unisolated: bool = False, python: str = sys.executable) -> str:
+    """The isolation mode code will run under; refuses "none" unless the user opted in."""
+    mode = isolation_mode(python)
+    if mode == "none":
+        if not allow_unisolated:
+            from distillkit.errors import DistillkitError
+
+            raise DistillkitError(f"code sandbox: {UNISOLATED_HELP}")
+        log.warning("code sandbox: running model-written code WITHOUT network or filesystem isolation "
+                    "(allow_unisolated: true)")
+    return mode
 
 
 @functools.lru_cache(maxsize=None)

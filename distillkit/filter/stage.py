@@ -433,6 +433,11 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
                       inputs={str(gen_dir): gen_manifest.config_hash})
     if not overwrite and out.is_complete():
         return out.manifest()
+    for spec in cfg.filter.verifiers:  # refuse unisolated code here, before any executor task starts
+        if spec.kind == "code":
+            from distillkit.filter.sandbox import require_isolation
+
+            require_isolation(bool(spec.params.get("allow_unisolated", False)))
     out.begin(overwrite=overwrite)
     work = out_dir / WORK
     if overwrite:

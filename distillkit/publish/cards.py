@@ -235,6 +235,26 @@ def _decontamination_text(cfg: RecipeConfig, funnel: list[dict[str, Any]]) -> st
             f"were removed ({removed} records).")
 
 
+_ISOLATION = {"bwrap": "bubblewrap (no network; a read-only view of the system, a private writable folder)",
+              "unshare": "Linux namespaces (no network, own pid namespace; the host file system visible)",
+              "unshare-user": "Linux user namespaces (no network, own pid namespace; the host file system visible)"}
+
+
+def _code_sandbox_text(filter_manifest: Manifest | None) -> str:
+    """How the code verifier's runs were isolated, from the manifest ("" when no code was run)."""
+    from distillkit.filter.stats import FilterStats
+
+    stats = FilterStats.of(filter_manifest)
+    modes = sorted({v["isolation"] for s, v in (stats.verifiers.items() if stats else []) if "isolation" in v})
+    if not modes:
+        return ""
+    if "none" in modes:
+        return ("Code answers were run against their tests WITHOUT network or file-system isolation "
+                "(the recipe set `allow_unisolated: true` on a machine where no sandbox worked): the generated "
+                "code could reach the network and the file system of the machine that filtered it.")
+    return "Code answers were run against their tests in a sandbox: " + "; ".join(_ISOLATION.get(m, m) for m in modes) + "."
+
+
 def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, filter_manifest: Manifest | None,
                         has_rejected: bool = False, repo_id: str | None = None):
     """The trace dataset's card (huggingface_hub DatasetCard)."""
@@ -279,6 +299,7 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
         num_kept=num_kept, num_prompts_kept=fc.get("prompts_kept", "?"), num_rejected=fc.get("rejected", 0),
         has_rejected=has_rejected, funnel=funnel, selection=selection,
         decontamination=_decontamination_text(cfg, funnel), has_soft_labels=s.topk_logprobs > 0,
+        code_sandbox=_code_sandbox_text(filter_manifest),
     )
 
 

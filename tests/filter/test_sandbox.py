@@ -140,3 +140,65 @@ def test_killing_its_parent_and_us_fails():
     res = execute_code(code)
     assert f"failed {me}" in res.stdout  # it could not reach the test process
     assert os.getpid() == me and sys.exc_info() == (None, None, None)  # and we are still here
+
+
+# ------------------------------------------------------------------ refusal without isolation
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare", "unshare-user", "none"])
+def test_code_verifier_refuses_unisolated_code_unless_opted_in(mode, monkeypatch):
+    from distillkit.errors import DistillkitError
+    from distillkit.filter.sandbox import FORCE_ENV
+    from distillkit.filter.verifiers.code import CodeVerifier
+
+    monkeypatch.setenv(FORCE_ENV, mode)  # as if the probe had found only this mode
+    if mode != "none":
+        with CodeVerifier() as v:
+            assert v.stats() == {"isolation": mode}
+        return
+    with pytest.raises(DistillkitError) as e:
+        CodeVerifier()
+    msg = str(e.value)
+    assert "bubblewrap" in msg and "unprivileged_userns_clone" in msg and "allow_unisolated: true" in msg
+    with CodeVerifier(allow_unisolated=True) as v:  # the explicit opt-in runs it, and says so
+        assert v.stats() == {"isolation": "none"}
+        record = {"response": "```python\ndef add(a, b):\n    return a + b\n```", "reasoning_closed": True,
+                  "tests": '[{"type": "assert", "code": "assert add(1, 2) == 3"}]'}
+        assert v(record).reason == "tests_passed"
+
+
+def test_forcing_an_unknown_mode_is_an_error(monkeypatch):
+    from distillkit.errors import DistillkitError
+    from distillkit.filter.sandbox import FORCE_ENV
+
+    monkeypatch.setenv(FORCE_ENV, "docker")
+    with pytest.raises(DistillkitError, match="not a sandbox mode"):
+        isolation_mode()
+
+
+def test_filter_stage_refuses_before_verifying_and_records_the_opt_in(tmp_path, monkeypatch):
+    from distillkit.config import RecipeConfig
+    from distillkit.errors import DistillkitError
+    from distillkit.filter.sandbox import FORCE_ENV
+    from distillkit.filter.stage import run_filter
+    from distillkit.publish.cards import render_dataset_card
+    from distillkit.records import read_manifest
+    from distillkit.testing.traces import write_synthetic_run
+
+    def cfg(**code):
+        return RecipeConfig.model_validate({"name": "code", "output_dir": str(tmp_path / "run"),
+                                            "filter": {"num_workers": 1, "verifiers": [{"kind": "code", **code}]}})
+
+    write_synthetic_run(cfg().stage_dir("generate"), 8, shard_size=4, samples=2, chars=200)
+    monkeypatch.setenv(FORCE_ENV, "none")
+    with pytest.raises(DistillkitError, match="allow_unisolated"):
+        run_filter(cfg(), show_progress=False)
+    assert not list((tmp_path / "run" / "filter").glob(".work/judged-*"))  # refused before any shard
+    m = run_filter(cfg(allow_unisolated=True), show_progress=False)
+    assert m.stats["verifiers"]["code"] == {"isolation": "none"}
+    card = render_dataset_card(cfg(allow_unisolated=True), None, read_manifest(tmp_path / "run" / "filter")).text
+    assert "WITHOUT network or file-system isolation" in card
+    monkeypatch.setenv(FORCE_ENV, "bwrap")
+    m = run_filter(cfg(), overwrite=True, show_progress=False)
+    card = render_dataset_card(cfg(), None, m).text
+    assert "in a sandbox: bubblewrap" in card

@@ -45,6 +45,9 @@ class CodeParams(BaseModel):
     max_output_bytes: int = Field(1 << 20, gt=0)
     stop_at_first_failure: bool = True
     """Skip the remaining tests once one fails (the verdict is the same, only `detail` differs)."""
+    allow_unisolated: bool = False
+    """Run model-written code even where neither bubblewrap nor Linux namespaces work, i.e. with NO network
+    or filesystem isolation (refused by default; recorded in the manifest and the dataset card)."""
 
 
 class CodeVerifier(Verifier):
@@ -53,12 +56,23 @@ class CodeVerifier(Verifier):
     name = "code"
     Params = CodeParams
 
+    def __init__(self, num_workers: int = 1, **params: Any):
+        from distillkit.filter.sandbox import require_isolation
+
+        super().__init__(num_workers, **params)
+        self.isolation = require_isolation(self.params.allow_unisolated)  # refuses before any code runs
+
+    def stats(self) -> dict[str, Any]:
+        """For the manifest: which guard ran the code ("none" only with allow_unisolated)."""
+        return {"isolation": self.isolation}
+
     def _run(self, code: str, stdin: str = ""):
         from distillkit.filter.sandbox import execute_code
 
         p = self.params
         return execute_code(code, stdin=stdin, timeout_s=p.timeout_s, memory_mb=p.memory_mb,
-                            max_processes=p.max_processes, max_output_bytes=p.max_output_bytes)
+                            max_processes=p.max_processes, max_output_bytes=p.max_output_bytes,
+                            isolation=self.isolation)
 
     def __call__(self, record: dict[str, Any]) -> Verdict:
         try:
