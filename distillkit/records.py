@@ -2,7 +2,7 @@
 
 A stage output is a folder:
 
-    shard-00000.parquet, shard-00001.parquet, ...   records (written through `datasets`)
+    shard-00000.parquet, shard-00001.parquet, ...   records (Parquet, with `datasets` features in the metadata)
     state.json                                      written when the stage starts (config hash)
     manifest.json                                   written last: its presence means "complete"
 
@@ -244,24 +244,56 @@ def _rows_to_table(rows: list[dict], features):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _is_number_list(typ) -> bool:
+    import pyarrow as pa
+
+    while pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ):
+        typ = typ.value_type
+    return pa.types.is_integer(typ) or pa.types.is_floating(typ)
+
+
+def parquet_options(schema) -> dict[str, Any]:
+    """How every shard is written: zstd, and no dictionary for token-id and soft-label columns.
+
+    A dictionary over a (T, 20) column of ids from a 152k vocabulary costs 3-4x the write time for a few
+    percent of size (measured on 8k-token traces with top-20 soft labels: 1.78 s vs 0.51 s per 64 records,
+    720 vs 769 KB per record)."""
+    return {"compression": "zstd",
+            "use_dictionary": [f.name for f in schema if not _is_number_list(f.type)] or False}
+
+
+ROW_GROUP_BYTES = 16 << 20
+
+
+def row_group_rows(table) -> int:
+    """Rows per Parquet row group for about ROW_GROUP_BYTES of data: a reader decodes a whole row group at
+    once, so with 16k-token traces and top-20 soft labels (2 MB a record) a 256-record shard in one group
+    would cost every later stage ~0.5 GB to read a single row."""
+    per_row = table.nbytes / max(1, table.num_rows)
+    return int(max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // max(1, per_row))))
+
+
 def write_shard(folder: str | os.PathLike, index: int, rows: list[dict], features=None) -> Path:
-    """Write one shard atomically through `datasets` (Parquet). Returns its final path."""
-    import datasets
+    """Write one shard atomically (Parquet with the `datasets` features in its metadata). Returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
-    datasets.disable_progress_bars()  # our own progress bars cover the loop; one bar per shard is noise
     final = shard_path(folder, index)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
     os.close(fd)
     try:
         if rows and features is not None and any(_is_ndarray(v) for v in rows[0].values()):
-            ds = Dataset(_rows_to_table(rows, features), info=datasets.DatasetInfo(features=features))
-        else:
-            ds = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
-                {k: [] for k in (features or record_features())}, features=features or record_features()
-            )
-        ds.to_parquet(tmp)
+            table = _rows_to_table(rows, features)
+        elif features is not None or not rows:
+            features = features or record_features()
+            table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+        else:  # no features given: let `datasets` infer them, as readers will
+            table = Dataset.from_list(rows).data.table
+            features = Dataset(table).features
+        table = table.replace_schema_metadata(features.arrow_schema.metadata)
+        pq.write_table(table, tmp, row_group_size=row_group_rows(table), **parquet_options(table.schema))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)

@@ -319,13 +319,15 @@ class _ShardWriter:
     def write(self, table) -> None:
         import pyarrow.parquet as pq
 
+        from distillkit.records import parquet_options
+
         if table.num_rows == 0:
             return
         if self.writer is None:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             fd, self.tmp = tempfile.mkstemp(prefix=f".tmp-{self.final.name}.", dir=self.final.parent)
             os.close(fd)
-            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, **parquet_options(self.schema))
         self.writer.write_table(table)
         self.rows += table.num_rows
 
@@ -356,8 +358,8 @@ def _output_schema(pf):
     return features.arrow_schema
 
 
-def _batch_rows(pf, budget_bytes: int = 64 << 20) -> int:
-    """Rows per write batch: about `budget_bytes` of uncompressed data (soft labels make rows large)."""
+def _batch_rows(pf, budget_bytes: int = 16 << 20) -> int:
+    """Rows per write batch (and output row group): about `budget_bytes` of data (soft labels make rows large)."""
     md = pf.metadata
     if md.num_rows == 0 or md.num_row_groups == 0:
         return 256

@@ -48,11 +48,15 @@ def _kind(rng: random.Random) -> str:
 
 
 def synthetic_record(index: int, samples: int = 4, chars: int = 6000, tokens: int | None = None, topk: int = 0,
-                     vocab: int = 152_064, seed: int = 0, source: str = "synthetic") -> dict[str, Any]:
+                     vocab: int = 152_064, seed: int = 0, source: str = "synthetic",
+                     arrays: str = "random") -> dict[str, Any]:
     """Record `index` (prompt index // samples, sample index % samples) of a synthetic run.
 
     chars: size of the reasoning text; tokens: completion length in tokens (default chars // 4);
     topk > 0 adds (tokens, topk) soft labels as numpy arrays (int32 ids, float16 logprobs, descending).
+    arrays: "random" token ids and logprobs (as incompressible as real ones), or "periodic" ones of the
+    same shape and in-memory size that Parquet compresses to almost nothing (memory benchmarks at a
+    scale whose real soft labels would not fit on the disk).
     """
     import numpy as np
 
@@ -82,17 +86,22 @@ def synthetic_record(index: int, samples: int = 4, chars: int = 6000, tokens: in
     completion = reasoning + ("\n</think>\n\n" + response if closed else "")
     n_tokens = tokens if tokens is not None else max(1, len(completion) // 4)
     ids_rng = np.random.default_rng([seed, index])
+    periodic = arrays == "periodic"
     rec: dict[str, Any] = {
         "id": f"{source}-{p}#{k}", "prompt_id": f"{source}-{p}", "sample_index": k, "source": source,
         "problem": problem, "gold_answer": str(gold), "tests": None,
         "messages": [{"role": "user", "content": problem}], "teacher": "synthetic-r1", "sampling": "{}",
         "prefill": "<think>\n", "completion": completion,
-        "completion_ids": ids_rng.integers(0, vocab, n_tokens, dtype=np.int32),
+        "completion_ids": (np.arange(n_tokens, dtype=np.int32) % 1000 if periodic
+                           else ids_rng.integers(0, vocab, n_tokens, dtype=np.int32)),
         "reasoning": reasoning.strip(), "response": response if closed else None, "reasoning_closed": closed,
         "prompt_tokens": len(problem) // 4, "completion_tokens": n_tokens,
         "finish_reason": "stop" if closed else "length", "verdicts": [], "meta": "{}",
     }
-    if topk:
+    if topk and periodic:
+        rec["topk_ids"] = np.tile(np.arange(topk, dtype=np.int32), (n_tokens, 1))
+        rec["topk_logprobs"] = np.tile(-np.arange(topk, dtype=np.float16), (n_tokens, 1))
+    elif topk:
         rec["topk_ids"] = ids_rng.integers(0, vocab, (n_tokens, topk), dtype=np.int32)
         rec["topk_logprobs"] = np.sort(-ids_rng.exponential(2.0, (n_tokens, topk)), axis=1)[:, ::-1].astype(np.float16)
     return rec
