@@ -323,6 +323,80 @@ def read_records(folder: str | os.PathLike, columns: list[str] | None = None):
     return Dataset(pa.concat_tables(tables, promote_options="default"))
 
 
+class StageRecords:
+    """The records of a stage output read shard by shard, ~16 MB of rows at a time, never all at once.
+
+    Soft-label columns come as numpy (T, k) views of each batch (no per-number Python objects); other
+    columns as Python values. Supports len(), iteration, `head(n)`, `column_names` and `topk`."""
+
+    def __init__(self, folder: str | os.PathLike, batch_bytes: int = ROW_GROUP_BYTES):
+        self.folder = Path(folder)
+        self.shards = list_shards(folder)
+        self.batch_bytes = batch_bytes
+
+    def __len__(self) -> int:
+        return count_records(self.folder)
+
+    @property
+    def schema(self):
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(self.shards[0]) if self.shards else None
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names) if self.shards else []
+
+    @property
+    def topk(self) -> int:
+        """Width of the stored soft labels (0 without them), from the schema."""
+        import pyarrow as pa
+
+        if not self.shards or "topk_ids" not in self.schema.names:
+            return 0
+        typ = self.schema.field("topk_ids").type
+        return typ.value_type.list_size if pa.types.is_fixed_size_list(getattr(typ, "value_type", None) or pa.null()) else 0
+
+    def __iter__(self) -> Iterator[dict]:
+        import pyarrow.parquet as pq
+
+        for shard in self.shards:
+            pf = pq.ParquetFile(shard)
+            md = pf.metadata
+            per_row = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups)) / max(1, md.num_rows)
+            for batch in pf.iter_batches(batch_size=int(max(1, min(1024, self.batch_bytes // max(1, per_row))))):
+                yield from _batch_records(batch)
+
+    def head(self, n: int) -> list[dict]:
+        out = []
+        for rec in self:
+            if len(out) == n:
+                break
+            out.append(rec)
+        return out
+
+
+def _batch_records(batch) -> Iterator[dict]:
+    """The rows of an Arrow batch as dicts; list<fixed_size_list> columns as numpy (T, k) arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns = {}
+    for name, col in zip(batch.schema.names, batch.columns):
+        typ = col.type
+        if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) and col.null_count == 0:
+            k = typ.value_type.list_size
+            offsets = np.asarray(col.offsets)
+            rows = col.values  # FixedSizeListArray; its `.values` ignore its own offset, so add it back
+            values = rows.values.to_numpy(zero_copy_only=False).reshape(-1, k)
+            base = rows.offset
+            columns[name] = [values[base + offsets[i]:base + offsets[i + 1]] for i in range(len(col))]
+        else:
+            columns[name] = col.to_pylist()
+    for i in range(batch.num_rows):
+        yield {name: values[i] for name, values in columns.items()}
+
+
 def iter_records(folder: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict]:
     """Records one at a time, shard by shard, without loading the whole output."""
     import pyarrow.parquet as pq

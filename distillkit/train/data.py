@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError
@@ -126,11 +127,14 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, m
     num_prompt = len(prompt_only) if prefix_ids[: len(prompt_only)] == prompt_only else len(prefix_ids)
 
     rows_ids = rows_lp = None
+    as_arrays = False  # soft labels as numpy (T, k) arrays (records streamed from shards) or lists of rows
     if use_teacher_ids:
-        body = list(record["completion_ids"])
+        ids = record["completion_ids"]
+        body = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         if topk > 0 and record.get("topk_ids") is not None:
-            rows_ids = [list(r) for r in record["topk_ids"]]
-            rows_lp = [list(r) for r in record["topk_logprobs"]]
+            as_arrays = hasattr(record["topk_ids"], "shape")
+            rows_ids = record["topk_ids"] if as_arrays else [list(r) for r in record["topk_ids"]]
+            rows_lp = record["topk_logprobs"] if as_arrays else [list(r) for r in record["topk_logprobs"]]
             if len(rows_ids) != len(body):
                 raise DistillkitError(f"record {record.get('id')!r}: {len(rows_ids)} top-k rows for "
                                       f"{len(body)} completion tokens; the generate output is inconsistent")
@@ -143,7 +147,8 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, m
     if ended_with_eos:  # the template's suffix renders the EOS again: keep one, with the teacher's row
         body = body[:-1]
         if rows_ids is not None:
-            eos_row = (rows_ids.pop(), rows_lp.pop())
+            eos_row = (rows_ids[-1], rows_lp[-1])
+            rows_ids, rows_lp = rows_ids[:-1], rows_lp[:-1]
     suffix_ids = tokenizer(parts.suffix, add_special_tokens=False)["input_ids"] if finished else []
     num_suffix_trained = 0
     if finished:
@@ -157,7 +162,21 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, m
     labels = ([IGNORE] * num_prompt + prefix_ids[num_prompt:] + body
               + suffix_ids[:num_suffix_trained] + [IGNORE] * (len(suffix_ids) - num_suffix_trained))
     out: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
-    if topk > 0:
+    if topk > 0 and as_arrays:
+        import numpy as np
+
+        n_pre, n_suf, n_body = len(prefix_ids), len(suffix_ids), len(body)
+        total = n_pre + n_body + n_suf
+        kd_ids = np.zeros((total, topk), dtype=np.int32)
+        kd_lp = np.zeros((total, topk), dtype=np.float32)
+        kd_mask = np.zeros(total, dtype=np.int8)
+        kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = rows_ids, rows_lp
+        kd_mask[n_pre:n_pre + n_body] = 1
+        if eos_row is not None and finished:
+            kd_ids[n_pre + n_body], kd_lp[n_pre + n_body] = eos_row
+            kd_mask[n_pre + n_body] = 1
+        out.update(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_mask=kd_mask)
+    elif topk > 0:
         zeros_i, zeros_f = [0] * topk, [0.0] * topk
         n_pre, n_suf = len(prefix_ids), len(suffix_ids)
         kd_ids = [zeros_i] * n_pre + (rows_ids or [zeros_i] * len(body)) + [zeros_i] * n_suf
@@ -179,7 +198,9 @@ def record_topk(records) -> int:
     chat rows without soft labels may come first).
     """
     if isinstance(records, list):
-        return next((len(r["topk_ids"][0]) for r in records if r.get("topk_ids")), 0)
+        return next((len(r["topk_ids"][0]) for r in records if r.get("topk_ids") is not None and len(r["topk_ids"])), 0)
+    if hasattr(records, "topk"):  # StageRecords: from the schema
+        return records.topk
     if "topk_ids" not in records.column_names:
         return 0
     for row in records["topk_ids"][:16]:
@@ -189,21 +210,32 @@ def record_topk(records) -> int:
 
 
 def _first(records, n: int):
+    if hasattr(records, "head"):  # StageRecords
+        return records.head(n)
     return records[:n] if isinstance(records, list) else records.select(range(min(n, len(records))))
 
 
 def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool, packing: bool,
-                        seed: int = 0, require_topk: bool = True):
+                        seed: int = 0, require_topk: bool = True, cache_dir: str | Path | None = None):
     """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
 
-    `records` is a `datasets.Dataset` or a list of records; a record without `completion_ids` (a chat
-    row of a training mixture) is tokenized from its text and carries no soft labels.
+    `records` is a `datasets.Dataset`, a list of records, or a `StageRecords` view streaming a stage
+    output shard by shard; a record without `completion_ids` (a chat row of a training mixture) is
+    tokenized from its text and carries no soft labels. Examples are written to an Arrow file in
+    `cache_dir` (a temporary folder by default) as they are made, and the dataset memory-maps it, so
+    neither the records nor their soft labels are ever all in memory (16-32k-token traces with top-20
+    labels are ~2-4 MB each as training columns).
 
     Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
-    tokens, soft-labelled tokens, dropped examples, whether the teacher's ids were used, and with
-    packing the number of packed rows and how full they are.
+    tokens, soft-labelled tokens, dropped examples, examples cut at `max_length` (keeping their start)
+    and the tokens cut, whether the teacher's ids were used, and with packing the number of packed rows
+    and how full they are.
     """
+    import tempfile
+
+    import numpy as np
     from datasets import Dataset, Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
 
     topk = record_topk(records) if use_kd else 0
     if use_kd and require_topk and topk == 0:
@@ -219,32 +251,63 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
             "use TRL's GOLDTrainer for cross-tokenizer distillation.")
     if not same and any(rec.get("completion_ids") for rec in _first(records, 64)):
         log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
-    rows, dropped = [], 0
-    for rec in records:
-        ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and bool(rec.get("completion_ids")), topk=topk,
-                             max_length=max_length)
-        if all(x == IGNORE for x in ex["labels"]):
-            dropped += 1  # max_length cut the whole assistant turn
-            continue
-        rows.append(ex)
-    if not rows:
-        raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
-                              "may be shorter than the prompts)")
     feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
     if topk > 0:
         feats.update(kd_ids=List(List(Value("int32"), length=topk)),
                      kd_logprobs=List(List(Value("float32"), length=topk)), kd_mask=List(Value("int8")))
-    ds = Dataset.from_list(rows, features=Features(feats))
-    info = {"num_examples": len(rows), "num_dropped": dropped, "topk": topk, "teacher_ids_used": same,
-            "num_tokens": sum(len(r["input_ids"]) for r in rows),
-            "num_loss_tokens": sum(sum(x != IGNORE for x in r["labels"]) for r in rows),
-            "num_kd_tokens": sum(sum(r["kd_mask"]) for r in rows) if topk > 0 else 0}
+    bytes_per_token = 8 + (8 * topk + 1 if topk > 0 else 0)
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="distillkit-train-"))
+    if folder.exists():  # a former build's examples and packing caches (datasets keys them by path, not content)
+        import shutil
+
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    path = folder / "examples.arrow"
+    info = {"num_examples": 0, "num_dropped": 0, "num_truncated": 0, "num_tokens_cut": 0, "topk": topk,
+            "teacher_ids_used": same, "num_tokens": 0, "num_loss_tokens": 0, "num_kd_tokens": 0}
+    writer = None
+    try:
+        for rec in records:
+            ids = rec.get("completion_ids")
+            ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk,
+                                 max_length=None)
+            n = len(ex["input_ids"])
+            if max_length is not None and n > max_length:  # keep the start: the prompt and the beginning of the trace
+                ex = {k: v[:max_length] for k, v in ex.items()}
+                info["num_truncated"] += 1
+                info["num_tokens_cut"] += n - max_length
+            if all(x == IGNORE for x in ex["labels"]):
+                info["num_dropped"] += 1  # max_length cut the whole assistant turn
+                continue
+            if writer is None:  # ~64 MB of examples per Arrow record batch
+                batch = max(1, min(1000, (64 << 20) // max(1, len(ex["input_ids"]) * bytes_per_token)))
+                writer = ArrowWriter(features=Features(feats), path=str(path), writer_batch_size=batch)
+            writer.write(ex)
+            info["num_examples"] += 1
+            info["num_tokens"] += len(ex["input_ids"])
+            info["num_loss_tokens"] += sum(x != IGNORE for x in ex["labels"])
+            info["num_kd_tokens"] += int(np.sum(ex["kd_mask"], dtype=np.int64)) if topk > 0 else 0  # int8: no builtin sum
+    finally:
+        if writer is not None:
+            writer.finalize()
+            writer.close()
+    if writer is None:
+        raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
+                              "may be shorter than the prompts)")
+    if info["num_truncated"]:
+        log.info("train: %d of %d examples longer than train.max_length=%d were cut (%d tokens), keeping their start",
+                 info["num_truncated"], info["num_examples"] + info["num_dropped"], max_length, info["num_tokens_cut"])
+    ds = Dataset.from_file(str(path))
     if packing:
         if max_length is None:
             raise DistillkitError("train.packing needs train.max_length (the length of a packed row)")
         from trl.data_utils import pack_dataset
 
-        ds = pack_dataset(ds.shuffle(seed=seed), max_length, strategy="bfd")
+        # BFD packs within each map batch: a few hundred MB of examples at a time, not the whole dataset.
+        mean_tokens = info["num_tokens"] / info["num_examples"]
+        batch = int(max(16, min(1000, (256 << 20) // max(1, mean_tokens * bytes_per_token))))
+        ds = pack_dataset(ds.shuffle(seed=seed), max_length, strategy="bfd",
+                          map_kwargs={"batch_size": batch, "writer_batch_size": batch})
         # Batches of packed rows are concatenated padding-free (no pad token reaches the model); what
         # packing can waste is the unfilled end of each row, i.e. more rows and steps than needed.
         # The last row holds the leftovers, so the fill is reported over the other rows.

@@ -24,7 +24,7 @@ from typing import Any
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
 from distillkit.pipeline import stage_config_hash
-from distillkit.records import Manifest, StageOutput, read_manifest, read_records
+from distillkit.records import Manifest, StageOutput, StageRecords, read_manifest
 from distillkit.train.stats import TrainStats
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
         loaded = load_sources(cfg)  # reads every source and checks its columns before the model loads
     else:
         src = input_dir(cfg)
-        records = read_records(src)
+        records = StageRecords(src)  # read shard by shard: soft labels of 16-32k-token traces never all in memory
         if len(records) == 0:
             raise DistillkitError(f"{src} holds no kept records to train on; check the filter funnel "
                                   "(distillkit inspect) or loosen the filters")
@@ -202,7 +202,8 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     with state.main_process_first():
         dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=t.kd.enabled,
                                                  packing=t.packing, seed=t.seed,
-                                                 require_topk=t.kd.teacher_probs != "live")
+                                                 require_topk=t.kd.teacher_probs != "live",
+                                                 cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}")
     return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
                     data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher)
 
