@@ -8,8 +8,9 @@ arithmetic reasoning, a boxed answer (18% wrong, 7% truncated, 5% exact and 5% n
 prompt, `--tokens` completion ids and (tokens, topk) soft labels. `--arrays periodic` gives the soft labels
 their full in-memory size but makes them compress to almost nothing on disk: 100k records of real-looking
 random ones would take ~70 GB, more than this machine's disk. (Memory is what is measured here: Arrow
-decodes either kind to the same buffers. `bench/bench_filter_disk.py` measures bytes on disk with random
-ones.) Inputs are written once per setting and reused.
+decodes either kind to the same buffers.) Bytes on disk per kept record and token are printed too: run
+`--sizes 2000 --arrays random` for the figure with incompressible soft labels. Inputs are written once
+per setting and reused.
 
 The filter runs in a child process per size with math verification (2 workers), exact and near dedup and
 max_k selection; the child reports its own peak RSS (ru_maxrss: the filter process, not its math-verify
@@ -103,6 +104,10 @@ def main() -> None:
         print(f"  peak RSS {r['peak_rss_mb']:.0f} MB, {num / r['seconds']:.0f} records/s ({r['seconds']:.0f} s: "
               f"verify {t.get('verify_s', 0):.0f} s, dedup {t.get('dedup_s', 0):.1f} s, write {t.get('write_s', 0):.0f} s); "
               f"kept {r['counts']['kept']}", flush=True)
+        kept_bytes = sum(p.stat().st_size for p in (root / "filter").glob("shard-*.parquet"))
+        kept = max(1, r["counts"]["kept"])
+        print(f"  kept shards on disk: {kept_bytes / kept / 1024:.0f} KB per record, {kept_bytes / kept / args.tokens:.1f} "
+              f"bytes per token ({args.arrays} soft labels, top-{args.topk}, zstd)", flush=True)
         shutil.rmtree(root / "filter", ignore_errors=True)  # outputs are as large as the input
     if len(results) >= 2:
         a, b = results[0], results[-1]

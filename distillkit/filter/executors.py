@@ -143,6 +143,9 @@ def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: s
             if progress:
                 progress.stop()
     else:
+        from distillkit.errors import require
+
+        require("datatrove", "filter", f"filter.executor.kind={ex.kind} runs on datatrove")
         step = VerifyShards([str(s) for s in shards], todo, str(work), cfg.filter.model_dump(mode="json"), config_hash)
         if ex.kind == "slurm":  # default: a task per shard (array tasks are cheap to schedule)
             _submit_slurm(cfg, step, min(ex.tasks or len(todo), len(todo)), work)
