@@ -497,7 +497,10 @@ def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work:
     finally:
         if progress:
             progress.stop()
-    timings = {**d.timings, "verify_s": verify_s, "write_s": round(time.time() - t0, 3)}
+    # verify_s: the verification pass as the caller saw it (executor and verifier start-up included);
+    # verify_span_s: from the first shard's start to the last shard's end (the work itself)
+    span = max(m["finished"] for m in metas) - min(m["started"] for m in metas) if metas else 0.0
+    timings = {**d.timings, "verify_s": verify_s, "verify_span_s": round(span, 3), "write_s": round(time.time() - t0, 3)}
 
     n, n_kept = len(keys), int(d.kept.sum())
     counts = {"input": n, "kept": n_kept, "rejected": n - n_kept,

@@ -303,6 +303,7 @@ def verify_shard(source: Path, index: int, work: Path, judge: Judge, config_hash
     import pyarrow.parquet as pq
 
     pf = open_shard(source)
+    started = time.time()
     tally = Tally(steps=judge.all_steps())
     usage_before = judge.usage()
     parts: list[pa.Table] = []
@@ -317,7 +318,7 @@ def verify_shard(source: Path, index: int, work: Path, judge: Judge, config_hash
         tally.verifiers[step] = merge_numbers(stats, usage_before.get(step, {}), sign=-1)
     table = pa.concat_tables(parts) if parts else _judged_table([], None, judge)
     meta = {"format": JUDGED_FORMAT, "config_hash": config_hash, "input": shard_fingerprint(source),
-            "rows": table.num_rows, "tally": tally.to_json()}
+            "rows": table.num_rows, "tally": tally.to_json(), "started": started, "finished": time.time()}
     table = table.replace_schema_metadata({"distillkit": json.dumps(meta)})
     work.mkdir(parents=True, exist_ok=True)
     final = judged_path(work, index)
