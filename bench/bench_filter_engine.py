@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/distillkit-bench-engine")
     args = ap.parse_args()
     for kind, num, per_shard in (("math", args.math, 50), ("code", args.code, 8)):
+        if not num:
+            continue
         root = Path(args.workdir) / kind
         shutil.rmtree(root, ignore_errors=True)
         write_input(root / "generate", kind, num, per_shard)

@@ -74,9 +74,8 @@ def synthetic_record(index: int, samples: int = 4, chars: int = 6000, tokens: in
     response = f"The answer is $\\boxed{{{answer}}}$." if kind != "unboxed" else f"The answer is {answer}."
     if kind == "exact_copy":  # the first sample again, up to case and spacing
         reasoning = reasoning.replace(". ", ".  ")
-    elif kind == "near_copy":  # the first sample with its last result changed (Jaccard of shingles ~0.99)
-        head, _, last = reasoning.rstrip().rpartition(" ")
-        reasoning = f"{head} {int(last.rstrip('.')) + 1}. "
+    elif kind == "near_copy":  # the first sample with its first word changed: one shingle differs (Jaccard ~0.99)
+        reasoning = "Thereupon" + reasoning[reasoning.find(" "):]
     elif kind == "repetitive":
         loop = _sentence(rng)
         reasoning = reasoning[: len(reasoning) // 3] + loop * max(8, (2 * len(reasoning) // 3) // len(loop))

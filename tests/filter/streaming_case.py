@@ -2,7 +2,9 @@
 
 `data/streaming_expected.json.gz` holds what the filter before streaming (commit 6955f38, one list of
 all records in memory) produced on this input: every record's kept flag, verdicts and details, and the
-manifest stats. Changing the input or the config here invalidates it.
+manifest stats. Changing the input or the config here invalidates it: recapture with
+`data/capture_expected.py` (it says how). Near copies change one word (Jaccard ~0.99), so both
+filters' MinHash LSH find all of them despite their different hash functions.
 """
 
 from pathlib import Path
