@@ -107,27 +107,29 @@ def test_killed_run_resumes_without_redoing_finished_shards(case, tmp_path, monk
     assert count_records(cfg.stage_dir("filter")) + count_records(cfg.stage_dir("filter") / "rejected") == m.counts["input"]
 
 
-def test_a_kill_while_writing_rewrites_only_unfinished_shards(case, tmp_path, monkeypatch):
+def test_a_kill_while_writing_rewrites_only_unfinished_shards(tmp_path, monkeypatch):
     import distillkit.filter.stage as stage
 
-    cfg = run_on(case, tmp_path)
+    cfg = small_run(tmp_path / "killed")
     real, calls = stage.write_shard_outputs, []
 
-    def dies_at_shard_4(source, k, *a, **kw):
-        if k == 4:
-            raise KeyboardInterrupt  # as a kill would, after shards 0-3 are written
+    def dies_at_shard_2(source, k, *a, **kw):
+        if k == 2:
+            raise KeyboardInterrupt  # as a kill would, after shards 0-1 are written
         calls.append(k)
         return real(source, k, *a, **kw)
 
-    monkeypatch.setattr(stage, "write_shard_outputs", dies_at_shard_4)
+    monkeypatch.setattr(stage, "write_shard_outputs", dies_at_shard_2)
     with pytest.raises(KeyboardInterrupt):
         run_filter(cfg, show_progress=False)
-    assert calls == [0, 1, 2, 3]
+    assert calls == [0, 1]
     calls.clear()
     monkeypatch.setattr(stage, "write_shard_outputs", lambda source, k, *a, **kw: calls.append(k) or real(source, k, *a, **kw))
     run_filter(cfg, show_progress=False)
-    assert calls == [4, 5, 6, 7, 8, 9]
-    assert outputs(cfg) == outputs(case)
+    assert calls == [2, 3]
+    whole = small_run(tmp_path / "whole")
+    run_filter(whole, show_progress=False)
+    assert outputs(cfg) == outputs(whole)
 
 
 def small_run(root: Path, num: int = 240, shard_size: int = 60, **filter_cfg):
