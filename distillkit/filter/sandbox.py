@@ -189,6 +189,12 @@ def require_isolation(allow_unisolated: bool = False, python: str = sys.executab
 
 
 @functools.lru_cache(maxsize=None)
+def _warn_unisolated() -> None:
+    log.warning("code sandbox: no isolation works here; running code with rlimits and a scrubbed environment "
+                "only (it CAN reach the network and write anywhere this user can)")
+
+
+@functools.lru_cache(maxsize=None)
 def _nobody_can_run(python: str) -> bool:
     """Whether `nobody` can start this interpreter (a pyenv under /root, mode 700, is out of reach)."""
     code = f"import os; os.setgid({NOBODY}); os.setuid({NOBODY}); os.execv({python!r}, [{python!r}, '-I', '-c', 'pass'])"
@@ -262,6 +268,8 @@ def execute_code(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: 
     """
     python = python or sys.executable
     mode = isolation or isolation_mode(python)
+    if mode == "none" and isolation is None:
+        _warn_unisolated()  # a direct caller; the code verifier refuses this mode unless opted in
     workdir = tempfile.mkdtemp(prefix="distillkit-sandbox-")
     try:
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as f:
