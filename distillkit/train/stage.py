@@ -327,6 +327,19 @@ def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=No
                           data_collator=collator, kd=cfg.train.kd, teacher=teacher, callbacks=callbacks)
 
 
+def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str) -> None:
+    """Refuse a live teacher whose token ids do not mean the student's (its probabilities index the student's).
+
+    One `get_vocab()` per side and one pass: linear in the vocabulary. (A check that rebuilt the teacher's
+    vocabulary per student token sat for 15 minutes on SmolLM2's 49k and would take hours at 152k;
+    tests/train/test_live_vocabulary.py runs this one on the real 152k and 128k tokenizers.)"""
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if any(s_vocab.get(k) != v for k, v in t_vocab.items()) or len(teacher_tokenizer) > len(student_tokenizer):
+        raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
+                              f"{teacher_name} tokenizes differently. Use stored top-k soft labels "
+                              "from a compatible teacher, or kd.enabled: false")
+
+
 def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     """The generate stage's teacher, loaded for `kd.teacher_probs: live` (must share the student's
     vocabulary), in bf16 when the student trains in bf16, else in float32."""
@@ -335,12 +348,8 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     from distillkit.models import resolve_model
 
     path = resolve_model(cfg.generate.teacher.model)
-    t_tok = transformers.AutoTokenizer.from_pretrained(path)
-    t_vocab, s_vocab = t_tok.get_vocab(), student_tokenizer.get_vocab()  # once each: get_vocab() builds a dict
-    if any(s_vocab.get(k) != v for k, v in t_vocab.items()) or len(t_tok) > len(student_tokenizer):
-        raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
-                              f"{cfg.generate.teacher.model} tokenizes differently. Use stored top-k soft labels "
-                              "from a compatible teacher, or kd.enabled: false")
+    check_shared_vocabulary(transformers.AutoTokenizer.from_pretrained(path), student_tokenizer,
+                            cfg.generate.teacher.model)
     dtype = torch.bfloat16 if bf16 else torch.float32
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
 
