@@ -42,6 +42,7 @@ splitting them would spread that contract over several files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -81,6 +82,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[str]:
+    """A temporary name beside `path` to write to; renamed onto `path` when the block succeeds, removed if not.
+
+    For writers that take a file name (Parquet, Arrow) rather than bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -273,33 +294,34 @@ def row_group_rows(table) -> int:
     return int(max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // max(1, per_row))))
 
 
+def rows_per_batch(pf, budget_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Rows of a ParquetFile holding about `budget_bytes` of data (soft labels make rows large)."""
+    md = pf.metadata
+    if md.num_rows == 0 or md.num_row_groups == 0:
+        return 256
+    per_row = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups)) / md.num_rows
+    return int(max(1, min(1024, budget_bytes // max(1, per_row))))
+
+
 def write_shard(folder: str | os.PathLike, index: int, rows: list[dict], features=None) -> Path:
     """Write one shard atomically (Parquet with the `datasets` features in its metadata). Returns its path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from datasets import Dataset
 
+    if rows and features is not None and any(_is_ndarray(v) for v in rows[0].values()):
+        table = _rows_to_table(rows, features)
+    elif features is not None or not rows:
+        features = features or record_features()
+        table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
+    else:  # no features given: let `datasets` infer them, as readers will
+        from datasets import Dataset
+
+        table = Dataset.from_list(rows).data.table
+        features = Dataset(table).features
+    table = table.replace_schema_metadata(features.arrow_schema.metadata)
     final = shard_path(folder, index)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=final.parent)
-    os.close(fd)
-    try:
-        if rows and features is not None and any(_is_ndarray(v) for v in rows[0].values()):
-            table = _rows_to_table(rows, features)
-        elif features is not None or not rows:
-            features = features or record_features()
-            table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-        else:  # no features given: let `datasets` infer them, as readers will
-            table = Dataset.from_list(rows).data.table
-            features = Dataset(table).features
-        table = table.replace_schema_metadata(features.arrow_schema.metadata)
+    with atomic_path(final) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_rows(table), **parquet_options(table.schema))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return final
 
 
@@ -355,16 +377,14 @@ class StageRecords:
         if not self.shards or "topk_ids" not in self.schema.names:
             return 0
         typ = self.schema.field("topk_ids").type
-        return typ.value_type.list_size if pa.types.is_fixed_size_list(getattr(typ, "value_type", None) or pa.null()) else 0
+        return typ.value_type.list_size if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) else 0
 
     def __iter__(self) -> Iterator[dict]:
         import pyarrow.parquet as pq
 
         for shard in self.shards:
             pf = pq.ParquetFile(shard)
-            md = pf.metadata
-            per_row = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups)) / max(1, md.num_rows)
-            for batch in pf.iter_batches(batch_size=int(max(1, min(1024, self.batch_bytes // max(1, per_row))))):
+            for batch in pf.iter_batches(batch_size=rows_per_batch(pf, self.batch_bytes)):
                 yield from _batch_records(batch)
 
     def head(self, n: int) -> list[dict]:

@@ -38,7 +38,6 @@ def _verify_many(shards: list[Path], indices: list[int], work: Path, fcfg: Filte
         return
     with Judge(fcfg) as judge:
         for k in indices:
-            _failure_path(work, k).unlink(missing_ok=True)
             try:
                 verify_shard(shards[k], k, work, judge, config_hash, on_done)
             except ShardError as e:

@@ -17,11 +17,10 @@ Every record carries the verdicts of every step that judged it in its `verdicts`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
 from distillkit.filter.stats import FilterStats
 from distillkit.filter.verifiers.base import Verdict
-from distillkit.filter.verify import OUTCOME_OF, VERIFY_COLUMNS, Judge, Judged, Tally, judged_path  # noqa: F401
+from distillkit.filter.verify import OUTCOME_OF, Judge, Judged, Tally, judged_path, read_judged_meta
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, list_shards, read_manifest
 
@@ -264,7 +263,7 @@ class FilterResult:
 
 
 def filter_records(records: Sequence[dict[str, Any]], cfg: FilterConfig, show_progress: bool = True) -> FilterResult:
-    """Judge `records` (dicts with at least VERIFY_COLUMNS) with the whole chain of `cfg`, in memory.
+    """Judge `records` (dicts with at least verify.VERIFY_COLUMNS) with the whole chain of `cfg`, in memory.
 
     The same steps as the stage (one shard holding every record); for lists that fit in memory."""
     with Judge(cfg) as judge:
@@ -308,41 +307,38 @@ def _annotate_batch(batch, judged_verdicts: list[list[dict]], extra: list[list[t
 
 
 class _ShardWriter:
-    """Writes one output shard batch by batch to a temporary file; `commit` renames it into place."""
+    """Writes one output shard batch by batch to a temporary file (`records.atomic_path`); `commit` renames it
+    into place, `abort` removes it. A shard with no rows gets no file."""
 
     def __init__(self, final: Path, schema):
         self.final, self.schema = final, schema
-        self.tmp: str | None = None
         self.writer = None
         self.rows = 0
+        self._file = contextlib.ExitStack()
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
 
-        from distillkit.records import parquet_options
+        from distillkit.records import atomic_path, parquet_options
 
         if table.num_rows == 0:
             return
         if self.writer is None:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".tmp-{self.final.name}.", dir=self.final.parent)
-            os.close(fd)
-            self.writer = pq.ParquetWriter(self.tmp, self.schema, **parquet_options(self.schema))
+            tmp = self._file.enter_context(atomic_path(self.final))
+            self.writer = pq.ParquetWriter(tmp, self.schema, **parquet_options(self.schema))
         self.writer.write_table(table)
         self.rows += table.num_rows
 
     def commit(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.final)
+        if self.writer is not None:
+            self.writer.close()
+            self._file.close()
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            Path(self.tmp).unlink(missing_ok=True)
+            err = RuntimeError("aborted")
+            self._file.__exit__(type(err), err, None)  # atomic_path removes the temporary file
 
 
 def _output_schema(pf):
@@ -358,15 +354,6 @@ def _output_schema(pf):
     return features.arrow_schema
 
 
-def _batch_rows(pf, budget_bytes: int = 16 << 20) -> int:
-    """Rows per write batch (and output row group): about `budget_bytes` of data (soft labels make rows large)."""
-    md = pf.metadata
-    if md.num_rows == 0 or md.num_row_groups == 0:
-        return 256
-    per_row = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups)) / md.num_rows
-    return int(max(1, min(1024, budget_bytes // max(1, per_row))))
-
-
 def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, offset: int, d: Decisions, ids,
                         write_rejected: bool) -> tuple[int, int]:
     """Split input shard `index` into kept and rejected output shards; returns (kept, rejected) counts."""
@@ -375,7 +362,7 @@ def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, off
     import pyarrow.parquet as pq
 
     from distillkit.filter.verify import open_shard
-    from distillkit.records import shard_path
+    from distillkit.records import rows_per_batch, shard_path
 
     pf = open_shard(source)
     schema = _output_schema(pf)
@@ -385,7 +372,7 @@ def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, off
     rej_w = _ShardWriter(shard_path(out_dir / REJECTED, index), schema)
     row = 0
     try:
-        for batch in pf.iter_batches(batch_size=_batch_rows(pf)):
+        for batch in pf.iter_batches(batch_size=rows_per_batch(pf)):  # ~16 MB per batch and row group
             n = batch.num_rows
             rows = range(offset + row, offset + row + n)
             arrays = _annotate_batch(batch, judged[row:row + n], [d.verdicts_of(i, ids) for i in rows], verdict_type)
@@ -461,8 +448,6 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
 
 def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work: Path, verify_s: float = 0.0) -> Manifest:
     """Passes 2 and 3 over finished judged files: dedup and selection, then the kept and rejected shards."""
-    from distillkit.filter.verify import Tally, read_judged_meta
-
     out_dir = out.folder
     fcfg = cfg.filter
     metas = [read_judged_meta(judged_path(work, k)) for k in range(len(shards))]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -247,9 +245,8 @@ def read_judged_meta(path: Path) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.read_schema(path).metadata or {}
-        return json.loads(meta[b"distillkit"])
-    except (OSError, KeyError, ValueError, Exception):  # pyarrow raises ArrowInvalid for partial files
+        return json.loads((pq.read_schema(path).metadata or {})[b"distillkit"])
+    except Exception:  # missing, partial (pyarrow's ArrowInvalid) or foreign file
         return None
 
 
@@ -310,8 +307,6 @@ def verify_shard(source: Path, index: int, work: Path, judge: Judge, config_hash
     try:
         for rows in read_verify_rows(pf):
             parts.append(_judged_table(rows, judge.judge(rows, tally, on_done), judge))
-    except ShardError:
-        raise
     except (OSError, pa.ArrowException) as e:  # the file's body is damaged past its footer
         raise ShardError(f"{source}: reading it failed ({type(e).__name__}: {e}); it is corrupt or truncated") from None
     for step, stats in judge.usage().items():
@@ -320,16 +315,10 @@ def verify_shard(source: Path, index: int, work: Path, judge: Judge, config_hash
     meta = {"format": JUDGED_FORMAT, "config_hash": config_hash, "input": shard_fingerprint(source),
             "rows": table.num_rows, "tally": tally.to_json(), "started": started, "finished": time.time()}
     table = table.replace_schema_metadata({"distillkit": json.dumps(meta)})
-    work.mkdir(parents=True, exist_ok=True)
-    final = judged_path(work, index)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", dir=work)
-    os.close(fd)
-    try:
+    from distillkit.records import atomic_path
+
+    with atomic_path(judged_path(work, index), fsync=False) as tmp:  # scratch: a lost one is verified again
         pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return tally
 
 

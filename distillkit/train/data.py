@@ -111,12 +111,12 @@ def check_same_tokenizer(tokenizer, records, num_checked: int = 64, min_match: f
 # ----------------------------------------------------------------------------------------- examples
 
 
-def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, max_length: int | None) -> dict:
+def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int) -> dict:
     """One record -> {"input_ids", "labels"} and, when `topk` > 0, {"kd_ids", "kd_logprobs", "kd_mask"}.
 
     All columns have one entry per token. With `use_teacher_ids` the completion is the teacher's ids
     (and its top-k rows are aligned to them); otherwise it is re-tokenized and carries no soft labels.
-    Truncation to `max_length` keeps the start (the prompt and the beginning of the trace).
+    Untruncated: `build_train_dataset` cuts to `train.max_length` (keeping the start) and counts the cuts.
     """
     parts = split_template(tokenizer, record)
     eos = tokenizer.eos_token_id
@@ -186,8 +186,6 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, m
             kd_ids[n_pre + len(body)], kd_lp[n_pre + len(body)] = eos_row
             kd_mask[n_pre + len(body)] = 1
         out.update(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_mask=kd_mask)
-    if max_length is not None and len(input_ids) > max_length:
-        out = {k: v[:max_length] for k, v in out.items()}
     return out
 
 
@@ -269,8 +267,7 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     try:
         for rec in records:
             ids = rec.get("completion_ids")
-            ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk,
-                                 max_length=None)
+            ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk)
             n = len(ex["input_ids"])
             if max_length is not None and n > max_length:  # keep the start: the prompt and the beginning of the trace
                 ex = {k: v[:max_length] for k, v in ex.items()}

@@ -48,7 +48,7 @@ def test_labels_match_trl_assistant_mask(tok, tiny_records):
     from distillkit.train.data import record_to_messages, tokenize_record
 
     rec = tiny_records[0]
-    ours = tokenize_record(tok, rec, use_teacher_ids=True, topk=0, max_length=None)
+    ours = tokenize_record(tok, rec, use_teacher_ids=True, topk=0)
     trl = tok.apply_chat_template(record_to_messages(rec), tokenize=True, return_dict=True,
                                   return_assistant_tokens_mask=True)
     assert ours["input_ids"] == list(trl["input_ids"])
@@ -59,7 +59,7 @@ def test_soft_labels_sit_at_the_position_of_their_token(tok, tiny_records):
     from distillkit.train.data import tokenize_record
 
     rec = tiny_records[1]
-    ex = tokenize_record(tok, rec, use_teacher_ids=True, topk=4, max_length=None)
+    ex = tokenize_record(tok, rec, use_teacher_ids=True, topk=4)
     start = ex["kd_mask"].index(1)
     assert ex["input_ids"][start:start + len(rec["completion_ids"])] == rec["completion_ids"]
     for i in range(len(rec["completion_ids"])):
@@ -72,7 +72,7 @@ def test_truncated_completion_teaches_no_eos(tok, tiny_qwen2):
     from distillkit.train.data import tokenize_record
 
     rec = {**teacher_records(tiny_qwen2, num=1, with_eos=False)[0], "finish_reason": "length"}
-    ex = tokenize_record(tok, rec, use_teacher_ids=True, topk=4, max_length=None)
+    ex = tokenize_record(tok, rec, use_teacher_ids=True, topk=4)
     assert tok.eos_token_id not in [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]
     assert ex["input_ids"][-1] == rec["completion_ids"][-1]
 

@@ -155,7 +155,7 @@ def test_bos_is_written_once_on_every_path():
     fix_tokenizer(student)
     record = {"id": "r", "messages": messages, "prefill": "<think>\n",
               "completion": "Two plus three.\n</think>\n\n$\\boxed{5}$", "finish_reason": "stop"}
-    ex = tokenize_record(student, record, use_teacher_ids=False, topk=0, max_length=None)
+    ex = tokenize_record(student, record, use_teacher_ids=False, topk=0)
     assert ex["input_ids"][0] == bos and ex["input_ids"][1] != bos
 
     from lm_eval.models.utils import has_bos_prefix
