@@ -190,8 +190,7 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
     config = json.loads((saved_dir / "config.json").read_text())
     record = kept[0]
     topk = len(record["topk_ids"][0]) if kd_on else 0
-    ex = tokenize_record(saved, record, use_teacher_ids=stats["data"]["teacher_ids_used"], topk=topk,
-                         max_length=None)
+    ex = tokenize_record(saved, record, use_teacher_ids=stats["data"]["teacher_ids_used"], topk=topk)
     # the chat template saved with the student renders exactly what it was trained on
     assert saved.decode(ex["input_ids"]) == saved.apply_chat_template(record_to_messages(record), tokenize=False)
     trained = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
