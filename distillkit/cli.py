@@ -196,6 +196,12 @@ def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verb
 
 
 @app.command()
+def score(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verbose = False) -> None:
+    """Add the teacher's top-k logprobs (soft labels) to existing traces: this run's, another run's, or a chat dataset."""
+    _run_stage("score", args, overwrite, verbose)
+
+
+@app.command()
 def train(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verbose = False) -> None:
     """Train the student on the kept traces (SFT, optional soft-label KD)."""
     _run_stage("train", args, overwrite, verbose)

@@ -31,7 +31,9 @@ from pydantic import (
 
 from distillkit.errors import ConfigError, DistillkitError
 
-STAGES = ("generate", "filter", "train", "evaluate", "publish")
+STAGES = ("generate", "filter", "score", "train", "evaluate", "publish")
+DEFAULT_STAGES = ("generate", "filter", "train", "evaluate", "publish")
+"""`score` runs only when a recipe lists it (soft labels for traces that have none, or another teacher's)."""
 
 # The user turn of the R1 evaluation protocol. "{problem}" is substituted with str.replace, so
 # literal braces such as \boxed{} need no escaping in recipes.
@@ -92,6 +94,9 @@ class OpenAIEndpointConfig(StrictModel):
     """Retries with exponential backoff on timeouts, 429 and 5xx."""
     api: Literal["chat", "completions"] = "chat"
     """chat: /v1/chat/completions; completions: render the template locally and use /v1/completions."""
+    serve: bool = False
+    """Start a local vLLM server for `teacher.model` on a free port (base_url is then ignored) and stop it
+    at the end: the served path on one machine, e.g. to keep the teacher in its own process."""
 
 
 class TeacherConfig(StrictModel):
@@ -673,6 +678,47 @@ class HardwareConfig(StrictModel):
     num_gpus: PositiveInt = 1
 
 
+# ----------------------------------------------------------------------------------------- score
+
+
+class ScoreConfig(StrictModel):
+    """Teacher scoring: the teacher's top-k logprobs at every completion token of existing traces.
+
+    One prefill pass per trace (vLLM `prompt_logprobs`, no sampling), written in the trace schema with the
+    same fixed-width `topk_ids` / `topk_logprobs` as generate captures. The logprobs are raw (the model's
+    distribution before temperature and top-p), as generate's default `logprobs_mode: raw_logprobs`."""
+
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    """The scoring teacher; backend vllm (in-process) or openai (a vLLM server: at base_url, or started
+    with `openai.serve: true`). Its tokenizer and chat template tokenize the traces."""
+    input: str = "auto"
+    """auto: this run's filter output (its generate output without a filter stage); stage:generate or
+    stage:filter; another run's stage folder; a .jsonl/.json/.parquet chat file; or a Hub dataset name."""
+    columns: SourceColumnsConfig = Field(default_factory=SourceColumnsConfig)
+    """Columns of a chat file or Hub dataset: `messages` (last turn the assistant's), or `prompt`/`response`."""
+    config: Optional[str] = None
+    """Hub dataset configuration."""
+    split: str = "train"
+    """Hub dataset split."""
+    prefill: Optional[str] = "<think>\n"
+    """Chat rows whose answer starts with this text get it as the prefill (the prompt's end, as generate
+    forces it), so an R1 template that opens the think block itself does not see it twice."""
+    topk: PositiveInt = Field(20, le=1024)
+    """Candidates kept per token (k of the stored soft labels)."""
+    shard_size: PositiveInt = 256
+    """Records per output shard; a killed run redoes at most one shard."""
+    limit: Optional[PositiveInt] = None
+    """Score only the first N records."""
+
+    @field_validator("teacher")
+    @classmethod
+    def _backend(cls, teacher: TeacherConfig) -> TeacherConfig:
+        if teacher.backend == "transformers":
+            raise ValueError("backend: scoring runs on vllm (in-process) or openai (a vLLM server); set "
+                             "score.teacher.backend to one of them")
+        return teacher
+
+
 class RecipeConfig(StrictModel):
     """A whole distillation run."""
 
@@ -682,11 +728,12 @@ class RecipeConfig(StrictModel):
     output_dir: str = "runs/{name}"
     """Run folder; each stage writes a subfolder. {name} is replaced."""
     seed: int = 0
-    stages: list[Literal["generate", "filter", "train", "evaluate", "publish"]] = Field(
-        default_factory=lambda: list(STAGES))
-    """Stages `distillkit run` executes, in pipeline order."""
+    stages: list[Literal["generate", "filter", "score", "train", "evaluate", "publish"]] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES))
+    """Stages `distillkit run` executes, in pipeline order (`score` only when listed)."""
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -698,6 +745,16 @@ class RecipeConfig(StrictModel):
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
+
+    @property
+    def records_dir(self) -> Path:
+        """Where training reads its records: the score output, else the filter's, else the generate output."""
+        return self.stage_dir(next((s for s in ("score", "filter") if s in self.stages), "generate"))
+
+    @property
+    def label_teacher(self) -> TeacherConfig:
+        """The teacher whose soft labels training uses: the scoring teacher when `score` runs, else generate's."""
+        return self.score.teacher if "score" in self.stages else self.generate.teacher
 
 
 # ----------------------------------------------------------------------------------------- loading

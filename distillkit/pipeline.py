@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from distillkit.config import STAGES, RecipeConfig
 from distillkit.errors import DistillkitError
@@ -25,18 +26,22 @@ _NOT_HASHED = {"filter": {"num_workers", "executor"}, "train": {"resume", "repor
 
 def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
-    upto = STAGES[: STAGES.index(stage) + 1]
+    # `score` only counts where the recipe runs it: adding the stage to distillkit did not rehash other runs.
+    upto = [s for s in STAGES[: STAGES.index(stage) + 1] if s != "score" or "score" in cfg.stages or s == stage]
     content = {s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s)) for s in upto}
     if "train" in upto and cfg.train.sources:
         # the training data, not only its path: an edited local file retrains (stage outputs and Hub datasets
         # are named by their config; a missing path fails later with a clear error)
         content["train_source_content"] = [None if s.is_stage else content_digest(s.path) for s in cfg.train.sources]
+    if "score" in upto and (path := Path(cfg.score.input).expanduser()).is_file():
+        content["score_input_content"] = content_digest(path)  # an edited input file is scored again
     return stable_hash(content | {"seed": cfg.seed})
 
 
 STAGE_FUNCTIONS = {
     "generate": "distillkit.generate.stage:run_generate",
     "filter": "distillkit.filter.stage:run_filter",
+    "score": "distillkit.score.stage:run_score",
     "train": "distillkit.train.stage:run_train",
     "evaluate": "distillkit.evaluate.stage:run_evaluate",
     "publish": "distillkit.publish.stage:run_publish",

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import json
 import logging
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -240,7 +241,7 @@ def _register_completions_backend() -> str:
 
 
 @contextlib.contextmanager
-def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
+def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, extra_args: Sequence[str] = ()):
     """Serve `model_path` with vLLM's OpenAI-compatible server on a free local port; yields its base URL.
 
     Started as `python -m vllm.entrypoints.openai.api_server` because the `vllm` console script
@@ -257,7 +258,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-           "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed)]
+           "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed), *extra_args]
     if _device() == "cpu":
         from distillkit.vllm_cpu import CPU_BLOCK_SIZE
 

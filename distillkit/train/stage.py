@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def input_dir(cfg: RecipeConfig) -> Path:
-    """Where the kept records are: the filter output, or the generate output without a filter stage."""
-    return cfg.stage_dir("filter") if "filter" in cfg.stages else cfg.stage_dir("generate")
+    """Where the training records are: the score output, the filter output, or the generate output."""
+    return cfg.records_dir
 
 
 def train_config_hash(cfg: RecipeConfig) -> str:
@@ -187,7 +187,7 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
     with state.main_process_first():
-        init = build_student_init(t.student, out / "student_init", records=records, teacher=cfg.generate.teacher.model)
+        init = build_student_init(t.student, out / "student_init", records=records, teacher=cfg.label_teacher.model)
     model, tokenizer = load_student(t, out / "student_init")
     check_student_tokenizer(tokenizer, model.config)
     mixture = None

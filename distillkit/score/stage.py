@@ -1,0 +1,338 @@
+"""The score stage: existing traces -> the teacher's top-k logprobs at every completion token, resumable.
+
+    run_score(cfg) -> Manifest          (writes cfg.stage_dir("score"): trace records with soft labels)
+
+Input is this run's filter/generate output, another run's stage folder, or chat rows (a local file or a
+Hub dataset: a `messages` column, or prompt/response columns). Each record becomes one token sequence
+for the teacher: its chat template applied to the prompt messages plus the prefill, then the
+completion. The completion's own token ids are used when they are the teacher's (they decode to the
+completion text: this run's generate output); otherwise the text is tokenized with the teacher's
+tokenizer, must decode back to the same text (else the record is skipped, `not_roundtrip`), and ends
+with EOS unless the trace was cut at its length limit. A sequence longer than the teacher's context is
+skipped (`too_long`). Skips are counted per reason in the manifest, never scored wrong.
+
+Shard i of the output holds the records of input rows [i*shard_size, (i+1)*shard_size) that were
+scored; a killed run keeps its committed shards and scores only the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from distillkit.config import MixtureSourceConfig, RecipeConfig
+from distillkit.errors import DistillkitError
+from distillkit.records import (
+    Manifest, StageOutput, StageRecords, atomic_write_json, list_shards, make_record,
+    read_manifest, record_features, split_reasoning, stable_hash,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_TOKENS = 1 << 16
+"""Tokens per scoring call: vLLM returns k+1 Python objects per token, so a call is bounded in tokens."""
+SKIPPED_DIR = ".skipped"
+SKIP_EXAMPLES = 20
+
+
+# ----------------------------------------------------------------------------------------- input
+
+
+@dataclass
+class ScoreInput:
+    """Where the records come from: a stage folder (read shard by shard) or chat/trace rows."""
+
+    label: str
+    folder: Path | None = None
+    source: MixtureSourceConfig | None = None
+    """A file or Hub dataset, as a training-mixture source (same loading and column checks)."""
+
+    def describe(self) -> tuple[str, str]:
+        """(where, what) for the manifest's `inputs`."""
+        if self.folder is not None:
+            manifest = read_manifest(self.folder)
+            return str(self.folder), manifest.config_hash if manifest else "unknown"
+        from distillkit.train.mixture import source_input
+
+        return source_input(self.source, None)
+
+
+def resolve_input(cfg: RecipeConfig) -> ScoreInput:
+    s = cfg.score
+    spec = s.input
+    if spec == "auto":
+        if not ({"generate", "filter"} & set(cfg.stages)):
+            raise DistillkitError("score.input is auto, which scores this run's filter or generate output, but "
+                                  "neither stage is in `stages`; set score.input to a stage folder, a "
+                                  ".jsonl/.json/.parquet chat file or a Hub dataset")
+        spec = "stage:filter" if "filter" in cfg.stages else "stage:generate"
+    if spec.startswith("stage:"):
+        stage = spec.removeprefix("stage:")
+        if stage not in ("generate", "filter"):
+            raise DistillkitError(f"score.input {spec!r} names no stage with records; use stage:generate or "
+                                  "stage:filter")
+        folder = cfg.stage_dir(stage)
+        if not list_shards(folder):
+            raise DistillkitError(f"score.input {spec}: {folder} holds no records; run `distillkit {stage}` first")
+        return ScoreInput(stage, folder=folder)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not list_shards(path):
+            raise DistillkitError(f"score.input {spec!r} is a folder without shard-*.parquet (not a stage output); "
+                                  "give a stage folder, a .jsonl/.json/.parquet chat file or a Hub dataset name")
+        return ScoreInput(path.name, folder=path)
+    fields: dict[str, Any] = {"path": spec, "weight": 1.0}
+    if "columns" in s.model_fields_set:
+        fields["columns"] = s.columns
+    if not Path(spec).suffix.lower() in (".jsonl", ".json", ".parquet"):
+        fields.update(config=s.config, split=s.split)
+    source = MixtureSourceConfig(**fields)
+    return ScoreInput(source.label, source=source)
+
+
+def iter_input(inp: ScoreInput, cfg: RecipeConfig) -> tuple[int, Iterator[dict]]:
+    """(number of rows, records): stage records as they are, chat rows as records without token ids."""
+    if inp.folder is not None:
+        records = StageRecords(inp.folder)
+        return len(records), iter(records)
+    from distillkit.train.mixture import check_columns, column_names, is_trace, load_source, to_record
+
+    rows = load_source(inp.source, cfg)
+    columns = column_names(rows)
+    check_columns(inp.source, columns)
+    trace = is_trace(inp.source, columns)
+
+    def gen() -> Iterator[dict]:
+        for i, row in enumerate(rows):
+            rec = to_record(inp.source, row, i, trace)
+            rec.pop("mixture_source", None)
+            yield rec if trace else chat_record(rec, i, inp.label, cfg.score.prefill)
+
+    return len(rows), gen()
+
+
+def chat_record(rec: dict, index: int, label: str, prefill: str | None) -> dict:
+    """A chat row (prompt turns + answer) as a trace record; an answer opening with `prefill` has it moved
+    into the prefill, where generate puts it."""
+    messages, answer = rec["messages"], rec["completion"]
+    pre = prefill if prefill and answer.startswith(prefill) else ""
+    completion = answer[len(pre):]
+    reasoning, response, closed = split_reasoning(completion, pre)
+    problem = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    return make_record(id=f"{label}:{index}", prompt_id=stable_hash(messages), sample_index=index, source=label,
+                       problem=problem, messages=messages, prefill=pre, completion=completion,
+                       reasoning=reasoning, response=response, reasoning_closed=closed, finish_reason="stop",
+                       completion_ids=None)
+
+
+# ----------------------------------------------------------------------------------------- sequences
+
+
+@dataclass
+class Prepared:
+    record: dict
+    sequence: list[int] | None = None
+    start: int = 0
+    """Index of the first completion token in `sequence`."""
+    skip: str | None = None
+    retokenized: bool = False
+
+
+def _decodes_to(tokenizer, ids: list[int], text: str) -> bool:
+    out = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    # vLLM holds back the bytes of a character cut at the end of a sample; a full decode writes U+FFFD
+    return out.rstrip("\ufffd") == text.rstrip("\ufffd")
+
+
+def completion_ids(tokenizer, record: dict) -> tuple[list[int] | None, bool]:
+    """(the teacher's ids of the completion, whether they were re-tokenized); None when the text does not
+    round-trip through the teacher's tokenizer."""
+    eos = tokenizer.eos_token_id
+    text = record.get("completion") or ""
+    stored = record.get("completion_ids")
+    stored = stored.tolist() if hasattr(stored, "tolist") else list(stored or [])
+    if stored and max(stored) < len(tokenizer):
+        body = stored[:-1] if stored[-1] == eos else stored
+        if _decodes_to(tokenizer, body, text):
+            return stored, False  # the teacher's own sample: score exactly these tokens
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not _decodes_to(tokenizer, ids, text):
+        return None, True
+    if record.get("finish_reason") != "length" and eos is not None:
+        ids = ids + [eos]  # the teacher's distribution where the turn ends is a label too
+    return ids, True
+
+
+def prepare(tokenizer, record: dict, max_len: int | None) -> Prepared:
+    from distillkit.generate.prompts import render_prompt
+
+    if not (record.get("completion") or "") and not len(record.get("completion_ids") or []):
+        return Prepared(record, skip="empty_completion")
+    _, prompt_ids, _ = render_prompt(tokenizer, list(record.get("messages") or []), record.get("prefill") or "")
+    ids, retokenized = completion_ids(tokenizer, record)
+    if ids is None:
+        return Prepared(record, skip="not_roundtrip", retokenized=True)
+    if max_len is not None and len(prompt_ids) + len(ids) > max_len:
+        return Prepared(record, skip="too_long", retokenized=retokenized)
+    return Prepared(record, prompt_ids + ids, len(prompt_ids), retokenized=retokenized)
+
+
+def _batches(prepared: list[Prepared]) -> Iterator[list[Prepared]]:
+    batch, tokens = [], 0
+    for p in prepared:
+        if batch and tokens + len(p.sequence) > BATCH_TOKENS:
+            yield batch
+            batch, tokens = [], 0
+        batch.append(p)
+        tokens += len(p.sequence)
+    if batch:
+        yield batch
+
+
+def score_shard(records: list[dict], scorer, k: int, teacher: str, features) -> tuple[list[dict], list[Prepared]]:
+    """Score one shard's records: (scored records in the trace schema, the skipped ones)."""
+    prepared = [prepare(scorer.tokenizer, r, scorer.max_len) for r in records]
+    todo = [p for p in prepared if p.skip is None]
+    defaults = make_record(prompt_id="", problem="")
+    rows = []
+    for batch in _batches(todo):
+        labels = scorer.score([p.sequence for p in batch], [p.start for p in batch], k)
+        for p, (ids, lps) in zip(batch, labels):
+            rec = {name: defaults.get(name) if p.record.get(name) is None else p.record[name] for name in features}
+            comp = p.sequence[p.start:]
+            meta = json.loads(rec.get("meta") or "{}")
+            meta.update(scored_by=teacher, score_backend=scorer.name, retokenized=p.retokenized)
+            rec.update(completion_ids=comp, completion_tokens=len(comp), prompt_tokens=p.start,
+                       topk_ids=ids, topk_logprobs=lps, meta=json.dumps(meta, sort_keys=True))
+            rows.append(rec)
+    return rows, [p for p in prepared if p.skip is not None]
+
+
+# ----------------------------------------------------------------------------------------- running
+
+
+def _chunks(records: Iterator[dict], size: int, limit: int | None) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
+    for n, rec in enumerate(records):
+        if limit is not None and n >= limit:
+            break
+        chunk.append(rec)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(total: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from distillkit.progress import progress_bar
+
+    progress = progress_bar(TextColumn("score"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+                            TextColumn("{task.fields[tok_s]:>8.1f} tok/s"), TextColumn("ETA"), TimeRemainingColumn(),
+                            unit="records")
+    return progress, progress.add_task("score", total=total, completed=done, tok_s=0.0)
+
+
+def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manifest:
+    """Score every completion token of the input records with the teacher; resume if killed.
+
+    `scorer` lets a caller reuse a started engine (tests, benchmarks); by default one is built from the
+    recipe and closed at the end."""
+    from distillkit.pipeline import stage_config_hash
+
+    s = cfg.score
+    folder = cfg.stage_dir("score")
+    inp = resolve_input(cfg)
+    out = StageOutput(folder, "score", stage_config_hash(cfg, "score"), config=s.model_dump(mode="json"),
+                      inputs=dict([inp.describe()]))
+    if not overwrite and out.is_complete():
+        log.info("score: %s is complete for this config; nothing to do", folder)
+        return out.manifest()
+    out.begin(overwrite=overwrite)
+    skipped_dir = folder / SKIPPED_DIR
+    if overwrite:
+        for p in skipped_dir.glob("*.json"):
+            p.unlink()
+    committed = out.committed_shard_indices()
+    num_rows, records = iter_input(inp, cfg)
+    total = min(num_rows, s.limit) if s.limit else num_rows
+    num_shards = -(-total // s.shard_size)
+    stray = committed - set(range(num_shards))
+    if stray:
+        raise DistillkitError(f"{folder} holds shards {sorted(stray)} that this input does not make; "
+                              "rerun with --overwrite to start over")
+    features = record_features(s.topk)
+    own = scorer is None
+    seconds = 0.0  # scoring only: not the engine's start
+    tokens = 0
+    progress, task = _progress(total, min(total, len(committed) * s.shard_size))
+    try:
+        with progress:
+            for i, chunk in enumerate(_chunks(records, s.shard_size, s.limit)):
+                if i in committed:
+                    continue
+                if scorer is None:
+                    from distillkit.score.scorers import make_scorer
+
+                    scorer = make_scorer(s, cfg.seed)
+                t_shard = time.time()
+                rows, skipped = score_shard(chunk, scorer, s.topk, s.teacher.model, features)
+                seconds += time.time() - t_shard
+                atomic_write_json(skipped_dir / f"{i:05d}.json",
+                                  {"records": len(chunk), "retokenized": sum(json.loads(r["meta"])["retokenized"]
+                                                                             for r in rows),
+                                   "skipped": [{"id": p.record.get("id"), "reason": p.skip} for p in skipped]})
+                out.write_shard(i, rows, features)
+                tokens += sum(r["completion_tokens"] for r in rows)
+                progress.update(task, advance=len(chunk), tok_s=tokens / max(seconds, 1e-9))
+    finally:
+        if own and scorer is not None:
+            scorer.close()
+    counts, stats = _summary(folder, num_shards)
+    stats.update(teacher=s.teacher.model, backend=s.teacher.backend, topk=s.topk, logprobs_mode="raw_logprobs",
+                 tokens_scored_this_run=tokens,
+                 tokens_per_s=round(tokens / seconds, 2) if tokens and seconds > 0 else None)
+    counts["shards_resumed"] = len(committed)
+    if counts["records"] == 0:
+        raise DistillkitError(f"score: none of the {counts['records_in']} input records could be scored "
+                              f"(skipped: {stats['skipped_by_reason']}); see {skipped_dir}")
+    return out.finish(counts=counts, stats=stats, timings={"score_s": round(seconds, 3)},
+                      versions=("distillkit", "datasets", "pyarrow", "torch", "transformers", "vllm"))
+
+
+def _summary(folder: Path, num_shards: int) -> tuple[dict, dict]:
+    import pyarrow.parquet as pq
+
+    from distillkit.generate.stage import soft_label_bytes
+
+    reasons: Counter = Counter()
+    examples: list[dict] = []
+    records_in = retokenized = 0
+    for i in range(num_shards):
+        path = folder / SKIPPED_DIR / f"{i:05d}.json"
+        if not path.exists():
+            continue
+        info = json.loads(path.read_text())
+        records_in += info["records"]
+        retokenized += info["retokenized"]
+        reasons.update(x["reason"] for x in info["skipped"])
+        examples += info["skipped"][: SKIP_EXAMPLES - len(examples)]
+    records = tokens = label_bytes = 0
+    for shard in list_shards(folder):
+        meta = pq.ParquetFile(shard).metadata
+        records += meta.num_rows
+        tokens += sum(pq.read_table(shard, columns=["completion_tokens"]).column(0).to_pylist())
+        label_bytes += soft_label_bytes(shard)
+    counts = {"records_in": records_in, "records": records, "skipped": sum(reasons.values()),
+              "tokens": tokens, "shards": num_shards}
+    stats = {"skipped_by_reason": dict(sorted(reasons.items())), "skipped_examples": examples,
+             "retokenized": retokenized,
+             "soft_label_bytes_per_token": round(label_bytes / tokens, 2) if tokens else None}
+    return counts, stats

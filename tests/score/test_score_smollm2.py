@@ -1,0 +1,85 @@
+"""Scoring on the real SmolLM2-135M-Instruct with vLLM: the soft labels `score` writes for traces that
+generate sampled with top-20 are the ones generate captured, in-process and through a vLLM server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distillkit.config import validate_recipe
+from distillkit.records import read_records
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("vllm")
+
+K = 20
+
+
+def make_cfg(model, out, **score):
+    return validate_recipe({
+        "name": "t", "output_dir": str(out), "stages": ["generate", "score"],
+        "generate": {"teacher": {"model": str(model), "vllm": {"max_model_len": 1024, "enforce_eager": True}},
+                     "prompts": {"builtin": "arith", "builtin_args": {"num": 3}},
+                     "sampling": {"n": 2, "max_tokens": 48, "topk_logprobs": K, "seed": 0}, "shard_size": 2},
+        "score": {"teacher": {"model": str(model), "vllm": {"max_model_len": 1024, "enforce_eager": True}},
+                  "topk": K, "shard_size": 4, **score}})
+
+
+@pytest.fixture(scope="module")
+def generated(smollm2_dir, tmp_path_factory):
+    """Traces generated with top-20, and the scorer on the very engine that generated them."""
+    from distillkit.generate.backends.vllm import VllmBackend
+    from distillkit.generate.stage import run_generate
+    from distillkit.score.scorers import VllmScorer
+
+    cfg = make_cfg(smollm2_dir, tmp_path_factory.mktemp("run"))
+    backend = VllmBackend.from_config(cfg.generate)
+    run_generate(cfg, backend=backend)
+    yield cfg, VllmScorer(backend.llm, backend.llm.llm_engine.model_config.max_model_len)
+    backend.close()
+
+
+def assert_same_labels(generated_rows, scored_rows):
+    """Same ids at every rank and logprobs within one float16 step (both are stored as float16)."""
+    gen = {r["id"]: r for r in generated_rows}
+    scored = {r["id"]: r for r in scored_rows}
+    assert gen.keys() == scored.keys()
+    positions = 0
+    for rid, g in gen.items():
+        s = scored[rid]
+        assert s["completion_ids"] == g["completion_ids"]
+        g_ids, s_ids = np.asarray(g["topk_ids"]), np.asarray(s["topk_ids"])
+        g_lp = np.asarray(g["topk_logprobs"], dtype=np.float16)
+        s_lp = np.asarray(s["topk_logprobs"], dtype=np.float16)
+        assert (g_ids == s_ids).mean() >= 0.995  # a near-tie may swap two neighbours
+        same = g_ids == s_ids
+        step = np.spacing(np.abs(g_lp[same])).astype(np.float32)
+        assert np.all(np.abs(g_lp[same].astype(np.float32) - s_lp[same].astype(np.float32)) <= step + 1e-6)
+        positions += len(g_ids)
+    return positions
+
+
+def test_scored_labels_are_the_ones_generate_captured(generated):
+    from distillkit.score.stage import run_score
+
+    cfg, scorer = generated
+    m = run_score(cfg, scorer=scorer)
+    assert m.counts["records"] == 6 and m.counts["skipped"] == 0 and m.stats["retokenized"] == 0
+    positions = assert_same_labels(read_records(cfg.stage_dir("generate")).to_list(),
+                                   read_records(cfg.stage_dir("score")).to_list())
+    assert positions == m.counts["tokens"] > 100
+
+
+def test_a_vllm_server_scores_the_same(generated, tmp_path, monkeypatch):
+    """`teacher.backend: openai` with `serve: true`: distillkit starts a vLLM server and scores through it."""
+    from distillkit.score.stage import run_score
+
+    cfg, _ = generated
+    served = make_cfg(cfg.generate.teacher.model, cfg.run_dir, input=str(cfg.stage_dir("generate")),
+                      teacher={"model": cfg.generate.teacher.model, "backend": "openai",
+                               "openai": {"serve": True, "max_concurrency": 4}})
+    served = served.model_copy(update={"output_dir": str(tmp_path)})
+    m = run_score(served)
+    assert m.counts["records"] == 6 and m.stats["backend"] == "openai"
+    assert_same_labels(read_records(cfg.stage_dir("generate")).to_list(),
+                       read_records(served.stage_dir("score")).to_list())
