@@ -383,6 +383,18 @@ class QloraConfig(StrictModel):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
+class ServedTeacherConfig(StrictModel):
+    """A teacher behind a vLLM server (`train.kd.teacher_probs: served`): on-policy training sends the
+    student's samples to it and trains on the top-k logprobs it returns (scored like `distillkit score`)."""
+
+    model: Optional[str] = None
+    """The served model (its tokenizer must be the student's); default generate.teacher.model."""
+    openai: OpenAIEndpointConfig = Field(default_factory=OpenAIEndpointConfig)
+    """Where the server is (base_url), or `serve: true` to start one for `model` on this machine."""
+    topk: PositiveInt = Field(20, le=1024)
+    """Teacher candidates per token (the loss is top-k with a tail bucket)."""
+
+
 class KDConfig(StrictModel):
     """Soft-label distillation: loss = alpha*CE + (1-alpha)*T^2*D(teacher || student)."""
 
@@ -393,8 +405,11 @@ class KDConfig(StrictModel):
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     beta: float = Field(0.5, ge=0, le=1)
     """Generalized JSD interpolation (jsd only)."""
-    teacher_probs: Literal["topk_renorm", "topk_tail", "live"] = "topk_tail"
-    """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; live: run the teacher."""
+    teacher_probs: Literal["topk_renorm", "topk_tail", "live", "served"] = "topk_tail"
+    """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; live: run the teacher
+    beside the student; served: a vLLM server scores the student's samples (on-policy; top-k with a tail bucket)."""
+    teacher_server: ServedTeacherConfig = Field(default_factory=lambda: ServedTeacherConfig())
+    """The teacher's server for `teacher_probs: served`."""
     chunk_size: PositiveInt = 256
     """Tokens per chunk of the memory-bounded loss (256 keeps the peak ~0.1x of full logits; BENCHMARKS.md)."""
 
@@ -615,6 +630,14 @@ class TrainConfig(StrictModel):
     def _kd_needs_alpha(self):
         if self.kd.enabled and self.kd.alpha == 1.0:
             raise ValueError("kd.enabled with kd.alpha=1.0 trains on CE only; lower kd.alpha or disable kd")
+        return self
+
+    @model_validator(mode="after")
+    def _served_is_on_policy(self):
+        if self.kd.teacher_probs == "served" and not (self.on_policy.enabled and self.on_policy.lmbda == 1.0):
+            raise ValueError("kd.teacher_probs: served scores the student's own samples: set on_policy.enabled: true "
+                             "with on_policy.lmbda: 1. For soft labels on stored traces run the `score` stage "
+                             "(add it to `stages`) and keep teacher_probs: topk_tail")
         return self
 
 

@@ -239,7 +239,7 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     if use_kd and require_topk and topk == 0:
         raise DistillkitError("train.kd is enabled with stored soft labels (kd.teacher_probs=topk_*), but the "
                               "records have no topk_ids; regenerate with generate.sampling.topk_logprobs > 0 "
-                              "or set train.kd.teacher_probs: live")
+                              "or add the `score` stage, or set train.kd.teacher_probs: live")
     same = check_same_tokenizer(tokenizer, records)
     if topk > 0 and not same:
         raise DistillkitError(

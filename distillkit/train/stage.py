@@ -202,7 +202,7 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     with state.main_process_first():
         dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=t.kd.enabled,
                                                  packing=t.packing, seed=t.seed,
-                                                 require_topk=t.kd.teacher_probs != "live",
+                                                 require_topk=t.kd.teacher_probs.startswith("topk"),
                                                  cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}")
     return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
                     data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher)
@@ -216,7 +216,11 @@ def make_trainer(cfg: RecipeConfig, p: Prepared, callbacks: list | None = None):
     # student_init already made EOS the template's end of turn; TRL's own option for it checks the
     # token exists and keeps model and generation config on it.
     args.eos_token = p.tokenizer.eos_token
-    if cfg.train.on_policy.enabled:
+    if cfg.train.on_policy.enabled and cfg.train.kd.teacher_probs == "served":
+        from distillkit.train.served import build_served_trainer
+
+        trainer = build_served_trainer(cfg, p.model, p.tokenizer, p.records, args)
+    elif cfg.train.on_policy.enabled:
         trainer = build_on_policy_trainer(cfg, p.model, p.tokenizer, p.records, args)
     else:
         trainer = build_trainer(cfg, p.model, p.tokenizer, p.dataset, args, p.teacher, callbacks)
@@ -239,7 +243,11 @@ def fit(cfg: RecipeConfig, trainer, t0: float) -> Fitted:
         log.info("train: resuming an interrupted run of this config from %s (train.resume=false starts over)",
                  resume_from)
         tokens_before = json.loads((resume_from / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        if hasattr(trainer, "close_teacher"):  # a served teacher's connection (and a server distillkit started)
+            trainer.close_teacher()
     curves = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossCurveCallback))
     return Fitted(result=result, resume_from=resume_from, tokens_before=int(tokens_before),
                   train_seconds=curves.train_seconds or (time.time() - t0))
@@ -354,6 +362,15 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
 
 
+def on_policy_args(args) -> dict:
+    """The SFTConfig settings TRL's on-policy configs share."""
+    return {k: v for k, v in args.to_dict().items()
+            if k in ("output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                     "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "seed", "data_seed",
+                     "save_steps", "logging_steps", "report_to", "use_cpu", "include_num_input_tokens_seen",
+                     "disable_tqdm", "gradient_checkpointing_kwargs")}
+
+
 def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     """On-policy distillation: the student samples, a live teacher scores, per-token divergence.
 
@@ -367,11 +384,7 @@ def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     t = cfg.train
     beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
     teacher_path = resolve_model(cfg.generate.teacher.model)
-    common = {k: v for k, v in args.to_dict().items()
-              if k in ("output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                       "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "seed", "data_seed",
-                       "save_steps", "logging_steps", "report_to", "use_cpu", "include_num_input_tokens_seen",
-                       "disable_tqdm", "gradient_checkpointing_kwargs")}
+    common = on_policy_args(args)
     from datasets import Dataset
 
     if t.on_policy.lmbda >= 1.0:

@@ -1,0 +1,149 @@
+"""On-policy distillation from a served teacher (`train.kd.teacher_probs: served`).
+
+The student samples with TRL's `DistillationTrainer` (its generation, buffering and optimizer loop); a
+vLLM server scores each sample with one prefill (`prompt_logprobs`, the scorer of `distillkit score`);
+the loss is distillkit's chunked top-k divergence (`chunked_kd_loss`, `topk_tail`: the k returned ids
+plus a tail bucket), so memory does not grow with vocabulary x sequence and the teacher is never
+loaded beside the student.
+
+Pipelining: TRL generates once per optimizer step for all `gradient_accumulation_steps` micro-batches.
+As soon as they exist, every micro-batch is sent to the server (`max_concurrency` requests in flight),
+and the student trains on the first while the others are scored. The time the student waits for the
+teacher is logged as `teacher_wait_s`. A server that is down or slow is retried with backoff
+(`teacher_server.openai.max_retries`, distillkit.http); when it keeps failing, training stops with the
+server's error. A sample the server returns fewer rows for than it has tokens is an error too: never a
+silent zero KL.
+
+TRL has `experimental.ServerDistillationTrainer` for the same setting; it computes the student's full
+(B, T, V) log-softmax and supports top-1 only for reverse KL / JSD, so distillkit keeps TRL's loop and
+brings its own loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from distillkit.config import RecipeConfig, TeacherConfig
+from distillkit.errors import DistillkitError
+
+log = logging.getLogger(__name__)
+
+
+def teacher_requests(inputs: dict) -> tuple[list[list[int]], list[int]]:
+    """A micro-batch of TRL's on-policy inputs -> (prompt + completion ids per sample, completion start)."""
+    prompts, starts = [], []
+    for p_ids, p_mask, c_ids, c_mask in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                            inputs["completion_mask"]):
+        prompt = p_ids[p_mask.bool()].tolist()
+        prompts.append(prompt + c_ids[c_mask.bool()].tolist())
+        starts.append(len(prompt))
+    return prompts, starts
+
+
+def label_tensors(rows, completion_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (T_i, k) teacher rows -> (B, C, k) ids and logprobs at the completion positions."""
+    B, C = completion_mask.shape
+    ids = torch.zeros((B, C, k), dtype=torch.long)
+    lps = torch.zeros((B, C, k), dtype=torch.float32)
+    for i, (r_ids, r_lps) in enumerate(rows):
+        n = int(completion_mask[i].sum())
+        if len(r_ids) != n:
+            raise DistillkitError(f"the teacher server returned {len(r_ids)} rows of logprobs for a sample of {n} "
+                                  "completion tokens; refusing to train on misaligned labels")
+        ids[i, :n] = torch.from_numpy(r_ids[:n].astype("int64"))
+        lps[i, :n] = torch.from_numpy(r_lps[:n].astype("float32"))
+    device = completion_mask.device
+    return ids.to(device), lps.to(device)
+
+
+def served_trainer_class():
+    from trl import DistillationTrainer
+
+    from distillkit.train.losses import chunked_kd_loss
+    from distillkit.train.trainer import output_projection
+
+    class ServedTeacherTrainer(DistillationTrainer):
+        """TRL's on-policy loop; the teacher's top-k comes from a server, the loss from distillkit."""
+
+        def __init__(self, *args, scorer, kd, **kwargs):
+            super().__init__(*args, teacher_model=None, **kwargs)
+            self.scorer, self.kd, self.topk = scorer, kd, kd.teacher_server.topk
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="teacher")
+            self._pending: dict[int, Future] = {}
+
+        def _submit(self, inputs: dict) -> Future:
+            sequences, starts = teacher_requests(inputs)
+            return self._pool.submit(self.scorer.score, sequences, starts, self.topk)
+
+        def _prepare_inputs(self, generation_batch):
+            before = self._buffered_inputs
+            inputs = super()._prepare_inputs(generation_batch)
+            if self.model.training and self._buffered_inputs is not before:
+                # a new generation batch: score all its micro-batches now, while the student trains on the first
+                self._pending = {id(b): self._submit(b) for b in self._buffered_inputs}
+            return inputs
+
+        def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+            future = self._pending.pop(id(inputs), None) or self._submit(inputs)
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            completion_mask = inputs["completion_mask"]
+            loss_mask = (completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]).bool()
+            hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask,
+                                                 inputs["completion_ids"].size(1))
+            t0 = time.perf_counter()
+            rows = future.result()  # a server error surfaces here, after its retries
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["teacher_wait_s"].append(time.perf_counter() - t0)
+            ids, lps = label_tensors(rows, completion_mask, self.topk)
+            projection = output_projection(unwrapped_student)
+            _, _, kd = chunked_kd_loss(hidden, projection, topk_ids=ids, topk_logprobs=lps, kd_mask=loss_mask,
+                                       alpha=0.0, temperature=self.kd.temperature, divergence=self.kd.divergence,
+                                       beta=self.kd.beta, teacher_probs="topk_tail", chunk_size=self.kd.chunk_size)
+            n = loss_mask.sum()
+            scale = self.kd.temperature ** 2
+            loss = scale * kd * n / num_items_in_batch if num_items_in_batch is not None else scale * kd
+            self._metrics[mode]["kl"].append(float(kd.detach()))
+            # TRL logs the mean student entropy from these; distillkit does not compute the full softmax for it
+            return loss, torch.tensor(float("nan"), device=hidden.device), n.detach()
+
+        def close_teacher(self) -> None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.scorer.close()
+
+    return ServedTeacherTrainer
+
+
+def served_teacher(cfg: RecipeConfig) -> TeacherConfig:
+    """The served teacher as a TeacherConfig (model for its tokenizer, the endpoint to score with)."""
+    s = cfg.train.kd.teacher_server
+    return TeacherConfig(model=s.model or cfg.generate.teacher.model, backend="openai", openai=s.openai,
+                         vllm=cfg.generate.teacher.vllm)
+
+
+def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
+    """On-policy training against a served teacher (see the module docstring)."""
+    from datasets import Dataset
+    from trl import DistillationConfig
+
+    from distillkit.score.scorers import ServerScorer
+    from distillkit.train.stage import check_shared_vocabulary, on_policy_args
+
+    t = cfg.train
+    teacher = served_teacher(cfg)
+    scorer = ServerScorer.from_config(teacher, t.kd.teacher_server.topk, cfg.seed)
+    try:
+        check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model)
+        beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
+        prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
+        dargs = DistillationConfig(**on_policy_args(args), beta=beta, temperature=t.kd.temperature,
+                                   max_completion_length=t.on_policy.max_new_tokens)
+        return served_trainer_class()(model=model, args=dargs, train_dataset=Dataset.from_list(prompts),
+                                      processing_class=tokenizer, scorer=scorer, kd=t.kd)
+    except BaseException:
+        scorer.close()
+        raise
