@@ -140,7 +140,7 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
         check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model)
         beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
         prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
-        dargs = DistillationConfig(**on_policy_args(args), beta=beta, temperature=t.kd.temperature,
+        dargs = DistillationConfig(**on_policy_args(args, len(prompts)), beta=beta, temperature=t.kd.temperature,
                                    max_completion_length=t.on_policy.max_new_tokens)
         return served_trainer_class()(model=model, args=dargs, train_dataset=Dataset.from_list(prompts),
                                       processing_class=tokenizer, scorer=scorer, kd=t.kd)

@@ -362,8 +362,16 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
 
 
-def on_policy_args(args) -> dict:
-    """The SFTConfig settings TRL's on-policy configs share."""
+def on_policy_args(args, num_prompts: int | None = None) -> dict:
+    """The SFTConfig settings TRL's on-policy configs share; refuses a generation batch larger than the prompts
+    (TRL samples whole batches of per_device_train_batch_size x gradient_accumulation_steps x processes prompts,
+    and with fewer prompts transformers stops on an empty dataloader)."""
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    if num_prompts is not None and num_prompts < batch:
+        raise DistillkitError(
+            f"train.on_policy samples batches of train.per_device_train_batch_size x gradient_accumulation_steps "
+            f"x processes = {batch} prompts, but the training data has {num_prompts}; lower "
+            "train.gradient_accumulation_steps or train.per_device_train_batch_size, or add prompts")
     return {k: v for k, v in args.to_dict().items()
             if k in ("output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
                      "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "seed", "data_seed",
@@ -384,7 +392,7 @@ def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     t = cfg.train
     beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
     teacher_path = resolve_model(cfg.generate.teacher.model)
-    common = on_policy_args(args)
+    common = on_policy_args(args, len(records) if t.on_policy.lmbda >= 1.0 else None)
     from datasets import Dataset
 
     if t.on_policy.lmbda >= 1.0:

@@ -206,3 +206,31 @@ def test_training_reads_the_scored_records_and_hashes_stay(tmp_path):
     assert scored.records_dir == tmp_path / "score" and scored.label_teacher.model == "some/teacher"
     changed = scored.model_copy(update={"score": scored.score.model_copy(update={"topk": 5})})
     assert stage_config_hash(scored, "train") != stage_config_hash(changed, "train")
+
+
+def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir):
+    """`openai.serve: true`: a vLLM server for the teacher on this machine (args from teacher.vllm), stopped on close."""
+    import contextlib
+
+    from distillkit.config import TeacherConfig
+    from distillkit.evaluate import harness
+    from distillkit.generate.backends.openai_http import open_endpoint
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake_server(path, seed, extra_args=()):
+        events.append(("start", path, list(extra_args)))
+        yield "http://127.0.0.1:1234"
+        events.append(("stop",))
+
+    monkeypatch.setattr(harness, "vllm_server", fake_server)
+    teacher = TeacherConfig(model=str(smollm2_dir), backend="openai", openai={"serve": True},
+                            vllm={"max_model_len": 2048})
+    url, model, stack = open_endpoint(teacher, seed=0, topk=32)
+    assert url == "http://127.0.0.1:1234/v1" and model == str(smollm2_dir)
+    assert events == [("start", str(smollm2_dir), ["--max-logprobs", "32", "--max-model-len", "2048"])]
+    stack.close()
+    assert events[-1] == ("stop",)
+    plain = TeacherConfig(model="x", backend="openai", openai={"base_url": "http://h:8000/v1"})
+    assert open_endpoint(plain)[:2] == ("http://h:8000/v1", "x")

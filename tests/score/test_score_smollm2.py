@@ -1,5 +1,6 @@
 """Scoring on the real SmolLM2-135M-Instruct with vLLM: the soft labels `score` writes for traces that
-generate sampled with top-20 are the ones generate captured, in-process and through a vLLM server."""
+generate sampled with top-20 are the ones generate captured, in-process and through a vLLM server; and
+on-policy training against that server."""
 
 from __future__ import annotations
 
@@ -70,16 +71,49 @@ def test_scored_labels_are_the_ones_generate_captured(generated):
     assert positions == m.counts["tokens"] > 100
 
 
-def test_a_vllm_server_scores_the_same(generated, tmp_path, monkeypatch):
-    """`teacher.backend: openai` with `serve: true`: distillkit starts a vLLM server and scores through it."""
+@pytest.fixture(scope="module")
+def server(smollm2_dir):
+    """One vLLM server over the real SmolLM2 for this module (as `openai.serve: true` starts it)."""
+    from distillkit.evaluate.harness import vllm_server
+
+    with vllm_server(str(smollm2_dir), seed=0, extra_args=["--max-logprobs", str(K), "--max-model-len", "1024"]) as url:
+        yield url
+
+
+def test_a_vllm_server_scores_the_same(generated, server, tmp_path):
+    """`teacher.backend: openai`: scoring through a vLLM server gives the labels generate captured."""
     from distillkit.score.stage import run_score
 
     cfg, _ = generated
-    served = make_cfg(cfg.generate.teacher.model, cfg.run_dir, input=str(cfg.stage_dir("generate")),
+    served = make_cfg(cfg.generate.teacher.model, tmp_path, input=str(cfg.stage_dir("generate")),
                       teacher={"model": cfg.generate.teacher.model, "backend": "openai",
-                               "openai": {"serve": True, "max_concurrency": 4}})
-    served = served.model_copy(update={"output_dir": str(tmp_path)})
+                               "openai": {"base_url": server + "/v1", "model": str(cfg.generate.teacher.model),
+                                          "max_concurrency": 4}})
     m = run_score(served)
     assert m.counts["records"] == 6 and m.stats["backend"] == "openai"
     assert_same_labels(read_records(cfg.stage_dir("generate")).to_list(),
                        read_records(served.stage_dir("score")).to_list())
+
+
+def test_on_policy_training_against_the_served_teacher(generated, server, smollm2_dir, tmp_path):
+    """`train.kd.teacher_probs: served`: a 4-layer SmolLM2 student samples, the real server scores, one step."""
+    from distillkit.records import write_shard, record_features
+    from distillkit.train.stage import run_train
+
+    cfg, _ = generated
+    run = validate_recipe({
+        "name": "op", "output_dir": str(tmp_path), "stages": ["filter", "train"],
+        "generate": {"teacher": {"model": str(smollm2_dir)}},
+        "train": {"student": {"model": str(smollm2_dir), "keep_layers": "first:4"}, "method": "full",
+                  "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "num_train_epochs": 1, "max_length": 256, "bf16": False,
+                  "gradient_checkpointing": False, "logging_steps": 1, "save_steps": 1000,
+                  "on_policy": {"enabled": True, "max_new_tokens": 12},
+                  "kd": {"enabled": True, "teacher_probs": "served", "divergence": "reverse_kl",
+                         "teacher_server": {"topk": K, "openai": {"base_url": server + "/v1",
+                                                                  "model": str(smollm2_dir)}}}}})
+    records = read_records(cfg.stage_dir("generate")).to_list()
+    one_per_prompt = list({r["prompt_id"]: r for r in records}.values())[:2]
+    write_shard(run.stage_dir("filter"), 0, one_per_prompt, record_features(K))
+    m = run_train(run)
+    (point,) = m.stats["loss_curve"]
+    assert m.stats["global_steps"] == 1 and 0 < point["kl"] < 50 and point["loss"] > 0

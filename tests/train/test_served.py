@@ -140,6 +140,18 @@ def test_a_failing_server_stops_training_with_its_error(tmp_path, tiny_llama, ti
     assert made[0].closed
 
 
+def test_fewer_prompts_than_a_generation_batch_is_a_clear_error(tmp_path, tiny_llama, tiny_qwen2, tiny_records,
+                                                                 stand_in):
+    from distillkit.train.stage import run_train
+
+    cfg = served_recipe(tmp_path, tiny_records[:2], tiny_llama, tiny_qwen2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=4)
+    with pytest.raises(DistillkitError, match="batches of .* = 8 prompts, but the training data has 2; lower "
+                                              "train.gradient_accumulation_steps"):
+        run_train(cfg)
+    assert stand_in[0][0].closed  # the server connection is not left open
+
+
 def test_misaligned_rows_are_refused():
     import torch
 
