@@ -24,11 +24,31 @@ log = logging.getLogger(__name__)
 _NOT_HASHED = {"filter": {"num_workers", "executor"}, "train": {"resume", "report_to", "logging_steps"}}
 
 
+def _default_server() -> dict:
+    from distillkit.config import ServedTeacherConfig
+
+    return ServedTeacherConfig().model_dump(mode="json")
+
+
+# Keys added after runs were made: hashed only when set away from their default, so a finished run of a
+# recipe that does not use them keeps its hash (and is not refused as "a different config") after an upgrade.
+_ADDED_LATER = [
+    ("generate", ("teacher", "openai", "serve"), lambda: False),
+    ("train", ("kd", "teacher_server"), _default_server),
+]
+
+
 def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     """Hash of a stage's config and of every upstream stage's config (a change upstream reruns it)."""
     # `score` only counts where the recipe runs it: adding the stage to distillkit did not rehash other runs.
     upto = [s for s in STAGES[: STAGES.index(stage) + 1] if s != "score" or "score" in cfg.stages or s == stage]
     content = {s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s)) for s in upto}
+    for s, path, default in _ADDED_LATER:
+        parent = content.get(s)
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and parent.get(path[-1]) == default():
+            del parent[path[-1]]
     if "train" in upto and cfg.train.sources:
         # the training data, not only its path: an edited local file retrains (stage outputs and Hub datasets
         # are named by their config; a missing path fails later with a clear error)

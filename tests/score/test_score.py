@@ -208,6 +208,21 @@ def test_training_reads_the_scored_records_and_hashes_stay(tmp_path):
     assert stage_config_hash(scored, "train") != stage_config_hash(changed, "train")
 
 
+def test_keys_added_later_leave_existing_hashes_alone(tmp_path):
+    """`teacher.openai.serve` and `train.kd.teacher_server` are hashed only when set: a finished run of a recipe
+    that does not use them keeps its hash (the quickstart's hashes below were those of runs made before them)."""
+    from distillkit.config import load_recipe
+
+    cfg = load_recipe("quickstart", [f"output_dir={tmp_path}"])
+    before = {s: stage_config_hash(cfg, s) for s in ("generate", "filter", "train", "evaluate")}
+    served = load_recipe("quickstart", [f"output_dir={tmp_path}", "generate.teacher.openai.serve=true"])
+    assert stage_config_hash(served, "generate") != before["generate"]
+    topk = load_recipe("quickstart", [f"output_dir={tmp_path}", "train.kd.teacher_server.topk=5"])
+    assert stage_config_hash(topk, "train") != before["train"] and stage_config_hash(topk, "filter") == before["filter"]
+    assert before == {"generate": "8658471f8fe76c6e", "filter": "23df901a3e3d56f2", "train": "fbf6e7e2be69d188",
+                      "evaluate": "662f2784a24d9543"}
+
+
 def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir):
     """`openai.serve: true`: a vLLM server for the teacher on this machine (args from teacher.vllm), stopped on close."""
     import contextlib
