@@ -99,7 +99,8 @@ class ServerScorer:
                                    limits=httpx.Limits(max_connections=max_concurrency))
 
     @classmethod
-    def from_config(cls, teacher, topk: int, seed: int = 0) -> "ServerScorer":
+    def from_config(cls, teacher, topk: int, seed: int = 0, key: str = "score.teacher") -> "ServerScorer":
+        """`key`: where the teacher is configured in the recipe, for error messages."""
         from transformers import AutoTokenizer
 
         from distillkit.errors import DistillkitError
@@ -110,14 +111,14 @@ class ServerScorer:
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolve_model(teacher.model))
         except OSError as e:
-            raise DistillkitError(f"score.teacher.model {teacher.model!r}: scoring tokenizes the traces with the "
+            raise DistillkitError(f"{key}.model {teacher.model!r}: scoring tokenizes the traces with the "
                                   f"teacher's tokenizer, which could not be loaded ({e}); give the model's Hub id "
                                   "or folder (the server's weights are not needed here)") from e
         base_url, model, server = open_endpoint(teacher, seed, topk)
         scorer = cls(base_url, model, tokenizer, os.environ.get(o.api_key_env), o.max_concurrency, o.timeout_s,
                      o.max_retries, server)
         try:
-            check_reachable(scorer.client, scorer.base_url, key="score.teacher.openai")
+            check_reachable(scorer.client, scorer.base_url, key=f"{key}.openai")
         except BaseException:
             scorer.close()
             raise

@@ -135,7 +135,7 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
 
     t = cfg.train
     teacher = served_teacher(cfg)
-    scorer = ServerScorer.from_config(teacher, t.kd.teacher_server.topk, cfg.seed)
+    scorer = ServerScorer.from_config(teacher, t.kd.teacher_server.topk, cfg.seed, key="train.kd.teacher_server")
     try:
         check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model)
         beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)

@@ -249,3 +249,15 @@ def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir
     assert events[-1] == ("stop",)
     plain = TeacherConfig(model="x", backend="openai", openai={"base_url": "http://h:8000/v1"})
     assert open_endpoint(plain)[:2] == ("http://h:8000/v1", "x")
+
+
+def test_an_unreachable_server_is_named_with_the_key_to_fix(smollm2_dir):
+    from distillkit.config import TeacherConfig
+    from distillkit.generate.backends.openai_http import EndpointError
+    from distillkit.score.scorers import ServerScorer
+
+    teacher = TeacherConfig(model=str(smollm2_dir), backend="openai",
+                            openai={"base_url": "http://127.0.0.1:9/v1", "timeout_s": 2})
+    with pytest.raises(EndpointError, match=r"cannot reach the teacher endpoint http://127.0.0.1:9/v1 .* fix "
+                                            r"train.kd.teacher_server.openai.base_url"):
+        ServerScorer.from_config(teacher, 20, key="train.kd.teacher_server")

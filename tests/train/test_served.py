@@ -68,7 +68,8 @@ def stand_in(monkeypatch, tiny_qwen2):
 
     made = []
 
-    def from_config(teacher, topk, seed=0, **kw):
+    def from_config(teacher, topk, seed=0, key=None):
+        assert key == "train.kd.teacher_server"
         assert teacher.model == str(tiny_qwen2) and topk == K and teacher.backend == "openai"
         made.append(ModelScorer(tiny_qwen2, **made_kwargs))
         return made[-1]
