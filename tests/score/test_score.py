@@ -261,3 +261,25 @@ def test_an_unreachable_server_is_named_with_the_key_to_fix(smollm2_dir):
     with pytest.raises(EndpointError, match=r"cannot reach the teacher endpoint http://127.0.0.1:9/v1 .* fix "
                                             r"train.kd.teacher_server.openai.base_url"):
         ServerScorer.from_config(teacher, 20, key="train.kd.teacher_server")
+
+
+@pytest.mark.timeout(300)
+def test_a_32k_token_trace_on_the_real_152k_tokenizer(tmp_path):
+    """The per-token path at real size: an R1 trace of ~32k tokens is tokenized by the real R1-Distill-Qwen
+    tokenizer, round-trips, and its 32k x 20 labels are written aligned (a quadratic step would hang here)."""
+    from transformers import AutoTokenizer
+
+    from distillkit.score.stage import score_shard
+    from distillkit.testing.real_tokenizers import r1_distill_qwen_tokenizer
+    from distillkit.testing.traces import synthetic_record
+
+    r1 = AutoTokenizer.from_pretrained(r1_distill_qwen_tokenizer(think_prefill=True))
+    rec = synthetic_record(0, chars=120_000)
+    rec.pop("completion_ids", None)
+    rows, skipped = score_shard([rec], FakeScorer(r1), 20, "r1", record_features(20))
+    (row,) = rows
+    n = len(row["completion_ids"])
+    assert skipped == [] and n > 25_000 and row["topk_ids"].shape == (n, 20)
+    assert r1.decode(row["completion_ids"][:-1]) == rec["completion"] and row["completion_ids"][-1] == r1.eos_token_id
+    assert (row["topk_ids"][:, 0] == np.asarray(row["completion_ids"])).all()
+    write_shard(tmp_path, 0, rows, record_features(20))
