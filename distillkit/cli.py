@@ -191,8 +191,15 @@ def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verb
         manifest = read_manifest(cfg.stage_dir("filter"))
         if manifest is not None:
             out.print(funnel_table(manifest))
+            _print_filter_warnings(manifest)
     except (ImportError, AttributeError):
         pass
+
+
+def _print_filter_warnings(manifest) -> None:
+    """The filter's "could not judge" warnings (filter.warn_cannot_judge), on stderr."""
+    for w in (manifest.stats or {}).get("warnings") or []:
+        err.print(f"[yellow]warning[/]: filter: {w}")
 
 
 @app.command()
@@ -248,6 +255,8 @@ def run(args: RecipeArgs = None,
         return
     for stage, manifest in manifests.items():
         _print_manifest(stage, manifest)
+        if stage == "filter":
+            _print_filter_warnings(manifest)
     comparison = cfg.stage_dir("evaluate") / "comparison.md"
     if "evaluate" in manifests and comparison.exists():
         out.print(comparison.read_text())

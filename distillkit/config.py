@@ -217,6 +217,13 @@ class VerifierSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     kind: str
     """Registered verifier name (see `distillkit filter --help`)."""
+    on_cannot_judge: Optional[Literal["keep", "reject"]] = None
+    """A record this verifier cannot judge (no gold answer, no tests, an unparseable judge reply) is kept or
+    rejected. Default: reject for `judge` (deciding is its only job), keep for the others."""
+
+    @property
+    def rejects_unjudged(self) -> bool:
+        return (self.on_cannot_judge or ("reject" if self.kind == "judge" else "keep")) == "reject"
 
     @model_validator(mode="after")
     def _known_kind(self):
@@ -327,6 +334,8 @@ class FilterConfig(StrictModel):
     """Worker processes for math and code verification (in each executor task)."""
     executor: FilterExecutorConfig = Field(default_factory=FilterExecutorConfig)
     write_rejected: bool = True
+    warn_cannot_judge: float = Field(0.2, ge=0, le=1)
+    """Warn (CLI, manifest, report) when a verifier cannot judge more than this share of the records it saw."""
     stop_at_first_rejection: bool = False
     """Skip later verifiers once one rejects a record: faster, but rejected records then carry only
     the reasons found up to there (by default every verifier judges every record)."""

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
 # `train.resume=true` continues the same run instead of being refused as a different config.
-_NOT_HASHED = {"filter": {"num_workers", "executor"}, "train": {"resume", "report_to", "logging_steps"}}
+_NOT_HASHED = {"filter": {"num_workers", "executor", "warn_cannot_judge"}, "train": {"resume", "report_to", "logging_steps"}}
 
 
 def _default_server() -> dict:
@@ -35,6 +35,7 @@ def _default_server() -> dict:
 _ADDED_LATER = [
     ("generate", ("teacher", "openai", "serve"), lambda: False),
     ("train", ("kd", "teacher_server"), _default_server),
+    ("filter", ("verifiers", "*", "on_cannot_judge"), lambda: None),
 ]
 
 
@@ -44,11 +45,13 @@ def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     upto = [s for s in STAGES[: STAGES.index(stage) + 1] if s != "score" or "score" in cfg.stages or s == stage]
     content = {s: getattr(cfg, s).model_dump(mode="json", exclude=_NOT_HASHED.get(s)) for s in upto}
     for s, path, default in _ADDED_LATER:
-        parent = content.get(s)
-        for key in path[:-1]:
-            parent = parent.get(key) if isinstance(parent, dict) else None
-        if isinstance(parent, dict) and parent.get(path[-1]) == default():
-            del parent[path[-1]]
+        parents = [content.get(s)]
+        for key in path[:-1]:  # "*": every element of a list
+            parents = [x for p in parents for x in (p if key == "*" and isinstance(p, list)
+                                                     else [p.get(key)] if isinstance(p, dict) else [])]
+        for parent in parents:
+            if isinstance(parent, dict) and parent.get(path[-1]) == default():
+                del parent[path[-1]]
     if "train" in upto and cfg.train.sources:
         # the training data, not only its path: an edited local file retrains (stage outputs and Hub datasets
         # are named by their config; a missing path fails later with a clear error)

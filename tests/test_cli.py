@@ -104,6 +104,27 @@ def test_run_skips_stages_whose_manifest_matches(tmp_path, monkeypatch):
     assert calls[-2:] == ["generate", "filter"]
 
 
+def test_filter_warnings_are_printed_by_filter_and_run(tmp_path, monkeypatch, capsys):
+    """`distillkit filter` and `distillkit run` print the filter's "could not judge" warnings (stderr)."""
+    from distillkit import cli
+
+    warning = "judge could not judge 3 of 3 records (100%: judge_unparseable 3); they were rejected"
+
+    def fake(stage):
+        def run(cfg, overwrite=False):
+            out = StageOutput(cfg.stage_dir(stage), stage, stage_config_hash(cfg, stage))
+            out.begin(overwrite=overwrite)
+            stats = {"funnel": [], "reasons": {}, "warnings": [warning]} if stage == "filter" else {}
+            return out.finish(counts={"records": 0}, stats=stats)
+        return run
+
+    monkeypatch.setattr(pipeline, "stage_function", fake)
+    cli.run([f"output_dir={tmp_path}/run", "stages=[filter]"])
+    assert f"warning: filter: {warning}" in " ".join(capsys.readouterr().err.split())
+    cli.filter_([f"output_dir={tmp_path}/run", "stages=[filter]"])
+    assert f"warning: filter: {warning}" in " ".join(capsys.readouterr().err.split())
+
+
 def test_sigterm_unwinds_like_ctrl_c(tmp_path):
     # `kill PID` must run `finally` blocks (they shut the vLLM engine processes down).
     marker = tmp_path / "cleaned"

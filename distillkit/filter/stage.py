@@ -179,6 +179,25 @@ class _Rows:
 _DEDUP_CODE = {"exact_duplicate": 1, "near_duplicate": 2}
 
 
+def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterConfig) -> list[str]:
+    """One line per verifier that could not judge more than `filter.warn_cannot_judge` of the records it saw."""
+    from distillkit.filter.verifiers.base import DEFERRED
+    from distillkit.filter.verify import step_names
+
+    out = []
+    for i, (step, spec) in enumerate(zip(step_names(cfg), cfg.verifiers)):
+        counts = outcomes.get(step, {})
+        seen = sum(sum(dict(c).values()) for c in counts.values())
+        unjudged = Counter({r: c for r, c in (counts.get("cannot_judge") or {}).items() if r not in DEFERRED})
+        n = sum(unjudged.values())
+        if seen and n / seen > cfg.warn_cannot_judge:
+            top = ", ".join(f"{r} {c}" for r, c in unjudged.most_common(3))
+            fate = "rejected" if spec.rejects_unjudged else "kept"
+            out.append(f"{step} could not judge {n} of {seen} records ({n / seen:.0%}: {top}); they were {fate} "
+                       f"(filter.verifiers[{i}].on_cannot_judge). Check the verifier's inputs and settings")
+    return out
+
+
 def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     """Dedup and selection over all records' keys, and the funnel/reasons/sources stats."""
     from distillkit.filter.selection import select
@@ -240,7 +259,10 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
                          "pass_rate": round(passed / records, 4) if records else 0.0,
                          "prompts": len(np.unique(keys.prompt[mine])),
                          "prompts_kept": len(np.unique(keys.prompt[mine & alive]))}
-    stats = FilterStats(funnel=funnel,
+    warnings = cannot_judge_warnings(outcomes, cfg)
+    for w in warnings:
+        log.warning("filter: %s", w)
+    stats = FilterStats(funnel=funnel, warnings=warnings,
                         reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
                         outcomes={k: {o: dict(sorted(v.get(o, Counter()).items())) for o in OUTCOME_OF.values()}
                                   for k, v in outcomes.items()},

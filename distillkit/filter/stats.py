@@ -7,6 +7,7 @@ CLI funnel, the dataset card and the report read them through it.
     sources   {source: SourceStats}
     verifiers {step: {...}}                         usage of verifiers that report it (the judge's requests,
                                                     cache hits, tokens); empty when none does
+    warnings  [str]                                 verifiers that could not judge too many records
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class FilterStats(_Schema):
     outcomes: dict[str, dict[str, dict[str, int]]] = Field(default_factory=dict)
     sources: dict[str, SourceStats] = Field(default_factory=dict)
     verifiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    """Verifiers that could not judge more than `filter.warn_cannot_judge` of their records."""
 
     def dump(self) -> dict[str, Any]:
         """As written into the manifest."""

@@ -24,6 +24,7 @@ import numpy as np
 from distillkit.config import FilterConfig
 from distillkit.errors import DistillkitError
 from distillkit.filter.verifiers.base import Verdict
+from distillkit.filter.verifiers.base import fails as verdict_fails
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Judge:
             from distillkit.filter.decontaminate import Decontaminator
 
             self.deco = Decontaminator(cfg.decontaminate.benchmarks, cfg.decontaminate.ngram)
+        self.rejects_unjudged = {step: spec.rejects_unjudged for step, spec in zip(self.steps, cfg.verifiers)}
         self.chain = []
         try:
             for step, spec in zip(self.steps, cfg.verifiers):
@@ -140,6 +142,9 @@ class Judge:
         verdicts: list[list[tuple[str, Verdict]]] = [[] for _ in range(n)]
         alive = np.ones(n, dtype=bool)
 
+        def fails(step: str, v: Verdict) -> bool:
+            return verdict_fails(v, self.rejects_unjudged.get(step, False))
+
         def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
             before = int(alive.sum())
             outs = tally.outcomes.setdefault(step, {o: Counter() for o in OUTCOME_OF.values()})
@@ -147,7 +152,7 @@ class Judge:
                 verdicts[i].append((step, v))
                 outs[OUTCOME_OF[v.passed]][v.reason] += 1
             for i in candidates:
-                if i in judged and judged[i].passed is False:
+                if i in judged and fails(step, judged[i]):
                     alive[i] = False
             row = tally.funnel.setdefault(step, [0, 0, 0])
             row[0] += before
@@ -184,7 +189,7 @@ class Judge:
 
         # The teacher's solve rate per prompt counts verifier passes only: a correct trace dropped later
         # as a duplicate was still solved.
-        passed = np.array([all(v.passed is not False for s, v in verdicts[i] if s != "decontaminate")
+        passed = np.array([not any(fails(s, v) for s, v in verdicts[i] if s != "decontaminate")
                            for i in range(n)], dtype=bool)
         order_len = np.array([r.get("completion_tokens") or len(r.get("completion") or "") for r in records],
                              dtype=np.int64)

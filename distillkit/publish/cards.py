@@ -122,8 +122,13 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         limitations.append(f"The student kept only some of its base model's layers ({t.student.keep_layers}); "
                            "it is a new architecture size, not a fine-tune of the full base model.")
     teacher_probs = {"topk_tail": "stored top-{k} + tail bucket", "topk_renorm": "stored top-{k}, renormalized",
-                     "live": "live teacher, full vocabulary"}[t.kd.teacher_probs]
-    teacher_probs = teacher_probs.format(k=cfg.generate.sampling.topk_logprobs)
+                     "live": "live teacher, full vocabulary",
+                     "served": "served teacher's top-{k} + tail bucket"}[t.kd.teacher_probs]
+    if "score" in cfg.stages and t.kd.teacher_probs.startswith("topk"):
+        teacher_probs = teacher_probs.format(k=cfg.score.topk) + f", scored by {cfg.score.teacher.model}"
+    else:
+        k = t.kd.teacher_server.topk if t.kd.teacher_probs == "served" else cfg.generate.sampling.topk_logprobs
+        teacher_probs = teacher_probs.format(k=k)
     kd = (f"soft-label KD ({t.kd.divergence}, {teacher_probs}, alpha={t.kd.alpha}, T={t.kd.temperature}) "
           "+ cross-entropy" if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
     method_summary = f"{t.method} training, {kd}" + (", on-policy" if t.on_policy.enabled else "")

@@ -334,7 +334,7 @@ color:#222;overflow-wrap:anywhere}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 .chart{display:block;max-width:100%;height:auto}.chart text{font-size:12px;fill:#333}
 .chart .tick{fill:#666;font-size:11px}.chart .axis,.chart .group{font-weight:600}
-.empty{color:#888;font-style:italic}.error{color:#b00}.note,.small{color:#555;font-size:.88em}.scroll{overflow-x:auto}
+.empty{color:#888;font-style:italic}.error{color:#b00}.warning{color:#8a5a00;background:#fff6e0;padding:4px 8px}.note,.small{color:#555;font-size:.88em}.scroll{overflow-x:auto}
 table{border-collapse:collapse;margin:6px 0;overflow-wrap:break-word}
 td,th{padding:3px 7px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 .sample{border:1px solid #ddd;border-radius:6px;margin:8px 0;padding:6px 10px}
@@ -389,7 +389,8 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DistillkitError(f"{run_dir}: no such run folder; give the output_dir of a run, e.g. runs/quickstart")
-    stages = {s: read_manifest(run_dir / s) for s in ("generate", "filter", "train", "evaluate", "publish")}
+    optional = ["score"] if (run_dir / "score").is_dir() else []  # listed only where the run has it
+    stages = {s: read_manifest(run_dir / s) for s in ("generate", "filter", *optional, "train", "evaluate", "publish")}
     if not any(stages.values()):
         raise DistillkitError(f"{run_dir} holds no finished stage (no */manifest.json); run a stage first")
 
@@ -415,8 +416,8 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
         funnel = reasons = _empty("filter has not run")
     else:
         fstats = FilterStats.of(fm)
-        funnel = svg_bars([(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else ""))
-                           for r in fstats.funnel])
+        funnel = "".join(f"<p class='warning'>warning: {_esc(w)}</p>" for w in fstats.warnings) + svg_bars(
+            [(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else "")) for r in fstats.funnel])
         reasons = _reasons_section(_reason_counts(verdicts, fstats, bool(rej_len) or not fm.counts.get("rejected")))
 
     samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",

@@ -177,7 +177,7 @@ def prepare(tokenizer, record: dict, max_len: int | None) -> Prepared:
     ids, retokenized = completion_ids(tokenizer, record)
     if ids is None:
         return Prepared(record, skip="not_roundtrip", retokenized=True)
-    if max_len is not None and len(prompt_ids) + len(ids) > max_len:
+    if max_len is not None and len(prompt_ids) + len(ids) >= max_len:  # vLLM wants room for the 1 sampled token
         return Prepared(record, skip="too_long", retokenized=retokenized)
     return Prepared(record, prompt_ids + ids, len(prompt_ids), retokenized=retokenized)
 

@@ -448,3 +448,36 @@ def test_real_vllm_judge_garbage_is_unparseable_and_cached(vllm_server, tmp_path
     assert [v.reason for v in again] == [v.reason for v in verdicts]
     assert (stats.get("requests", 0), stats["cache_hits"]) == (0, 2)
     assert served_requests(vllm_server) - before == 2
+
+
+def test_records_the_judge_cannot_judge_are_rejected_by_default_and_warned_about(stub, tmp_path):
+    """A judge that never writes a verdict line: every record is judge_unparseable. Deciding is the judge's
+    only job, so by default they are rejected, and the manifest carries a warning the CLI and report show."""
+    stub.script = {"[": "Looks plausible to me."}
+    result = filter_records(stage_records(), stage_config(stub.base_url, tmp_path, with_math=False),
+                            show_progress=False)
+    assert result.kept == [False, False, False]
+    judge_row = next(r for r in result.stats["funnel"] if r["step"] == "judge")
+    assert judge_row["rejected"] == 3 and result.stats["outcomes"]["judge"]["cannot_judge"] == {"judge_unparseable": 3}
+    assert result.stats["warnings"] == [
+        "judge could not judge 3 of 3 records (100%: judge_unparseable 3); they were rejected "
+        "(filter.verifiers[0].on_cannot_judge). Check the verifier's inputs and settings"]
+    assert result.stats["sources"]["s"]["passed_verifiers"] == 0  # not counted as solved either
+
+    keep = stage_config(stub.base_url, tmp_path, with_math=False, on_cannot_judge="keep")
+    result = filter_records(stage_records(), keep, show_progress=False)
+    assert result.kept == [True, True, True] and "they were kept" in result.stats["warnings"][0]
+
+
+def test_on_cannot_judge_applies_to_any_verifier_and_the_warning_share_is_set(stub, tmp_path):
+    """math cannot judge the record without a gold answer: kept by default, rejected with on_cannot_judge: reject;
+    one of three (33%) is over the default 20% warning share and under a share of 0.5."""
+    base = {"dedup": {"exact": False, "near": {"enabled": False}}, "num_workers": 1}
+    kept = filter_records(stage_records(), FilterConfig(verifiers=[VerifierSpec(kind="math")], **base),
+                          show_progress=False)
+    assert kept.kept == [True, False, True] and "math could not judge 1 of 3 records" in kept.stats["warnings"][0]
+    strict = FilterConfig(verifiers=[VerifierSpec(kind="math", on_cannot_judge="reject")], warn_cannot_judge=0.5, **base)
+    result = filter_records(stage_records(), strict, show_progress=False)
+    assert result.kept == [True, False, False] and result.stats["warnings"] == []
+    with pytest.raises(ValueError, match="on_cannot_judge"):
+        VerifierSpec(kind="math", on_cannot_judge="maybe")

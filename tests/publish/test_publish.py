@@ -57,6 +57,12 @@ def test_model_card_training_table_names_the_objective_and_the_run(run_cfg):
         assert row in card.text
     cfg.train.kd.teacher_probs = "live"
     assert "live teacher, full vocabulary" in cards.render_model_card(cfg).text
+    cfg.train.kd.teacher_probs, cfg.train.on_policy.enabled = "served", True
+    cfg.train.kd.teacher_server.topk = 8
+    assert "served teacher's top-8 + tail bucket" in cards.render_model_card(cfg).text
+    cfg.train.kd.teacher_probs, cfg.stages = "topk_tail", [*cfg.stages, "score"]
+    cfg.score.topk, cfg.score.teacher.model = 32, "org/big-teacher"
+    assert "stored top-32 + tail bucket, scored by org/big-teacher" in cards.render_model_card(cfg).text
 
 
 def test_model_card_validation_reports_problems(run_cfg):

@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict
 class Verdict:
     """What one verifier says about one record.
 
-    `passed` is None when the verifier cannot judge (no gold answer, no tests): the record is not
-    rejected for it, but the funnel counts it under its reason so a user sees how much went unchecked.
+    `passed` is None when the verifier cannot judge (no gold answer, no tests): the record is kept or
+    rejected as its spec's `on_cannot_judge` says, and the funnel counts it under its reason so a user
+    sees how much went unchecked. A reason in DEFERRED means the verifier left the record to another
+    one's verdict (the judge keeping a rule's): neither policy nor warning applies to it.
     """
 
     passed: bool | None
@@ -24,6 +26,15 @@ class Verdict:
     def as_record_entry(self, verifier: str) -> dict[str, Any]:
         """The entry stored in a record's `verdicts` column (the schema has no `detail` field)."""
         return {"verifier": verifier, "passed": self.passed, "reason": self.reason}
+
+
+DEFERRED = frozenset({"rule_verdict_kept"})
+"""passed=None reasons that defer to another verifier's verdict rather than fail to judge."""
+
+
+def fails(v: Verdict, rejects_unjudged: bool) -> bool:
+    """Whether `v` removes its record: a rejection, or "cannot judge" under an on_cannot_judge=reject policy."""
+    return v.passed is False or (v.passed is None and rejects_unjudged and v.reason not in DEFERRED)
 
 
 class NoParams(BaseModel):
