@@ -417,7 +417,7 @@ class KDConfig(StrictModel):
     teacher_probs: Literal["topk_renorm", "topk_tail", "live", "served"] = "topk_tail"
     """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; live: run the teacher
     beside the student; served: a vLLM server scores the student's samples (on-policy; top-k with a tail bucket)."""
-    teacher_server: ServedTeacherConfig = Field(default_factory=lambda: ServedTeacherConfig())
+    teacher_server: ServedTeacherConfig = Field(default_factory=ServedTeacherConfig)
     """The teacher's server for `teacher_probs: served`."""
     chunk_size: PositiveInt = 256
     """Tokens per chunk of the memory-bounded loss (256 keeps the peak ~0.1x of full logits; BENCHMARKS.md)."""

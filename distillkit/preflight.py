@@ -503,18 +503,22 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
         subject = f"student {student_spec}"
         s_tok, s_config = load(student_spec, "student", "error", "")
         needs_teacher = cfg.train.kd.enabled or cfg.train.on_policy.enabled
+        # whose ids the soft labels are on: the scoring teacher with a score stage, a served teacher's model
+        kd = cfg.train.kd
+        label_spec = (kd.teacher_server.model if kd.teacher_probs == "served" and kd.teacher_server.model
+                      else cfg.label_teacher.model)
         t_tok = t_config = None
         if needs_teacher:
-            t_tok, t_config = load(teacher_spec, "teacher", "warning",
+            t_tok, t_config = load(label_spec, "teacher", "warning",
                                    "Vocab compatibility for KD cannot be checked before training.")
         elif cfg.train.student.tokenizer != "own":  # only to see whether the student adopts its tokens
-            if teacher_spec not in loaded:
+            if label_spec not in loaded:
                 try:
-                    loaded[teacher_spec] = load_tokenizer_and_config(teacher_spec)
+                    loaded[label_spec] = load_tokenizer_and_config(label_spec)
                 except DistillkitError as e:
-                    loaded[teacher_spec] = e
-            if isinstance(loaded[teacher_spec], tuple):
-                t_tok, t_config = loaded[teacher_spec]
+                    loaded[label_spec] = e
+            if isinstance(loaded[label_spec], tuple):
+                t_tok, t_config = loaded[label_spec]
         fixed = None
         if s_tok is not None:
             raw = check_tokenizer(s_tok, s_config, subject=subject, is_trained=True)
@@ -531,7 +535,7 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
                                             "nothing to do (train.student.tokenizer: own keeps the student's "
                                             "tokens, with train.kd.enabled: false)", "student"))
         if needs_teacher and fixed is not None and t_tok is not None:
-            pair = f"teacher {teacher_spec} and student {student_spec}"
+            pair = f"teacher {label_spec} and student {student_spec}"
             fix = ("train.student.tokenizer: teacher (or auto) lets a student with the teacher's BPE adopt its "
                    "special tokens; with another BPE set train.kd.enabled: false (SFT on the teacher's text "
                    "works across tokenizers)")
@@ -541,8 +545,8 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
             stored = cfg.train.kd.enabled and cfg.train.kd.teacher_probs != "live"  # labels on the teacher's ids
             if finding.severity != "error" and stored:
                 findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
-        findings += check_context(cfg, stages, s_config, t_config if t_tok is not None else
-                                  _config_only(loaded, teacher_spec))
+        findings += check_context(cfg, stages, s_config, t_config if t_tok is not None and label_spec == teacher_spec
+                                  else _config_only(loaded, teacher_spec))
         soft = check_soft_labels(cfg, stages)
         if soft is not None:
             findings.append(soft)
@@ -593,15 +597,18 @@ def check_soft_labels(cfg, stages: list[str]) -> Optional[Finding]:
     """KD on stored soft labels needs this run's generation to store them (the train stage refuses
     records without top-k, after generation). None when it does not apply."""
     t = cfg.train
-    if not (t.kd.enabled and t.kd.teacher_probs != "live" and not t.sources and "generate" in stages):
+    if not (t.kd.enabled and t.kd.teacher_probs.startswith("topk") and not t.sources and "generate" in stages):
         return None
+    if "score" in cfg.stages:
+        return Finding("soft_labels", "ok", f"the score stage adds {cfg.score.teacher.model}'s top-{cfg.score.topk} "
+                       "logprobs for train.kd.", subject="train")
     if cfg.generate.sampling.topk_logprobs > 0:
         return Finding("soft_labels", "ok", f"the teacher's top-{cfg.generate.sampling.topk_logprobs} logprobs "
                        "are stored for train.kd.", subject="train")
     return Finding("soft_labels", "error", "train.kd is enabled on stored soft labels (kd.teacher_probs="
                    f"{t.kd.teacher_probs}) but generate.sampling.topk_logprobs is 0: the traces would carry none.",
-                   "set generate.sampling.topk_logprobs: 20, or train.kd.teacher_probs: live, or "
-                   "train.kd.enabled: false", "train")
+                   "set generate.sampling.topk_logprobs: 20, or add the `score` stage, or "
+                   "train.kd.teacher_probs: live, or train.kd.enabled: false", "train")
 
 
 def _config_only(loaded: dict, spec: str):

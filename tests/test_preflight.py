@@ -380,6 +380,20 @@ def test_kd_between_families_is_fatal_and_sft_is_not_checked(folders):
     assert "vocab_compat" not in by_check(preflight(recipe(folders["other"], folders["good"]), stages=["train"]))
 
 
+def test_kd_compat_is_checked_against_the_teacher_whose_labels_train_uses(folders):
+    """With a score stage the soft labels are the scoring teacher's; a served teacher's model likewise."""
+    scored = recipe(folders["good"], folders["good"], train__kd__enabled=True, stages=["score", "train"],
+                    score__teacher__model=folders["other"])
+    f = by_check(preflight(scored, stages=["train"]))["vocab_compat"]
+    assert f.severity == "error" and folders["other"] in f.message
+    fine = recipe(folders["other"], folders["good"], train__kd__enabled=True, stages=["score", "train"],
+                  score__teacher__model=folders["good"])
+    assert by_check(preflight(fine, stages=["train"]))["vocab_compat"].severity != "error"
+    served = recipe(folders["good"], folders["good"], train__kd__enabled=True, train__kd__teacher_probs="served",
+                    train__on_policy__enabled=True, train__kd__teacher_server__model=folders["other"])
+    assert by_check(preflight(served, stages=["train"]))["vocab_compat"].severity == "error"
+
+
 def test_openai_teacher_without_a_local_tokenizer_is_a_warning(folders):
     cfg = recipe("deepseek-reasoner", folders["good"], generate__teacher__backend="openai")
     findings = preflight(cfg, stages=["generate"])
@@ -471,6 +485,12 @@ def test_stored_kd_without_stored_soft_labels_stops_before_generation(folders):
     ok = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True,
                           generate__sampling__topk_logprobs=20), stages=["generate", "train"])
     assert [f for f in ok if f.severity == "error"] == []
+    # the score stage adds them: no error, and the finding names the scoring teacher
+    scored = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True,
+                              generate__sampling__topk_logprobs=0, stages=["generate", "score", "train"],
+                              score__teacher__model=folders["good"]), stages=["generate", "score", "train"])
+    assert [f for f in scored if f.severity == "error"] == []
+    assert any(f.check == "soft_labels" and "score stage adds" in f.message for f in scored)
 
 
 def test_findings_print_one_entry_each_within_80_columns():
