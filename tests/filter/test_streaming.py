@@ -42,7 +42,9 @@ def case(tmp_path_factory):
 def test_same_output_as_the_in_memory_filter(case):
     expected = json.loads(gzip.open(EXPECTED, "rt").read())
     m = run_filter(case, show_progress=False)
-    assert m.stats == expected["stats"]
+    # keys the old filter did not write (warnings) are checked for themselves, the rest must be equal
+    assert {k: m.stats[k] for k in expected["stats"]} == expected["stats"]
+    assert set(m.stats) - set(expected["stats"]) == {"warnings"} and m.stats["warnings"] == []
     assert m.counts == expected["counts"]
     got = outputs(case)
     assert got.keys() == expected["records"].keys()
