@@ -113,6 +113,11 @@ def test_report_contains_every_section_and_escapes_text(tmp_path):
     assert "<code>distillkit_arith</code> v1" in page
     assert "one-shot arithmetic" in page and "last \\boxed{} or" in page  # task_info line
     assert not re.search(r"(src|href)=['\"]?https?:", page)  # self-contained: nothing fetched
+    # the teacher's pass rate per prompt, from the filter manifest
+    difficulty = _section(page, "difficulty")
+    pr = json.loads((run / "filter" / "manifest.json").read_text())["stats"]["pass_rates"]
+    assert f"{pr['prompts']} prompts" in difficulty and "<svg" in difficulty
+    assert all(f"{float(rate):.0%}" in difficulty for rate in pr["histogram"])
 
 
 def test_rejection_reasons_are_rejections_only(tmp_path):

@@ -152,6 +152,7 @@ class Decisions:
     selection_verdicts: list[Verdict]
     stats: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    pass_rate: np.ndarray | None = None  # float32: the record's prompt's teacher pass rate
 
     def verdicts_of(self, i: int, ids) -> list[tuple[str, Verdict]]:
         out = []
@@ -177,6 +178,17 @@ class _Rows:
 
 
 _DEDUP_CODE = {"exact_duplicate": 1, "near_duplicate": 2}
+
+
+def pass_rate_stats(good: np.ndarray, total: np.ndarray) -> dict[str, Any]:
+    """Per-prompt teacher pass rates (verifier passes over samples): how many prompts at each rate, the mean,
+    and the prompts the teacher never / always solves (what a difficulty band would drop)."""
+    have = total > 0
+    rates = good[have] / total[have]
+    values, counts = np.unique(np.round(rates, 4), return_counts=True)
+    return {"prompts": int(have.sum()), "mean": round(float(rates.mean()), 4) if len(rates) else 0.0,
+            "never": int((good[have] == 0).sum()), "always": int((good[have] == total[have]).sum()),
+            "histogram": {f"{v:g}": int(c) for v, c in zip(values, counts)}}
 
 
 def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterConfig) -> list[str]:
@@ -238,6 +250,8 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     total = np.bincount(keys.prompt, minlength=len(keys.prompt_names)) if n else np.zeros(0)
     good = np.bincount(keys.prompt, weights=keys.passed_verifiers, minlength=len(keys.prompt_names)) if n else np.zeros(0)
     rates = {p: good[p] / total[p] for p in np.flatnonzero(total)}
+    prompt_rate = np.divide(good, total, out=np.zeros(len(total)), where=total > 0)
+    record_rate = prompt_rate[keys.prompt].astype(np.float32) if n else np.zeros(0, np.float32)
     candidates = np.flatnonzero(alive)
     dropped = select(_Rows(keys), candidates.tolist(), rates, cfg.selection)
     table: dict[Verdict, int] = {}
@@ -262,13 +276,13 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     warnings = cannot_judge_warnings(outcomes, cfg)
     for w in warnings:
         log.warning("filter: %s", w)
-    stats = FilterStats(funnel=funnel, warnings=warnings,
+    stats = FilterStats(funnel=funnel, warnings=warnings, pass_rates=pass_rate_stats(good, total),
                         reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
                         outcomes={k: {o: dict(sorted(v.get(o, Counter()).items())) for o in OUTCOME_OF.values()}
                                   for k, v in outcomes.items()},
                         sources=dict(sorted(sources.items())), verifiers=tally.verifiers).dump()
     return Decisions(kept=alive, dedup=dedup, dup_of=dup_of, selection=selection,
-                     selection_verdicts=list(table), stats=stats, timings=timings)
+                     selection_verdicts=list(table), stats=stats, timings=timings, pass_rate=record_rate)
 
 
 # ----------------------------------------------------------------------------------------- in memory
@@ -363,9 +377,14 @@ class _ShardWriter:
             self._file.__exit__(type(err), err, None)  # atomic_path removes the temporary file
 
 
+PASS_RATE = "teacher_pass_rate"
+"""Output column: the share of the record's prompt's samples that passed the verifiers."""
+
+
 def _output_schema(pf):
-    """The input's schema (soft-label width included) with `verdicts` typed as the record schema's."""
-    from datasets import Features
+    """The input's schema (soft-label width included) with `verdicts` typed as the record schema's, and the
+    prompt's teacher pass rate."""
+    from datasets import Features, Value
 
     from distillkit.records import record_features
 
@@ -373,6 +392,7 @@ def _output_schema(pf):
     features["verdicts"] = record_features()["verdicts"]  # an input written without features has `[]` as null
     if "meta" not in features:
         features["meta"] = record_features()["meta"]
+    features[PASS_RATE] = Value("float32")
     return features.arrow_schema
 
 
@@ -398,6 +418,8 @@ def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, off
             n = batch.num_rows
             rows = range(offset + row, offset + row + n)
             arrays = _annotate_batch(batch, judged[row:row + n], [d.verdicts_of(i, ids) for i in rows], verdict_type)
+            if d.pass_rate is not None:
+                arrays[PASS_RATE] = pa.array(d.pass_rate[offset + row: offset + row + n], pa.float32())
             table = pa.table([arrays.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema.remove_metadata())
             table = table.cast(schema)
             mask = pa.array(d.kept[offset + row: offset + row + n])
@@ -538,6 +560,12 @@ def funnel_table(manifest: Manifest | None):
     for row in stats.funnel:
         table.add_row(row.step, str(row.in_), str(row.rejected), str(row.out),
                       listed(stats.counts(row.step, "rejected")), listed(stats.counts(row.step, "cannot_judge")))
+    pr = stats.pass_rates
+    if pr:
+        table.add_row("prompts by teacher pass rate", str(pr["prompts"]), "", "",
+                      ", ".join(f"{float(r):.0%}: {c}" for r, c in sorted(pr["histogram"].items(),
+                                                                         key=lambda kv: float(kv[0]))),
+                      f"never solved {pr['never']}, always {pr['always']}")
     for src, s in stats.sources.items():
         table.add_row(f"source {src or '-'}", str(s.records), "", str(s.kept),
                       f"pass rate {s.pass_rate:.1%} ({s.passed_verifiers}/{s.records}); "

@@ -8,6 +8,7 @@ CLI funnel, the dataset card and the report read them through it.
     verifiers {step: {...}}                         usage of verifiers that report it (the judge's requests,
                                                     cache hits, tokens); empty when none does
     warnings  [str]                                 verifiers that could not judge too many records
+    pass_rates {prompts, mean, never, always, histogram}  the teacher's pass rate per prompt
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class FilterStats(_Schema):
     verifiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     """Verifiers that could not judge more than `filter.warn_cannot_judge` of their records."""
+    pass_rates: dict[str, Any] = Field(default_factory=dict)
+    """Per-prompt teacher pass rates: {prompts, mean, never, always, histogram {rate: prompts}}."""
 
     def dump(self) -> dict[str, Any]:
         """As written into the manifest."""

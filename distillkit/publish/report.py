@@ -1,9 +1,10 @@
 """`distillkit report RUN_DIR`: one self-contained HTML page of a run (no network, no external assets).
 
-Sections: summary, filter funnel, rejection reasons (passes and "cannot judge" counted apart), length
-histograms, loss curves (the train manifest's `loss_curve`), evaluation (pass@1 ± se per model and task,
-read through `EvalResults`) and a browser over a sample of kept and rejected traces. Charts are inline
-SVG; the browser is inline JavaScript over embedded JSON. A section whose stage has not run says so.
+Sections: summary, filter funnel (with its warnings), rejection reasons (passes and "cannot judge" counted
+apart), the teacher's pass rate per prompt, length histograms, loss curves (the train manifest's
+`loss_curve`), evaluation (pass@1 ± se per model and task, read through `EvalResults`) and a browser over
+a sample of kept and rejected traces. Charts are inline SVG; the browser is inline JavaScript over
+embedded JSON. A section whose stage has not run says so.
 After rendering, <body data-overflow> says whether the page is wider than the window.
 """
 
@@ -25,7 +26,7 @@ from distillkit.records import atomic_write_text, iter_records, list_shards, rea
 from distillkit.train.stats import TrainStats
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
-SECTIONS = ["summary", "funnel", "reasons", "lengths", "training", "evaluation", "samples"]
+SECTIONS = ["summary", "funnel", "reasons", "difficulty", "lengths", "training", "evaluation", "samples"]
 NBSP_PM = "\u00a0±\u00a0"  # "±" that a table cell does not break around
 CURVES = {"loss": "total loss", "ce": "CE", "kl": "KL"}  # keys of the train manifest's loss_curve rows
 
@@ -384,6 +385,18 @@ def _section(sid: str, title: str, body: str) -> str:
     return f"<section id='{sid}'><h2>{_esc(title)}</h2>{body}</section>"
 
 
+def _difficulty_section(fstats) -> str:
+    """How many prompts the teacher solved at each rate over its samples (FilterStats.pass_rates)."""
+    pr = fstats.pass_rates if fstats is not None else None
+    if not pr:
+        return _empty("no pass rates (filter has not run, or ran before they were recorded)")
+    bars = svg_bars([(f"{float(rate):.0%}", count, str(count))
+                     for rate, count in sorted(pr["histogram"].items(), key=lambda kv: float(kv[0]))])
+    return (f"<p class='note'>{pr['prompts']} prompts, mean pass rate {pr['mean']:.0%}; never solved "
+            f"{pr['never']}, always solved {pr['always']} (filter.selection.min_pass_rate / max_pass_rate "
+            f"drop either end)</p>" + bars)
+
+
 def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_samples: int = 60) -> Path:
     """Write RUN_DIR/report.html (or out_path) and return its path."""
     run_dir = Path(run_dir)
@@ -419,6 +432,7 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
         funnel = "".join(f"<p class='warning'>warning: {_esc(w)}</p>" for w in fstats.warnings) + svg_bars(
             [(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else "")) for r in fstats.funnel])
         reasons = _reasons_section(_reason_counts(verdicts, fstats, bool(rej_len) or not fm.counts.get("rejected")))
+    difficulty = _difficulty_section(fstats if fm is not None else None)
 
     samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",
                 "completion": (r.get("prefill") or "") + (r.get("completion") or ""),
@@ -436,6 +450,7 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
         _section("summary", "Run summary", summary),
         _section("funnel", "Filter funnel (records remaining after each step)", funnel),
         _section("reasons", "Rejection reasons", reasons),
+        _section("difficulty", "Teacher pass rate per prompt (prompts at each rate)", difficulty),
         _section("lengths", "Completion lengths, kept vs rejected", lengths),
         _section("training", "Training loss (total, CE and KL)", _training_section(stages["train"])),
         _section("evaluation", "Evaluation: pass@1 over k samples (± standard error)",

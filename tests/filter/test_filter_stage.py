@@ -146,7 +146,17 @@ def test_filter_stage_end_to_end(run_cfg):
 
     table = funnel_table(read_manifest(out))
     assert [c.header for c in table.columns][:4] == ["step", "in", "rejected", "out"]
-    assert table.row_count == 7 + 2  # 7 steps and 2 sources
+    assert table.row_count == 7 + 1 + 2  # 7 steps, prompts by pass rate, 2 sources
+    by_rate = [list(col.cells)[7] for col in table.columns]
+    assert by_rate[0] == "prompts by teacher pass rate" and "never solved" in by_rate[5]
+    # the pass rate of each record's prompt is a column of kept and rejected records alike
+    everything = kept.to_list() + list(rejected.values())
+    solved = {r["id"]: not any(v["passed"] is False for v in r["verdicts"] if v["verifier"] not in ("dedup", "selection"))
+              for r in everything}
+    for r in everything:
+        mine = [x for x in everything if x["prompt_id"] == r["prompt_id"]]
+        assert r["teacher_pass_rate"] == pytest.approx(sum(solved[x["id"]] for x in mine) / len(mine))
+    assert {r["teacher_pass_rate"] for r in everything} > {0.0}  # some prompt solved, some not
     # Complete: a second call returns the same manifest without redoing the work.
     assert run_filter(run_cfg, show_progress=False).finished_at == m.finished_at
 

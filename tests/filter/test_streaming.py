@@ -44,13 +44,38 @@ def test_same_output_as_the_in_memory_filter(case):
     m = run_filter(case, show_progress=False)
     # keys the old filter did not write (warnings) are checked for themselves, the rest must be equal
     assert {k: m.stats[k] for k in expected["stats"]} == expected["stats"]
-    assert set(m.stats) - set(expected["stats"]) == {"warnings"} and m.stats["warnings"] == []
+    assert set(m.stats) - set(expected["stats"]) == {"warnings", "pass_rates"} and m.stats["warnings"] == []
     assert m.counts == expected["counts"]
     got = outputs(case)
     assert got.keys() == expected["records"].keys()
     want = {i: comparable(r) for i, r in expected["records"].items()}
     diff = [i for i in got if got[i] != want[i]]
     assert not diff, (diff[:3], [got[i] for i in diff[:3]], [want[i] for i in diff[:3]])
+
+
+def test_pass_rate_per_prompt_in_the_manifest_and_on_every_record(case):
+    """The teacher's pass rate of each prompt (verifier passes over its samples): a histogram in the manifest
+    and a `teacher_pass_rate` column on kept and rejected records, recomputed here from the verdicts."""
+    from collections import defaultdict
+
+    m = run_filter(case, show_progress=False)
+    out = case.stage_dir("filter")
+    rows = [r for folder in (out, out / "rejected")
+            for r in iter_records(folder, columns=["prompt_id", "verdicts", "teacher_pass_rate"])]
+    solved, samples = defaultdict(int), defaultdict(int)
+    for r in rows:
+        verifier_fails = [v for v in r["verdicts"] if v["verifier"] not in ("decontaminate", "dedup", "selection")
+                          and v["passed"] is False]
+        solved[r["prompt_id"]] += not verifier_fails
+        samples[r["prompt_id"]] += 1
+    for r in rows:
+        assert r["teacher_pass_rate"] == pytest.approx(solved[r["prompt_id"]] / samples[r["prompt_id"]])
+    rates = [solved[p] / samples[p] for p in samples]
+    stats = m.stats["pass_rates"]
+    assert stats["prompts"] == len(samples) == sum(stats["histogram"].values())
+    assert stats["never"] == rates.count(0.0) and stats["always"] == rates.count(1.0)
+    assert stats["mean"] == pytest.approx(sum(rates) / len(rates), abs=1e-4)
+    assert 0 < stats["always"] < len(samples)  # the synthetic teacher solves some prompts and misses others
 
 
 def run_on(case, root: Path, **executor) -> "RecipeConfig":
