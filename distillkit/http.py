@@ -19,6 +19,14 @@ RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_DELAY_S = 60.0
 
 
+def client(api_key: str | None, timeout_s: float, max_concurrency: int):
+    """An httpx.Client for an OpenAI-compatible server: bearer key (when given), timeout, bounded connections."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=max_concurrency))
+
+
 def retry_delay(attempt: int, backoff_s: float, retry_after: float | None = None) -> float:
     """Seconds to wait before retry `attempt + 1`."""
     delay = retry_after if retry_after is not None else backoff_s * 2 ** attempt * (0.5 + random.random())

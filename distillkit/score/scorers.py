@@ -84,7 +84,7 @@ class ServerScorer:
                  timeout_s: float = 600.0, max_retries: int = 5, server=None, backoff_s: float = 1.0):
         import contextlib
 
-        import httpx
+        from distillkit.http import client as http_client
 
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -94,9 +94,7 @@ class ServerScorer:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.server = server or contextlib.ExitStack()
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout_s, headers=headers,
-                                   limits=httpx.Limits(max_connections=max_concurrency))
+        self.client = http_client(api_key, timeout_s, max_concurrency)
 
     @classmethod
     def from_config(cls, teacher, topk: int, seed: int = 0, key: str = "score.teacher") -> "ServerScorer":

@@ -89,7 +89,7 @@ def resolve_input(cfg: RecipeConfig) -> ScoreInput:
     fields: dict[str, Any] = {"path": spec, "weight": 1.0}
     if "columns" in s.model_fields_set:
         fields["columns"] = s.columns
-    if not Path(spec).suffix.lower() in (".jsonl", ".json", ".parquet"):
+    if Path(spec).suffix.lower() not in (".jsonl", ".json", ".parquet"):
         fields.update(config=s.config, split=s.split)
     source = MixtureSourceConfig(**fields)
     return ScoreInput(source.label, source=source)

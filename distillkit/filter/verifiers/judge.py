@@ -316,11 +316,9 @@ class JudgeVerifier(Verifier):
     def _http(self):
         with self._lock:
             if self._client is None:
-                import httpx
+                from distillkit.http import client
 
-                headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-                self._client = httpx.Client(timeout=self.params.timeout_s, headers=headers,
-                                            limits=httpx.Limits(max_connections=self.params.max_concurrency))
+                self._client = client(self._api_key, self.params.timeout_s, self.params.max_concurrency)
             return self._client
 
     def _give_up(self, fatal: DistillkitError | None = None, down: str | None = None) -> None:

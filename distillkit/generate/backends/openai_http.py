@@ -77,7 +77,7 @@ class OpenAIBackend:
                  timeout_s: float = 600.0, max_retries: int = 5, api: str = "chat",
                  logprobs_mode: str = "raw_logprobs", tokenizer: Any = None, model_id: str | None = None,
                  backoff_s: float = 1.0, server: contextlib.ExitStack | None = None):
-        import httpx
+        from distillkit.http import client as http_client
 
         self.server = server or contextlib.ExitStack()
         """A server distillkit started (`openai.serve`), stopped by close()."""
@@ -91,9 +91,7 @@ class OpenAIBackend:
         # The mode is the server's (`--logprobs-mode`); recorded as configured, the server is not asked.
         self.logprobs_mode = logprobs_mode
         self.tokenizer = tokenizer
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout_s, headers=headers,
-                                   limits=httpx.Limits(max_connections=max_concurrency))
+        self.client = http_client(api_key, timeout_s, max_concurrency)
 
     @classmethod
     def from_config(cls, gen_cfg) -> "OpenAIBackend":
