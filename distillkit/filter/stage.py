@@ -249,8 +249,8 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     t0 = time.time()
     total = np.bincount(keys.prompt, minlength=len(keys.prompt_names)) if n else np.zeros(0)
     good = np.bincount(keys.prompt, weights=keys.passed_verifiers, minlength=len(keys.prompt_names)) if n else np.zeros(0)
-    rates = {p: good[p] / total[p] for p in np.flatnonzero(total)}
     prompt_rate = np.divide(good, total, out=np.zeros(len(total)), where=total > 0)
+    rates = {p: prompt_rate[p] for p in np.flatnonzero(total)}
     record_rate = prompt_rate[keys.prompt].astype(np.float32) if n else np.zeros(0, np.float32)
     candidates = np.flatnonzero(alive)
     dropped = select(_Rows(keys), candidates.tolist(), rates, cfg.selection)

@@ -123,19 +123,14 @@ class ServerScorer:
         return scorer
 
     def _one(self, sequence: list[int], start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from distillkit.generate.backends.openai_http import EndpointError
-        from distillkit.http import post_with_retries
+        from distillkit.generate.backends.openai_http import EndpointError, post_json
 
         url = f"{self.base_url}/completions"
         body = {"model": self.model, "prompt": list(sequence), "max_tokens": 1, "temperature": 0.0,
                 "prompt_logprobs": k}
-        r, last = post_with_retries(self.client, url, body, max_retries=self.max_retries, backoff_s=self.backoff_s)
-        if r is None:
-            raise EndpointError(f"the teacher endpoint {url} failed {self.max_retries + 1} times; last error: {last}")
-        if r.status_code >= 300:
-            raise EndpointError(f"the teacher endpoint {url} rejected a scoring request (HTTP {r.status_code}: "
-                                f"{r.text[:500]}); scoring needs a vLLM server (its `prompt_logprobs` extra)")
-        steps = r.json()["choices"][0].get("prompt_logprobs")
+        data = post_json(self.client, url, body, self.max_retries, self.backoff_s,
+                         hint="; scoring needs a vLLM server (its `prompt_logprobs` extra)")
+        steps = data["choices"][0].get("prompt_logprobs")
         if steps is None or len(steps) != len(sequence):
             raise EndpointError(f"the teacher endpoint {url} returned prompt logprobs for "
                                 f"{0 if steps is None else len(steps)} of {len(sequence)} tokens; scoring needs a "

@@ -143,25 +143,19 @@ class Prepared:
     retokenized: bool = False
 
 
-def _decodes_to(tokenizer, ids: list[int], text: str) -> bool:
-    out = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    # vLLM holds back the bytes of a character cut at the end of a sample; a full decode writes U+FFFD
-    return out.rstrip("\ufffd") == text.rstrip("\ufffd")
-
-
 def completion_ids(tokenizer, record: dict) -> tuple[list[int] | None, bool]:
     """(the teacher's ids of the completion, whether they were re-tokenized); None when the text does not
     round-trip through the teacher's tokenizer."""
+    from distillkit.train.data import ids_spell
+
     eos = tokenizer.eos_token_id
     text = record.get("completion") or ""
     stored = record.get("completion_ids")
     stored = stored.tolist() if hasattr(stored, "tolist") else list(stored or [])
-    if stored and max(stored) < len(tokenizer):
-        body = stored[:-1] if stored[-1] == eos else stored
-        if _decodes_to(tokenizer, body, text):
-            return stored, False  # the teacher's own sample: score exactly these tokens
+    if stored and ids_spell(tokenizer, stored, text):
+        return stored, False  # the teacher's own sample: score exactly these tokens
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not _decodes_to(tokenizer, ids, text):
+    if not ids_spell(tokenizer, ids, text):
         return None, True
     if record.get("finish_reason") != "length" and eos is not None:
         ids = ids + [eos]  # the teacher's distribution where the turn ends is a label too

@@ -90,22 +90,29 @@ def check_same_tokenizer(tokenizer, records, num_checked: int = 64, min_match: f
     holds back the bytes of a character cut by the end of a sample, where a full decode writes U+FFFD:
     trailing U+FFFD are ignored on both sides. A few other mismatches are tolerated.
     """
-    vocab = len(tokenizer)
-    eos = tokenizer.eos_token_id
     checked = matched = 0
     for rec in records:
-        ids = list(rec.get("completion_ids") or [])
+        ids = rec.get("completion_ids")
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids or [])
         if not ids:
             continue
         checked += 1
-        if ids and ids[-1] == eos:
-            ids = ids[:-1]
-        if max(ids, default=0) < vocab:
-            text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            matched += text.rstrip("\ufffd") == rec["completion"].rstrip("\ufffd")
+        matched += ids_spell(tokenizer, ids, rec["completion"])
         if checked >= num_checked:
             break
     return checked > 0 and matched / checked >= min_match
+
+
+def ids_spell(tokenizer, ids: list[int], text: str) -> bool:
+    """Whether token `ids` (a trailing EOS aside) decode to `text` with `tokenizer`: ids of another vocabulary
+    (beyond this one, or decoding to other text) do not. vLLM's detokenizer holds back the bytes of a
+    character cut by the end of a sample, where a full decode writes U+FFFD: trailing U+FFFD are ignored."""
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    if max(ids, default=0) >= len(tokenizer):
+        return False
+    out = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return out.rstrip("\ufffd") == text.rstrip("\ufffd")
 
 
 # ----------------------------------------------------------------------------------------- examples

@@ -66,6 +66,18 @@ def check_reachable(client, base_url: str, key: str = "generate.teacher.openai")
                             f"set the variable named by {key}.api_key_env")
 
 
+def post_json(client, url: str, body: dict, max_retries: int, backoff_s: float, hint: str = "") -> dict:
+    """POST with retries (distillkit.http); a server that keeps failing or refuses is an EndpointError
+    (`hint` is appended to a refusal: what the request needs from the server)."""
+    r, last = post_with_retries(client, url, body, max_retries=max_retries, backoff_s=backoff_s)
+    if r is None:
+        raise EndpointError(f"the teacher endpoint {url} failed {max_retries + 1} times; last error: {last}")
+    if r.status_code >= 300:
+        raise EndpointError(f"the teacher endpoint {url} rejected a request (HTTP {r.status_code}: "
+                            f"{r.text[:500]}){hint}")
+    return r.json()
+
+
 def _token_id(token: str) -> int | None:
     return int(token[len(TOKEN_ID_PREFIX):]) if token.startswith(TOKEN_ID_PREFIX) else None
 
@@ -126,13 +138,7 @@ class OpenAIBackend:
         check_reachable(self.client, self.base_url)
 
     def _post(self, path: str, body: dict) -> dict:
-        url = f"{self.base_url}{path}"
-        r, last = post_with_retries(self.client, url, body, max_retries=self.max_retries, backoff_s=self.backoff_s)
-        if r is None:
-            raise EndpointError(f"the teacher endpoint {url} failed {self.max_retries + 1} times; last error: {last}")
-        if r.status_code >= 300:
-            raise EndpointError(f"the teacher endpoint {url} rejected a request (HTTP {r.status_code}: {r.text[:500]})")
-        return r.json()
+        return post_json(self.client, f"{self.base_url}{path}", body, self.max_retries, self.backoff_s)
 
     # ------------------------------------------------------------------ requests
 
