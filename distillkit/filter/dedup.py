@@ -36,10 +36,15 @@ from distillkit.filter.verifiers.base import Verdict
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # Words: what is left between whitespace once ASCII punctuation (all but "_") is a space; like r"\w+" on
-# ASCII text, while other scripts' punctuation stays inside its word. Unicode spaces split too.
-_SPLIT = str.maketrans({c: " " for c in string.punctuation.replace("_", "") + "\u00a0\u2009\u200a\u200b\u3000"})
-_SPACE = np.zeros(256, dtype=bool)  # the ASCII bytes str.split() splits on
-_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+# ASCII text, while other scripts' punctuation stays inside its word. Unicode spaces (every non-ASCII
+# character str.split splits on, and the zero-width space) split too.
+_SPLIT = str.maketrans({c: " " for c in string.punctuation.replace("_", "") + "\u200b"
+                        + "".join(chr(i) for i in range(128, 0x3001) if chr(i).isspace())})
+_SPACE_BYTES = bytes([9, 10, 11, 12, 13, 28, 29, 30, 31, 32])  # the ASCII bytes str.split() splits on
+# Byte tables for the same work on the bytes (ASCII text, or text whose punctuation is already spaces): a
+# bytes.translate costs a tenth of str.translate or of a numpy lookup, and str.split + join on a 6 KB trace.
+_TO_SPACE = bytes.maketrans(_SPACE_BYTES, b" " * len(_SPACE_BYTES))
+_IN_WORD = bytes(0 if i in _SPACE_BYTES or chr(i) in string.punctuation.replace("_", "") else 1 for i in range(256))
 
 
 def normalize(text: str) -> str:
@@ -48,8 +53,15 @@ def normalize(text: str) -> str:
 
 
 def exact_key(text: str) -> bytes:
-    """16 bytes identifying the normalized text."""
-    return hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=16).digest()
+    """16 bytes identifying the normalized text (`normalize`, encoded)."""
+    if not text.isascii():
+        return hashlib.blake2b(normalize(text).encode(), digest_size=16).digest()
+    # ASCII: the same bytes as normalize, by numpy: whitespace bytes become one space per run, none at the ends
+    b = np.frombuffer(text.encode().lower().translate(_TO_SPACE), dtype=np.uint8)
+    word = b != 32
+    keep = word.copy()
+    keep[1:] |= word[:-1]  # a word byte, or the first space after one
+    return hashlib.blake2b(b[keep].tobytes().rstrip(b" "), digest_size=16).digest()
 
 
 def words(text: str) -> list[str]:
@@ -85,12 +97,16 @@ def word_hashes(text: str) -> np.ndarray:
     Polynomial hash of each word's UTF-8 bytes mod 2^64, from one prefix sum over the whole text:
     sum_{i in word} (b_i + 1) P^(end-1-i) = P^(end-1) * (S[end] - S[start]) with S the prefix sums of
     (b_i + 1) P^-i; then splitmix64's finalizer."""
-    b = np.frombuffer(text.lower().translate(_SPLIT).encode(), dtype=np.uint8)
-    if not len(b):
+    # ASCII text: bytes.lower and the byte table find the same words as str.lower + translate (only the
+    # bytes inside words enter the hash, so punctuation need not become spaces first)
+    raw = text.encode().lower() if text.isascii() else text.lower().translate(_SPLIT).encode()
+    if not raw:
         return np.zeros(0, np.uint64)
-    inside = ~_SPACE[b]
-    edges = np.diff(np.concatenate(([False], inside, [False])).astype(np.int8))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    b = np.frombuffer(raw, dtype=np.uint8)
+    inside = np.zeros(len(b) + 2, dtype=bool)
+    inside[1:-1] = np.frombuffer(raw.translate(_IN_WORD), dtype=bool)
+    edges = np.flatnonzero(inside[1:] != inside[:-1])  # alternating word starts and ends
+    starts, ends = edges[0::2], edges[1::2]
     if not len(starts):
         return np.zeros(0, np.uint64)
     pw, inv = _powers(len(b) + 1)
@@ -143,9 +159,11 @@ class MinHasher:
         h = self.shingle_hashes(text)
         out = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         for start in range(0, len(h), 4096):  # bounded temporaries on 32k-token traces
-            m = np.multiply.outer(h[start:start + 4096], self.a)  # in place: ~10x faster than a*h+b temporaries
-            m += self.b
-            np.minimum(out, m.min(axis=0), out=out)
+            # (num_perm, shingles): each minimum is over a contiguous row, 3x faster than over columns;
+            # in place: ~10x faster than a*h+b temporaries
+            m = np.multiply.outer(self.a, h[start:start + 4096])
+            m += self.b[:, None]
+            np.minimum(out, m.min(axis=1), out=out)
         return out
 
     def band_hashes(self, signature: np.ndarray) -> np.ndarray:
