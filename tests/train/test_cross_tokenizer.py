@@ -1,0 +1,192 @@
+"""Cross-tokenizer soft labels on real vocabularies: R1-Distill-Qwen (Qwen BPE, 151,665 tokens),
+R1-Distill-Llama (Llama 3 BPE, 128,256) and SmolLM2 (49,152), all byte-level BPEs with different merges
+and pre-tokenizers. Every expected id below is derived in the comment next to it from how each
+tokenizer cuts the string (checked once by printing `convert_ids_to_tokens`), not copied from a run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distillkit.train.cross_tokenizer import CrossTokenizerMap, token_bytes
+
+rt = pytest.importorskip("distillkit.testing.real_tokenizers")
+
+
+def _load(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return _load(rt.r1_distill_qwen_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return _load(rt.r1_distill_llama_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir):
+    return _load(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def llama_to_qwen(llama, qwen):
+    return CrossTokenizerMap(llama, qwen)
+
+
+@pytest.fixture(scope="module")
+def qwen_to_llama(qwen, llama):
+    return CrossTokenizerMap(qwen, llama)
+
+
+@pytest.fixture(scope="module")
+def qwen_to_smol(qwen, smol):
+    return CrossTokenizerMap(qwen, smol)
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def tid(tok, piece):
+    out = tok.convert_tokens_to_ids(piece)
+    assert out is not None and out != tok.unk_token_id, piece
+    return out
+
+
+def aligned(m, teacher, student, text):
+    """[(student piece, teacher piece or None)] for `text` cut by both tokenizers."""
+    t, s = ids(teacher, text), ids(student, text)
+    pos, _ = m.align(t, s)
+    return [(student.convert_ids_to_tokens(j), teacher.convert_ids_to_tokens(t[p]) if p >= 0 else None)
+            for j, p in zip(s, pos.tolist())]
+
+
+# ----------------------------------------------------------------------------------------- positions
+
+
+def test_numbers_qwen_splits_digits_llama_groups_three(qwen_to_llama, qwen, llama):
+    # Qwen's pre-tokenizer cuts \p{N} one digit at a time: " ", "1", "2", "3", "4", "5", " +", " ", "7".
+    # Llama 3 cuts \p{N}{1,3}: " ", "123", "45", " +", " ", "7". Only spans with the same start and end
+    # match: the spaces, " +" and the single digit "7"; "123" and "45" cover several Qwen tokens.
+    assert aligned(qwen_to_llama, qwen, llama, " 12345 + 7") == [
+        ("Ġ", "Ġ"), ("123", None), ("45", None), ("Ġ+", "Ġ+"), ("Ġ", "Ġ"), ("7", "7")]
+
+
+def test_think_close_is_one_token_for_r1_and_three_for_smollm2(qwen_to_smol, qwen, smol):
+    # R1-Distill-Qwen: "so", "</think>" (an added token), "\n\n", "The". SmolLM2 has no </think> token:
+    # "so", "</", "think", ">", "\n", "\n", "The"; so only "so" and "The" have a one-to-one teacher token.
+    assert aligned(qwen_to_smol, qwen, smol, "so</think>\n\nThe") == [
+        ("so", "so"), ("</", None), ("think", None), (">", None), ("Ċ", None), ("Ċ", None), ("The", "The")]
+
+
+def test_latex_pieces_match_until_the_closing_dollar(qwen_to_smol, qwen, smol):
+    # Both cut "$\\", "frac", "{", "1", "}{", "2"; then Qwen has "}", "$." and SmolLM2 "}$", ".":
+    # the last two student tokens straddle a teacher boundary.
+    assert aligned(qwen_to_smol, qwen, smol, "$\\frac{1}{2}$.") == [
+        ("$\\", "$\\"), ("frac", "frac"), ("{", "{"), ("1", "1"), ("}{", "}{"), ("2", "2"), ("}$", None), (".", None)]
+
+
+def test_chinese_and_whitespace_runs(qwen_to_llama, qwen_to_smol, qwen, llama, smol):
+    # " 中文": Qwen and Llama 3 both cut " 中" + "文" (same bytes: the space joins the letter);
+    # SmolLM2 cuts " ", "中", "文", so its " " and "中" each cover part of Qwen's " 中".
+    assert aligned(qwen_to_llama, qwen, llama, " 中文") == [("Ġä¸Ń", "Ġä¸Ń"), ("æĸĩ", "æĸĩ")]
+    assert aligned(qwen_to_smol, qwen, smol, " 中文") == [("Ġ", None), ("ä¸Ń", None), ("æĸĩ", "æĸĩ")]
+    # "x  \n\n   y\tz": Qwen "x", "  \n\n", "  ", " y", "\tz"; SmolLM2 "x", "  ", "\n\n  ", " y", "\t", "z".
+    assert aligned(qwen_to_smol, qwen, smol, "x  \n\n   y\tz") == [
+        ("x", "x"), ("ĠĠ", None), ("ĊĊĠĠ", None), ("Ġy", "Ġy"), ("ĉ", None), ("z", None)]
+
+
+def test_partial_utf8_tokens_align_on_bytes(qwen_to_llama, qwen, llama):
+    # 😀 is F0 9F 98 80. Qwen has it as one token; Llama 3 cuts F0 9F 98 + 80, so nothing matches.
+    assert aligned(qwen_to_llama, qwen, llama, "😀") == [("ðŁĺ", None), ("Ģ", None)]
+    # " 鼙" is 20 E9 BC 99; both cut " \xe9", "\xbc", "\x99": byte pieces that decode to U+FFFD alone,
+    # yet match byte for byte.
+    assert qwen.decode([tid(qwen, "¼")]) == "\ufffd"
+    assert aligned(qwen_to_llama, qwen, llama, " 鼙") == [("Ġé", "Ġé"), ("¼", "¼"), ("Ļ", "Ļ")]
+
+
+def test_text_cut_mid_character_stops_the_alignment(qwen_to_llama, qwen, llama):
+    # vLLM holds back the bytes of a character cut by the end of a sample: the teacher's ids hold the
+    # first byte piece of 鼙 that the stored text lacks. The teacher token past the text is counted.
+    t = ids(qwen, "ok 鼙")[:-1]  # "ok", " \xe9", "\xbc"
+    s = ids(llama, "ok")
+    pos, cut = qwen_to_llama.align(t, s)
+    assert pos.tolist() == [0] and cut == 2
+
+
+# ----------------------------------------------------------------------------------------- candidates
+
+
+def test_byte_tables_spell_leading_spaces_and_added_tokens(qwen, smol):
+    q, s = token_bytes(qwen), token_bytes(smol)
+    assert q.spelled[tid(qwen, "Ġanswer")] == b" answer" and s.spelled[tid(smol, "Ġanswer")] == b" answer"
+    assert q.spelled[151649] == b"</think>" and 151649 not in q.special  # a normal added token in R1
+    assert q.spelled[tid(qwen, "¼")] == b"\xbc"  # a single byte, not the U+FFFD its decode shows
+    assert qwen.eos_token_id in q.special
+
+
+def test_multi_token_candidate_goes_to_its_first_student_token(llama_to_qwen, llama, qwen):
+    # A Llama 3 teacher row over the next number: "123" (p .5), "1" (p .3), " " (p .1).
+    # "123" is three Qwen tokens "1","2","3": its mass goes to Qwen "1", where "1" already maps, so the
+    # student row is {"1": .8, " ": .1}: two slots, the third empty (id 0, -inf).
+    row = [[tid(llama, "123"), tid(llama, "1"), tid(llama, "Ġ")]]
+    out_ids, out_lp, stats = llama_to_qwen.map_rows(np.array(row), np.log([[0.5, 0.3, 0.1]]))
+    assert out_ids.tolist() == [[tid(qwen, "1"), tid(qwen, "Ġ"), 0]]
+    assert np.allclose(np.exp(out_lp[0, :2]), [0.8, 0.1]) and out_lp[0, 2] == -np.inf
+    assert math.isclose(stats.mass_exact, 0.4) and math.isclose(stats.mass_first, 0.5)
+    assert stats.num_slots_used == 2
+
+
+def test_special_tokens_map_by_role_not_by_text(qwen_to_llama, qwen, llama):
+    # Both R1 tokenizers have </think> as a normal added token (151649 in Qwen, 128014 in Llama): by text.
+    assert qwen_to_llama.exact[151649] == 128014
+    # The EOS spells differently in no way that matters: <｜end▁of▁sentence｜> is each side's EOS.
+    assert qwen_to_llama.exact[qwen.eos_token_id] == llama.eos_token_id == 128001
+    # Another special (Qwen's <|vision_pad|>, 151654) spells no text: it goes to the tail.
+    assert qwen_to_llama.exact[151654] == -1
+
+
+def test_tail_and_drop_rules(llama, qwen):
+    row, lp = np.array([[tid(llama, "123"), tid(llama, "1")]]), np.log([[0.5, 0.3]])
+    tail_ids, tail_lp, _ = CrossTokenizerMap(llama, qwen, rule="tail").map_rows(row, lp)
+    # "123" is left out: the loss's tail bucket gets 1 - .3
+    assert tail_ids[0, 0] == tid(qwen, "1") and np.isclose(np.exp(tail_lp[0, 0]), 0.3) and tail_lp[0, 1] == -np.inf
+    drop_ids, drop_lp, stats = CrossTokenizerMap(llama, qwen, rule="drop").map_rows(row, lp)
+    # "123" stays as id -1 with its mass: the loss drops ids outside the vocabulary and renormalizes
+    assert sorted(drop_ids[0].tolist()) == [-1, tid(qwen, "1")] and math.isclose(stats.mass_dropped, 0.5)
+
+
+def test_soft_labels_place_rows_at_matched_student_positions(qwen_to_llama, qwen, llama):
+    text = " 12345 + 7"
+    t, s = ids(qwen, text), ids(llama, text)
+    k = 3
+    topk = np.array([[i, 0, 0] for i in t])  # the teacher's own token first, then "!" twice (merged)
+    lp = np.log(np.array([[0.6, 0.2, 0.1]] * len(t)))
+    out = qwen_to_llama.soft_labels(t, topk, lp, s)
+    assert out.mask.tolist() == [1, 0, 0, 1, 1, 1]  # " ", "123", "45", " +", " ", "7" (see the numbers test)
+    assert out.ids[3].tolist() == [tid(llama, "!"), tid(llama, "Ġ+"), 0]  # sorted by student id; "!" merged
+    assert np.allclose(np.exp(out.logprobs[3, :2]), [0.3, 0.6]) and out.logprobs[3, 2] == -np.inf
+    assert out.ids.shape == (len(s), k) and out.stats.num_labelled == 4 and out.stats.num_positions == 6
+
+
+def test_real_vocabulary_sizes_stay_linear(qwen, llama):
+    # The exact map covers all 151,665 Qwen ids against Llama's 128,256 (one dict lookup each); a
+    # 16k-token trace's rows map with numpy, and the multi-token rule tokenizes each distinct candidate
+    # once. A per-candidate scan of the student's vocabulary would take hours here.
+    m = CrossTokenizerMap(qwen, llama)
+    assert len(m.exact) == len(qwen) and (m.exact >= 0).mean() > 0.5
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, len(qwen), size=(16384, 20))
+    out_ids, out_lp, stats = m.map_rows(rows, np.full(rows.shape, math.log(0.04)))
+    assert out_ids.shape == (16384, 20) and stats.num_candidates == rows.size
+    # every candidate either maps (exactly or by its first token) or is a special / undecodable byte piece
+    assert 0.9 < (stats.mass_exact + stats.mass_first) / stats.teacher_mass <= 1.0
