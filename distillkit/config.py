@@ -421,6 +421,17 @@ class KDConfig(StrictModel):
     """The teacher's server for `teacher_probs: served`."""
     chunk_size: PositiveInt = 256
     """Tokens per chunk of the memory-bounded loss (256 keeps the peak ~0.1x of full logits; BENCHMARKS.md)."""
+    cross_tokenizer: bool = False
+    """Stored top-k of a teacher with another tokenizer: student tokens covering exactly one teacher token's
+    bytes get its candidates mapped by spelling, the others CE only (distillkit.train.cross_tokenizer).
+    Explicit, not automatic: the labels become an approximation, and preflight reports how good."""
+
+    @model_validator(mode="after")
+    def _cross_tokenizer_is_stored(self):
+        if self.cross_tokenizer and self.teacher_probs not in ("topk_renorm", "topk_tail"):
+            raise ValueError(f"kd.cross_tokenizer maps stored top-k soft labels; kd.teacher_probs={self.teacher_probs} "
+                             "needs the student's own vocabulary. Use teacher_probs: topk_tail, or cross_tokenizer: false")
+        return self
 
 
 class OnPolicyConfig(StrictModel):

@@ -36,6 +36,7 @@ _ADDED_LATER = [
     ("generate", ("teacher", "openai", "serve"), lambda: False),
     ("train", ("kd", "teacher_server"), _default_server),
     ("filter", ("verifiers", "*", "on_cannot_judge"), lambda: None),
+    ("train", ("kd", "cross_tokenizer"), lambda: False),
 ]
 
 

@@ -537,13 +537,19 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
         if needs_teacher and fixed is not None and t_tok is not None:
             pair = f"teacher {label_spec} and student {student_spec}"
             fix = ("train.student.tokenizer: teacher (or auto) lets a student with the teacher's BPE adopt its "
-                   "special tokens; with another BPE set train.kd.enabled: false (SFT on the teacher's text "
+                   "special tokens; with another BPE set train.kd.cross_tokenizer: true (stored top-k mapped onto "
+                   "the student's tokens by spelling) or train.kd.enabled: false (SFT on the teacher's text "
                    "works across tokenizers)")
             finding, _shared = check_pair(t_tok, fixed, t_config, s_config, subject=pair,
                                           prefill=cfg.generate.prompts.prefill, fix=fix)
-            findings.append(replace(finding, subject="teacher/student"))
             stored = cfg.train.kd.enabled and cfg.train.kd.teacher_probs != "live"  # labels on the teacher's ids
-            if finding.severity != "error" and stored:
+            crossed = finding.severity == "error" and stored and cfg.train.kd.cross_tokenizer
+            if crossed:
+                finding = Finding("vocab_compat", "ok", f"{pair} tokenize differently; train.kd.cross_tokenizer "
+                                  "maps the stored top-k onto the student's tokens.", subject="teacher/student")
+                findings.append(check_cross_tokenizer(cfg, t_tok, fixed, pair))
+            findings.append(replace(finding, subject="teacher/student"))
+            if finding.severity != "error" and stored and not crossed:
                 findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
         findings += check_context(cfg, stages, s_config, t_config if t_tok is not None and label_spec == teacher_spec
                                   else _config_only(loaded, teacher_spec))
@@ -591,6 +597,46 @@ def check_trace_roundtrip(teacher, student, prefill: Optional[str], subject: str
                        "soft labels after generation.", fix, "teacher/student")
     return Finding("trace_roundtrip", "ok", f"{subject}: the teacher's ids of a sample trace decode to the same "
                    "text with the student's tokenizer.", subject="teacher/student")
+
+
+CROSS_TOKENIZER_SAMPLE = 32  # records measured by check_cross_tokenizer
+
+
+def check_cross_tokenizer(cfg, teacher, student, subject: str) -> Finding:
+    """`train.kd.cross_tokenizer`: the measured alignment, on the first traces of the training input when they
+    exist (share of student positions with a soft label, share of the teacher's top-k mass that maps), else
+    on preflight's sample trace (positions only: a sample trace has no top-k). A warning below half of the
+    positions: most of the student's tokens would then train on CE only."""
+    from distillkit.records import StageRecords
+    from distillkit.train.cross_tokenizer import AlignmentStats, CrossTokenizerMap, measure_alignment
+
+    cmap = CrossTokenizerMap(teacher, student)
+    src = cfg.records_dir
+    try:
+        records = StageRecords(src).head(CROSS_TOKENIZER_SAMPLE) if src.is_dir() else []
+    except Exception:  # an unreadable or half-written folder: measured at train time instead
+        records = []
+    stats = measure_alignment(cmap, records, student)
+    if stats.num_positions:
+        fig = stats.summary()
+        where = (f"on {len(records)} traces of {src}: {100 * fig['share_positions_labelled']:.1f}% of student "
+                 f"positions get a soft label, {100 * fig['share_topk_mass_mapped']:.1f}% of the teacher's top-k "
+                 "mass maps to student ids")
+    else:
+        text, ids = sample_trace(teacher, cfg.generate.prompts.prefill)
+        ids = ids[:-1] if ids and ids[-1] == teacher.eos_token_id else ids
+        body = student(text, add_special_tokens=False)["input_ids"]
+        stats = AlignmentStats()
+        stats.add(cmap.soft_labels(ids, [[i] for i in ids], [[0.0]] * len(ids), body).stats)
+        fig = stats.summary()
+        where = (f"on preflight's sample trace (no traces yet): {100 * fig['share_positions_labelled']:.1f}% of "
+                 "student positions get a soft label; the top-k mass that maps is measured on the traces at "
+                 "train time (train manifest: stats.data.cross_tokenizer)")
+    low = fig["share_positions_labelled"] < 0.5
+    return Finding("cross_tokenizer", "warning" if low else "ok", f"{subject}: cross-tokenizer soft labels {where}; "
+                   "other positions train on CE only.",
+                   "most tokens would get no soft label: a student closer to the teacher's tokenizer, or "
+                   "train.kd.enabled: false" if low else "", "teacher/student")
 
 
 def check_soft_labels(cfg, stages: list[str]) -> Optional[Finding]:

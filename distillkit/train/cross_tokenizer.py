@@ -308,3 +308,19 @@ def _common_prefix(a: bytes, b: bytes) -> int:
         return n
     diff = np.frombuffer(a[:n], dtype=np.uint8) != np.frombuffer(b[:n], dtype=np.uint8)
     return int(np.argmax(diff))
+
+
+def measure_alignment(cmap: CrossTokenizerMap, records, student) -> AlignmentStats:
+    """Alignment counts over records with stored top-k (preflight's sample, the benchmark): each completion
+    re-tokenized by `student`, the teacher's trailing EOS row left out (positions are completion tokens)."""
+    stats = AlignmentStats()
+    for rec in records:
+        t_ids = rec.get("completion_ids")
+        if rec.get("topk_ids") is None or t_ids is None or not len(t_ids):
+            continue
+        t_ids, rows, lps = np.asarray(t_ids), np.asarray(rec["topk_ids"]), np.asarray(rec["topk_logprobs"])
+        if cmap.teacher_eos is not None and t_ids[-1] == cmap.teacher_eos:
+            t_ids, rows, lps = t_ids[:-1], rows[:-1], lps[:-1]
+        body = student(rec["completion"], add_special_tokens=False)["input_ids"]
+        stats.add(cmap.soft_labels(t_ids, rows, lps, body).stats)
+    return stats

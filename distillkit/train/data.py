@@ -22,9 +22,10 @@ Tokenizers. Soft labels are token ids of the teacher's vocabulary, so they are o
 student tokenizes like the teacher. `check_same_tokenizer` decodes the records' `completion_ids` with
 the student's tokenizer and compares with the stored text. When they match, `completion_ids` are used
 directly (no re-tokenization drift). When they do not, the completion text is re-tokenized with the
-student's tokenizer (SFT still works) and top-k KD is refused with a `DistillkitError`: use
-`kd.enabled: false`, a student from the teacher's family, or TRL's GOLD trainer for cross-tokenizer
-distillation.
+student's tokenizer (SFT still works) and top-k KD is refused with a `DistillkitError` unless
+`train.kd.cross_tokenizer` is set: then the teacher's rows are moved onto the student's tokens by
+`distillkit.train.cross_tokenizer` (student tokens spanning exactly one teacher token's bytes get its
+candidates mapped by spelling, the rest CE only), and `info["cross_tokenizer"]` reports how much was kept.
 """
 
 from __future__ import annotations
@@ -118,11 +119,13 @@ def ids_spell(tokenizer, ids: list[int], text: str) -> bool:
 # ----------------------------------------------------------------------------------------- examples
 
 
-def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int) -> dict:
+def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, cross=None, cross_stats=None) -> dict:
     """One record -> {"input_ids", "labels"} and, when `topk` > 0, {"kd_ids", "kd_logprobs", "kd_mask"}.
 
     All columns have one entry per token. With `use_teacher_ids` the completion is the teacher's ids
-    (and its top-k rows are aligned to them); otherwise it is re-tokenized and carries no soft labels.
+    (and its top-k rows are aligned to them); otherwise it is re-tokenized and carries no soft labels,
+    unless `cross` (a `CrossTokenizerMap` from the teacher's tokenizer to this one) moves the teacher's
+    rows onto the re-tokenized completion; its counts are added to `cross_stats` (an `AlignmentStats`).
     Untruncated: `build_train_dataset` cuts to `train.max_length` (keeping the start) and counts the cuts.
     """
     parts = split_template(tokenizer, record)
@@ -147,6 +150,11 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int) -
                                       f"{len(body)} completion tokens; the generate output is inconsistent")
     else:
         body = tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+    mapped = None
+    if cross is not None and topk > 0 and not use_teacher_ids and record.get("topk_ids") is not None \
+            and record.get("completion_ids") is not None and len(record["completion_ids"]):
+        mapped = _cross_rows(cross, record, body)
+        as_arrays = True
 
     finished = record.get("finish_reason", "stop") != "length"
     ended_with_eos = bool(body) and body[-1] == eos
@@ -177,8 +185,15 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int) -
         kd_ids = np.zeros((total, topk), dtype=np.int32)
         kd_lp = np.zeros((total, topk), dtype=np.float32)
         kd_mask = np.zeros(total, dtype=np.int8)
-        kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = rows_ids, rows_lp
-        kd_mask[n_pre:n_pre + n_body] = 1
+        if mapped is not None:
+            labels_, eos_row = mapped
+            kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = labels_.ids, labels_.logprobs
+            kd_mask[n_pre:n_pre + n_body] = labels_.mask
+            if cross_stats is not None:
+                cross_stats.add(labels_.stats)
+        else:
+            kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = rows_ids, rows_lp
+            kd_mask[n_pre:n_pre + n_body] = 1
         if eos_row is not None and finished:
             kd_ids[n_pre + n_body], kd_lp[n_pre + n_body] = eos_row
             kd_mask[n_pre + n_body] = 1
@@ -194,6 +209,31 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int) -
             kd_mask[n_pre + len(body)] = 1
         out.update(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_mask=kd_mask)
     return out
+
+
+def _cross_rows(cross, record: dict, body: list[int]):
+    """(SoftLabels on the student's completion tokens, the mapped EOS row or None) for `tokenize_record`.
+
+    The teacher's EOS row, when its completion ended with EOS, goes to the student's EOS (the template's
+    end of turn), its candidates mapped like any other row (the teacher's EOS id to the student's)."""
+    import numpy as np
+
+    t_ids = np.asarray(record["completion_ids"])
+    rows_ids, rows_lp = np.asarray(record["topk_ids"]), np.asarray(record["topk_logprobs"])
+    if len(rows_ids) != len(t_ids):
+        raise DistillkitError(f"record {record.get('id')!r}: {len(rows_ids)} top-k rows for "
+                              f"{len(t_ids)} completion tokens; the generate output is inconsistent")
+    eos_row = None
+    if cross.teacher_eos is not None and t_ids[-1] == cross.teacher_eos:
+        ids, lps, stats = cross.map_rows(rows_ids[-1:], rows_lp[-1:])
+        eos_row = (ids[0], lps[0])
+        t_ids, rows_ids, rows_lp = t_ids[:-1], rows_ids[:-1], rows_lp[:-1]
+    labels = cross.soft_labels(t_ids, rows_ids, rows_lp, body)
+    if record.get("finish_reason", "stop") != "length":  # the student's EOS is trained: it could carry a row
+        labels.stats.num_positions += 1
+        if eos_row is not None:
+            labels.stats.add(stats)
+    return labels, eos_row
 
 
 def record_topk(records) -> int:
@@ -221,7 +261,8 @@ def _first(records, n: int):
 
 
 def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool, packing: bool,
-                        seed: int = 0, require_topk: bool = True, cache_dir: str | Path | None = None):
+                        seed: int = 0, require_topk: bool = True, cache_dir: str | Path | None = None,
+                        teacher_tokenizer=None):
     """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
 
     `records` is a `datasets.Dataset`, a list of records, or a `StageRecords` view streaming a stage
@@ -231,10 +272,13 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     neither the records nor their soft labels are ever all in memory (16-32k-token traces with top-20
     labels are ~2-4 MB each as training columns).
 
+    `teacher_tokenizer` (set with `train.kd.cross_tokenizer`) is the tokenizer of the soft labels' ids: when
+    the student's differs, the labels are mapped onto the student's tokens instead of refused.
+
     Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
     tokens, soft-labelled tokens, dropped examples, examples cut at `max_length` (keeping their start)
-    and the tokens cut, whether the teacher's ids were used, and with packing the number of packed rows
-    and how full they are.
+    and the tokens cut, whether the teacher's ids were used, with packing the number of packed rows
+    and how full they are, and with a cross-tokenizer map its alignment figures (`cross_tokenizer`).
     """
     import tempfile
 
@@ -248,12 +292,17 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
                               "records have no topk_ids; regenerate with generate.sampling.topk_logprobs > 0 "
                               "or add the `score` stage, or set train.kd.teacher_probs: live")
     same = check_same_tokenizer(tokenizer, records)
-    if topk > 0 and not same:
+    cross = cross_stats = None
+    if topk > 0 and not same and teacher_tokenizer is None:
         raise DistillkitError(
             "the records' completion_ids do not decode to their text with the student's tokenizer: the teacher "
-            "uses another vocabulary, so its stored top-k soft labels cannot be aligned to the student's tokens. "
-            "Set train.kd.enabled: false (plain SFT on the text), pick a student of the teacher's family, or "
-            "use TRL's GOLDTrainer for cross-tokenizer distillation.")
+            "uses another vocabulary, so its stored top-k soft labels are not on the student's ids. Set "
+            "train.kd.cross_tokenizer: true (map them by spelling; preflight reports how much maps), "
+            "train.kd.enabled: false (plain SFT on the text), or pick a student of the teacher's family.")
+    if topk > 0 and not same:
+        from distillkit.train.cross_tokenizer import AlignmentStats, CrossTokenizerMap
+
+        cross, cross_stats = CrossTokenizerMap(teacher_tokenizer, tokenizer), AlignmentStats()
     if not same and any(rec.get("completion_ids") for rec in _first(records, 64)):
         log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
     feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
@@ -274,7 +323,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     try:
         for rec in records:
             ids = rec.get("completion_ids")
-            ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk)
+            ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk,
+                                 cross=cross, cross_stats=cross_stats)
             n = len(ex["input_ids"])
             if max_length is not None and n > max_length:  # keep the start: the prompt and the beginning of the trace
                 ex = {k: v[:max_length] for k, v in ex.items()}
@@ -298,6 +348,11 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     if writer is None:
         raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
                               "may be shorter than the prompts)")
+    if cross_stats is not None:
+        info["cross_tokenizer"] = cross_stats.summary()
+        log.info("train: cross-tokenizer soft labels on %.1f%% of student positions, %.1f%% of the teacher's top-%d "
+                 "mass mapped", 100 * info["cross_tokenizer"]["share_positions_labelled"],
+                 100 * info["cross_tokenizer"]["share_topk_mass_mapped"], topk)
     if info["num_truncated"]:
         log.info("train: %d of %d examples longer than train.max_length=%d were cut (%d tokens), keeping their start",
                  info["num_truncated"], info["num_examples"] + info["num_dropped"], max_length, info["num_tokens_cut"])

@@ -199,11 +199,17 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
                      part["samples"], part["available"], 100 * part["token_share"])
     bf16 = resolve_bf16(t.bf16)
     teacher = load_live_teacher(cfg, tokenizer, bf16) if t.kd.enabled and t.kd.teacher_probs == "live" else None
+    teacher_tokenizer = None
+    if t.kd.enabled and t.kd.cross_tokenizer:  # the soft labels' ids are the labelling teacher's
+        from distillkit.preflight import load_tokenizer_and_config
+
+        teacher_tokenizer = load_tokenizer_and_config(cfg.label_teacher.model)[0]
     with state.main_process_first():
         dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=t.kd.enabled,
                                                  packing=t.packing, seed=t.seed,
                                                  require_topk=t.kd.teacher_probs.startswith("topk"),
-                                                 cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}")
+                                                 cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}",
+                                                 teacher_tokenizer=teacher_tokenizer)
     return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
                     data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher)
 

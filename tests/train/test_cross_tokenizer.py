@@ -190,3 +190,89 @@ def test_real_vocabulary_sizes_stay_linear(qwen, llama):
     assert out_ids.shape == (16384, 20) and stats.num_candidates == rows.size
     # every candidate either maps (exactly or by its first token) or is a special / undecodable byte piece
     assert 0.9 < (stats.mass_exact + stats.mass_first) / stats.teacher_mass <= 1.0
+
+
+# ----------------------------------------------------------------------------------------- training data
+
+
+def qwen_records(qwen, texts, finish_reason="stop"):
+    """Records as an R1-Distill-Qwen teacher would store them: its ids (EOS last) and, per token, a top-3
+    row [the token itself .7, EOS .2, "!" .05]."""
+    from distillkit.records import make_record
+
+    out = []
+    for i, text in enumerate(texts):
+        t = ids(qwen, text) + [qwen.eos_token_id]
+        rows = [[x, qwen.eos_token_id, tid(qwen, "!")] for x in t]
+        out.append(make_record(prompt_id=f"p{i}", problem="q", messages=[{"role": "user", "content": "q"}],
+                               prefill="<think>\n", completion=text, completion_ids=t, topk_ids=rows,
+                               topk_logprobs=[[math.log(0.7), math.log(0.2), math.log(0.05)]] * len(t),
+                               finish_reason=finish_reason))
+    return out
+
+
+def test_train_data_without_the_key_names_it(qwen, smol):
+    from distillkit.errors import DistillkitError
+    from distillkit.train.data import build_train_dataset
+
+    with pytest.raises(DistillkitError, match="train.kd.cross_tokenizer: true"):
+        build_train_dataset(qwen_records(qwen, ["so</think>\n\nThe answer is 7."]), smol, None, use_kd=True,
+                            packing=False)
+
+
+def test_train_data_maps_rows_onto_the_students_tokens(qwen, smol, tmp_path):
+    from distillkit.train.data import build_train_dataset
+
+    text = "so</think>\n\nThe answer is 7."
+    ds, info = build_train_dataset(qwen_records(qwen, [text]), smol, None, use_kd=True, packing=False,
+                                   teacher_tokenizer=qwen, cache_dir=tmp_path / "ex")
+    ex = ds[0]
+    body = ids(smol, text)
+    start = ex["input_ids"].index(body[0], len(ex["input_ids"]) - len(body) - 2)  # after the prompt and prefill
+    assert ex["input_ids"][start:start + len(body)] == body
+    # SmolLM2: "so", "</", "think", ">", "\n", "\n", "The", " answer", " is", " ", "7", "." against Qwen's
+    # "so", "</think>", "\n\n", "The", " answer", " is", " ", "7", ".": every token but the four pieces of
+    # "</think>" and the two newlines covers one Qwen token. Then the EOS (<|im_end|>) with the teacher's EOS row.
+    assert [smol.decode([x]) for x in body] == ["so", "</", "think", ">", "\n", "\n", "The", " answer", " is", " ", "7", "."]
+    assert ex["kd_mask"][start:start + len(body) + 1] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert sum(ex["kd_mask"]) == 8  # 7 completion tokens and the EOS; nothing in the prompt, the prefill or the template's trailing newline
+    eos, bang = smol.eos_token_id, tid(smol, "!")
+    # Each labelled row: the student's own token (.7), its EOS (.2, from the teacher's EOS) and "!" (.05),
+    # in ascending student id.
+    the = start + 6
+    assert ex["kd_ids"][the] == sorted([body[6], eos, bang])
+    expected = {body[6]: 0.7, eos: 0.2, bang: 0.05}
+    assert np.allclose(np.exp(ex["kd_logprobs"][the]), [expected[i] for i in ex["kd_ids"][the]])
+    at_eos = start + len(body)
+    assert ex["input_ids"][at_eos] == eos and sorted(ex["kd_ids"][at_eos]) == sorted([eos, bang, 0])
+    figures = info["cross_tokenizer"]
+    # 13 student positions (12 completion tokens + EOS), 8 labelled; all of the top-3 mass maps
+    assert figures["num_positions"] == 13 and figures["num_labelled"] == 8
+    assert figures["share_topk_mass_mapped"] == 1.0 and info["num_kd_tokens"] == 8
+
+
+def test_preflight_measures_the_stored_traces(qwen, smol, tmp_path):
+    from distillkit.config import validate_recipe
+    from distillkit.preflight import check_cross_tokenizer
+    from distillkit.records import record_features, write_shard
+
+    cfg = validate_recipe({"name": "x", "output_dir": str(tmp_path), "stages": ["filter", "train"],
+                           "train": {"kd": {"enabled": True, "cross_tokenizer": True}}})
+    before = check_cross_tokenizer(cfg, qwen, smol, "pair")  # nothing generated yet: the sample trace
+    assert before.severity == "ok" and "sample trace (no traces yet)" in before.message
+    write_shard(cfg.stage_dir("filter"), 0, qwen_records(qwen, ["so</think>\n\nThe answer is 7."]), record_features(3))
+    after = check_cross_tokenizer(cfg, qwen, smol, "pair")
+    # the training-data test's trace without its EOS: 7 of 12 SmolLM2 tokens, all of the top-3 mass
+    assert "on 1 traces" in after.message and "58.3% of student positions" in after.message
+    assert "100.0% of the teacher's top-k mass" in after.message and after.severity == "ok"
+
+
+def test_the_key_is_hashed_only_when_set(tmp_path):
+    from distillkit.config import load_recipe
+    from distillkit.pipeline import stage_config_hash
+
+    plain = load_recipe("quickstart", [f"output_dir={tmp_path}"])
+    cross = load_recipe("quickstart", [f"output_dir={tmp_path}", "train.kd.cross_tokenizer=true"])
+    assert "cross_tokenizer" in plain.train.kd.model_dump()  # present, yet left out of the hash at its default
+    assert stage_config_hash(cross, "train") != stage_config_hash(plain, "train")
+    assert stage_config_hash(cross, "filter") == stage_config_hash(plain, "filter")

@@ -275,6 +275,7 @@ def test_preflight_refuses_kd_across_bpes_and_sft_passes(models):
     findings = preflight(recipe(models[R1_QWEN], models[LLAMA_8B]), stages=["train"])
     errors = [f for f in findings if f.severity == "error"]
     assert [f.check for f in errors] == ["vocab_compat"] and "train.kd.enabled: false" in errors[0].fix
+    assert "train.kd.cross_tokenizer: true" in errors[0].fix
     sft = preflight(recipe(models[R1_QWEN], models[LLAMA_8B], train__kd__enabled=False), stages=["train"])
     assert [f for f in sft if f.severity == "error"] == []
 
@@ -323,3 +324,13 @@ def test_run_stops_at_preflight_before_generation_and_writes_nothing(models, tmp
     assert str(models[R1_QWEN]) in proc.stderr and str(models[LLAMA_8B]) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_preflight_allows_kd_across_bpes_with_cross_tokenizer(models):
+    from distillkit.preflight import preflight
+
+    findings = preflight(recipe(models[R1_QWEN], models[LLAMA_8B], train__kd__cross_tokenizer=True), stages=["train"])
+    assert [f for f in findings if f.severity == "error"] == []
+    cross = next(f for f in findings if f.check == "cross_tokenizer")
+    # preflight's sample trace is English prose, LaTeX and </think>: most Llama 3 tokens cover one Qwen token
+    assert cross.severity == "ok" and "sample trace" in cross.message
