@@ -193,7 +193,11 @@ def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verb
             out.print(funnel_table(manifest))
             _print_filter_warnings(manifest)
     except (ImportError, AttributeError):
-        pass
+        return
+    if manifest is not None:
+        from distillkit.filter.stage import check_kept
+
+        check_kept(manifest)
 
 
 def _print_filter_warnings(manifest) -> None:

@@ -285,13 +285,56 @@ class DecontaminateConfig(StrictModel):
 
 
 class SelectionConfig(StrictModel):
+    """Which prompts and traces to keep once the verifiers have spoken, in this order: the difficulty band,
+    the share of each difficulty bin, then `policy` within each remaining prompt.
+
+    A prompt's difficulty is the teacher's pass rate on it: of its n samples, the share no verifier rejected
+    (the filter manifest's `stats.pass_rates`)."""
+
     policy: Literal["all", "max_k", "shortest"] = "all"
     """all: every passing sample; max_k: at most k per prompt; shortest: the shortest passing one."""
     k: PositiveInt = 1
     min_pass_rate: float = Field(0.0, ge=0, le=1)
     """Drop prompts the teacher solves less often than this (0 keeps all)."""
-    max_pass_rate: float = Field(1.0, ge=0, le=1)
-    """Drop prompts the teacher solves more often than this (1 keeps all): too easy to teach."""
+    max_pass_rate: float = Field(1.0, gt=0, le=1)
+    """Drop prompts the teacher solves more often than this (1 keeps all; e.g. 0.99 drops the ones it always
+    solves: too easy to teach)."""
+    bins: Optional[list[float]] = None
+    """Edges of difficulty bins over the pass rate, from 0 to 1, e.g. [0, 0.25, 0.5, 0.75, 1]; bins are
+    [lo, hi) except the last, [lo, 1]. With `bin_shares`."""
+    bin_shares: Optional[list[float]] = None
+    """Share of each bin's prompts to keep (one per bin, each in [0, 1]), e.g. [1, 1, 0.5, 0.2] keeps every
+    hard prompt and a fifth of the easy ones. Which prompts: a hash of the prompt id with `seed` (stable
+    across runs, shards and machines)."""
+    seed: int = 0
+    """Seed of the bin-share choice."""
+
+    @model_validator(mode="after")
+    def _band_and_bins(self):
+        if self.min_pass_rate > self.max_pass_rate:
+            raise ValueError(f"min_pass_rate {self.min_pass_rate} > max_pass_rate {self.max_pass_rate} keeps no "
+                             "prompt; the band is [min_pass_rate, max_pass_rate]")
+        if (self.bins is None) != (self.bin_shares is None):
+            raise ValueError("set both `bins` (edges from 0 to 1) and `bin_shares` (one share per bin), or neither")
+        if self.bins is None:
+            return self
+        e = self.bins
+        if len(e) < 2 or e[0] != 0 or e[-1] != 1 or any(b <= a for a, b in zip(e, e[1:])):
+            raise ValueError(f"bins {e}: edges must rise strictly from 0 to 1, e.g. [0, 0.25, 0.5, 0.75, 1]")
+        if len(self.bin_shares) != len(e) - 1:
+            raise ValueError(f"bin_shares has {len(self.bin_shares)} values for {len(e) - 1} bins {e}: give one "
+                             "share per bin")
+        if any(not 0 <= x <= 1 for x in self.bin_shares):
+            raise ValueError(f"bin_shares {self.bin_shares}: every share is a fraction in [0, 1]")
+        if not any(x > 0 and hi > self.min_pass_rate and lo <= self.max_pass_rate and hi > 0
+                   for x, lo, hi in zip(self.bin_shares, e, e[1:])):
+            raise ValueError(f"bin_shares {self.bin_shares} keep no prompt inside the band [min_pass_rate "
+                             f"{self.min_pass_rate}, max_pass_rate {self.max_pass_rate}]")
+        return self
+
+    @property
+    def by_difficulty(self) -> bool:
+        return self.min_pass_rate > 0 or self.max_pass_rate < 1 or self.bins is not None
 
 
 class FilterExecutorConfig(StrictModel):

@@ -36,6 +36,9 @@ _ADDED_LATER = [
     ("generate", ("teacher", "openai", "serve"), lambda: False),
     ("train", ("kd", "teacher_server"), _default_server),
     ("filter", ("verifiers", "*", "on_cannot_judge"), lambda: None),
+    ("filter", ("selection", "bins"), lambda: None),
+    ("filter", ("selection", "bin_shares"), lambda: None),
+    ("filter", ("selection", "seed"), lambda: 0),
     ("train", ("kd", "cross_tokenizer"), lambda: False),
 ]
 
@@ -110,6 +113,7 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
             manifests[stage] = read_manifest(cfg.stage_dir(stage))
             if on_stage:
                 on_stage(stage, "skipped")
+            _check_output(stage, manifests[stage], selected)
             continue
         if on_stage:
             on_stage(stage, "running")
@@ -124,4 +128,13 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
         manifests[stage] = manifest
         if on_stage:
             on_stage(stage, "done")
+        _check_output(stage, manifest, selected)
     return manifests
+
+
+def _check_output(stage: str, manifest: Manifest, selected: list[str]) -> None:
+    """Stop between stages when one left the next nothing to work on (a filter that kept no record)."""
+    if stage == "filter" and any(s in selected for s in ("score", "train")):
+        from distillkit.filter.stage import check_kept
+
+        check_kept(manifest)

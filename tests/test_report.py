@@ -52,7 +52,8 @@ def _fake_run(root, write_rejected: bool = True):
         "filter": {"verifiers": [{"kind": "truncation", "require_closed_reasoning": False},
                                  {"kind": "language", "field": "completion"},
                                  {"kind": "length", "max_tokens": 100}],
-                   "dedup": {"near": {"enabled": False}}, "write_rejected": write_rejected},
+                   "dedup": {"near": {"enabled": False}}, "write_rejected": write_rejected,
+                   "selection": {"policy": "max_k", "k": 1}},
     })
     gen = StageOutput(cfg.stage_dir("generate"), "generate", "g")
     gen.begin()
@@ -118,6 +119,11 @@ def test_report_contains_every_section_and_escapes_text(tmp_path):
     pr = json.loads((run / "filter" / "manifest.json").read_text())["stats"]["pass_rates"]
     assert f"{pr['prompts']} prompts" in difficulty and "<svg" in difficulty
     assert all(f"{float(rate):.0%}" in difficulty for rate in pr["histogram"])
+    # and what each selection rule removed
+    sel = json.loads((run / "filter" / "manifest.json").read_text())["stats"]["selection"]
+    assert sel["rules"] and f"{sel['prompts_out']} kept" in difficulty
+    for rule, c in sel["rules"].items():
+        assert f"<td>{rule}</td><td>{c['prompts']}</td><td>{c['traces']}</td>" in difficulty
 
 
 def test_rejection_reasons_are_rejections_only(tmp_path):

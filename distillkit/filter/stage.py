@@ -212,7 +212,7 @@ def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterCo
 
 def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     """Dedup and selection over all records' keys, and the funnel/reasons/sources stats."""
-    from distillkit.filter.selection import select
+    from distillkit.filter.selection import rule_counts, select
 
     n = len(keys)
     alive = keys.alive.copy()
@@ -253,7 +253,8 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     rates = {p: prompt_rate[p] for p in np.flatnonzero(total)}
     record_rate = prompt_rate[keys.prompt].astype(np.float32) if n else np.zeros(0, np.float32)
     candidates = np.flatnonzero(alive)
-    dropped = select(_Rows(keys), candidates.tolist(), rates, cfg.selection)
+    rows = _Rows(keys)
+    dropped = select(rows, candidates.tolist(), rates, cfg.selection, name=lambda p: keys.prompt_names[p].as_py())
     table: dict[Verdict, int] = {}
     selection = np.full(n, -1, dtype=np.int32)
     selected = Verdict(True, "selected")
@@ -262,6 +263,7 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
         selection[i] = table.setdefault(v, len(table))
     record_step("selection", np.array(sorted(dropped), dtype=np.int64), Counter(v.reason for v in dropped.values()),
                 Counter({"selected": len(candidates) - len(dropped)} if len(candidates) > len(dropped) else {}))
+    by_rule = rule_counts(rows, candidates.tolist(), dropped)
     timings["selection_s"] = round(time.time() - t0, 3)
 
     sources = {}
@@ -276,7 +278,7 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     warnings = cannot_judge_warnings(outcomes, cfg)
     for w in warnings:
         log.warning("filter: %s", w)
-    stats = FilterStats(funnel=funnel, warnings=warnings, pass_rates=pass_rate_stats(good, total),
+    stats = FilterStats(funnel=funnel, warnings=warnings, pass_rates=pass_rate_stats(good, total), selection=by_rule,
                         reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
                         outcomes={k: {o: dict(sorted(v.get(o, Counter()).items())) for o in OUTCOME_OF.values()}
                                   for k, v in outcomes.items()},
@@ -542,6 +544,35 @@ def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work:
     return manifest
 
 
+def funnel_lines(stats: FilterStats) -> list[str]:
+    """The funnel as plain lines (for an error message): step, records in -> out, the top rejection reasons."""
+    lines = []
+    for row in stats.funnel:
+        top = sorted(stats.counts(row.step, "rejected").items(), key=lambda kv: -kv[1])[:3]
+        lines.append(f"  {row.step:<16} {row.in_:>8} -> {row.out:<8} {', '.join(f'{r} {c}' for r, c in top)}")
+    if sel := stats.selection:
+        rules = ", ".join(f"{r} {c['prompts']}" for r, c in sel["rules"].items() if c["prompts"])
+        lines.append(f"  {'prompts':<16} {sel['prompts_in']:>8} -> {sel['prompts_out']:<8} {rules}")
+    return lines
+
+
+def check_kept(manifest: Manifest) -> None:
+    """Stop (before training on nothing) when the filter kept no record, with the funnel and the keys to look at."""
+    if manifest.counts.get("kept", 1) > 0:
+        return
+    stats = FilterStats.of(manifest)
+    lines = funnel_lines(stats) if stats is not None else []
+    sel = stats.selection if stats is not None else {}
+    if sel and sel.get("prompts_in", 0) > 0:
+        fix = ("the selection removed every prompt: widen filter.selection.min_pass_rate / max_pass_rate, raise "
+               "filter.selection.bin_shares, or check the pass rates above (`distillkit report`)")
+    else:
+        fix = ("no trace passed the verifiers: check the top rejection reasons above and the verifiers' settings "
+               "(filter.verifiers), or generate more samples (generate.sampling.n)")
+    raise DistillkitError("filter kept 0 of {} records, nothing to train on; {}:\n{}".format(
+        manifest.counts.get("input", 0), fix, "\n".join(lines)))
+
+
 def funnel_table(manifest: Manifest | None):
     """A rich Table of the funnel (step, in, rejected, out, top reasons) and pass rate per source."""
     from rich.table import Table
@@ -557,9 +588,13 @@ def funnel_table(manifest: Manifest | None):
     def listed(counts: dict) -> str:
         return ", ".join(f"{r} {c}" for r, c in sorted(counts.items(), key=lambda kv: -kv[1]))
 
+    sel = stats.selection
     for row in stats.funnel:
         table.add_row(row.step, str(row.in_), str(row.rejected), str(row.out),
                       listed(stats.counts(row.step, "rejected")), listed(stats.counts(row.step, "cannot_judge")))
+        if row.step == "selection" and sel:
+            table.add_row("  prompts", str(sel["prompts_in"]), str(sel["prompts_in"] - sel["prompts_out"]),
+                          str(sel["prompts_out"]), listed({r: c["prompts"] for r, c in sel["rules"].items() if c["prompts"]}), "")
     pr = stats.pass_rates
     if pr:
         table.add_row("prompts by teacher pass rate", str(pr["prompts"]), "", "",

@@ -9,6 +9,7 @@ CLI funnel, the dataset card and the report read them through it.
                                                     cache hits, tokens); empty when none does
     warnings  [str]                                 verifiers that could not judge too many records
     pass_rates {prompts, mean, never, always, histogram}  the teacher's pass rate per prompt
+    selection {prompts_in, prompts_out, rules: {reason: {prompts, traces}}}  what each selection rule removed
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class FilterStats(_Schema):
     """Verifiers that could not judge more than `filter.warn_cannot_judge` of their records."""
     pass_rates: dict[str, Any] = Field(default_factory=dict)
     """Per-prompt teacher pass rates: {prompts, mean, never, always, histogram {rate: prompts}}."""
+    selection: dict[str, Any] = Field(default_factory=dict)
+    """Prompts with a candidate trace before and after selection, and per rule (reason) the traces it
+    removed and the prompts it removed whole."""
 
     def dump(self) -> dict[str, Any]:
         """As written into the manifest."""

@@ -309,11 +309,15 @@ def verify_shard(source: Path, index: int, work: Path, judge: Judge, config_hash
     tally = Tally(steps=judge.all_steps())
     usage_before = judge.usage()
     parts: list[pa.Table] = []
-    try:
-        for rows in read_verify_rows(pf):
-            parts.append(_judged_table(rows, judge.judge(rows, tally, on_done), judge))
-    except (OSError, pa.ArrowException) as e:  # the file's body is damaged past its footer
-        raise ShardError(f"{source}: reading it failed ({type(e).__name__}: {e}); it is corrupt or truncated") from None
+    batches = read_verify_rows(pf)
+    while True:
+        try:  # only the reading: a verifier's own OSError is not a broken shard
+            rows = next(batches)
+        except StopIteration:
+            break
+        except (OSError, pa.ArrowException) as e:  # the file's body is damaged past its footer
+            raise ShardError(f"{source}: reading it failed ({type(e).__name__}: {e}); it is corrupt or truncated") from None
+        parts.append(_judged_table(rows, judge.judge(rows, tally, on_done), judge))
     for step, stats in judge.usage().items():
         tally.verifiers[step] = merge_numbers(stats, usage_before.get(step, {}), sign=-1)
     table = pa.concat_tables(parts) if parts else _judged_table([], None, judge)

@@ -52,6 +52,15 @@ def _worker_main(conn, func_path: str, warmup_path: str | None) -> None:
             conn.send((task_id, ("error", None, f"{type(e).__name__}: {e}")))
 
 
+def _stderr_fd() -> int:
+    """The caller's stderr as a file descriptor; the process's own (2) where sys.stderr is no file (a notebook,
+    pytest's capsys), which raised io.UnsupportedOperation there."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return 2
+
+
 class _Worker:
     """One worker: a fresh `python -m distillkit.filter.workers` talking over a socket pair.
 
@@ -64,8 +73,7 @@ class _Worker:
         ours, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "distillkit.filter.workers", str(theirs.fileno()), func_path, warmup_path or ""]
         # stdout -> stderr: a chatty library in the worker must not corrupt the caller's stdout.
-        self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                     stdout=sys.stderr.fileno() if hasattr(sys.stderr, "fileno") else None)
+        self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=_stderr_fd())
         theirs.close()
         self.conn = Connection(os.dup(ours.fileno()))
         ours.close()

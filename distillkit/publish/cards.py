@@ -283,6 +283,9 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
                  "shortest": "the shortest passing sample per prompt"}[sel.policy]
     if sel.min_pass_rate > 0 or sel.max_pass_rate < 1:
         selection += f"; prompts kept when the teacher's pass rate is in [{sel.min_pass_rate}, {sel.max_pass_rate}]"
+    if sel.bins is not None:
+        selection += "; of the prompts in each pass-rate bin " + ", ".join(
+            f"[{lo:g}, {hi:g}{']' if hi == 1 else ')'}: {share:.0%}" for lo, hi, share in zip(sel.bins, sel.bins[1:], sel.bin_shares))
     funnel = _funnel_rows(filter_manifest)
     data = DatasetCardData(
         license=cfg.publish.license, pretty_name=f"{cfg.name} reasoning traces",

@@ -392,9 +392,16 @@ def _difficulty_section(fstats) -> str:
         return _empty("no pass rates (filter has not run, or ran before they were recorded)")
     bars = svg_bars([(f"{float(rate):.0%}", count, str(count))
                      for rate, count in sorted(pr["histogram"].items(), key=lambda kv: float(kv[0]))])
+    sel = fstats.selection
+    rules = ""
+    if sel and sel.get("rules"):
+        rows = "".join(f"<tr><td>{_esc(r)}</td><td>{c['prompts']}</td><td>{c['traces']}</td></tr>"
+                       for r, c in sel["rules"].items())
+        rules = (f"<p class='note'>selection: {sel['prompts_in']} prompts with a passing trace, {sel['prompts_out']} "
+                 f"kept</p><table><tr><th>rule</th><th>prompts removed</th><th>traces removed</th></tr>{rows}</table>")
     return (f"<p class='note'>{pr['prompts']} prompts, mean pass rate {pr['mean']:.0%}; never solved "
             f"{pr['never']}, always solved {pr['always']} (filter.selection.min_pass_rate / max_pass_rate "
-            f"drop either end)</p>" + bars)
+            f"drop either end; bins / bin_shares keep a share of each difficulty)</p>" + bars + rules)
 
 
 def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_samples: int = 60) -> Path:

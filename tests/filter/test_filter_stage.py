@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import yaml
 
-from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig
+from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig, VerifierSpec
 from distillkit.errors import DistillkitError
 from distillkit.filter.decontaminate import Decontaminator
 from distillkit.filter.dedup import find_duplicates
@@ -79,6 +80,69 @@ def test_selection_policies_and_pass_rate():
     assert {i: v.reason for i, v in got.items()} == {4: "pass_rate_above_max"}
 
 
+def _rated(rates: dict[str, float], n: int = 4):
+    """Records of prompts with the given pass rates (n samples each, the first round(rate * n) passing)."""
+    recs, passed = [], []
+    for pid, rate in rates.items():
+        for k in range(n):
+            recs.append(make_record(prompt_id=pid, sample_index=k, problem=pid, completion_tokens=10 + k))
+            passed.append(k < round(rate * n))
+    return recs, passed
+
+
+def test_difficulty_bins_keep_a_stable_share_of_each_bin():
+    rates = {f"q{i:02d}": [0.25, 0.5, 0.75, 1.0][i % 4] for i in range(40)}  # ten prompts at each rate
+    recs, passed = _rated(rates)
+    cand = [i for i, ok in enumerate(passed) if ok]
+    cfg = SelectionConfig(bins=[0, 0.5, 1], bin_shares=[1.0, 0.3], max_pass_rate=0.99)
+    got = select(recs, cand, pass_rates(recs, passed), cfg)
+    gone = {recs[i]["prompt_id"]: v for i, v in got.items()}
+    # rate 1.0: outside the band; 0.25 in [0, 0.5): all kept; 0.5 and 0.75 in [0.5, 1]: 6 of 20 kept
+    assert {p for p, v in gone.items() if v.reason == "pass_rate_above_max"} == {p for p, r in rates.items() if r == 1.0}
+    binned = {p for p, v in gone.items() if v.reason == "bin_share"}
+    assert len(binned) == 14 and all(rates[p] in (0.5, 0.75) for p in binned)
+    assert gone[min(binned)].detail == "pass rate in [0.5, 1]: kept 6 of 20 prompts (share 0.3)"
+    # a prompt's fate does not depend on record order, and is all-or-nothing
+    order = list(reversed(range(len(recs))))
+    again = select([recs[i] for i in order], [order.index(i) for i in cand], pass_rates(recs, passed), cfg)
+    assert {recs[order[i]]["prompt_id"] for i, v in again.items() if v.reason == "bin_share"} == binned
+    assert all(got.get(i) is not None for i in cand if recs[i]["prompt_id"] in binned)
+    # another seed, another choice of the same size
+    other = select(recs, cand, pass_rates(recs, passed), cfg.model_copy(update={"seed": 1}))
+    other_binned = {recs[i]["prompt_id"] for i, v in other.items() if v.reason == "bin_share"}
+    assert len(other_binned) == 14 and other_binned != binned
+    # bins and the policy compose: of the kept prompts, max_k trims traces
+    both = select(recs, cand, pass_rates(recs, passed), cfg.model_copy(update={"policy": "max_k", "k": 1}))
+    assert {v.reason for v in both.values()} == {"pass_rate_above_max", "bin_share", "over_max_k"}
+    from distillkit.filter.selection import rule_counts
+
+    counts = rule_counts(recs, cand, both)
+    assert counts["prompts_in"] == 40 and counts["prompts_out"] == 10 + 6
+    assert counts["rules"]["bin_share"] == {"prompts": 14, "traces": sum(round(rates[p] * 4) for p in binned)}
+    assert counts["rules"]["over_max_k"]["prompts"] == 0
+
+
+@pytest.mark.parametrize("selection, message", [
+    ({"min_pass_rate": 0.8, "max_pass_rate": 0.5}, "min_pass_rate 0.8 > max_pass_rate 0.5"),
+    ({"max_pass_rate": 0}, "filter.selection.max_pass_rate=0: Input should be greater than 0"),
+    ({"min_pass_rate": 1.5}, "filter.selection.min_pass_rate=1.5: Input should be less than or equal to 1"),
+    ({"bins": [0, 0.5, 1]}, "set both `bins`"),
+    ({"bins": [0, 0.6, 0.5, 1], "bin_shares": [1, 1, 1]}, "edges must rise strictly from 0 to 1"),
+    ({"bins": [0.1, 1], "bin_shares": [1]}, "edges must rise strictly from 0 to 1"),
+    ({"bins": [0, 0.5, 1], "bin_shares": [1]}, "bin_shares has 1 values for 2 bins"),
+    ({"bins": [0, 0.5, 1], "bin_shares": [1, 1.2]}, "every share is a fraction in [0, 1]"),
+    ({"bins": [0, 0.5, 1], "bin_shares": [0, 1], "max_pass_rate": 0.4}, "keep no prompt inside the band"),
+])
+def test_selection_config_errors_name_the_key(selection, message):
+    from distillkit.config import validate_recipe
+    from distillkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate_recipe({"filter": {"selection": selection}})
+    text = "\n".join(info.value.problems)
+    assert "filter.selection" in text and message in text, text
+
+
 def _sample(pid, k, body, answer, gold, source="arith", tokens=10, finish="stop", close=True):
     completion = body + ("\n</think>\n" + answer if close else "")
     reasoning, response, closed = split_reasoning(completion, "<think>\n")
@@ -146,8 +210,15 @@ def test_filter_stage_end_to_end(run_cfg):
 
     table = funnel_table(read_manifest(out))
     assert [c.header for c in table.columns][:4] == ["step", "in", "rejected", "out"]
-    assert table.row_count == 7 + 1 + 2  # 7 steps, prompts by pass rate, 2 sources
-    by_rate = [list(col.cells)[7] for col in table.columns]
+    # what each selection rule removed, in prompts and traces: p4 (always solved) goes whole, p1 and p2 lose
+    # traces to `shortest` but stay
+    assert m.stats["selection"] == {"prompts_in": 3, "prompts_out": 2,
+                                    "rules": {"not_shortest": {"prompts": 0, "traces": 1},
+                                              "pass_rate_above_max": {"prompts": 1, "traces": 1}}}
+    assert table.row_count == 7 + 1 + 1 + 2  # 7 steps, prompts after selection, prompts by pass rate, 2 sources
+    prompts_row = [list(col.cells)[7] for col in table.columns]
+    assert prompts_row[:5] == ["  prompts", "3", "1", "2", "pass_rate_above_max 1"]
+    by_rate = [list(col.cells)[8] for col in table.columns]
     assert by_rate[0] == "prompts by teacher pass rate" and "never solved" in by_rate[5]
     # the pass rate of each record's prompt is a column of kept and rejected records alike
     everything = kept.to_list() + list(rejected.values())
@@ -182,3 +253,47 @@ def test_filter_needs_finished_generate_output(tmp_path):
     cfg = RecipeConfig.model_validate({"name": "x", "output_dir": str(tmp_path / "none")})
     with pytest.raises(DistillkitError, match="run `distillkit generate` first"):
         run_filter(cfg, show_progress=False)
+
+
+def test_a_selection_that_keeps_nothing_stops_before_training(run_cfg, capsys):
+    """Zero kept prompts: `run` stops after the filter with the funnel in the error, `filter` prints the funnel
+    and exits non-zero; training never starts on nothing."""
+    from distillkit import cli
+    from distillkit.pipeline import run_pipeline
+
+    cfg = run_cfg.model_copy(deep=True)
+    cfg.filter.selection = SelectionConfig(min_pass_rate=0.6, max_pass_rate=0.9)  # p1, p2 at 0.5; p4 at 1.0
+    cfg.stages = ["filter", "train"]
+    with pytest.raises(DistillkitError) as info:
+        run_pipeline(cfg)
+    text = str(info.value)
+    assert "filter kept 0 of 11 records" in text and "filter.selection.min_pass_rate / max_pass_rate" in text
+    assert "selection" in text and "pass_rate_below_min 3" in text  # the funnel's selection row
+    assert "prompts" in text and "3 -> 0" in text
+    assert not cfg.stage_dir("train").exists()
+    # every trace rejected by the verifiers: the message points at them instead
+    cfg.filter.selection = SelectionConfig()
+    cfg.filter.verifiers = [VerifierSpec(kind="length", max_tokens=1)]
+    with pytest.raises(DistillkitError, match=r"no trace passed the verifiers.*\(filter\.verifiers\)"):
+        run_pipeline(cfg, overwrite=True)
+    recipe = cfg.stage_dir("filter").parent / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    capsys.readouterr()
+    with pytest.raises(DistillkitError, match="filter kept 0 of 11 records"):
+        cli.filter_([str(recipe), "stages=[filter]"])
+    assert "filter funnel" in capsys.readouterr().out
+
+
+def test_worker_pool_starts_where_stderr_is_no_file(monkeypatch):
+    """In a notebook sys.stderr has no file descriptor; the verifier workers used to fail to start there, and
+    the filter then reported every shard as corrupt."""
+    import io
+
+    from distillkit.filter.workers import TimeoutPool
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    pool = TimeoutPool("operator:add", num_workers=1, timeout_s=30)
+    try:
+        assert [r.value for r in pool.map([(1, 2), (3, 4)])] == [3, 7]
+    finally:
+        pool.close()

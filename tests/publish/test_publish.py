@@ -259,3 +259,13 @@ def test_model_card_names_each_tasks_version_prompt_and_extraction(run_cfg):
     assert "custom, split test; 0-shot; prompt: one worked example" in line
     assert "scored on the text after </think>" in line and "answer: text after </think> when closed" in line
     cards.validate_model_card(str(card), expected_eval=1)
+
+
+def test_dataset_card_names_the_difficulty_selection(run_cfg):
+    from distillkit.config import SelectionConfig
+    from distillkit.records import read_manifest
+
+    run_cfg.filter.selection = SelectionConfig(max_pass_rate=0.99, bins=[0, 0.5, 1], bin_shares=[1, 0.25])
+    text = cards.render_dataset_card(run_cfg, None, read_manifest(run_cfg.stage_dir("filter"))).text
+    assert "pass rate is in [0.0, 0.99]" in text
+    assert "of the prompts in each pass-rate bin [0, 0.5): 100%, [0.5, 1]: 25%" in text
