@@ -44,7 +44,12 @@ def test_same_output_as_the_in_memory_filter(case):
     m = run_filter(case, show_progress=False)
     # keys the old filter did not write (warnings) are checked for themselves, the rest must be equal
     assert {k: m.stats[k] for k in expected["stats"]} == expected["stats"]
-    assert set(m.stats) - set(expected["stats"]) == {"warnings", "pass_rates"} and m.stats["warnings"] == []
+    assert set(m.stats) - set(expected["stats"]) == {"warnings", "pass_rates", "selection"} and m.stats["warnings"] == []
+    # the selection's per-rule counts agree with its funnel step and the kept prompts
+    sel, step = m.stats["selection"], m.stats["funnel"][-1]
+    assert step["step"] == "selection" and sum(c["traces"] for c in sel["rules"].values()) == step["rejected"]
+    assert sel["prompts_out"] == m.counts["prompts_kept"] and sel["rules"]["over_max_k"]["prompts"] == 0
+    assert {"pass_rate_below_min", "pass_rate_above_max"} <= set(sel["rules"])
     assert m.counts == expected["counts"]
     got = outputs(case)
     assert got.keys() == expected["records"].keys()
