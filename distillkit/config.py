@@ -198,6 +198,46 @@ class SamplingConfig(StrictModel):
         return self
 
 
+class PrescreenConfig(StrictModel):
+    """Before the teacher samples, the *student* answers every prompt (`samples` times, with vLLM): prompts it
+    already solves teach it little (s1K, LIMO keep what a model does not solve), so they are dropped, or only
+    `keep_share` of them kept, before any teacher time is spent. "Solves" is judged by the correctness
+    verifiers of `filter.verifiers` (math, code, judge)."""
+
+    enabled: bool = False
+    model: Optional[str] = None
+    """The student to screen with (default: `train.student.model`, with `train.student.keep_layers` applied)."""
+    backend: Literal["vllm", "transformers"] = "vllm"
+    samples: PositiveInt = 4
+    """Student samples per prompt."""
+    temperature: NonNegativeFloat = 0.6
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: Optional[PositiveInt] = None
+    """Budget per student sample (default: `generate.sampling.max_tokens`)."""
+    solved_at: float = Field(0.75, gt=0, le=1)
+    """A prompt the student answers correctly in at least this share of its samples counts as solved."""
+    keep_share: float = Field(0.0, ge=0, lt=1)
+    """Share of the solved prompts kept anyway (a seeded hash of the prompt id picks which); 0 drops them all."""
+
+    @model_validator(mode="after")
+    def _samples_differ(self):
+        if self.enabled and self.temperature == 0 and self.samples > 1:
+            raise ValueError(f"temperature=0 (greedy) with samples={self.samples} gives identical answers; set "
+                             "samples: 1 or a temperature > 0")
+        return self
+
+
+class ResampleConfig(StrictModel):
+    """Resampling until verified (the AM data regenerated failed prompts until a verifier passed): a prompt
+    none of whose `sampling.n` samples passes the filter's verifiers gets another round of n samples with
+    new seeds, up to `rounds` more, stopping at the first round with a verified sample. Each shard is
+    verified as it is generated (the same verifier chain as `filter.verifiers`), so a killed run resumes
+    shard by shard as before."""
+
+    rounds: NonNegativeInt = 0
+    """Extra rounds for prompts with no verified sample (0: off)."""
+
+
 class GenerateConfig(StrictModel):
     renamed: ClassVar[dict[str, str]] = {"samples_per_prompt": "sampling.n"}
 
@@ -206,6 +246,8 @@ class GenerateConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     shard_size: PositiveInt = 64
     """Prompts per output shard; a killed run redoes at most one shard."""
+    prescreen: PrescreenConfig = Field(default_factory=PrescreenConfig)
+    resample: ResampleConfig = Field(default_factory=ResampleConfig)
 
 
 # ----------------------------------------------------------------------------------------- filter
@@ -824,6 +866,15 @@ class RecipeConfig(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+
+    @model_validator(mode="after")
+    def _prescreen_can_judge(self):
+        kinds = [v.kind for v in self.filter.verifiers]
+        if self.generate.prescreen.enabled and not {"math", "code", "judge"} & set(kinds):
+            raise ValueError(f"generate.prescreen judges the student's answers with the correctness verifiers of "
+                             f"filter.verifiers (math, code or judge), and this recipe lists none ({kinds}); add one, "
+                             "or set generate.prescreen.enabled: false")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from distillkit.config import STAGES, RecipeConfig
+from distillkit.config import STAGES, PrescreenConfig, RecipeConfig, ResampleConfig
 from distillkit.errors import DistillkitError
 from distillkit.records import Manifest, content_digest, read_manifest, stable_hash
 
@@ -36,6 +36,8 @@ _ADDED_LATER = [
     ("generate", ("teacher", "openai", "serve"), lambda: False),
     ("train", ("kd", "teacher_server"), _default_server),
     ("filter", ("verifiers", "*", "on_cannot_judge"), lambda: None),
+    ("generate", ("prescreen",), lambda: PrescreenConfig().model_dump(mode="json")),
+    ("generate", ("resample",), lambda: ResampleConfig().model_dump(mode="json")),
     ("filter", ("selection", "bins"), lambda: None),
     ("filter", ("selection", "bin_shares"), lambda: None),
     ("filter", ("selection", "seed"), lambda: 0),
@@ -56,6 +58,12 @@ def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
         for parent in parents:
             if isinstance(parent, dict) and parent.get(path[-1]) == default():
                 del parent[path[-1]]
+    gen = cfg.generate
+    if gen.resample.rounds or gen.prescreen.enabled:
+        # which prompts are sampled, and how often, depends on the verifiers' verdicts (and the screening student)
+        content["generate_verifiers"] = [v.model_dump(mode="json") for v in cfg.filter.verifiers]
+        if gen.prescreen.enabled and gen.prescreen.model is None:
+            content["prescreen_student"] = cfg.train.student.model_dump(mode="json")
     if "train" in upto and cfg.train.sources:
         # the training data, not only its path: an edited local file retrains (stage outputs and Hub datasets
         # are named by their config; a missing path fails later with a clear error)

@@ -33,7 +33,8 @@ SOFT_LABEL_COLUMNS = ("topk_ids", "topk_logprobs")
 # ----------------------------------------------------------------------------------------- records
 
 
-def build_requests(prompts: list[Prompt], gen_cfg, tokenizer) -> list[GenRequest]:
+def build_requests(prompts: list[Prompt], gen_cfg, tokenizer, salt: str = "") -> list[GenRequest]:
+    """One request per prompt; `salt` makes other seeds for the same prompts (a resampling round, the pre-screen)."""
     prefill = gen_cfg.prompts.prefill or ""
     requests = []
     for p in prompts:
@@ -42,13 +43,14 @@ def build_requests(prompts: list[Prompt], gen_cfg, tokenizer) -> list[GenRequest
         if tokenizer is not None:
             text, ids, in_template = render_prompt(tokenizer, p.messages, prefill)
         requests.append(GenRequest(p.prompt_id, p.messages, prefill, in_template, text, ids,
-                                   prompt_seed(gen_cfg.sampling.seed, p.prompt_id)))
+                                   prompt_seed(gen_cfg.sampling.seed, p.prompt_id + salt)))
     return requests
 
 
 def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[PromptResult], gen_cfg,
-               backend: Backend) -> list[dict]:
-    """One record per sample, soft labels as numpy arrays (the writer turns them into Arrow buffers)."""
+               backend: Backend, first_index: int = 0) -> list[dict]:
+    """One record per sample, soft labels as numpy arrays (the writer turns them into Arrow buffers); sample
+    indices start at `first_index` (a resampling round continues after the earlier rounds' samples)."""
     sampling_json = json.dumps(gen_cfg.sampling.model_dump(mode="json"), sort_keys=True)
     k = gen_cfg.sampling.topk_logprobs
     tokenizer = backend.tokenizer
@@ -63,7 +65,7 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
             s = apply_stop(s, gen_cfg.sampling.stop, tokenizer, eos_ids, skip_special_tokens=skip_special)
             reasoning, response, closed = split_reasoning(s.text, req.prefill)
             rec = make_record(
-                prompt_id=p.prompt_id, sample_index=j, source=p.source, problem=p.problem, gold_answer=p.answer,
+                prompt_id=p.prompt_id, sample_index=first_index + j, source=p.source, problem=p.problem, gold_answer=p.answer,
                 tests=p.tests, messages=p.messages, teacher=backend.model_id, sampling=sampling_json,
                 prefill=req.prefill, completion=s.text, completion_ids=s.token_ids, reasoning=reasoning,
                 response=response, reasoning_closed=closed, prompt_tokens=res.prompt_tokens,
@@ -80,7 +82,12 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
     return rows
 
 
-def generate_shard(prompts: list[Prompt], gen_cfg, backend: Backend) -> list[dict]:
+def generate_shard(prompts: list[Prompt], gen_cfg, backend: Backend, judge=None) -> list[dict]:
+    """The records of one shard; with `judge` (generate.resample.rounds > 0), sampled until verified."""
+    if judge is not None:
+        from distillkit.generate.curate import sample_until_verified
+
+        return sample_until_verified(prompts, gen_cfg, backend, judge)
     requests = build_requests(prompts, gen_cfg, backend.tokenizer)
     results = backend.generate(requests, gen_cfg.sampling)
     return to_records(prompts, requests, results, gen_cfg, backend)
@@ -106,11 +113,11 @@ def _progress(total: int, done: int):
 
 
 def _run_shards(shards, todo: list[int], gen_cfg, backend: Backend, out: StageOutput, features,
-                on_shard=None) -> int:
+                on_shard=None, judge=None) -> int:
     """Generate and commit the shards in `todo`; returns generated completion tokens."""
     tokens = 0
     for i in todo:
-        rows = generate_shard(shards[i], gen_cfg, backend)
+        rows = generate_shard(shards[i], gen_cfg, backend, judge)
         out.write_shard(i, rows, features)
         n = sum(r["completion_tokens"] for r in rows)
         tokens += n
@@ -147,14 +154,17 @@ def _replica_main(cfg_json: str, rank: int, todo: list[int], devices: str | None
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     cfg = RecipeConfig.model_validate_json(cfg_json)
     gen = cfg.generate
-    prompts = load_prompts(gen.prompts, seed=cfg.seed).prompts
     out = StageOutput(cfg.stage_dir("generate"), "generate", stage_config_hash(cfg, "generate"))
+    prompts = _prompts_to_sample(cfg, load_prompts(gen.prompts, seed=cfg.seed).prompts, out)[0]
     backend = make_backend(gen)
+    judge = _resample_judge(cfg)
     try:
         _run_shards(_shards(prompts, gen.shard_size), todo, gen, backend, out,
-                    record_features(gen.sampling.topk_logprobs))
+                    record_features(gen.sampling.topk_logprobs), judge=judge)
     finally:
         backend.close()
+        if judge is not None:
+            judge.close()
 
 
 def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas: int, on_progress) -> None:
@@ -190,11 +200,32 @@ def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas:
                               "to resume from the committed shards.")
 
 
-def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | None = None) -> Manifest:
+def _prompts_to_sample(cfg: RecipeConfig, prompts: list[Prompt], out: StageOutput,
+                       student: Backend | None = None) -> tuple[list[Prompt], dict | None]:
+    """The prompts the teacher samples: all, or those the student's pre-screen leaves (`generate.prescreen`)."""
+    if not cfg.generate.prescreen.enabled:
+        return prompts, None
+    from distillkit.generate.curate import prescreen
+
+    return prescreen(cfg, prompts, out.folder, out.config_hash, backend=student)
+
+
+def _resample_judge(cfg: RecipeConfig):
+    """The filter's per-record verifier chain, when generation resamples until verified."""
+    if not cfg.generate.resample.rounds:
+        return None
+    from distillkit.filter.verify import Judge
+    from distillkit.generate.curate import verifiers_only
+
+    return Judge(verifiers_only(cfg.filter))
+
+
+def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | None = None,
+                 student: Backend | None = None) -> Manifest:
     """Sample `sampling.n` completions per prompt into shards of `shard_size` prompts; resume if killed.
 
     `backend` lets a caller reuse a started engine (tests, benchmarks); by default one is built from
-    the recipe and closed at the end.
+    the recipe and closed at the end. `student` does the same for the pre-screen's student.
     """
     gen = cfg.generate
     folder = cfg.stage_dir("generate")
@@ -202,9 +233,18 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
     if not overwrite and out.is_complete():
         log.info("generate: %s is complete for this config; nothing to do", folder)
         return out.manifest()
+    if overwrite:
+        from distillkit.generate.curate import PRESCREEN_FILE
+
+        (folder / PRESCREEN_FILE).unlink(missing_ok=True)
     out.begin(overwrite=overwrite)
     prompt_set = load_prompts(gen.prompts, seed=cfg.seed)
-    shards = _shards(prompt_set.prompts, gen.shard_size)
+    prompts, screened = _prompts_to_sample(cfg, prompt_set.prompts, out, student)
+    if not prompts:
+        raise DistillkitError(f"generate.prescreen: the student solves all {len(prompt_set.prompts)} prompts at "
+                              f"generate.prescreen.solved_at={gen.prescreen.solved_at}; nothing is left for the "
+                              "teacher. Raise solved_at or keep_share, or use harder prompts")
+    shards = _shards(prompts, gen.shard_size)
     committed = out.committed_shard_indices()
     stray = committed - set(range(len(shards)))
     if stray:
@@ -217,7 +257,7 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
     num_replicas = gen.teacher.vllm.data_parallel_size if gen.teacher.backend == "vllm" and backend is None else 1
 
     done_prompts = sum(len(shards[i]) for i in committed)
-    progress, task = _progress(len(prompt_set.prompts), done_prompts)
+    progress, task = _progress(len(prompts), done_prompts)
     t0 = time.time()
     tokens_seen = [0]
 
@@ -232,19 +272,29 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
         elif todo:
             own = backend is None
             backend = backend or make_backend(gen)
+            judge = _resample_judge(cfg)
             try:
-                _run_shards(shards, todo, gen, backend, out, features, on_shard)
+                _run_shards(shards, todo, gen, backend, out, features, on_shard, judge=judge)
             finally:
                 if own:
                     backend.close()
+                if judge is not None:
+                    judge.close()
     gen_seconds = time.time() - t0
 
     stats = output_stats(folder, todo, gen_seconds, gen.sampling.topk_logprobs)
     stats.update(logprobs_mode=gen.sampling.logprobs_mode if gen.sampling.topk_logprobs else None,
                  topk_logprobs=gen.sampling.topk_logprobs, backend=gen.teacher.backend,
                  bad_rows=[str(b) for b in prompt_set.bad_rows[:100]])
+    if screened is not None:
+        stats["prescreen"] = screened
+    if gen.resample.rounds:
+        from distillkit.generate.curate import resample_stats
+
+        stats["resample"] = resample_stats(folder, gen.resample.rounds)
     counts = {"rows_read": prompt_set.num_rows, "bad_rows": len(prompt_set.bad_rows),
-              "duplicates": prompt_set.num_duplicates, "prompts": len(prompt_set.prompts),
+              "duplicates": prompt_set.num_duplicates, "prompts": len(prompts),
+              **({"prompts_screened_out": len(prompt_set.prompts) - len(prompts)} if screened is not None else {}),
               "samples": stats["samples"], "tokens": stats["tokens"], "shards": len(shards),
               "shards_resumed": len(committed)}
     return out.finish(counts=counts, stats=stats, timings={"generate_s": round(gen_seconds, 3)},

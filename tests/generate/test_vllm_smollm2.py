@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,40 @@ def test_greedy_agrees_with_transformers(engine, smollm2_dir, tmp_path):
     prefixes = [common_prefix(x["completion_ids"], y["completion_ids"]) for x, y in zip(a, b)]
     # bf16 with different kernels: greedy paths agree until a near-tie flips; demand a real stretch.
     assert all(p >= 8 for p in prefixes), prefixes
+
+
+def test_prescreen_and_resampling_on_the_real_model(engine, smollm2_dir, tmp_path):
+    """The engine screens as the student (the path a real student takes) and samples as the teacher with one
+    resampling round; every verdict stored in the records is checked by running the math verifier again."""
+    from distillkit.config import load_recipe
+    from distillkit.filter.registry import build
+
+    quick = load_recipe(None)
+    cfg = validate_recipe({"name": "t", "output_dir": str(tmp_path), "generate": {
+        "teacher": {"model": str(smollm2_dir), "vllm": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True}},
+        "prompts": {"builtin": "arith", "builtin_args": {"num": 4}, "prefill": None,
+                    "template": quick.generate.prompts.template},
+        "sampling": {"n": 2, "max_tokens": 32, "seed": 0, "stop": ["Question:"]}, "shard_size": 4,
+        "prescreen": {"enabled": True, "samples": 2, "solved_at": 1.0}, "resample": {"rounds": 1}},
+        "filter": {"verifiers": [{"kind": "truncation", "require_closed_reasoning": False},
+                                 {"kind": "math", "fallbacks": ["answer_is"]}]}})
+    m = run_generate(cfg, backend=engine, student=engine)
+    st = m.stats["prescreen"]
+    assert st["prompts"] == 4 and sum(st["histogram"].values()) == 4 and st["samples"] == 2
+    assert st["solved"] == st["histogram"].get("1", 0) == st["dropped"] and m.counts["prompts"] == 4 - st["solved"]
+    recs = read_records(cfg.stage_dir("generate")).to_list()
+    assert len({r["prompt_id"] for r in recs}) == 4 - st["solved"]
+    math = build("math", {"fallbacks": ["answer_is"]})
+    try:
+        for r in recs:
+            meta = json.loads(r["meta"])
+            assert meta["verified"] == math(r).passed, r["completion"]
+    finally:
+        math.close()
+    by_prompt = {}
+    for r in recs:
+        by_prompt.setdefault(r["prompt_id"], []).append(json.loads(r["meta"]))
+    for metas in by_prompt.values():  # a second round only where the first had no verified sample
+        first = [x["verified"] for x in metas if x["round"] == 0]
+        assert len(first) == 2 and len(metas) == (2 if any(first) else 4)
+    assert m.stats["resample"]["per_round"][0]["prompts"] == 4 - st["solved"]
