@@ -298,6 +298,7 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
     sampling_rows = [("samples per prompt (n)", s.n), ("temperature", s.temperature), ("top-p", s.top_p),
                      ("max new tokens", s.max_tokens), ("seed", s.seed),
                      ("soft labels (top-k logprobs)", s.topk_logprobs or "none")]
+    sampling_rows += _curation_rows(g, (generate_manifest.stats if generate_manifest else {}) or {})
     return DatasetCard.from_template(
         data, template_path=str(DATASET_TEMPLATE),
         pretty_name=data.pretty_name, repo_id=repo_id, teacher=teacher, backend=g.teacher.backend,
@@ -309,6 +310,26 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
         decontamination=_decontamination_text(cfg, funnel), has_soft_labels=s.topk_logprobs > 0,
         code_sandbox=_code_sandbox_text(filter_manifest),
     )
+
+
+def _curation_rows(g, stats: dict) -> list[tuple[str, str]]:
+    """Rows for the student's pre-screen and resampling until verified (generate.prescreen / resample)."""
+    rows = []
+    if g.prescreen.enabled:
+        p, st = g.prescreen, stats.get("prescreen") or {}
+        text = f"{p.samples} student samples per prompt; solved at >= {p.solved_at:.0%} correct; {p.keep_share:.0%} of solved kept"
+        if st:
+            text = (f"{hub_id(st['model']) or st['model']}: {text}; solved {st['solved']} of {st['prompts']} prompts, "
+                    f"{st['dropped']} dropped before the teacher sampled")
+        rows.append(("student pre-screen", text))
+    if g.resample.rounds:
+        st = stats.get("resample") or {}
+        text = f"up to {g.resample.rounds} more rounds of n samples for prompts with no verified sample"
+        if st:
+            text += "; " + ", ".join(f"round {r['round']}: {r['prompts']} prompts, {r['verified']} verified"
+                                     for r in st["per_round"]) + f"; never verified {st['never_verified']}"
+        rows.append(("resampling until verified", text))
+    return rows
 
 
 def validate_dataset_card(text: str, folder: Path | None = None) -> Any:

@@ -269,3 +269,20 @@ def test_dataset_card_names_the_difficulty_selection(run_cfg):
     text = cards.render_dataset_card(run_cfg, None, read_manifest(run_cfg.stage_dir("filter"))).text
     assert "pass rate is in [0.0, 0.99]" in text
     assert "of the prompts in each pass-rate bin [0, 0.5): 100%, [0.5, 1]: 25%" in text
+
+
+def test_dataset_card_records_the_prescreen_and_resampling(run_cfg):
+    from distillkit.config import PrescreenConfig, ResampleConfig
+    from distillkit.records import Manifest, read_manifest
+
+    run_cfg.generate.prescreen = PrescreenConfig(enabled=True, samples=4, solved_at=0.75)
+    run_cfg.generate.resample = ResampleConfig(rounds=2)
+    stats = {"prescreen": {"model": "Qwen/Qwen2.5-1.5B", "solved": 30, "prompts": 100, "dropped": 30},
+             "resample": {"per_round": [{"round": 0, "prompts": 70, "verified": 50},
+                                        {"round": 1, "prompts": 20, "verified": 8}], "never_verified": 12}}
+    gen = Manifest(stage="generate", config_hash="h", counts={"records": 10}, stats=stats)
+    text = cards.render_dataset_card(run_cfg, gen, read_manifest(run_cfg.stage_dir("filter"))).text
+    assert ("| student pre-screen | Qwen/Qwen2.5-1.5B: 4 student samples per prompt; solved at >= 75% correct; 0% of "
+            "solved kept; solved 30 of 100 prompts, 30 dropped before the teacher sampled |") in text
+    assert ("| resampling until verified | up to 2 more rounds of n samples for prompts with no verified sample; "
+            "round 0: 70 prompts, 50 verified, round 1: 20 prompts, 8 verified; never verified 12 |") in text
