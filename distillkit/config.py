@@ -214,6 +214,12 @@ class PrescreenConfig(StrictModel):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: Optional[PositiveInt] = None
     """Budget per student sample (default: `generate.sampling.max_tokens`)."""
+    max_model_len: Optional[PositiveInt] = None
+    """The student engine's context (default: the teacher's `vllm.max_model_len`); a base student such as
+    Qwen2.5-Math has 4,096 positions where the teacher's engine holds 32k."""
+    tensor_parallel_size: Optional[PositiveInt] = None
+    """GPUs of the student engine (default: the teacher's `vllm.tensor_parallel_size`); one engine, no data
+    parallel replicas."""
     solved_at: float = Field(0.75, gt=0, le=1)
     """A prompt the student answers correctly in at least this share of its samples counts as solved."""
     keep_share: float = Field(0.0, ge=0, lt=1)

@@ -84,8 +84,11 @@ def _student_model(cfg: RecipeConfig, folder: Path) -> tuple[str, Path | None]:
 def student_generate_config(cfg: RecipeConfig, model: str):
     """`generate` as the screening student runs it: its model, its samples, no prefill, no soft labels."""
     gen, p = cfg.generate, cfg.generate.prescreen
+    v = gen.teacher.vllm
+    vllm = v.model_copy(update={"data_parallel_size": 1, "max_model_len": p.max_model_len or v.max_model_len,
+                                "tensor_parallel_size": p.tensor_parallel_size or v.tensor_parallel_size})
     return gen.model_copy(update={
-        "teacher": gen.teacher.model_copy(update={"model": model, "backend": p.backend}),
+        "teacher": gen.teacher.model_copy(update={"model": model, "backend": p.backend, "vllm": vllm}),
         "prompts": gen.prompts.model_copy(update={"prefill": None}),
         "sampling": gen.sampling.model_copy(update={
             "n": p.samples, "temperature": p.temperature, "top_p": p.top_p,
