@@ -60,7 +60,11 @@ def _fake_run(root, write_rejected: bool = True):
     recs = _generations()
     gen.write_shard(0, recs, record_features())
     gen.finish(counts={"rows_read": 5, "bad_rows": 0, "duplicates": 0, "prompts": 5, "samples": len(recs),
-                       "tokens": sum(r["completion_tokens"] for r in recs), "shards": 1, "shards_resumed": 0})
+                       "tokens": sum(r["completion_tokens"] for r in recs), "shards": 1, "shards_resumed": 0},
+               stats={"prescreen": {"model": "student-x", "samples": 4, "solved_at": 0.75, "solved": 2, "prompts": 7,
+                                    "dropped": 2},
+                      "resample": {"per_round": [{"round": 0, "prompts": 5, "verified": 3},
+                                                 {"round": 1, "prompts": 2, "verified": 1}], "never_verified": 1}})
     run_filter(cfg, show_progress=False)
 
     # train: a 10-step run logged every 5 steps (LossCurveCallback rows -> stats.loss_curve)
@@ -119,6 +123,8 @@ def test_report_contains_every_section_and_escapes_text(tmp_path):
     pr = json.loads((run / "filter" / "manifest.json").read_text())["stats"]["pass_rates"]
     assert f"{pr['prompts']} prompts" in difficulty and "<svg" in difficulty
     assert all(f"{float(rate):.0%}" in difficulty for rate in pr["histogram"])
+    assert "student pre-screen (student-x, 4 samples per prompt): solved 2 of 7 prompts" in difficulty
+    assert "round 0: 5 prompts, 3 verified, round 1: 2 prompts, 1 verified; never verified 1" in difficulty
     # and what each selection rule removed
     sel = json.loads((run / "filter" / "manifest.json").read_text())["stats"]["selection"]
     assert sel["rules"] and f"{sel['prompts_out']} kept" in difficulty

@@ -385,11 +385,25 @@ def _section(sid: str, title: str, body: str) -> str:
     return f"<section id='{sid}'><h2>{_esc(title)}</h2>{body}</section>"
 
 
-def _difficulty_section(fstats) -> str:
-    """How many prompts the teacher solved at each rate over its samples (FilterStats.pass_rates)."""
+def _curation_notes(gstats: dict) -> str:
+    """The generate stage's question curation: the student's pre-screen and the resampling rounds."""
+    out = ""
+    if ps := gstats.get("prescreen"):
+        out += (f"<p class='note'>student pre-screen ({_esc(ps['model'])}, {ps['samples']} samples per prompt): solved "
+                f"{ps['solved']} of {ps['prompts']} prompts (at &ge; {ps['solved_at']:.0%} correct), {ps['dropped']} dropped "
+                "before the teacher sampled</p>")
+    if rs := gstats.get("resample"):
+        rounds = ", ".join(f"round {r['round']}: {r['prompts']} prompts, {r['verified']} verified" for r in rs["per_round"])
+        out += f"<p class='note'>resampling until verified: {rounds}; never verified {rs['never_verified']}</p>"
+    return out
+
+
+def _difficulty_section(fstats, gstats: dict | None = None) -> str:
+    """How many prompts the teacher solved at each rate over its samples (FilterStats.pass_rates), and the
+    generate stage's curation (pre-screen, resampling) when it ran."""
     pr = fstats.pass_rates if fstats is not None else None
     if not pr:
-        return _empty("no pass rates (filter has not run, or ran before they were recorded)")
+        return _curation_notes(gstats or {}) or _empty("no pass rates (filter has not run, or ran before they were recorded)")
     bars = svg_bars([(f"{float(rate):.0%}", count, str(count))
                      for rate, count in sorted(pr["histogram"].items(), key=lambda kv: float(kv[0]))])
     sel = fstats.selection
@@ -401,7 +415,8 @@ def _difficulty_section(fstats) -> str:
                  f"kept</p><table><tr><th>rule</th><th>prompts removed</th><th>traces removed</th></tr>{rows}</table>")
     return (f"<p class='note'>{pr['prompts']} prompts, mean pass rate {pr['mean']:.0%}; never solved "
             f"{pr['never']}, always solved {pr['always']} (filter.selection.min_pass_rate / max_pass_rate "
-            f"drop either end; bins / bin_shares keep a share of each difficulty)</p>" + bars + rules)
+            f"drop either end; bins / bin_shares keep a share of each difficulty)</p>" + bars + rules
+            + _curation_notes(gstats or {}))
 
 
 def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_samples: int = 60) -> Path:
@@ -439,7 +454,8 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
         funnel = "".join(f"<p class='warning'>warning: {_esc(w)}</p>" for w in fstats.warnings) + svg_bars(
             [(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else "")) for r in fstats.funnel])
         reasons = _reasons_section(_reason_counts(verdicts, fstats, bool(rej_len) or not fm.counts.get("rejected")))
-    difficulty = _difficulty_section(fstats if fm is not None else None)
+    difficulty = _difficulty_section(fstats if fm is not None else None,
+                                     stages["generate"].stats if stages["generate"] is not None else None)
 
     samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",
                 "completion": (r.get("prefill") or "") + (r.get("completion") or ""),
