@@ -134,7 +134,9 @@ def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, ba
     try:
         if backend is None:
             model, cleanup = _student_model(cfg, folder)
-            gen = student_generate_config(cfg, model)
+            if cleanup is not None:  # a derived student: name what it is, not the folder it ran from
+                model = f"{cfg.train.student.model} (layers {cfg.train.student.keep_layers})"
+            gen = student_generate_config(cfg, str(cleanup) if cleanup is not None else model)
             student = make_backend(gen)
         else:
             model, student = backend.model_id, backend
