@@ -276,3 +276,31 @@ def test_the_key_is_hashed_only_when_set(tmp_path):
     assert "cross_tokenizer" in plain.train.kd.model_dump()  # present, yet left out of the hash at its default
     assert stage_config_hash(cross, "train") != stage_config_hash(plain, "train")
     assert stage_config_hash(cross, "filter") == stage_config_hash(plain, "filter")
+
+
+def test_train_stage_runs_kd_across_tokenizers_and_records_the_alignment(tmp_path, qwen, tiny_llama):
+    """R1-Distill-Qwen's stored top-3 trains tiny_llama (a 504-token BPE): the chunked loss gets a real KL
+    term on the mapped positions, and the manifest holds the alignment figures."""
+    from distillkit.config import validate_recipe
+    from distillkit.records import record_features, write_shard
+    from distillkit.train.stage import run_train
+
+    texts = [f"add {a} and {b}. {a} + {b} = {a + b}.</think> so the answer is \\boxed{{{a + b}}}" for a, b in
+             [(3, 4), (12, 30), (7, 8), (21, 5)]]
+    cfg = validate_recipe({
+        "name": "x", "output_dir": str(tmp_path), "stages": ["filter", "train"],
+        "generate": {"teacher": {"model": str(rt.build_real_shaped_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                                                                           tmp_path / "teacher"))}},
+        "train": {"student": {"model": str(tiny_llama), "tokenizer": "own"}, "method": "full", "learning_rate": 1e-3,
+                  "num_train_epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+                  "max_length": 128, "packing": False, "gradient_checkpointing": False, "bf16": False,
+                  "logging_steps": 1, "save_steps": 1000,
+                  "kd": {"enabled": True, "alpha": 0.5, "cross_tokenizer": True}}})
+    write_shard(cfg.stage_dir("filter"), 0, qwen_records(qwen, texts), record_features(3))
+    m = run_train(cfg)
+    data = m.stats["data"]
+    figures = data["cross_tokenizer"]
+    assert data["num_kd_tokens"] == figures["num_labelled"] > 0
+    # 4 records: every completion token and EOS is a position (the tiny BPE happens to cut this text like Qwen)
+    assert figures["num_positions"] >= figures["num_labelled"] >= 4 and figures["share_topk_mass_mapped"] > 0.5
+    assert all(row["kl"] > 0 for row in m.stats["loss_curve"])
