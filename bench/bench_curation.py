@@ -12,7 +12,8 @@ same config, else run there). Curated: the same recipe with
 and fewer prompts (`--prompts`), chosen so that the teacher generates about as many tokens as the baseline
 (resampling costs ~1.5x samples per prompt at this teacher's ~30% pass rate). Both arms train the same
 student the same way and are scored on the same 60 held-out questions x 2 samples; the table gives each
-arm's teacher tokens, kept traces, pass@1 ± se, and the paired difference over questions.
+arm's teacher tokens, kept traces, pass@1 ± se, and the paired difference over questions. Finished stages
+are reused; after a change to the curated arm's config, delete `--out` (the run refuses to mix configs).
 """
 
 from __future__ import annotations
