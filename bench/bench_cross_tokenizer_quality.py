@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import time
 from pathlib import Path
+
+from bench_curation import paired  # bench/ is on sys.path when a script here runs
 
 STUDENT_TEMPLATE_NOTE = ("{#- Gemma 3 turn format for distillkit's cross-tokenizer bench: TRL's gemma3_training.jinja "
                          "(Google's shipped gemma-3 template + {% generation %} markers) without `| trim`, so traces "
@@ -99,14 +100,6 @@ def _secs(manifest) -> float | None:
         return (datetime.fromisoformat(manifest.finished_at) - datetime.fromisoformat(manifest.started_at)).total_seconds()
     except Exception:
         return None
-
-
-def paired(a: dict, b: dict) -> tuple[float, float]:
-    """Mean and standard error over questions of a's per-question pass@1 minus b's."""
-    d = [a["per_question"][q] - b["per_question"][q] for q in a["per_question"]]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
-    return mean, math.sqrt(var / len(d))
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 
@@ -36,17 +35,18 @@ def arm(output_dir: str, overrides: list[str]) -> dict:
     after = res["models"]["student_after"]["tasks"]["distillkit_arith"]
     return {"dir": output_dir, "prompts": gen.counts["prompts"], "teacher_tokens": gen.counts["tokens"],
             "samples": gen.counts["samples"], "kept": filt.counts["kept"], "prompts_kept": filt.counts["prompts_kept"],
-            "pass_at_1": after["pass_at_1"], "stderr": after["stderr"], "per_question": after["per_question"],
+            "pass_at_1": after["pass_at_1"], "stderr": after["stderr"], "task": after,
             "prescreen": gen.stats.get("prescreen"), "resample": gen.stats.get("resample"),
             "selection": (filt.stats or {}).get("selection"), "generate_s": gen.timings.get("generate_s")}
 
 
 def paired(a: dict, b: dict) -> tuple[float, float]:
-    """Mean and standard error over questions of a's per-question pass@1 minus b's."""
-    d = [a["per_question"][q] - b["per_question"][q] for q in a["per_question"]]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
-    return mean, math.sqrt(var / len(d))
+    """a - b over shared questions and its paired standard error (tasks as results.json holds them)."""
+    from distillkit.evaluate.protocol import paired_difference
+    from distillkit.evaluate.results import TaskScore
+
+    diff, se, _ = paired_difference(TaskScore.model_validate(a), TaskScore.model_validate(b))
+    return diff, se
 
 
 def main() -> None:
@@ -60,13 +60,13 @@ def main() -> None:
                          "generate.prescreen.enabled=true", "generate.prescreen.samples=4",
                          "generate.prescreen.solved_at=0.75", "generate.resample.rounds=2",
                          "filter.selection.max_pass_rate=0.99", "evaluate.models=[student_after]"])
-    diff, se = paired(cur, base)
+    diff, se = paired(cur["task"], base["task"])
     print("| arm | prompts sampled | teacher tokens | samples | kept traces (prompts) | held-out pass@1 |")
     print("|---|---|---|---|---|---|")
     for name, r in (("baseline", base), ("curated", cur)):
         print(f"| {name} | {r['prompts']} | {r['teacher_tokens']:,} | {r['samples']} | {r['kept']} ({r['prompts_kept']}) | "
               f"{100 * r['pass_at_1']:.1f} ± {100 * r['stderr']:.1f} |")
-    print(f"\ncurated - baseline, paired over {len(cur['per_question'])} questions: {100 * diff:+.1f} ± {100 * se:.1f} points; "
+    print(f"\ncurated - baseline, paired over {len(cur['task']['per_question'])} questions: {100 * diff:+.1f} ± {100 * se:.1f} points; "
           f"teacher tokens {cur['teacher_tokens'] / base['teacher_tokens']:.2f}x")
     print("pre-screen:", json.dumps(cur["prescreen"]))
     print("resample:", json.dumps(cur["resample"]))
