@@ -24,6 +24,12 @@ def pass_rates(records: Sequence[dict[str, Any]], passed: Sequence[bool]) -> dic
     return {p: good[p] / total[p] for p in total}
 
 
+def seeded_rank(seed: int, prompt_id: str) -> bytes:
+    """A prompt's place in a seeded random order that does not depend on record order, shards or machines
+    (which prompts a share keeps: difficulty bins here, the student's pre-screen in generate)."""
+    return hashlib.blake2b(f"{seed}\0{prompt_id}".encode(), digest_size=8).digest()
+
+
 def _bin_choice(rates: dict[Any, float], cfg: SelectionConfig, name: Callable[[Any], str]) -> dict[Any, Verdict]:
     """The prompts each difficulty bin does not keep: of a bin's n prompts, the round(share * n) whose hash
     of (seed, prompt id) is lowest stay (a stable choice, the same whatever the record order or sharding)."""
@@ -35,7 +41,7 @@ def _bin_choice(rates: dict[Any, float], cfg: SelectionConfig, name: Callable[[A
     for b, prompts in members.items():
         share, lo, hi = cfg.bin_shares[b], edges[b], edges[b + 1]
         keep = math.floor(share * len(prompts) + 0.5)
-        order = sorted(prompts, key=lambda p: hashlib.blake2b(f"{cfg.seed}\0{name(p)}".encode(), digest_size=8).digest())
+        order = sorted(prompts, key=lambda p: seeded_rank(cfg.seed, name(p)))
         why = Verdict(False, "bin_share", f"pass rate in [{lo:g}, {hi:g}{']' if b == len(edges) - 2 else ')'}: "
                                            f"kept {keep} of {len(prompts)} prompts (share {share:g})")
         out.update({p: why for p in order[keep:]})

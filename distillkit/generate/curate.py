@@ -14,7 +14,6 @@ passed. Two steps of the generate stage do that here, both judged by the filter'
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -53,10 +52,6 @@ def verifiers_only(cfg: FilterConfig, kinds: tuple[str, ...] | None = None) -> F
     return cfg.model_copy(update={"verifiers": specs,
                                   "decontaminate": cfg.decontaminate.model_copy(update={"enabled": False}),
                                   "dedup": cfg.dedup.model_copy(update={"exact": False, "near": near})})
-
-
-def _hash_rank(seed: int, prompt_id: str) -> bytes:
-    return hashlib.blake2b(f"{seed}\0{prompt_id}".encode(), digest_size=8).digest()
 
 
 # ----------------------------------------------------------------------------------------- pre-screen
@@ -120,6 +115,7 @@ def _progress(total: int):
 
 
 def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, backend) -> dict:
+    from distillkit.filter.selection import seeded_rank
     from distillkit.filter.verify import Judge
     from distillkit.generate.backends import make_backend
     from distillkit.generate.stage import build_requests, to_records
@@ -164,7 +160,7 @@ def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, ba
     rate = {q.prompt_id: correct.get(q.prompt_id, 0) / p.samples for q in prompts}
     solved = [q.prompt_id for q in prompts if rate[q.prompt_id] >= p.solved_at]
     keep = math.floor(p.keep_share * len(solved) + 0.5)
-    kept_solved = set(sorted(solved, key=lambda pid: _hash_rank(cfg.seed, pid))[:keep])
+    kept_solved = set(sorted(solved, key=lambda pid: seeded_rank(cfg.seed, pid))[:keep])
     solved_set = set(solved)
     rows = {pid: {"correct": correct.get(pid, 0), "rate": r, "solved": pid in solved_set,
                   "kept": pid not in solved_set or pid in kept_solved} for pid, r in rate.items()}
