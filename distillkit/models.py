@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+import struct
 from pathlib import Path
 
 from distillkit.errors import DistillkitError, require
@@ -79,8 +80,31 @@ LLAMA3_REASONING_TEMPLATE = (
 )
 
 
+# Gemma 3's turn format (Google's shipped gemma-3 template, as TRL's gemma3_training.jinja marks it) with
+# two changes: the assistant content is not `| trim`med (the shipped template strips a trace's leading and
+# trailing whitespace, so the trained turn is not the trace), and the turn's "\n" after <end_of_turn> sits
+# outside the generation block, as in the ChatML one. As shipped: BOS written by the template, the system
+# text prefixed to the first user turn, the assistant's role written "model", user text trimmed.
+GEMMA3_REASONING_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<start_of_turn>model\n' -}}"
+    "{% generation %}{{- message['content'] + '<end_of_turn>' -}}{% endgeneration %}{{- '\n' -}}"
+    "{%- else -%}"
+    "{{- '<start_of_turn>' + message['role'] + '\n' + (first_user_prefix if loop.first else '') -}}"
+    "{{- message['content'] | trim + '<end_of_turn>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"
+)
+
+
 def template_family(template: str | None) -> str | None:
-    """"deepseek" | "chatml" | "llama3" | None: the turn format a chat template writes, by its markers."""
+    """"deepseek" | "chatml" | "llama3" | "gemma3" | None: the turn format a chat template writes, by its markers."""
     if not template or not isinstance(template, str):
         return None
     if "<｜Assistant｜>" in template:
@@ -89,15 +113,18 @@ def template_family(template: str | None) -> str | None:
         return "chatml"
     if "<|start_header_id|>" in template:
         return "llama3"
+    if "<start_of_turn>" in template:
+        return "gemma3"
     return None
 
 
 # Reasoning-keeping templates with generation markers, by family.
 REASONING_TEMPLATES = {"deepseek": DEEPSEEK_REASONING_TEMPLATE, "chatml": CHATML_REASONING_TEMPLATE,
-                       "llama3": LLAMA3_REASONING_TEMPLATE}
+                       "llama3": LLAMA3_REASONING_TEMPLATE, "gemma3": GEMMA3_REASONING_TEMPLATE}
 
 # The turn markers of each family, for a tokenizer that has no template at all.
-FAMILY_TOKENS = {"deepseek": "<｜Assistant｜>", "llama3": "<|start_header_id|>", "chatml": "<|im_start|>"}
+FAMILY_TOKENS = {"deepseek": "<｜Assistant｜>", "llama3": "<|start_header_id|>", "chatml": "<|im_start|>",
+                 "gemma3": "<start_of_turn>"}
 
 
 def vocab_family(tokenizer) -> str | None:
@@ -136,6 +163,71 @@ def converted_folder(gguf: Path, dtype: str = "bfloat16") -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
+def read_gguf_metadata(path: str | os.PathLike) -> dict:
+    """The key/value header of a GGUF v2/v3 file, arrays as lists; tensor infos and data are not read.
+
+    Equivalent to `gguf.GGUFReader(path).fields[k].contents()` for every key (checked on the R1 GGUF), but
+    reads only the header bytes, so it works on the truncated file and takes <1 s instead of ~18 s.
+    """
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    with open(path, "rb") as f:
+        data = f.read(64 << 20)  # the R1 header is ~5 MB; a header is never near this
+    if data[:4] != b"GGUF":
+        raise DistillkitError(f"{path}: not a GGUF file")
+    off = 4
+
+    def unpack(fmt: str):
+        nonlocal off
+        values = struct.unpack_from("<" + fmt, data, off)
+        off += struct.calcsize("<" + fmt)
+        return values
+
+    def string() -> str:
+        nonlocal off
+        (n,) = unpack("Q")
+        s = data[off:off + n].decode("utf-8")
+        off += n
+        return s
+
+    def value(kind: int):
+        if kind in scalar:
+            return unpack(scalar[kind])[0]
+        if kind == 8:
+            return string()
+        if kind == 9:
+            (item_kind,) = unpack("I")
+            (count,) = unpack("Q")
+            if item_kind == 8:
+                return [string() for _ in range(count)]
+            return list(unpack(f"{count}{scalar[item_kind]}"))
+        raise DistillkitError(f"{path}: unknown GGUF value type {kind}")
+
+    version, _n_tensors, n_kv = unpack("IQQ")
+    if version not in (2, 3):
+        raise DistillkitError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+    out = {}
+    for _ in range(n_kv):
+        key = string()
+        (kind,) = unpack("I")
+        out[key] = value(kind)
+    return out
+
+
+def gguf_tokenizer(gguf: Path):
+    """The tokenizer of a GGUF file, as transformers reads it, with the header's add_bos_token / add_eos_token
+    applied: transformers' loader drops them for some families (gemma-3-270m's GGUF says add_bos_token true,
+    and the loaded tokenizer added no <bos>, unlike google/gemma-3's own tokenizer)."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    meta = read_gguf_metadata(gguf)
+    for flag in ("add_bos_token", "add_eos_token"):
+        wanted = meta.get(f"tokenizer.ggml.{flag}")
+        if isinstance(wanted, bool) and getattr(tok, flag, wanted) != wanted:
+            setattr(tok, flag, wanted)
+    return tok
+
+
 def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
     """Dequantize a GGUF checkpoint into a normal HF folder (cached); returns the folder."""
     gguf = Path(gguf)
@@ -148,7 +240,7 @@ def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = No
     transformers = require("transformers", "train", "converting a .gguf model needs transformers")
     require("gguf", "train", "converting a .gguf model needs the `gguf` package")
     log.info("converting %s to an HF folder at %s (once)", gguf.name, out)
-    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = gguf_tokenizer(gguf)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype))
     # The loaded model still says it is quantized; clear that so it saves (and reloads) as plain weights.

