@@ -21,8 +21,9 @@ Arms (both full fine-tuning of all 18 layers, the quickstart's train settings ot
 Both are scored on the same 60 held-out questions x 2 samples (distillkit_arith, T=0.6); the table gives
 pass@1 ± se per arm, the paired difference over questions, and the train manifest's
 `stats.data.cross_tokenizer` (share of Gemma positions with a soft label, share of top-20 mass mapped).
-`--before` also scores the untrained Gemma (student_before, in the sft arm); `--control` runs the same two arms for
-the quickstart's own student (pruned SmolLM2, the teacher's tokenizer, exact KD). Finished stages are reused.
+`--seed N` trains every arm with train.seed N (folders suffixed -sN). `--before` also scores the untrained Gemma
+(student_before, in the sft arm); `--control` runs the same two arms for the quickstart's own student (pruned
+SmolLM2, the teacher's tokenizer, exact KD). Finished stages are reused.
 torch threads: 1 by default (measured on the shared 2-core box: a Gemma-3-270M forward+backward of 2x512 tokens
 took 24-29 s with 1 thread, 44-51 s with 2, while a test suite ran alongside).
 """
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--student", default="runs/xtok-gemma-3-270m")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--before", action="store_true", help="also score the untrained student (sft arm)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="train.seed for every arm (default: the recipe's, 42); the run folders get a -s<seed> suffix")
     ap.add_argument("--control", action="store_true",
                     help="also run SFT vs exact KD for the quickstart's own student (pruned SmolLM2: the teacher's "
                          "tokenizer) on the same traces, in runs/xtok-control-{sft,kd}")
@@ -103,11 +106,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     build_student(Path(args.student))
+    seeded = [] if args.seed is None else [f"train.seed={args.seed}"]
+    tag = "" if args.seed is None else f"-s{args.seed}"
+    if tag:
+        args.sft, args.kd = args.sft + tag, args.kd + tag
     models = "[student_before, student_after]" if args.before else "[student_after]"
-    sft = arm(args.sft, args.traces, args.student, ["train.kd.enabled=false", f"evaluate.models={models}"])
+    sft = arm(args.sft, args.traces, args.student, ["train.kd.enabled=false", f"evaluate.models={models}", *seeded])
     print(json.dumps({k: v for k, v in sft.items() if k not in ("models", "after")}), flush=True)
     kd = arm(args.kd, args.traces, args.student, ["train.kd.enabled=true", "train.kd.cross_tokenizer=true",
-                                                  "evaluate.models=[student_after]"])
+                                                  "evaluate.models=[student_after]", *seeded])
     print(json.dumps({k: v for k, v in kd.items() if k not in ("models", "after")}), flush=True)
     diff, se = paired(kd["after"], sft["after"])
     print("| arm | kept traces | held-out pass@1 | train s | evaluate s |")
@@ -122,8 +129,8 @@ def main() -> None:
     print(f"\nKD - SFT, paired over {len(kd['after']['per_question'])} questions: {100 * diff:+.1f} ± {100 * se:.1f} points")
     print("cross_tokenizer (train manifest, kd arm):", json.dumps(kd["cross_tokenizer"]))
     if args.control:
-        same = {name: arm(f"runs/xtok-control-{name}", args.traces, None,
-                          [f"train.kd.enabled={str(name == 'kd').lower()}", "evaluate.models=[student_after]"])
+        same = {name: arm(f"runs/xtok-control-{name}{tag}", args.traces, None,
+                          [f"train.kd.enabled={str(name == 'kd').lower()}", "evaluate.models=[student_after]", *seeded])
                 for name in ("sft", "kd")}
         diff, se = paired(same["kd"]["after"], same["sft"]["after"])
         print("\n| same tokenizer (quickstart student) | held-out pass@1 | train s | evaluate s |\n|---|---|---|---|")
