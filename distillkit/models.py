@@ -156,10 +156,17 @@ def builtin_gguf(name: str) -> Path:
     return path
 
 
+# Bump when convert_gguf writes something else (2: the GGUF header's add_bos_token is kept), so folders
+# converted by an older distillkit are converted again rather than reused.
+CONVERSION_VERSION = 2
+
+
 def converted_folder(gguf: Path, dtype: str = "bfloat16") -> Path:
-    """The cache folder a GGUF file converts into (keyed by its path, size and mtime, and the dtype)."""
+    """The cache folder a GGUF file converts into (keyed by its path, size and mtime, the dtype and
+    `CONVERSION_VERSION`)."""
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
+    key = f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype}:{CONVERSION_VERSION}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
