@@ -217,23 +217,25 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
 def eval_context(model_path: str, max_gen_toks: int | None) -> int | None:
     """The vLLM context for evaluating `model_path`: min(its config's max_position_embeddings, prompt room
     (`EVAL_PROMPT_TOKENS`) + `max_gen_toks`); None (vLLM's default) when either is unknown (a Hub id)."""
+    native = _native_context(model_path)
+    if not max_gen_toks or not native:
+        return None
+    return min(native, EVAL_PROMPT_TOKENS + int(max_gen_toks))
+
+
+def _native_context(model_path: str) -> int | None:
+    """max_position_embeddings from the model's config.json (a multimodal one's text_config); None if unknown."""
     try:
         config = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
         return None
     native = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
-    if not max_gen_toks or not native:
-        return None
-    return min(int(native), EVAL_PROMPT_TOKENS + int(max_gen_toks))
+    return int(native) if native else None
 
 
 def _max_positions(model_path: str) -> int:
     """The model's context length from its config.json (8192 when it does not say)."""
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return 8192
-    return int(config.get("max_position_embeddings") or 8192)
+    return _native_context(model_path) or 8192
 
 
 def _register_completions_backend() -> str:
@@ -338,15 +340,13 @@ def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     try:
         with cpu_engine_in_process(model_args) if on_cpu else contextlib.nullcontext():
             lm = vllm_causallms.VLLM.create_from_arg_obj(model_args, {"batch_size": batch_size})
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError) as e:
         hint = ""
-        if "KV cache" in str(e) or "max seq len" in str(e):
+        if "KV cache" in str(e):  # vLLM's "To serve at least one request with the model's max seq len ..."
             hint = (f" The context (max_model_len {model_args.get('max_model_len', 'from the model config')}) needs "
                     "more KV cache than vLLM has: lower evaluate.max_gen_toks or set evaluate.model_args.max_model_len"
                     + (", or raise VLLM_CPU_KVCACHE_SPACE (GiB, distillkit's default 1)" if on_cpu else
                        ", or raise evaluate.model_args.gpu_memory_utilization"))
-        elif isinstance(e, RuntimeError):
-            raise
         raise DistillkitError(f"vLLM could not load {model_args.get('pretrained')}: {e}{hint}") from e
     try:
         yield lm
