@@ -11,6 +11,14 @@ Each setting runs in a fresh process. SmolLM2-135M-Instruct, float32, as in the 
 Prints one JSON report (~4 min on 2 cores).
 
     .venv/bin/python bench/bench_cpu_engine.py
+
+`--server` measures the vLLM server distillkit starts (`distillkit.evaluate.harness.vllm_server`: a served
+teacher with `openai.serve`, `score`, lm-eval's local-completions) instead: vLLM's default executor on CPU
+(API server, engine-core and worker processes) vs distillkit's (the one worker inside the engine-core
+process), alternating, two servers each: start until /health answers, then decode speed of 32 concurrent
+requests x 128 tokens (T=1, ignore_eos), two rounds per server (~4 min).
+
+    .venv/bin/python bench/bench_cpu_engine.py --server
 """
 
 from __future__ import annotations
@@ -67,7 +75,54 @@ def run_child(in_process: bool, block_size: int) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def server(mode: str) -> dict:
+    """One server start and two decode rounds; mode "mp" forces vLLM's default executor (the env wins)."""
+    import concurrent.futures
+    import os
+    import urllib.request
+
+    from distillkit.evaluate.harness import vllm_server
+    from distillkit.models import resolve_model
+
+    if mode == "mp":
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    else:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    model = resolve_model("builtin:smollm2-135m-instruct")
+
+    def request(url: str, i: int) -> int:
+        body = json.dumps({"model": model, "prompt": f"Question {i}: what is {i} + {i}? Think step by step.",
+                           "max_tokens": 128, "temperature": 1.0, "ignore_eos": True, "seed": i}).encode()
+        r = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(r) as response:
+            return json.loads(response.read())["usage"]["completion_tokens"]
+
+    t = time.perf_counter()
+    with vllm_server(model, seed=0, extra_args=["--max-model-len", "1024"]) as url:
+        start_s = time.perf_counter() - t
+        rates = []
+        for _ in range(2):
+            t = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(32) as pool:
+                tokens = sum(pool.map(lambda i: request(url, i), range(32)))
+            rates.append(round(tokens / (time.perf_counter() - t)))
+    return {"start_s": round(start_s, 1), "decode_tok_s": rates}
+
+
+def main_server() -> None:
+    runs = {"mp": [], "uni": []}
+    for mode in ("mp", "uni", "mp", "uni"):
+        runs[mode].append(server(mode))
+    best = {m: min(r["start_s"] for r in rs) for m, rs in runs.items()}
+    print(json.dumps({"vllm_default (api server + engine core + worker)": runs["mp"],
+                      "distillkit (worker in the engine core)": runs["uni"],
+                      "start_ratio_best": round(best["uni"] / best["mp"], 2)}, indent=2))
+
+
 def main() -> None:
+    if "--server" in sys.argv:
+        main_server()
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print("RESULT " + json.dumps(child(sys.argv[2] == "1", int(sys.argv[3]))), flush=True)
         return

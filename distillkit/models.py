@@ -243,6 +243,15 @@ def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = No
     out = Path(out_dir) if out_dir else converted_folder(gguf, dtype)
     if (out / "config.json").exists() and (out / ".complete").exists():
         return out
+    from distillkit.records import file_lock
+
+    with file_lock(out.with_name(f".{out.name}.lock")):
+        if (out / "config.json").exists() and (out / ".complete").exists():  # converted while we waited
+            return out
+        return _convert_gguf(gguf, out, dtype)
+
+
+def _convert_gguf(gguf: Path, out: Path, dtype: str) -> Path:
     torch = require("torch", "train", "converting a .gguf model needs torch")
     transformers = require("transformers", "train", "converting a .gguf model needs transformers")
     require("gguf", "train", "converting a .gguf model needs the `gguf` package")

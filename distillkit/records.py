@@ -112,6 +112,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing) held for the block: processes that build the same
+    cached folder (two runs, the ranks of one training job, parallel test workers) take turns, and the
+    later one finds the folder done. Advisory (fcntl), released when the process dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-able object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()

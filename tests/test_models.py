@@ -56,3 +56,34 @@ def test_builtin_smollm2_converts_to_a_loadable_folder(smollm2_dir):
     assert config["num_hidden_layers"] == 30 and len(model.model.layers) == 30
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.eos_token == "<|im_end|>" and len(tok) == 49152
+
+
+def test_concurrent_conversions_of_one_gguf_convert_once(tmp_path, monkeypatch):
+    """Two processes (two runs, the ranks of one training job) resolving the same GGUF at once: one converts,
+    the other waits on the lock and finds the folder done, instead of both writing the same temporary folder."""
+    import threading
+    import time
+
+    from distillkit import models
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    calls = []
+
+    def slow_convert(gguf_path, out, dtype):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the other caller to reach the lock
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / ".complete").write_text("done\n")
+        return out
+
+    monkeypatch.setattr(models, "_convert_gguf", slow_convert)
+    out_dir = tmp_path / "converted"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(models.convert_gguf(gguf, out_dir))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [out_dir, out_dir] and calls == [out_dir]

@@ -39,7 +39,6 @@ test support, never imported by the pipeline.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -54,6 +53,7 @@ from typing import Callable
 
 from distillkit.errors import DistillkitError
 from distillkit.models import read_gguf_metadata  # noqa: F401  (re-exported: the tests read GGUF headers through here)
+from distillkit.records import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -412,26 +412,13 @@ def _cache_key(name: str) -> str:
     return hashlib.sha256(f"{BUILDER_VERSION}:{name}".encode()).hexdigest()[:10]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock so parallel test workers build a folder once, not once each."""
-    import fcntl
-
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _build_cached(name: str, build: Callable[[Path], None]) -> Path:
     """`cache/tokenizers/<name>-<key>`, built by `build(tmp_dir)` once and renamed into place."""
     final = tokenizers_root() / f"{name}-{_cache_key(name)}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(final.parent / f".{final.name}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         if final.is_dir():  # another process finished while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

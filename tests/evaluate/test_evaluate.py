@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from statistics import fmean, stdev
 
@@ -205,6 +206,49 @@ def test_vllm_context_is_capped_at_prompt_room_plus_generation(tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": r1}))
     assert model_arguments("vllm", str(adapter), 0, {}, max_gen_toks=1024)["max_model_len"] == 5120
+
+
+def test_cpu_vllm_server_runs_one_worker_in_the_engine_process(monkeypatch):
+    """On a CPU a single-worker server gets the uni executor (no third process importing torch and vLLM again)
+    and torch threads for every core; tensor/pipeline/data parallel keeps vLLM's own setup; the user's env wins."""
+    import subprocess
+
+    from distillkit.evaluate import harness
+
+    seen = []
+
+    class Exited:
+        returncode = 1
+
+        def __init__(self, cmd, env, **kwargs):
+            seen.append((cmd, env))
+
+        def poll(self):
+            return 1
+
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Exited)
+    monkeypatch.setattr(harness, "_device", lambda: "cpu")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for extra in ((), ("--max-model-len", "512"), ("--tensor-parallel-size", "2"), ("-dp=2",)):
+        with pytest.raises(DistillkitError, match="exited with code 1"):
+            with harness.vllm_server("/m", seed=0, extra_args=extra):
+                pass
+    cores = str(len(os.sched_getaffinity(0)))
+    envs = [env for _, env in seen]
+    assert [env.get("VLLM_ENABLE_V1_MULTIPROCESSING") for env in envs] == ["0", "0", None, None]
+    assert [env.get("OMP_NUM_THREADS") for env in envs] == [cores, cores, None, None]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(DistillkitError):
+        with harness.vllm_server("/m", seed=0):
+            pass
+    assert seen[-1][1]["OMP_NUM_THREADS"] == "1" and seen[-1][1]["VLLM_CPU_KVCACHE_SPACE"]
 
 
 def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
