@@ -32,7 +32,8 @@ def pytest_configure(config):
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     """After a module's fixtures are gone, freeze what is still alive (imported libraries, caches): later full
-    collections (vLLM calls five per engine start) then walk only the current module's objects."""
+    collections (vLLM calls five per engine start) then walk only the current module's objects. vLLM freezes the
+    heap itself when an in-process engine starts and unfreezes all of it at shutdown; the next module freezes again."""
     if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
         gc.collect()
         gc.freeze()
