@@ -24,15 +24,16 @@ import pytest  # noqa: E402
 
 def pytest_configure(config):
     # The suite's heap holds ~1M objects (torch, vLLM, lm-eval, real 128-262k-entry vocabularies), and every full
-    # collection walks all of them: CPython's default thresholds (700, 10, 10) ran 61,650 collections, 21% of the
-    # real-tokenizer modules' time (BENCHMARKS.md, "Test suite"). Fewer young collections: cycles wait a little longer.
+    # collection walks all of them: with CPython's default thresholds (700, 10, 10) the collector took 21% of the
+    # real-tokenizer modules' time, and the full suite took 1.13x as long as with these (BENCHMARKS.md, "Test suite").
+    # Fewer young collections: cycles wait a little longer.
     gc.set_threshold(100_000, 50, 100)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     """After a module's fixtures are gone, freeze what is still alive (imported libraries, caches): later full
-    collections (vLLM calls five per engine start) then walk only the current module's objects. vLLM freezes the
+    collections (vLLM calls five per engine start and stop) then walk only the current module's objects. vLLM freezes the
     heap itself when an in-process engine starts and unfreezes all of it at shutdown; the next module freezes again."""
     if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
         gc.collect()
