@@ -130,7 +130,10 @@ def _run_stage(stage: str, args: list[str] | None, overwrite: bool, verbose: boo
     from distillkit.plan import warn_if_too_big
 
     warn_if_too_big(cfg, stage)
-    manifest = stage_function(stage)(cfg, overwrite=overwrite, **kwargs)
+    from distillkit.faults import operation
+
+    with operation(stage):
+        manifest = stage_function(stage)(cfg, overwrite=overwrite, **kwargs)
     if manifest is None:
         out.print(_SUBMITTED.format(stage=stage, folder=cfg.stage_dir(stage)))
         return
@@ -391,13 +394,44 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         err.print("aborted")
         code = 130
-    except DistillkitError as e:  # ConfigError included: it lists every problem
+    except DistillkitError as e:  # ConfigError and EnvironmentFault included: one message each
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         code = 2
     except KeyboardInterrupt:
         err.print("interrupted; rerun the same command to resume")
         code = 130
+    except Exception as e:  # noqa: BLE001 - the one place that decides: the machine's fault (2) or a bug (1)
+        code = report_unexpected(e, verbose=bool({"--verbose", "-v"} & set(sys.argv[1:] if argv is None else argv)))
     sys.exit(code or 0)
+
+
+def report_unexpected(e: BaseException, verbose: bool = False, console: Console | None = None) -> int:
+    """A fault of the machine (network, disk, a killed process) as one message, exit 2; anything else is a bug:
+    one line, the traceback in a file (and on screen with --verbose), exit 1."""
+    import tempfile
+    import traceback
+
+    from distillkit.faults import explain
+
+    console = console or err
+    fault = explain(e)
+    if fault is not None:
+        console.print(f"[red]error:[/] {escape(str(fault))}", highlight=False, soft_wrap=True)
+        return 2
+    text = "".join(traceback.format_exception(e))
+    if verbose:
+        console.print(escape(text), highlight=False, soft_wrap=True)
+    try:
+        fd, path = tempfile.mkstemp(prefix="distillkit-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        where = f"the traceback is in {path}"
+    except OSError:
+        where = "rerun with --verbose for the traceback"
+    console.print(f"[red]internal error[/] (a bug in distillkit, not in your recipe): {escape(type(e).__name__)}: "
+                  f"{escape(str(e).splitlines()[0][:300] if str(e) else '')}\n  {where}; please report it with that "
+                  "file and the command you ran", highlight=False, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":

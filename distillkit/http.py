@@ -68,3 +68,36 @@ def post_with_retries(client, url: str, body: dict[str, Any], *, max_retries: in
                         max_retries, delay)
             wait(delay)
     return None, last
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE) is set: the user asked for the cache only."""
+    import os
+
+    return any(os.environ.get(k, "0") not in ("0", "", "false", "False")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+_HUB_PROBE: dict[str, str | None] = {}
+
+
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here (None when it answers with any HTTP status).
+
+    One HEAD request through huggingface_hub's own session (its proxy and endpoint settings), once per process:
+    without it, each file a loader asks for is retried with backoff, ~25 s per file before a user learns that
+    the machine is offline."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_PROBE:
+        from distillkit.faults import network_reason
+
+        try:
+            get_session().head(endpoint, timeout=timeout_s)
+            _HUB_PROBE[endpoint] = None
+        except Exception as e:  # noqa: BLE001 - anything that is not a network failure is reported as is
+            reason = network_reason(e)
+            _HUB_PROBE[endpoint] = f"{endpoint}: {reason[0] if reason else f'{type(e).__name__}: {e}'}"
+    return _HUB_PROBE[endpoint]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from distillkit.config import STAGES, PrescreenConfig, RecipeConfig, ResampleConfig
 from distillkit.errors import DistillkitError
+from distillkit.faults import operation
 from distillkit.records import Manifest, content_digest, read_manifest, stable_hash
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
         from distillkit.plan import warn_if_too_big
 
         warn_if_too_big(cfg, stage)
-        manifest = stage_function(stage)(cfg, overwrite=overwrite or forced)
+        with operation(stage):
+            manifest = stage_function(stage)(cfg, overwrite=overwrite or forced)
         if manifest is None:  # handed to a scheduler (filter.executor.kind: slurm): later stages wait for it
             if on_stage:
                 on_stage(stage, "submitted")

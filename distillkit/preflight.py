@@ -30,12 +30,14 @@ and the rendering helpers.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
 from distillkit.errors import DistillkitError
+from distillkit.http import hub_offline, hub_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,26 @@ def load_tokenizer_and_config(spec: str) -> tuple[Any, Any]:
             path, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
     else:
         path = resolve_model(spec)
+    unreachable = None
+    if path == spec and not Path(spec).expanduser().exists() and not hub_offline():  # a Hub id
+        unreachable = hub_unreachable()
+        if unreachable:  # the cache may still have it; else fail now, not after the loaders' retries
+            kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as e:  # OSError (missing/offline), ValueError (unknown class), ...
+        from distillkit.faults import HUB_HINT, EnvironmentFault, network_reason
+
+        reason = (unreachable, None) if unreachable else network_reason(e)
+        if hub_offline():
+            raise EnvironmentFault("network", f"could not load the tokenizer of {spec!r}: HF_HUB_OFFLINE is set and "
+                                   "it is not in the local Hugging Face cache", "download it where there is network "
+                                   f"(`huggingface-cli download {spec}`) and copy ~/.cache/huggingface here, or give "
+                                   "a local folder instead of a Hub name") from e
+        if reason is not None or "couldn't connect" in str(e):
+            why = reason[0] if reason else "could not connect"
+            raise EnvironmentFault("network", f"could not load the tokenizer of {spec!r}: the Hugging Face Hub is "
+                                   f"not reachable ({why})", HUB_HINT) from e
         raise DistillkitError(f"could not load the tokenizer of {spec!r}: {e}") from e
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
@@ -473,8 +492,9 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
                 loaded[spec] = e
         result = loaded[spec]
         if isinstance(result, DistillkitError):
-            findings.append(Finding("tokenizer_load", severity, f"{subject} {spec!r}: {result} {why}",
-                                    "check the model name/path (and network access for a Hub id)", subject))
+            findings.append(Finding("tokenizer_load", severity, f"{subject} {spec!r}: {getattr(result, 'what', result)} "
+                                    f"{why}".rstrip(), getattr(result, "fix", None)
+                                    or "check the model name/path (and network access for a Hub id)", subject))
             return None, None
         return result
 

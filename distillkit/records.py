@@ -67,6 +67,17 @@ SCHEMA_VERSION = 1
 # ----------------------------------------------------------------------------------------- atomic
 
 
+def _naming(error: OSError, path: Path) -> OSError:
+    """`error` with `path` as its filename when it has none (pyarrow's writer and fsync name no file)."""
+    if error.filename is not None or error.errno is None:
+        return error
+    try:
+        named = type(error)(error.errno, error.strerror or str(error), str(path))
+    except TypeError:
+        return error
+    return named
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
@@ -78,6 +89,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        named = _naming(e, path)
+        if named is e:
+            raise
+        raise named from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -99,6 +116,12 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[str]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        named = _naming(e, path)
+        if named is e:
+            raise
+        raise named from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -530,6 +553,12 @@ class StageOutput:
 
     def begin(self, overwrite: bool = False) -> None:
         """Claim the folder for this config; resume if it already holds this config's partial work."""
+        from distillkit.faults import operation
+
+        with operation(f"{self.stage}: preparing the output folder {self.folder}"):
+            self._begin(overwrite)
+
+    def _begin(self, overwrite: bool) -> None:
         if overwrite and self.folder.exists():
             for p in [*self.folder.glob(SHARD_GLOB), *self.folder.glob(".tmp-*"),
                       self.folder / MANIFEST, self.folder / STATE]:
@@ -560,7 +589,10 @@ class StageOutput:
         return {int(p.stem.split("-")[1]) for p in list_shards(self.folder)}
 
     def write_shard(self, index: int, rows: list[dict], features=None) -> Path:
-        return write_shard(self.folder, index, rows, features)
+        from distillkit.faults import operation
+
+        with operation(f"{self.stage}: writing shard {index}"):
+            return write_shard(self.folder, index, rows, features)
 
     def finish(self, counts: dict | None = None, stats: dict | None = None, timings: dict | None = None,
                versions: Iterable[str] | None = None) -> Manifest:

@@ -192,7 +192,7 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
                 # no CUDA graphs, whole prompts prefilled in one step, 32-token KV blocks (prefix caching
                 # shares the one-shot example), and float32 where bf16 is emulated.
                 args |= {"enforce_eager": True, "enable_chunked_prefill": False, "block_size": CPU_BLOCK_SIZE}
-                if not cpu_has_fast_bf16():
+                if not cpu_has_fast_bf16() and "--dtype" not in extra_args:
                     args["dtype"] = "float32"
     else:  # local-completions: the chat template is rendered here with the model's tokenizer
         if base:
@@ -291,7 +291,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, ex
         from distillkit.vllm_cpu import CPU_BLOCK_SIZE
 
         cmd += ["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)]  # 32: prefix caching shares the prompts' prefix
-        if not cpu_has_fast_bf16():
+        if not cpu_has_fast_bf16() and "--dtype" not in extra_args:
             # A bf16 config (SmolLM2's, students saved in bf16) would run vllm-cpu's emulated bf16
             # kernels: 2.7x slower than float32 on an AVX2 CPU (BENCHMARKS.md, Generation).
             cmd += ["--dtype", "float32"]

@@ -24,6 +24,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
+NETWORK_FIX = "check the network or the proxy, or set HF_HUB_OFFLINE=1 with the dataset cached"
 TASK_FIX = "correct the name in evaluate.tasks (local tasks: {names}; lm-eval's: `lm_eval ls tasks`)"
 
 # (check, severity, message, fix): preflight wraps them as Findings
@@ -131,8 +132,14 @@ def _hub_features(info, config_name: str | None) -> set[str] | None:
     return None
 
 
-def _check_hub(name: str, cfg: dict[str, Any], columns: list[str], api_factory: Callable) -> list[Result]:
+def _check_hub(name: str, cfg: dict[str, Any], columns: list[str], api_factory: Callable,
+               unreachable: list[str]) -> list[Result]:
+    """`unreachable` collects the reason once the Hub could not be reached: later tasks are not tried again
+    (a blackholed network costs a timeout per request)."""
     repo = cfg["dataset_path"]
+    if unreachable:
+        return [("task_dataset", "warning", f"{name}: access to {repo} not checked, network unreachable "
+                 f"({unreachable[0]})", NETWORK_FIX)]
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
             "HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False"):
         return [("task_dataset", "ok", f"{name}: offline (HF_HUB_OFFLINE): access to {repo} not checked; "
@@ -152,9 +159,15 @@ def _check_hub(name: str, cfg: dict[str, Any], columns: list[str], api_factory: 
     except RepositoryNotFoundError:
         return [("task_dataset", "error", f"evaluate.tasks: {name} reads {repo}, which the Hub does not have "
                  "(or keeps private from this token)", "fix dataset_path in the task YAML, or log in")]
-    except (HfHubHTTPError, OSError) as e:  # no network, a proxy, the Hub down
-        return [("task_dataset", "warning", f"{name}: could not reach the Hub to check {repo}: {e}",
-                 "check the network, or set HF_HUB_OFFLINE=1 with the dataset cached")]
+    except Exception as e:  # no network, a dead proxy, the Hub down: not checked, not an error of the recipe
+        from distillkit.faults import network_reason
+
+        reason = network_reason(e)
+        if reason is None and not isinstance(e, (HfHubHTTPError, OSError)):
+            raise
+        unreachable.append(reason[0] if reason else str(e).splitlines()[0][:200])
+        return [("task_dataset", "warning", f"{name}: access to {repo} not checked, network unreachable "
+                 f"({unreachable[0]})", NETWORK_FIX)]
     have = _hub_features(info, cfg.get("dataset_name"))
     missing = [c for c in columns if have is not None and c not in have]
     if missing:
@@ -172,6 +185,7 @@ def check_tasks(tasks: list[str], include_path: str | None = None, api_factory: 
             return HfApi()
 
     configs, results = _task_configs(tasks, include_path)
+    unreachable: list[str] = []
     for name, cfg in configs.items():
         if not cfg or cfg.get("custom_dataset") or not cfg.get("dataset_path"):
             continue  # a group, a Python task, or data made by the task's own code
@@ -182,5 +196,5 @@ def check_tasks(tasks: list[str], include_path: str | None = None, api_factory: 
         elif Path(path).expanduser().exists():
             results.append(("task_dataset", "ok", f"{name}: local dataset folder {path}", ""))
         else:
-            results += _check_hub(name, cfg, columns, api_factory)
+            results += _check_hub(name, cfg, columns, api_factory, unreachable)
     return results

@@ -1,0 +1,194 @@
+"""Faults of the machine, not of the recipe: no network, a full or read-only disk, a process killed under us.
+
+`explain(exc)` looks through an exception and its causes for such a fault and returns an `EnvironmentFault`
+whose message names what was being done, the path or URL, and the fix; the CLI prints it and exits 2.
+Anything it does not recognise is a bug (exit 1). `operation(...)` labels a block, so that the message
+says "generate: writing shard 3" rather than only the errno.
+
+    network   DNS failure, connection refused/reset, timeouts, a proxy that does not answer, HTTP 429/5xx
+              from the Hub, a file the Hub cache lacks while offline
+    disk      ENOSPC, EDQUOT, EROFS, EACCES/EPERM, a missing parent folder (ENOENT, ENOTDIR)
+    process   a child killed by a signal (the OOM killer's SIGKILL), a broken worker pool, a dead vLLM engine
+
+Libraries name their exception classes alike (httpx, requests, urllib3, huggingface_hub's own copy of
+httpx), so network errors are recognised by class name along the MRO, not by importing each library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+from collections.abc import Iterator
+
+from distillkit.errors import DistillkitError
+
+RESUME = "then rerun the same command: finished work is kept"
+DISK = {
+    errno.ENOSPC: ("no space left on the device", "free space there, or point output_dir at a larger volume; " + RESUME),
+    errno.EDQUOT: ("disk quota exceeded", "free space in your quota, or point output_dir elsewhere; " + RESUME),
+    errno.EROFS: ("read-only file system", "set output_dir (or the path named) to a writable folder"),
+    errno.EACCES: ("permission denied", "make it writable for this user, or set output_dir to a folder you own"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user, or set output_dir to a folder you own"),
+    errno.ENOENT: ("no such file or folder", "check the path (its parent folders must exist or be creatable)"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EMFILE: ("too many open files", "raise the limit (`ulimit -n 65536`) and " + RESUME),
+}
+NETWORK_CLASSES = {
+    "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",
+    "ProxyError", "NetworkError", "RemoteProtocolError", "TransportError",  # httpx (and huggingface_hub's copy)
+    "NewConnectionError", "MaxRetryError", "ProtocolError",  # urllib3
+    "SSLError", "ConnectTimeoutError", "ReadTimeoutError",
+    "OfflineModeIsEnabled",  # huggingface_hub with HF_HUB_OFFLINE set
+}
+NETWORK_BUILTINS = (ConnectionError, TimeoutError)  # refused, reset, aborted; socket.timeout
+HUB_HINT = ("if this machine has no network, set HF_HUB_OFFLINE=1 and put the files in the Hugging Face cache first "
+            "(`huggingface-cli download NAME` where there is network, then copy ~/.cache/huggingface), or give a "
+            "local folder instead of a Hub name")
+
+
+class EnvironmentFault(DistillkitError):
+    """A fault of the machine (network, disk, a killed process): exit 2 with the operation, the target and the fix."""
+
+    def __init__(self, kind: str, what: str, fix: str):
+        self.kind, self.what, self.fix = kind, what, fix
+        super().__init__(f"{what}\n  fix: {fix}")
+
+
+@contextlib.contextmanager
+def operation(text: str) -> Iterator[None]:
+    """Label the block: a fault raised inside it is reported as happening while `text` (the innermost label wins)."""
+    try:
+        yield
+    except BaseException as e:
+        if getattr(e, "_distillkit_operation", None) is None:
+            try:
+                e._distillkit_operation = text
+            except AttributeError:  # an exception type with __slots__
+                pass
+        raise
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (`raise ... from`, or the exception being handled), outermost first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {k.__name__ for k in type(exc).__mro__}
+
+
+def _url(exc: BaseException) -> str | None:
+    try:  # httpx: .request raises RuntimeError when the exception was made without one
+        request = exc.request
+    except Exception:
+        request = None
+    url = getattr(request, "url", None)
+    if url is None:
+        response = getattr(exc, "response", None)
+        url = getattr(getattr(response, "request", None), "url", None) or getattr(response, "url", None)
+    if url is None:
+        match = re.search(r"https?://[^\s'\"),]+", str(exc))
+        url = match.group(0) if match else None
+    return str(url) if url else None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def network_reason(exc: BaseException) -> tuple[str, str | None] | None:
+    """(reason, url) when `exc` or a cause is a network failure (or the Hub refusing for load: 429/5xx); else None."""
+    for e in causes(exc):
+        names = _names(e)
+        status = _http_status(e)
+        if status is not None and (status == 429 or status >= 500) and names & {"HfHubHTTPError", "HTTPStatusError", "HTTPError"}:
+            return f"the server answered HTTP {status}", _url(e)
+        if names & NETWORK_CLASSES or "gaierror" in names or (
+                isinstance(e, NETWORK_BUILTINS) and not isinstance(e, BrokenPipeError)):
+            return _short(e), _url(e)
+        if "LocalEntryNotFoundError" in names:  # huggingface_hub: not cached, and the Hub not reached
+            return "the file is not in the local cache and the Hub could not be reached", _url(e)
+    return None
+
+
+def disk_reason(exc: BaseException) -> tuple[int, str | None, str] | None:
+    """(errno, path, strerror) of the first OSError in the chain with an errno distillkit explains; else None."""
+    for e in causes(exc):
+        if isinstance(e, OSError) and not isinstance(e, NETWORK_BUILTINS) and "gaierror" not in _names(e):
+            code = e.errno
+            if code is None:  # pyarrow and others put it in the message: "[errno 28] No space left on device"
+                match = re.search(r"errno (\d+)", str(e), re.IGNORECASE)
+                code = int(match.group(1)) if match else None
+            if code in DISK:
+                path = e.filename if e.filename is not None else None
+                return code, (os.fsdecode(path) if path is not None else None), DISK[code][0]
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def signal_name(returncode: int) -> str:
+    """"SIGKILL" for -9 (subprocess) or 137 (a shell's 128 + 9); the exit code as text otherwise."""
+    number = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else None
+    if number is None:
+        return f"exit code {returncode}"
+    try:
+        return f"{signal.Signals(number).name} (exit code {returncode})"
+    except ValueError:
+        return f"exit code {returncode}"
+
+
+def killed_hint(returncode: int) -> str:
+    """What a child's exit code says about who ended it."""
+    name = signal_name(returncode)
+    if "SIGKILL" in name:
+        return (f"it was killed ({name}), most often by the kernel's out-of-memory killer (`dmesg | tail`): lower "
+                "the batch or context size, or use a machine with more memory; " + RESUME)
+    if "SIGTERM" in name or "SIGINT" in name:
+        return f"it was stopped ({name}); " + RESUME
+    return f"it ended with {name}; see its messages above, " + RESUME
+
+
+def explain(exc: BaseException, operation_hint: str | None = None) -> EnvironmentFault | None:
+    """The environment fault behind `exc`, as one message; None when `exc` is not one (a user mistake or a bug)."""
+    if isinstance(exc, EnvironmentFault):
+        return exc
+    op = next((o for e in causes(exc) if (o := getattr(e, "_distillkit_operation", None))), None) or operation_hint
+    during = f"{op}: " if op else ""
+    net = network_reason(exc)
+    if net is not None:
+        reason, url = net
+        proxy = next((f"{k}={os.environ[k]}" for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                        "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
+        target = f" {url}" if url else ""
+        via = f" through the proxy {proxy}" if proxy else ""
+        fix = f"check the network and the proxy ({proxy}); " if proxy else "check the network; "
+        hub = url is None or "huggingface" in url or "hf.co" in url
+        fix += HUB_HINT if hub else "check that the server is up and the URL is right, " + RESUME
+        return EnvironmentFault("network", f"{during}could not reach{target}{via} ({reason})", fix)
+    disk = disk_reason(exc)
+    if disk is not None:
+        code, path, text = disk
+        where = f" at {path}" if path else ""
+        fix = DISK[code][1]
+        if code in (errno.ENOSPC, errno.EDQUOT) and path:
+            fix = f"{fix} (df -h {os.path.dirname(path) or path})"
+        return EnvironmentFault("disk", f"{during}{text}{where}", fix)
+    for e in causes(exc):
+        names = _names(e)
+        if names & {"BrokenProcessPool", "EngineDeadError", "BrokenPipeError"}:
+            return EnvironmentFault("process", f"{during}a worker process died ({_short(e)})",
+                                    "check memory (`dmesg | tail` shows the out-of-memory killer); " + RESUME)
+    return None
