@@ -192,3 +192,89 @@ def explain(exc: BaseException, operation_hint: str | None = None) -> Environmen
             return EnvironmentFault("process", f"{during}a worker process died ({_short(e)})",
                                     "check memory (`dmesg | tail` shows the out-of-memory killer); " + RESUME)
     return None
+
+
+# ----------------------------------------------------------------------------------------- child processes
+# A generate replica or a training rank that fails writes one small report for its parent and exits 1 without a
+# traceback; the parent prints the reports once (identical ones merged), so N ranks hitting the same full disk
+# give one message, not N tracebacks.
+
+REPORTS_ENV = "DISTILLKIT_FAULT_REPORTS"
+
+
+def describe(exc: BaseException) -> dict:
+    """{"kind": network|disk|process|user|bug, "message": ..., "fix": ...} for a child's report."""
+    import traceback
+
+    fault = explain(exc)
+    if fault is not None:
+        return {"kind": fault.kind, "message": fault.what, "fix": fault.fix}
+    if isinstance(exc, DistillkitError):
+        return {"kind": "user", "message": str(exc), "fix": ""}
+    return {"kind": "bug", "message": "".join(traceback.format_exception(exc)), "fix": ""}
+
+
+@contextlib.contextmanager
+def reporting_to_parent(name: str, folder: str | os.PathLike | None = None) -> Iterator[None]:
+    """In a child process: an exception in the block becomes a report in `folder` (default: $DISTILLKIT_FAULT_REPORTS)
+    and exit code 1, with nothing printed but a one-line note when the report cannot be written. Without a folder
+    the exception propagates as usual."""
+    import json
+    import sys
+
+    folder = folder or os.environ.get(REPORTS_ENV)
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as e:
+        if not folder:
+            raise
+        report = {"name": name, **describe(e)}
+        try:
+            path = os.path.join(folder, f"{name.replace(' ', '-')}.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(report, f)
+            os.replace(path + ".tmp", path)
+        except OSError:  # the parent's folder is on the full disk too: say it here, briefly
+            print(f"{name}: {report['message'].splitlines()[-1][:500]}", file=sys.stderr)
+        sys.exit(1)
+
+
+def read_reports(folder: str | os.PathLike) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def raise_from_children(what: str, exit_codes: dict[str, int], folder: str | os.PathLike) -> None:
+    """One exception for the children that failed (`exit_codes`: name -> exit code, 0 = fine): their reports merged,
+    or the signal that ended those that could not report. An EnvironmentFault or DistillkitError where every report
+    says so; a RuntimeError (a bug) with the first traceback otherwise."""
+    failed = {n: c for n, c in exit_codes.items() if c != 0}
+    if not failed:
+        return
+    reports = {r["name"]: r for r in read_reports(folder) if r.get("name") in failed}
+    # The same fault in several children reads alike but for numbers (shard 0, shard 1): one line for all of them.
+    groups: dict[tuple[str, str, str], tuple[str, list[str]]] = {}
+    for name, code in failed.items():
+        r = reports.get(name) or {"kind": "process", "message": f"ended with {signal_name(code)} before it could "
+                                  "report", "fix": killed_hint(code)}
+        key = (r["kind"], re.sub(r"\d+", "N", r["message"]), r.get("fix", ""))
+        groups.setdefault(key, (r["message"], []))[1].append(name)
+    bugs = [(m, names) for (k, _, _), (m, names) in groups.items() if k == "bug"]
+    if bugs:
+        message, names = bugs[0]
+        raise RuntimeError(f"{what}: {', '.join(names)} failed with:\n{message}")
+    what_lines = "\n".join(f"{what}: {', '.join(names)}: {m.removeprefix(what + ': ')}"
+                           for m, names in groups.values())
+    fixes = "; ".join(dict.fromkeys(fix for (_, _, fix) in groups if fix))
+    kinds = sorted({k for k, _, _ in groups} - {"user"})
+    if not kinds:
+        raise DistillkitError(what_lines + (f"\n  fix: {fixes}" if fixes else ""))
+    raise EnvironmentFault(kinds[0], what_lines, fixes or RESUME)

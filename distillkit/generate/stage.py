@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -148,8 +149,16 @@ def _replica_devices(rank: int, per_replica: int) -> str | None:
     return ",".join(mine)
 
 
-def _replica_main(cfg_json: str, rank: int, todo: list[int], devices: str | None) -> None:
-    """One data-parallel replica (a spawned process): its own engine on its own GPUs, its own shards."""
+def _replica_main(cfg_json: str, rank: int, todo: list[int], devices: str | None, reports: str) -> None:
+    """One data-parallel replica (a spawned process): its own engine on its own GPUs, its own shards. A failure is
+    reported to the parent (which prints it once for all replicas), not printed here."""
+    from distillkit.faults import reporting_to_parent
+
+    with reporting_to_parent(f"replica {rank}", reports):
+        _replica_work(cfg_json, rank, todo, devices)
+
+
+def _replica_work(cfg_json: str, rank: int, todo: list[int], devices: str | None) -> None:
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     cfg = RecipeConfig.model_validate_json(cfg_json)
@@ -169,16 +178,28 @@ def _replica_main(cfg_json: str, rank: int, todo: list[int], devices: str | None
 
 def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas: int, on_progress) -> None:
     import multiprocessing as mp
+    import tempfile
 
     v = cfg.generate.teacher.vllm
     per_replica = v.tensor_parallel_size * v.pipeline_parallel_size
     ctx = mp.get_context("spawn")  # vLLM engines do not survive fork
+    reports = tempfile.mkdtemp(prefix="distillkit-replicas-")
+    try:
+        _run_replicas(ctx, cfg, shards, todo, num_replicas, per_replica, on_progress, reports)
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+def _run_replicas(ctx, cfg: RecipeConfig, shards, todo: list[int], num_replicas: int, per_replica: int, on_progress,
+                  reports: str) -> None:
+    from distillkit.faults import raise_from_children
+
     procs = []
     for rank in range(num_replicas):
         part = todo[rank::num_replicas]
         if part:
             p = ctx.Process(target=_replica_main, args=(cfg.model_dump_json(), rank, part,
-                                                        _replica_devices(rank, per_replica)), daemon=False)
+                                                        _replica_devices(rank, per_replica), reports), daemon=False)
             p.start()
             procs.append((rank, p))
     folder = cfg.stage_dir("generate")
@@ -194,10 +215,7 @@ def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas:
         for _, p in procs:
             p.terminate()
         raise
-    failed = [f"replica {rank} (exit code {p.exitcode})" for rank, p in procs if p.exitcode != 0]
-    if failed:
-        raise DistillkitError(f"generate: {', '.join(failed)} failed; see the log above. Rerun the same command "
-                              "to resume from the committed shards.")
+    raise_from_children("generate", {f"replica {rank}": p.exitcode for rank, p in procs}, reports)
 
 
 def _prompts_to_sample(cfg: RecipeConfig, prompts: list[Prompt], out: StageOutput,
