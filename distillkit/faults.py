@@ -36,6 +36,8 @@ DISK = {
     errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
     errno.EMFILE: ("too many open files", "raise the limit (`ulimit -n 65536`) and " + RESUME),
 }
+DISK_TEXTS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+              errno.EROFS: "Read-only file system"}
 NETWORK_CLASSES = {
     "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",
     "ProxyError", "NetworkError", "RemoteProtocolError", "TransportError",  # httpx (and huggingface_hub's copy)
@@ -123,14 +125,16 @@ def network_reason(exc: BaseException) -> tuple[str, str | None] | None:
 def disk_reason(exc: BaseException) -> tuple[int, str | None, str] | None:
     """(errno, path, strerror) of the first OSError in the chain with an errno distillkit explains; else None."""
     for e in causes(exc):
-        if isinstance(e, OSError) and not isinstance(e, NETWORK_BUILTINS) and "gaierror" not in _names(e):
-            code = e.errno
-            if code is None:  # pyarrow and others put it in the message: "[errno 28] No space left on device"
-                match = re.search(r"errno (\d+)", str(e), re.IGNORECASE)
-                code = int(match.group(1)) if match else None
-            if code in DISK:
-                path = e.filename if e.filename is not None else None
-                return code, (os.fsdecode(path) if path is not None else None), DISK[code][0]
+        if isinstance(e, NETWORK_BUILTINS) or "gaierror" in _names(e):
+            continue
+        code = e.errno if isinstance(e, OSError) else None
+        if code is None:  # pyarrow, safetensors and others say it in the message: "[errno 28]", "(os error 28)"
+            match = re.search(r"(?:errno|os error) ?(\d+)", str(e), re.IGNORECASE)
+            code = int(match.group(1)) if match else next(
+                (c for c, text in DISK_TEXTS.items() if text in str(e)), None)
+        if code in DISK and code != errno.ENOENT or code == errno.ENOENT and isinstance(e, OSError):
+            path = e.filename if isinstance(e, OSError) else None
+            return code, (os.fsdecode(path) if path is not None else None), DISK[code][0]
     return None
 
 
@@ -268,7 +272,9 @@ def raise_from_children(what: str, exit_codes: dict[str, int], folder: str | os.
         key = (r["kind"], re.sub(r"\d+", "N", r["message"]), r.get("fix", ""))
         groups.setdefault(key, (r["message"], []))[1].append(name)
     bugs = [(m, names) for (k, _, _), (m, names) in groups.items() if k == "bug"]
-    if bugs:
+    if len(bugs) < len(groups):  # a fault on one rank breaks the others' collectives: those are not the cause
+        groups = {k: v for k, v in groups.items() if k[0] != "bug"}
+    elif bugs:
         message, names = bugs[0]
         raise RuntimeError(f"{what}: {', '.join(names)} failed with:\n{message}")
     what_lines = "\n".join(f"{what}: {', '.join(names)}: {m.removeprefix(what + ': ')}"

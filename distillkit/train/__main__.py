@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 
@@ -22,8 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = RecipeConfig.model_validate_json(Path(args.recipe).read_text())
-    run_train(cfg, overwrite=args.overwrite)
+    from distillkit.faults import reporting_to_parent
+
+    # A failure goes to the launching process as a report (it prints one message for all ranks), not as a traceback
+    # per rank.
+    with reporting_to_parent(f"rank {os.environ.get('RANK', '0')}"):
+        cfg = RecipeConfig.model_validate_json(Path(args.recipe).read_text())
+        run_train(cfg, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

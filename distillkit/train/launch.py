@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from distillkit.errors import DistillkitError
+from distillkit.faults import REPORTS_ENV, raise_from_children
 
 log = logging.getLogger(__name__)
 
 RECIPE_FILE = "launch_recipe.json"
+LAUNCH_LOG = "launch.log"
 
 
 def in_distributed_child() -> bool:
@@ -66,6 +70,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_launcher(cmd: list[str], env: dict, reports: str, log_path: Path) -> int:
+    """Run the launcher with its stderr copied to `log_path` and to ours, except once a rank has reported a failure:
+    what follows is the launcher's own account of it (torchrun's ChildFailedError traceback, SIGTERMs to the other
+    ranks), which the one message distillkit prints replaces. All of it stays in `log_path`."""
+    import contextlib
+
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    log_file = None
+    with contextlib.suppress(OSError):
+        log_file = open(log_path, "a", buffering=1)
+    try:
+        for line in proc.stderr:
+            if log_file is not None:
+                with contextlib.suppress(OSError):  # a full disk must not hide the output from the terminal too
+                    log_file.write(line)
+            if not os.listdir(reports):
+                sys.stderr.write(line)
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    finally:
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
+
+
 def launch(cfg, overwrite: bool = False):
     """Run the train stage in `num_processes` processes; returns the manifest the main process wrote."""
     from distillkit.records import atomic_write_text, read_manifest
@@ -78,9 +110,19 @@ def launch(cfg, overwrite: bool = False):
     log.info("launching: %s", " ".join(cmd))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    result = subprocess.run(cmd, env=env)
-    if result.returncode != 0:
-        raise DistillkitError(f"distributed training failed (exit {result.returncode}); command: {' '.join(cmd)}")
+    reports = tempfile.mkdtemp(prefix="distillkit-ranks-")
+    env[REPORTS_ENV] = reports
+    try:
+        returncode = _run_launcher(cmd, env, reports, out / LAUNCH_LOG)
+        if returncode != 0:
+            from distillkit.faults import read_reports
+
+            failed = {r["name"]: 1 for r in read_reports(reports)}
+            if not failed:
+                failed = {"the launcher": returncode}
+            raise_from_children("train", failed, reports)
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
     manifest = read_manifest(out)
     if manifest is None:
         raise DistillkitError(f"distributed training finished without writing {out}/manifest.json")

@@ -23,6 +23,7 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
+from distillkit.faults import operation
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, StageRecords, read_manifest
 from distillkit.train.stats import TrainStats
@@ -135,8 +136,10 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
     t0 = time.time()
     prepared = prepare_training(cfg, state)
     trainer = make_trainer(cfg, prepared, callbacks)
-    fitted = fit(cfg, trainer, t0)
-    files = save_student(cfg, trainer, prepared.tokenizer, state)
+    with operation(f"train: training, checkpoints in {stage.folder}"):
+        fitted = fit(cfg, trainer, t0)
+    with operation(f"train: saving the student to {stage.folder / 'model'}"):
+        files = save_student(cfg, trainer, prepared.tokenizer, state)
     return write_manifest(cfg, stage, state, prepared, trainer, fitted, files)
 
 

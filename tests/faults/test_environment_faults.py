@@ -210,3 +210,27 @@ def test_a_child_killed_without_a_report_names_the_signal(tmp_path):
         raise_from_children("train", {"rank 0": 0, "rank 1": -9}, tmp_path)
     assert "rank 1: ended with SIGKILL" in str(e.value) and "out-of-memory" in str(e.value)
     raise_from_children("train", {"rank 0": 0}, tmp_path)  # nothing failed: nothing raised
+
+
+@needs_root
+def test_two_training_ranks_on_a_full_disk_give_one_message(tiny_llama, tiny_qwen2, tmp_path, capsys):
+    """Real DDP over 2 CPU processes (accelerate launch) writing to a small tmpfs: the ranks report to the parent,
+    which prints one message; the launcher's own ChildFailedError traceback stays in train/launch.log."""
+    from distillkit.errors import DistillkitError
+    from distillkit.testing import load_file_module
+    from distillkit.train.stage import run_train
+
+    helpers = load_file_module(ROOT / "tests" / "train" / "train_helpers.py", "train_helpers_faults")
+    records = helpers.teacher_records(tiny_qwen2, num=4, seed=1)
+    with tmpfs(tmp_path / "small", "4m") as small:
+        cfg = helpers.make_recipe(small / "run", records, tiny_llama, per_device_train_batch_size=2, num_processes=2,
+                                  save_steps=1)
+        fill(small, leave_bytes=96 * 1024)  # the recipe and the first log lines fit; a checkpoint does not
+        with pytest.raises(DistillkitError) as e:
+            run_train(cfg)
+        log_text = (cfg.stage_dir("train") / "launch.log").read_text()
+    text = str(e.value)
+    assert "no space left on the device" in text and "train: rank 0" in text, text
+    assert text.count("\ntrain: ") == 0 or "rank 1" not in text.split("\n")[0]  # one line per distinct fault
+    assert "Traceback" not in text and "Traceback" not in capsys.readouterr().err
+    assert "ChildFailedError" in log_text or "exitcode" in log_text  # the launcher's account is kept, not shown
