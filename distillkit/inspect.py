@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError
-from distillkit.records import count_records, list_shards, read_manifest
+from distillkit.records import count_records, list_shards, read_manifest, reading_shard
 
 
 def _percentiles(values: list[int], qs=(0.5, 0.9, 0.99)) -> dict[str, float]:
@@ -49,8 +49,9 @@ def summarize_output(folder: str | Path) -> dict[str, Any]:
     prompts: set[str] = set()
     wanted = ["prompt_id", "source", "completion_tokens", "finish_reason", "verdicts"]
     for shard in shards:
-        schema = pq.read_schema(shard)
-        table = pq.read_table(shard, columns=[c for c in wanted if c in schema.names])
+        with reading_shard(shard):  # a damaged shard is named, with the fix
+            schema = pq.read_schema(shard)
+            table = pq.read_table(shard, columns=[c for c in wanted if c in schema.names])
         for row in table.to_pylist():
             prompts.add(row.get("prompt_id"))
             sources[row.get("source") or ""] += 1

