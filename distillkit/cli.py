@@ -378,6 +378,13 @@ def _terminate_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+# Recent typer (0.29 here) vendors click as typer._click: its Exit, usage errors (unknown command or option) and
+# Abort are not click's classes, and an uncaught usage error read as a distillkit bug. Catch both families.
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear message and exit 2 for user mistakes, never a traceback for them."""
     command = typer.main.get_command(app)
@@ -386,12 +393,14 @@ def main(argv: list[str] | None = None) -> None:
         quiet_libraries()  # before any command imports torch, vLLM or bitsandbytes (their notices are noise)
     try:
         code = command.main(args=argv, prog_name="distillkit", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except _EXITS as e:
         code = e.exit_code
-    except click.ClickException as e:
+        if code == 130:  # typer turns Ctrl-C / SIGTERM inside a command into Exit(130) itself
+            err.print("interrupted; rerun the same command to resume")
+    except _USAGE_ERRORS as e:  # unknown command or option, an option without its value
         e.show()
         code = 2
-    except click.exceptions.Abort:
+    except _ABORTS:
         err.print("aborted")
         code = 130
     except DistillkitError as e:  # ConfigError and EnvironmentFault included: one message each

@@ -873,6 +873,16 @@ class RecipeConfig(StrictModel):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_formats(cls, v: str, info) -> str:
+        try:  # run_dir fills in {name}; any other brace would crash every command that needs the folder
+            v.format(name=info.data.get("name", "run"))
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError):
+            raise ValueError("only {name} may appear in braces (it becomes the recipe's name); write a literal "
+                             "brace as {{ or }}") from None
+        return v
+
     @model_validator(mode="after")
     def _prescreen_can_judge(self):
         kinds = [v.kind for v in self.filter.verifiers]
@@ -980,12 +990,29 @@ def _explain(err: dict, root: type[BaseModel]) -> str:
     return f"{path}={_short(err.get('input'))}: {msg}"
 
 
+def _find_cycle(data: Any, loc: tuple = (), active: tuple = ()) -> tuple | None:
+    """Where a value contains itself (YAML `&a [*a]`), or None; shared, non-cyclic aliases are fine."""
+    if not isinstance(data, (dict, list)):
+        return None
+    if any(node is data for node in active):
+        return loc
+    for key, value in (data.items() if isinstance(data, dict) else enumerate(data)):
+        found = _find_cycle(value, loc + (key,), active + (data,))
+        if found is not None:
+            return found
+    return None
+
+
 def validate_recipe(data: Any, source: str | None = None) -> RecipeConfig:
     """Validate a parsed recipe; raise ConfigError listing every problem (path, bad value, fix)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
+    cycle = _find_cycle(data)
+    if cycle is not None:
+        raise ConfigError([f"{_fmt_path(cycle)}: this value contains itself (a YAML alias *x inside its own "
+                           "anchor &x); write the value out instead"], source)
     problems: list[str] = []
     data = _apply_renames(RecipeConfig, data, (), problems)
     try:
@@ -1008,7 +1035,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         raise ConfigError([f"override {text!r}: empty key segment"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # kept as text: validation names the key that takes no such string
         value = raw
     return parts, value
 
@@ -1022,6 +1049,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if isinstance(node, list):
                 if not isinstance(part, int) or part >= len(node):
                     raise ConfigError([f"override {text!r}: index {part} is out of range"])
+                if not isinstance(node[part], (dict, list)):  # a scalar item: replaced, as in a mapping below
+                    node[part] = [] if isinstance(nxt, int) else {}
                 node = node[part]
                 continue
             if not isinstance(node.get(part), (dict, list)):
@@ -1065,10 +1094,17 @@ def load_recipe(recipe: str | os.PathLike | None = None, overrides: list[str] | 
         raise DistillkitError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
     except OSError as e:
         raise DistillkitError(f"{path}: cannot read recipe ({e.strerror})") from None
-    data = data or {}
+    except UnicodeDecodeError as e:
+        raise DistillkitError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                              "UTF-8); a recipe is a YAML text file") from None
+    except RecursionError:
+        raise DistillkitError(f"{path}: YAML nested too deeply to read; a recipe is a few levels of keys") from None
+    if data is None:  # an empty file (or comments only) is a mistake, not a request for every default
+        raise DistillkitError(f"{path}: the recipe is empty (no keys); write its keys (e.g. copy "
+                              f"{BUILTIN_RECIPES / 'quickstart.yaml'}), or give no RECIPE for the built-in quickstart")
     if overrides:
         if not isinstance(data, dict):
-            raise ConfigError(["(top level): expected a mapping of keys"], str(path))
+            raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], str(path))
         data = apply_overrides(data, overrides)
     return validate_recipe(data, source=str(path))
 
