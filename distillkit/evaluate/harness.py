@@ -321,7 +321,16 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, ex
                 if time.time() > deadline:
                     raise DistillkitError(f"the vLLM server for {model_path} did not start in {startup_timeout_s:.0f} s")
                 time.sleep(2)
-        yield url
+        try:
+            yield url
+        except Exception as e:
+            if proc.poll() is None:
+                raise
+            from distillkit.faults import EnvironmentFault, killed_hint, signal_name
+
+            raise EnvironmentFault("process", f"the vLLM server for {model_path} stopped while in use "
+                                   f"({signal_name(proc.returncode)}; its log: {server_log.name})",
+                                   killed_hint(proc.returncode)) from e
     finally:
         proc.terminate()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -249,6 +251,44 @@ def test_cpu_vllm_server_runs_one_worker_in_the_engine_process(monkeypatch):
         with harness.vllm_server("/m", seed=0):
             pass
     assert seen[-1][1]["OMP_NUM_THREADS"] == "1" and seen[-1][1]["VLLM_CPU_KVCACHE_SPACE"]
+
+
+def test_a_server_that_dies_in_use_is_named_with_its_signal_and_log(monkeypatch):
+    """A request failing because the server process died (the OOM killer) reads as that, not as a network error."""
+    import subprocess
+    import urllib.request
+
+    from distillkit.evaluate import harness
+    from distillkit.faults import EnvironmentFault
+
+    class Killed:
+        returncode = None
+
+        def __init__(self, cmd, **kw):
+            pass
+
+        def poll(self):
+            return self.returncode
+
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", Killed)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: contextlib.nullcontext())
+    with pytest.raises(EnvironmentFault) as e:
+        with harness.vllm_server("/m", seed=0) as url:
+            Killed.returncode = -9  # the server process is killed while a request is in flight
+            raise ConnectionRefusedError(f"{url}/v1/completions: connection refused")
+    text = str(e.value)
+    assert "the vLLM server for /m stopped while in use (SIGKILL" in text and "distillkit-vllm-server-" in text
+    assert "out-of-memory killer" in text
+    with pytest.raises(ConnectionRefusedError):  # a live server: the error is left as it is
+        Killed.returncode = None
+        with harness.vllm_server("/m", seed=0):
+            raise ConnectionRefusedError("refused")
 
 
 def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
