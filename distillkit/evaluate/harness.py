@@ -192,7 +192,7 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
                 # no CUDA graphs, whole prompts prefilled in one step, 32-token KV blocks (prefix caching
                 # shares the one-shot example), and float32 where bf16 is emulated.
                 args |= {"enforce_eager": True, "enable_chunked_prefill": False, "block_size": CPU_BLOCK_SIZE}
-                if not cpu_has_fast_bf16() and "--dtype" not in extra_args:
+                if not cpu_has_fast_bf16():
                     args["dtype"] = "float32"
     else:  # local-completions: the chat template is rendered here with the model's tokenizer
         if base:
