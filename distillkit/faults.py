@@ -284,3 +284,20 @@ def raise_from_children(what: str, exit_codes: dict[str, int], folder: str | os.
     if not kinds:
         raise DistillkitError(what_lines + (f"\n  fix: {fixes}" if fixes else ""))
     raise EnvironmentFault(kinds[0], what_lines, fixes or RESUME)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG; a no-op elsewhere).
+
+    torchrun starts each training rank in a session of its own, so a `kill -9` of distillkit (or of the launcher)
+    would leave the ranks training on, orphaned, writing into the run folder. With this in the launcher (set by
+    distillkit) and in each rank, the whole tree goes down with distillkit."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

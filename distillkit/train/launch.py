@@ -39,15 +39,73 @@ def wants_launch(train_cfg) -> bool:
     return train_cfg.accelerate_config is not None or (train_cfg.num_processes or 1) > 1
 
 
-def launch_command(train_cfg, recipe_path: str | os.PathLike, overwrite: bool, port: int | None = None) -> list[str]:
-    """The `accelerate launch` command line for this recipe."""
+def read_accelerate_config(path: str | os.PathLike) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise DistillkitError(f"train.accelerate_config={str(path)!r}: no such file") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise DistillkitError(f"train.accelerate_config={str(path)!r}: cannot read it as YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise DistillkitError(f"train.accelerate_config={str(path)!r}: expected an accelerate config (a mapping)")
+    return data
+
+
+def distributed_problems(train_cfg, has_gpu: bool) -> list[str]:
+    """Why the accelerate config cannot run as it says on this machine (empty when it can): distillkit never lets
+    it fall back to something else silently."""
+    if not train_cfg.accelerate_config:
+        return []
+    data = read_accelerate_config(train_cfg.accelerate_config)
+    kind = str(data.get("distributed_type", "NO")).upper()
+    where = f"train.accelerate_config={train_cfg.accelerate_config}"
+    problems = []
+    if kind == "DEEPSPEED":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            problems.append(f"{where} asks for DeepSpeed, which is not installed; use recipes/accelerate/fsdp.yaml "
+                            "(FSDP2, the multi-GPU path distillkit tests), or `pip install deepspeed` on a GPU machine")
+        if not has_gpu:
+            problems.append(f"{where} asks for DeepSpeed, which distillkit runs on GPUs only; on CPU processes use "
+                            "recipes/accelerate/fsdp.yaml (FSDP2 over gloo)")
+    if kind == "FSDP" and not has_gpu:
+        version = int((data.get("fsdp_config") or {}).get("fsdp_version", 1))
+        if version != 2:
+            problems.append(f"{where} asks for FSDP version {version}; on CPU processes only FSDP2 runs (PyTorch's "
+                            "FSDP1 needs a GPU): set fsdp_config.fsdp_version: 2")
+    return problems
+
+
+def cpu_form(config_path: str | os.PathLike, folder: Path) -> Path:
+    """The accelerate config as CPU processes run it: FSDP2 over gloo without mixed precision (CPU autocast is
+    `train.bf16`'s business, as in a single-process run). Written beside the run's launch recipe."""
+    import yaml
+
+    from distillkit.records import atomic_write_text
+
+    data = read_accelerate_config(config_path)
+    data["mixed_precision"] = "no"
+    data["use_cpu"] = False  # `--cpu` would launch a single process
+    path = folder / "accelerate_cpu.yaml"
+    atomic_write_text(path, "# written by distillkit: " + str(config_path) + " for CPU processes\n"
+                      + yaml.safe_dump(data, sort_keys=True))
+    return path
+
+
+def launch_command(train_cfg, recipe_path: str | os.PathLike, overwrite: bool, port: int | None = None,
+                   config_file: str | os.PathLike | None = None) -> list[str]:
+    """The `accelerate launch` command line for this recipe (`config_file`: the accelerate config to pass, by
+    default `train.accelerate_config`)."""
     import torch
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if train_cfg.accelerate_config:
         if not Path(train_cfg.accelerate_config).exists():
             raise DistillkitError(f"train.accelerate_config={train_cfg.accelerate_config!r}: no such file")
-        cmd += ["--config_file", str(train_cfg.accelerate_config)]
+        cmd += ["--config_file", str(config_file or train_cfg.accelerate_config)]
     else:
         # No config: plain data parallel over num_processes (torchrun underneath; gloo on CPU).
         cmd += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no",
@@ -76,7 +134,10 @@ def _run_launcher(cmd: list[str], env: dict, reports: str, log_path: Path) -> in
     ranks), which the one message distillkit prints replaces. All of it stays in `log_path`."""
     import contextlib
 
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    from distillkit.faults import die_with_parent
+
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+                            preexec_fn=die_with_parent)  # killed with distillkit, even by SIGKILL
     log_file = None
     with contextlib.suppress(OSError):
         log_file = open(log_path, "a", buffering=1)
@@ -104,12 +165,26 @@ def launch(cfg, overwrite: bool = False):
 
     out = cfg.stage_dir("train")
     out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    from distillkit.train.distributed import CPU_FSDP_ENV
+
+    has_gpu = torch.cuda.is_available()
+    problems = distributed_problems(cfg.train, has_gpu)
+    if problems:
+        raise DistillkitError("; ".join(problems))
     recipe_path = out / RECIPE_FILE
     atomic_write_text(recipe_path, cfg.model_dump_json(indent=2))
-    cmd = launch_command(cfg.train, recipe_path, overwrite, port=_free_port())
-    log.info("launching: %s", " ".join(cmd))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    config_file = None
+    if cfg.train.accelerate_config and not has_gpu:
+        kind = str(read_accelerate_config(cfg.train.accelerate_config).get("distributed_type", "NO")).upper()
+        if kind == "FSDP":
+            config_file = cpu_form(cfg.train.accelerate_config, out)
+            env[CPU_FSDP_ENV] = "1"
+    cmd = launch_command(cfg.train, recipe_path, overwrite, port=_free_port(), config_file=config_file)
+    log.info("launching: %s", " ".join(cmd))
     reports = tempfile.mkdtemp(prefix="distillkit-ranks-")
     env[REPORTS_ENV] = reports
     try:

@@ -15,6 +15,7 @@ mixture of `train.sources` (see `distillkit.train.mixture`), and writes `<run>/t
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
 from distillkit.faults import operation
+from distillkit.train.distributed import describe as describe_distributed
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, StageRecords, read_manifest
 from distillkit.train.stats import TrainStats
@@ -43,9 +45,15 @@ def train_config_hash(cfg: RecipeConfig) -> str:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so a folder without it is one that a
+    kill (or a full disk) cut short, and resuming from it would fail; the one before it is used instead."""
+    import re
 
-    return Path(found) if folder.is_dir() and (found := get_last_checkpoint(str(folder))) else None
+    if not folder.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+             and p.is_dir() and (p / "trainer_state.json").exists()]
+    return max(steps)[1] if steps else None
 
 
 def sft_config(cfg: RecipeConfig, out: Path, bf16: bool):
@@ -268,6 +276,8 @@ def save_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]
 
     t, out = cfg.train, cfg.stage_dir("train")
     files = {}
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return _save_sharded_student(cfg, trainer, tokenizer, state)
     if state.is_main_process:
         if t.method == "full":
             trainer.save_model(str(out / "model"))
@@ -280,6 +290,25 @@ def save_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]
             if t.save_merged:
                 save_merged(out / "student_init", out / "adapter", out / "model")
                 files["model"] = "model"
+    state.wait_for_everyone()
+    return files
+
+
+def _save_sharded_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]:
+    """Under FSDP every rank holds a shard: the full state dict is gathered collectively (every rank calls
+    save_model; rank 0 writes). A rank-0-only save would deadlock (FULL_STATE_DICT) or write no weights (SHARDED)."""
+    from distillkit.train.student import save_merged
+
+    t, out = cfg.train, cfg.stage_dir("train")
+    trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    folder = out / ("model" if t.method == "full" else "adapter")
+    trainer.save_model(str(folder))
+    files = {"model": "model"} if t.method == "full" else {"adapter": "adapter"}
+    if state.is_main_process:
+        tokenizer.save_pretrained(folder)
+        if t.method != "full" and t.save_merged:
+            save_merged(out / "student_init", out / "adapter", out / "model")
+            files["model"] = "model"
     state.wait_for_everyone()
     return files
 
@@ -309,6 +338,7 @@ def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, tr
                                              "adopted_rows", "context", "layer_choice") if k in p.init},
         method=t.method, bf16=p.bf16, kd=t.kd.model_dump(mode="json") if t.kd.enabled else None,
         num_processes=state.num_processes,
+        distributed=describe_distributed(trainer),
         trainable_params=sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
         files=files,
     ).dump()
@@ -368,7 +398,14 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     check_shared_vocabulary(transformers.AutoTokenizer.from_pretrained(path), student_tokenizer,
                             cfg.generate.teacher.model)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
+    # Under FSDP with fsdp_cpu_ram_efficient_loading, from_pretrained fills only rank 0's weights and leaves the
+    # others to FSDP's broadcast, which the teacher (not wrapped by FSDP) never gets: every rank loads it whole.
+    saved = os.environ.pop("FSDP_CPU_RAM_EFFICIENT_LOADING", None)
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # trainer places it
+    finally:
+        if saved is not None:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved
 
 
 def on_policy_args(args, num_prompts: int | None = None) -> dict:

@@ -46,14 +46,18 @@ class TrainStats(BaseModel):
     bf16: bool
     kd: Optional[dict[str, Any]] = None
     num_processes: int = 1
+    distributed: Optional[dict[str, Any]] = None
+    """What ran (distillkit.train.distributed.describe): type (NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED),
+    num_processes, mixed_precision, fsdp_version, sharded (share of trainable parameters held as shards)."""
     trainable_params: int
     files: dict[str, str] = Field(default_factory=dict)
 
     def dump(self) -> dict[str, Any]:
         """As written into the manifest (unset optional keys left out, as before this model existed)."""
         out = self.model_dump(mode="json")
-        if out["mixture"] is None:
-            out.pop("mixture")
+        for key in ("mixture", "distributed"):
+            if out[key] is None:
+                out.pop(key)
         out["loss_curve"] = [{k: v for k, v in p.items() if v is not None} for p in out["loss_curve"]]
         return out
 
