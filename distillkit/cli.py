@@ -132,7 +132,7 @@ def _run_stage(stage: str, args: list[str] | None, overwrite: bool, verbose: boo
     warn_if_too_big(cfg, stage)
     from distillkit.faults import operation
 
-    with operation(stage):
+    with operation(stage, writes_to=cfg.stage_dir(stage)):
         manifest = stage_function(stage)(cfg, overwrite=overwrite, **kwargs)
     if manifest is None:
         out.print(_SUBMITTED.format(stage=stage, folder=cfg.stage_dir(stage)))

@@ -60,17 +60,37 @@ class EnvironmentFault(DistillkitError):
 
 
 @contextlib.contextmanager
-def operation(text: str) -> Iterator[None]:
-    """Label the block: a fault raised inside it is reported as happening while `text` (the innermost label wins)."""
+def operation(text: str, writes_to: str | os.PathLike | None = None) -> Iterator[None]:
+    """Label the block: a fault raised inside it is reported as happening while `text` (the innermost label wins).
+
+    `writes_to`: the folder the block writes into. Some writers turn a full disk into an error that names no errno
+    (torch.save: "iostream error", "unexpected pos"); when the block fails while that folder's file system is full,
+    the fault is reported as a full disk."""
     try:
         yield
     except BaseException as e:
-        if getattr(e, "_distillkit_operation", None) is None:
-            try:
-                e._distillkit_operation = text
-            except AttributeError:  # an exception type with __slots__
-                pass
+        for attr, value in (("_distillkit_operation", text), ("_distillkit_writes_to", writes_to)):
+            if value is not None and getattr(e, attr, None) is None:
+                try:
+                    setattr(e, attr, value)
+                except AttributeError:  # an exception type with __slots__
+                    pass
         raise
+
+
+FULL_BELOW_BYTES = 16 * 1024 * 1024
+
+
+def _full_file_system(folder: str | os.PathLike) -> str | None:
+    """`folder` (or its nearest existing parent) when its file system has less than FULL_BELOW_BYTES free."""
+    path = os.path.abspath(os.fspath(folder))
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return path if st.f_bavail * st.f_frsize < FULL_BELOW_BYTES else None
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -190,6 +210,10 @@ def explain(exc: BaseException, operation_hint: str | None = None) -> Environmen
         if code in (errno.ENOSPC, errno.EDQUOT) and path:
             fix = f"{fix} (df -h {os.path.dirname(path) or path})"
         return EnvironmentFault("disk", f"{during}{text}{where}", fix)
+    folder = next((w for e in causes(exc) if (w := getattr(e, "_distillkit_writes_to", None))), None)
+    if folder is not None and (full := _full_file_system(folder)) is not None:
+        return EnvironmentFault("disk", f"{during}{DISK[errno.ENOSPC][0]} at {full} (the writer said: {_short(exc)})",
+                                f"{DISK[errno.ENOSPC][1]} (df -h {full})")
     for e in causes(exc):
         names = _names(e)
         if names & {"BrokenProcessPool", "EngineDeadError", "BrokenPipeError"}:

@@ -129,7 +129,7 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
         from distillkit.plan import warn_if_too_big
 
         warn_if_too_big(cfg, stage)
-        with operation(stage):
+        with operation(stage, writes_to=cfg.stage_dir(stage)):
             manifest = stage_function(stage)(cfg, overwrite=overwrite or forced)
         if manifest is None:  # handed to a scheduler (filter.executor.kind: slurm): later stages wait for it
             if on_stage:

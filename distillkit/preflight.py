@@ -17,6 +17,8 @@ others are printed as warnings.
     generation_markers  no {% generation %} in the template: TRL's assistant_only_loss cannot mask
     vocab_compat        teacher and student vocabularies differ: token-level KL compares unrelated tokens
     tokenizer_load      the tokenizer (or model config) could not be loaded at all
+    distributed         train.accelerate_config cannot run as it says on this machine (DeepSpeed missing or without
+                        a GPU, FSDP1 on CPU processes): accelerate would fall back to DDP or fail late
     task_name           an evaluate.tasks name no task folder defines: the run would fail after training
     task_dataset        a task's dataset is gated without access, missing, or lacks the columns it reads
 
@@ -519,6 +521,7 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
         report = check_report_to(cfg.train.report_to)
         if report is not None:
             findings.append(replace(report, subject="train"))
+        findings += check_distributed(cfg.train)
         student_spec = cfg.train.student.model
         subject = f"student {student_spec}"
         s_tok, s_config = load(student_spec, "student", "error", "")
@@ -744,6 +747,23 @@ def format_finding(f: Finding, width: int = 80) -> str:
         lines += textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     ",
                                break_long_words=True, break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def check_distributed(train_cfg) -> list[Finding]:
+    """An accelerate config that cannot run as it says here (DeepSpeed missing or without a GPU, FSDP1 on CPU) stops
+    now: accelerate would otherwise fall back to plain DDP, or fail after the data is prepared."""
+    if not train_cfg.accelerate_config:
+        return []
+    import torch
+
+    from distillkit.train.launch import distributed_problems
+
+    try:
+        problems = distributed_problems(train_cfg, has_gpu=torch.cuda.is_available())
+    except DistillkitError as e:  # a missing or unreadable config file
+        problems = [str(e)]
+    return [Finding("distributed", "error", p.split("; ")[0] if "; " in p else p,
+                    p.split("; ", 1)[1] if "; " in p else "fix train.accelerate_config", "train") for p in problems]
 
 
 def raise_on_fatal(findings: Iterable[Finding]) -> None:

@@ -125,8 +125,10 @@ def shrink(recipe: Path, tmp: Path, built) -> tuple[dict, str, str]:
     # slower than fp32 (distillkit.train.student.resolve_bf16); on a GPU or an AVX512-BF16 CPU it is bf16.
     train.update(num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
                  max_length=256, save_steps=1000, report_to=[], bf16=None)
-    train.pop("accelerate_config", None)  # FSDP / ZeRO-3 over 8 GPUs: one process here (DDP on CPU is
-    train.pop("num_processes", None)       # tested in tests/train/test_trainer.py)
+    if train.get("accelerate_config"):  # multi-GPU recipes: their FSDP config for real, over 2 CPU processes
+        train.update(accelerate_config=str(ROOT / train["accelerate_config"]), num_processes=2)
+    else:
+        train.pop("num_processes", None)
     train.pop("max_steps", None)
 
     ev.update(models=["student_after"], tasks=["distillkit_arith"], num_samples=1, max_gen_toks=32, limit=2)
@@ -190,6 +192,9 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
     assert len(kept) >= 1 and all(r["completion"].endswith(COMPLETION.split("</think>")[1]) for r in kept)
 
     stats = manifests["train"].stats
+    if original["train"].get("accelerate_config"):  # sharded for real, not a silent fallback to DDP
+        d = stats["distributed"]
+        assert d["type"] == "FSDP" and d["fsdp_version"] == 2 and d["num_processes"] == 2 and d["sharded"] == 1.0
     kd_on = original["train"].get("kd", {}).get("enabled", False)
     assert (stats["kd"] is not None) == kd_on  # KD stays on wherever the recipe has it on
     if kd_on:

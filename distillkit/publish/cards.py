@@ -149,6 +149,17 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
     if train_stats is not None:
         for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
             rows.append((key.replace("_", " "), getattr(train_stats, key)))
+        d = train_stats.distributed or {}
+        processes = d.get("num_processes", train_stats.num_processes)
+        kind = {"NO": "one process", "MULTI_CPU": "DDP (gloo)", "MULTI_GPU": "DDP", "FSDP": "FSDP",
+                "DEEPSPEED": "DeepSpeed"}.get(d.get("type"), d.get("type", "one process"))
+        if d.get("fsdp_version"):
+            kind += f"{d['fsdp_version']}"
+        rows.append(("ran as", f"{kind} over {processes} process{'es' if processes != 1 else ''}, "
+                               f"{'bf16 autocast' if train_stats.bf16 else 'fp32'}"
+                               + (f", mixed precision {d['mixed_precision']}" if d.get("mixed_precision") not in
+                                  (None, "no") else "")))
+        rows = [(k, v * processes if k == "effective batch" else v) for k, v in rows]
         adopted = train_stats.student_init.get("adopted_rows") or []
         if adopted:
             moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)

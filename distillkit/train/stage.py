@@ -144,9 +144,9 @@ def run_train(cfg: RecipeConfig, overwrite: bool = False, callbacks: list | None
     t0 = time.time()
     prepared = prepare_training(cfg, state)
     trainer = make_trainer(cfg, prepared, callbacks)
-    with operation(f"train: training, checkpoints in {stage.folder}"):
+    with operation(f"train: training, checkpoints in {stage.folder}", writes_to=stage.folder):
         fitted = fit(cfg, trainer, t0)
-    with operation(f"train: saving the student to {stage.folder / 'model'}"):
+    with operation(f"train: saving the student to {stage.folder / 'model'}", writes_to=stage.folder):
         files = save_student(cfg, trainer, prepared.tokenizer, state)
     return write_manifest(cfg, stage, state, prepared, trainer, fitted, files)
 

@@ -234,3 +234,25 @@ def test_two_training_ranks_on_a_full_disk_give_one_message(tiny_llama, tiny_qwe
     assert text.count("\ntrain: ") == 0 or "rank 1" not in text.split("\n")[0]  # one line per distinct fault
     assert "Traceback" not in text and "Traceback" not in capsys.readouterr().err
     assert "ChildFailedError" in log_text or "exitcode" in log_text  # the launcher's account is kept, not shown
+
+
+@needs_root
+def test_a_writer_that_hides_the_errno_is_read_as_disk_full_when_its_folder_is_full(tmp_path):
+    """torch.save on a full disk raises RuntimeError("... iostream error") / "unexpected pos", with no errno."""
+    from distillkit.faults import explain, operation
+
+    with tmpfs(tmp_path / "small", "64m") as small:
+        def fail():
+            with operation("train: training", writes_to=small / "run" / "train"):
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 336262528 vs 336262416")
+
+        with pytest.raises(RuntimeError) as room:
+            fail()
+        assert explain(room.value) is None  # room left: a bug, not the disk
+        fill(small, leave_bytes=0)
+        with pytest.raises(RuntimeError) as full:
+            fail()
+        fault = explain(full.value)
+    assert fault is not None and fault.kind == "disk"
+    assert str(fault).startswith(f"train: training: no space left on the device at {small}")
+    assert "unexpected pos" in str(fault) and "rerun the same command" in str(fault)

@@ -55,6 +55,13 @@ def test_model_card_training_table_names_the_objective_and_the_run(run_cfg):
     for row in ("| tokens seen | 12345 |", "| tokens per s | 390.0 |", "| train seconds | 31.7 |",
                 "| final train loss | 0.52 |"):
         assert row in card.text
+    assert "| ran as | one process" in card.text  # what ran, from the manifest
+    manifest = read_manifest(cfg.stage_dir("train"))
+    manifest.stats.update(num_processes=2, bf16=False, distributed={"type": "FSDP", "fsdp_version": 2,
+                                                                      "num_processes": 2, "mixed_precision": "no"})
+    text = cards.render_model_card(cfg, train_manifest=manifest).text
+    batch = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * 2
+    assert "| ran as | FSDP2 over 2 processes, fp32 |" in text and f"| effective batch | {batch} |" in text
     cfg.train.kd.teacher_probs = "live"
     assert "live teacher, full vocabulary" in cards.render_model_card(cfg).text
     cfg.train.kd.teacher_probs, cfg.train.on_policy.enabled = "served", True

@@ -19,7 +19,7 @@ from train_helpers import make_recipe, teacher_records
 
 from distillkit.errors import DistillkitError
 
-pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 FSDP = dict(accelerate_config=str(ROOT / "recipes" / "accelerate" / "fsdp.yaml"), num_processes=2,
             per_device_train_batch_size=2)
@@ -49,6 +49,7 @@ def assert_sharded_fsdp2(manifest):
     assert manifest.stats["bf16"] is False  # what the manifest says is what ran
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_shards_matches_one_process_and_saves_the_gathered_weights(tmp_path, records, tiny_llama,
                                                                                     tiny_qwen2):
     import torch
@@ -75,6 +76,7 @@ def test_full_fine_tuning_shards_matches_one_process_and_saves_the_gathered_weig
     assert any(not torch.equal(start[n], b[n]) for n in b)  # and it was trained
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_adapters_under_fsdp_match_one_process(tmp_path, records, tiny_llama, tiny_qwen2, method):
     """LoRA, and QLoRA (bitsandbytes 4-bit base + LoRA; bitsandbytes runs it on CPU), sharded over 2 ranks."""
@@ -88,6 +90,7 @@ def test_adapters_under_fsdp_match_one_process(tmp_path, records, tiny_llama, ti
     assert (out / "model" / "config.json").exists()  # merged into the student
 
 
+@pytest.mark.slow
 def test_live_teacher_has_real_weights_on_every_rank(tmp_path, records, tiny_llama, tiny_qwen2):
     """fsdp.yaml loads with fsdp_cpu_ram_efficient_loading: a teacher loaded like the student would be all zeros on
     rank 1 (FSDP broadcasts only what it wraps). The KL of rank 1's half of the batch is in every step's mean, so the
@@ -123,6 +126,7 @@ def ranks_running(folder: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint(tmp_path, records, tiny_llama, tiny_qwen2):
     train = {"num_train_epochs": 12, "save_steps": 1, **FSDP}  # 12 steps, a sharded checkpoint after each
     _, whole = run(tmp_path, "whole", records, tiny_llama, tiny_qwen2, **train)
@@ -183,3 +187,21 @@ def test_a_distributed_config_that_cannot_run_here_stops_with_the_key_and_the_fi
     assert problems(fsdp1, gpu=True) == []  # on GPUs FSDP1 is accelerate's to run
     assert problems(ROOT / "recipes" / "accelerate" / "fsdp.yaml", gpu=False) == []
     assert problems(ROOT / "recipes" / "accelerate" / "ddp.yaml", gpu=False) == []
+
+
+def test_preflight_stops_on_a_distributed_config_that_would_fall_back(tmp_path):
+    import torch
+
+    from distillkit.config import validate_recipe
+    from distillkit.preflight import check_distributed
+
+    cfg = validate_recipe({"name": "t", "output_dir": str(tmp_path),
+                           "train": {"accelerate_config": str(ROOT / "recipes" / "accelerate" / "zero3.yaml")}})
+    findings = check_distributed(cfg.train)
+    if not torch.cuda.is_available():
+        assert findings and all(f.check == "distributed" and f.severity == "error" for f in findings)
+        assert any("fsdp.yaml" in f.fix for f in findings)
+    cfg.train.accelerate_config = str(ROOT / "recipes" / "accelerate" / "fsdp.yaml")
+    assert check_distributed(cfg.train) == []
+    cfg.train.accelerate_config = str(tmp_path / "missing.yaml")
+    assert "no such file" in check_distributed(cfg.train)[0].message
