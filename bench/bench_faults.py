@@ -8,8 +8,10 @@ on the transformers backend), one `distillkit STAGE` process per stage. Then, fo
 folder holding copies of the reference's upstream stages, the fault, and the same command again once the fault is
 fixed (space freed, the input put back):
 
-  disk_full      the run folder on a tmpfs filled to leave half of what the stage writes (needs root)
-  sigkill        `kill -9` of the distillkit process at ~60% of the stage's reference time (its children too, after)
+  disk_full      the run folder on a tmpfs filled to leave half of what the stage writes, or nothing when half is
+                 enough for it (needs root)
+  sigkill        `kill -9` of the distillkit process once the stage has written something (a shard, a checkpoint,
+                 one model's scores); what it leaves running is counted (orphans), then ended
   sigterm        `kill` (a scheduler's preemption) at the same moment
   corrupt_input  the stage's input cut to half its size (a generate/filter shard, the student's weights, results.json)
 
@@ -125,6 +127,12 @@ def compare(stage: str, ref: dict, got: dict) -> dict:
             "changed": int(set(got["files"]) != set(ref["files"]))}
 
 
+def progress(folder: Path) -> bool:
+    """The stage has written something beyond its state file (a shard, a checkpoint, one model's scores)."""
+    return folder.exists() and any(p.is_file() and p.name != "state.json" and not p.name.startswith(".tmp-")
+                                   for p in folder.rglob("*"))
+
+
 def prepare(run: Path, ref: Path, stage: str) -> None:
     run.mkdir(parents=True, exist_ok=True)
     for upstream in STAGES[:STAGES.index(stage)]:
@@ -169,15 +177,25 @@ def cell(stage: str, fault: str, ref: Path, work: Path, ref_time: float, ref_sum
         target.write_bytes(saved_input[:len(saved_input) // 2])
     t0 = time.time()
     proc = distillkit(stage_args(stage, run))
-    if fault in ("sigkill", "sigterm"):
-        try:
-            proc.wait(timeout=0.6 * ref_time)
-        except subprocess.TimeoutExpired:
+    if fault in ("sigkill", "sigterm"):  # mid-run: once the stage has written something (a shard, a checkpoint)
+        deadline = time.time() + 2 * ref_time
+        while proc.poll() is None and not progress(run / stage) and time.time() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL if fault == "sigkill" else signal.SIGTERM)
     code, out, err = finish(proc)
+    if fault == "disk_full" and code == 0:  # half the room was enough: again with none
+        shutil.rmtree(run / stage)
+        filler.unlink()
+        filler = fill(base, 0)
+        row["room"] = 0
+        code, out, err = finish(distillkit(stage_args(stage, run)))
     orphans = kill_group(proc) if fault == "sigkill" else []
+    lines = err.strip().splitlines()
+    said = next((i for i, line in enumerate(lines) if line.startswith(("error:", "internal error", "interrupted"))),
+                len(lines) - 1)
     row.update(code=code, seconds=round(time.time() - t0, 1), traceback="Traceback" in out + err,
-               message=(err.strip().splitlines() or [""])[-1][:240] if code else "",
+               message=" ".join(line.strip() for line in lines[said:said + 2])[:400] if code and lines else "",
                message_full=err.strip()[-1500:] if code else "", finished_before_fault=code == 0,
                orphans=len(orphans))
     # the fix the message asks for
@@ -228,13 +246,14 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k != "message_full"}), flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
-    print(f"\n{'stage':<9} {'fault':<13} {'exit':>4} {'tb':>3} {'rerun':>5} {'lost':>4} {'dup':>4} {'chg':>4}  message")
+    print(f"\n{'stage':<9} {'fault':<13} {'exit':>4} {'tb':>3} {'rerun':>5} {'lost':>4} {'dup':>4} {'chg':>4} {'orp':>3}  message")
     for r in rows:
         if "skipped" in r:
             print(f"{r['stage']:<9} {r['fault']:<13} skipped: {r['skipped']}")
             continue
         print(f"{r['stage']:<9} {r['fault']:<13} {r['code']:>4} {'yes' if r['traceback'] else 'no':>3} "
-              f"{r['rerun_code']:>5} {r['lost']:>4} {r['duplicated']:>4} {r['changed']:>4}  {r['message'][:90]}")
+              f"{r['rerun_code']:>5} {r['lost']:>4} {r['duplicated']:>4} {r['changed']:>4} {r['orphans']:>3}  "
+              f"{r['message'][:150]}")
 
 
 if __name__ == "__main__":

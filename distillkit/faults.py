@@ -9,6 +9,7 @@ says "generate: writing shard 3" rather than only the errno.
               from the Hub, a file the Hub cache lacks while offline
     disk      ENOSPC, EDQUOT, EROFS, EACCES/EPERM, a missing parent folder (ENOENT, ENOTDIR)
     process   a child killed by a signal (the OOM killer's SIGKILL), a broken worker pool, a dead vLLM engine
+    damaged   a model file that cannot be read (a truncated safetensors or torch checkpoint)
 
 Libraries name their exception classes alike (httpx, requests, urllib3, huggingface_hub's own copy of
 httpx), so network errors are recognised by class name along the MRO, not by importing each library.
@@ -210,6 +211,11 @@ def explain(exc: BaseException, operation_hint: str | None = None) -> Environmen
         if code in (errno.ENOSPC, errno.EDQUOT) and path:
             fix = f"{fix} (df -h {os.path.dirname(path) or path})"
         return EnvironmentFault("disk", f"{during}{text}{where}", fix)
+    for e in causes(exc):  # a model file cut short or overwritten (a copy gone wrong, a disk fault earlier)
+        if _names(e) & {"SafetensorError", "HeaderTooLarge"} or "PytorchStreamReader failed" in str(e):
+            return EnvironmentFault("damaged", f"{during}a model file is damaged ({_short(e)})",
+                                    "put back a good copy of the model folder, or rerun the stage that wrote it with "
+                                    "--overwrite (the student: `distillkit train --overwrite`)")
     folder = next((w for e in causes(exc) if (w := getattr(e, "_distillkit_writes_to", None))), None)
     if folder is not None and (full := _full_file_system(folder)) is not None:
         return EnvironmentFault("disk", f"{during}{DISK[errno.ENOSPC][0]} at {full} (the writer said: {_short(exc)})",

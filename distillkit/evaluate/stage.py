@@ -19,6 +19,7 @@ from typing import Any
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
 from distillkit.evaluate.results import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo
+from distillkit.faults import operation
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, atomic_write_text, read_manifest
 
@@ -162,7 +163,8 @@ def run_evaluate(cfg: RecipeConfig, overwrite: bool = False) -> Manifest:
             log.info("evaluate: %s already scored, reusing %s", key, done)
             continue
         log.info("evaluate: %s (%s) on %s", key, path, ", ".join(ecfg.tasks))
-        result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend, gen_prefix=gen_prefix)
+        with operation(f"evaluate: {key} ({path})"):
+            result = evaluate_model(path, ecfg, cfg.seed, folder / "samples" / key, backend, gen_prefix=gen_prefix)
         models[key] = ModelResult(model=path, **result)
         atomic_write_text(done, models[key].model_dump_json(indent=2) + "\n")
     protocol.task_info = next((m.task_info for m in models.values() if m.task_info), {})

@@ -256,3 +256,26 @@ def test_a_writer_that_hides_the_errno_is_read_as_disk_full_when_its_folder_is_f
     assert fault is not None and fault.kind == "disk"
     assert str(fault).startswith(f"train: training: no space left on the device at {small}")
     assert "unexpected pos" in str(fault) and "rerun the same command" in str(fault)
+
+
+def test_a_truncated_model_file_is_named_as_damaged(tiny_llama, tmp_path, capsys):
+    """A student whose model.safetensors was cut short: evaluate's loader raises safetensors' own error."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.cli import report_unexpected
+    from distillkit.faults import explain, operation
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(Exception) as e:
+        with operation(f"evaluate: student_after ({model})"):
+            AutoModelForCausalLM.from_pretrained(model)
+    fault = explain(e.value)
+    assert fault is not None and fault.kind == "damaged"
+    assert str(fault).startswith(f"evaluate: student_after ({model}): a model file is damaged")
+    assert "distillkit train --overwrite" in str(fault)
+    assert report_unexpected(e.value) == 2 and "Traceback" not in capsys.readouterr().err
