@@ -395,22 +395,20 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="distillkit", standalone_mode=False)
     except _EXITS as e:
         code = e.exit_code
-        if code == 130:  # typer turns Ctrl-C / SIGTERM inside a command into Exit(130) itself
-            err.print("interrupted; rerun the same command to resume")
     except _USAGE_ERRORS as e:  # unknown command or option, an option without its value
         e.show()
         code = 2
-    except _ABORTS:
-        err.print("aborted")
+    except _ABORTS:  # end of input at a prompt: "interrupted ..." below
         code = 130
     except DistillkitError as e:  # ConfigError and EnvironmentFault included: one message each
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         code = 2
-    except KeyboardInterrupt:
-        err.print("interrupted; rerun the same command to resume")
+    except KeyboardInterrupt:  # outside a command (typer handles those)
         code = 130
     except Exception as e:  # noqa: BLE001 - the one place that decides: the machine's fault (2) or a bug (1)
         code = report_unexpected(e, verbose=bool({"--verbose", "-v"} & set(sys.argv[1:] if argv is None else argv)))
+    if code == 130:  # typer turns Ctrl-C / SIGTERM inside a command into exit code 130 itself (returned, not raised)
+        err.print("interrupted; rerun the same command to resume")
     sys.exit(code or 0)
 
 

@@ -145,6 +145,21 @@ except KeyboardInterrupt:
     assert proc.returncode == 130 and marker.read_text() == "yes"
 
 
+def test_an_interrupted_command_says_how_to_resume(monkeypatch, capsys):
+    """Ctrl-C or `kill` inside a command (typer returns 130 for it rather than raising): one line, exit 130."""
+    from distillkit import cli, pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(cli, "_preflight_for", lambda cfg, stages: None)
+    monkeypatch.setattr(pipeline, "stage_function", lambda stage: interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["filter"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "interrupted; rerun the same command to resume" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_quickstart_shrunk_runs_every_stage_and_writes_the_report(tmp_path):
     """The README's first command on a tiny budget: the real recipe, SmolLM2 through vLLM, every stage."""
