@@ -206,6 +206,8 @@ def explain(exc: BaseException, operation_hint: str | None = None) -> Environmen
     disk = disk_reason(exc)
     if disk is not None:
         code, path, text = disk
+        path = path or next((os.fspath(w) for e in causes(exc) if (w := getattr(e, "_distillkit_writes_to", None))),
+                            None)
         where = f" at {path}" if path else ""
         fix = DISK[code][1]
         if code in (errno.ENOSPC, errno.EDQUOT) and path:

@@ -195,5 +195,13 @@ class TimeoutPool:
 
 
 if __name__ == "__main__":
+    import signal
+
+    from distillkit.faults import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # a killed filter takes its workers with it
     # sys.stdout is the caller's stderr (see _Worker); argv: socket fd, "module:func", "module:warmup" or "".
-    _worker_main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3] or None)
+    try:
+        _worker_main(Connection(int(sys.argv[1])), sys.argv[2], sys.argv[3] or None)
+    except (BrokenPipeError, ConnectionResetError):  # the filter is gone: nobody is left to answer
+        pass
