@@ -1,0 +1,116 @@
+"""Intervals over training seeds and questions: the statistics of `distillkit compare` (issue 31).
+
+An arm (a training recipe) is trained with S seeds and each model is scored on the same Q questions (pass@1 per
+question: the mean of its k samples). What a user wants to know is the arm's pass rate on *new* questions with a
+*new* training seed, so both are random: the table y[s][q] is a two-way crossed design
+
+    y[s][q] = mu + a[s] + b[q] + e[s][q]        a: seed effect, b: question effect, e: the rest
+
+and the grand mean's variance is  var_a / S + var_b / Q + var_e / (S Q).  The variance components come from the
+two-way ANOVA mean squares (method of moments, without negative components being clipped, which keeps the
+estimate unbiased):
+
+    Var(mean) = (MS_seed + MS_question - MS_residual) / (S Q)
+
+with Satterthwaite's degrees of freedom for the t quantile. A paired comparison of two arms is the same
+computation on the per-(seed, question) differences: seed s of arm A is paired with seed s of the baseline (the
+same data order and initialisation seed) and question q with question q, which removes the variance both share.
+
+With one seed the seed variance cannot be estimated: the interval then covers question sampling only, and the
+result says so (`seed_variance_included: False`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds and questions with its two-sided 95% interval."""
+
+    mean: float
+    half_width: float
+    df: float
+    seeds: int
+    questions: int
+    seed_variance_included: bool
+    per_seed: tuple[float, ...]
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def text(self, scale: float = 100.0, signed: bool = False) -> str:
+        """"37.5 ± 4.1" (points), or "+3.2 ± 2.0" for a difference."""
+        mean = f"{scale * self.mean:+.1f}" if signed else f"{scale * self.mean:.1f}"
+        return mean if math.isnan(self.half_width) else f"{mean} ± {scale * self.half_width:.1f}"
+
+
+def t_quantile(df: float, p: float = 0.975) -> float:
+    """Student's t quantile; df may be fractional (Satterthwaite's) or infinite (the normal quantile)."""
+    from distillkit.errors import require
+
+    stats = require("scipy.stats", "eval", "the intervals of `distillkit compare` need scipy")
+    return float(stats.norm.ppf(p) if math.isinf(df) else stats.t.ppf(p, df))
+
+
+def crossed_interval(table: list[list[float]], level: float = 0.95) -> Interval:
+    """Mean of `table[seed][question]` and its `level` interval with seed and question variance (see the module).
+
+    Every row must score the same questions in the same order (a rectangular table)."""
+    S = len(table)
+    Q = len(table[0]) if S else 0
+    if S == 0 or Q == 0 or any(len(row) != Q for row in table):
+        raise ValueError("a rectangular seeds x questions table is needed (the same questions for every seed)")
+    grand = sum(map(sum, table)) / (S * Q)
+    row_means = [sum(row) / Q for row in table]
+    col_means = [sum(table[s][q] for s in range(S)) / S for q in range(Q)]
+    p = 1 - (1 - level) / 2
+    if S == 1:  # question variance only
+        ss_q = sum((c - grand) ** 2 for c in col_means)
+        var = ss_q / (Q - 1) / Q if Q > 1 else math.nan
+        df = Q - 1
+        half = t_quantile(df, p) * math.sqrt(var) if Q > 1 else math.nan
+        return Interval(grand, half, df, S, Q, False, tuple(row_means))
+    ms_seed = Q * sum((r - grand) ** 2 for r in row_means) / (S - 1)
+    ms_q = S * sum((c - grand) ** 2 for c in col_means) / (Q - 1) if Q > 1 else 0.0
+    resid = sum((table[s][q] - row_means[s] - col_means[q] + grand) ** 2 for s in range(S) for q in range(Q))
+    ms_e = resid / ((S - 1) * (Q - 1)) if Q > 1 else 0.0
+    combined = ms_seed + ms_q - ms_e
+    if combined <= 0:  # sampling noise can push it below zero: fall back to the largest single term
+        combined = max(ms_seed, ms_q, ms_e)
+    var = combined / (S * Q)
+    denominator = ms_seed ** 2 / (S - 1) + (ms_q ** 2 / (Q - 1) + ms_e ** 2 / ((S - 1) * (Q - 1)) if Q > 1 else 0.0)
+    df = combined ** 2 / denominator if denominator > 0 else math.inf
+    half = t_quantile(df, p) * math.sqrt(var) if var > 0 else 0.0
+    return Interval(grand, half, df, S, Q, True, tuple(row_means))
+
+
+def paired_interval(arm: dict[int, dict[str, float]], baseline: dict[int, dict[str, float]],
+                    level: float = 0.95) -> Interval:
+    """arm - baseline, paired by seed and by question: `arm[seed][question]` is that seed's pass@1 on that question.
+
+    Only seeds both arms have and questions every one of those seeds scored are used (a run that is still going
+    leaves out what it has not scored yet)."""
+    seeds = sorted(set(arm) & set(baseline))
+    if not seeds:
+        raise ValueError("the two arms share no training seed")
+    questions = sorted(set.intersection(*(set(arm[s]) & set(baseline[s]) for s in seeds)))
+    if not questions:
+        raise ValueError("the two arms share no question scored under every shared seed")
+    return crossed_interval([[arm[s][q] - baseline[s][q] for q in questions] for s in seeds], level)
+
+
+def arm_interval(arm: dict[int, dict[str, float]], level: float = 0.95) -> Interval:
+    """An arm's pass@1 over its seeds and the questions all of them scored."""
+    seeds = sorted(arm)
+    if not seeds:
+        raise ValueError("the arm has no scored seed")
+    questions = sorted(set.intersection(*(set(arm[s]) for s in seeds)))
+    return crossed_interval([[arm[s][q] for q in questions] for s in seeds], level)

@@ -1,0 +1,72 @@
+"""The statistics of `distillkit compare`: a seeds x questions table, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from distillkit.evaluate.seeds import arm_interval, crossed_interval, paired_interval, t_quantile
+
+# 3 seeds x 4 questions (pass@1 per question, k = 4 samples: multiples of 0.25)
+TABLE = [[1.00, 0.50, 0.25, 0.75],
+         [0.75, 0.50, 0.00, 0.75],
+         [1.00, 0.75, 0.25, 1.00]]
+
+
+def test_two_way_interval_by_hand():
+    # grand mean 7.5 / 12 = 0.625; seed means 0.625, 0.5, 0.75; question means 0.9167, 0.5833, 0.1667, 0.8333
+    # MS_seed = 4 * (0 + 0.015625 + 0.015625) / 2 = 0.0625
+    # MS_question = 3 * (0.085069 + 0.001736 + 0.210069 + 0.043403) / 3 = 0.340278
+    # residuals (y - seed mean - question mean + grand): row 1 (1/12, -1/12, 1/12, -1/12), rows 2 and 3 (-1/24,
+    # 1/24, -1/24, 1/24): SS = 4/144 + 8/576 = 0.0416667 -> MS_e = 0.0416667 / 6 = 0.0069444
+    # Var(mean) = (0.0625 + 0.340278 - 0.0069444) / 12 = 0.0329861
+    # df = 0.395833^2 / (0.0625^2/2 + 0.340278^2/3 + 0.0069444^2/6) = 3.8633
+    iv = crossed_interval(TABLE)
+    assert iv.mean == pytest.approx(0.625)
+    assert iv.df == pytest.approx(3.8633, rel=1e-4)
+    assert iv.half_width == pytest.approx(t_quantile(3.8633) * math.sqrt(0.0329861), rel=1e-4)
+    assert iv.half_width == pytest.approx(0.5114, abs=1e-3)  # t(3.8633) = 2.8157
+    assert iv.seed_variance_included and iv.per_seed == pytest.approx((0.625, 0.5, 0.75))
+
+
+def test_t_quantiles_are_the_textbook_ones():
+    assert t_quantile(2) == pytest.approx(4.3027, abs=1e-4)
+    assert t_quantile(10) == pytest.approx(2.2281, abs=1e-4)
+    assert t_quantile(math.inf) == pytest.approx(1.9600, abs=1e-4)
+
+
+def test_one_seed_covers_questions_only_and_says_so():
+    iv = crossed_interval([TABLE[0]])
+    # question values 1, .5, .25, .75: mean .625, sample var .1041667, se .161374, t(3) = 3.1824
+    assert iv.mean == pytest.approx(0.625) and iv.df == 3 and not iv.seed_variance_included
+    assert iv.half_width == pytest.approx(3.1824 * 0.161374, rel=1e-4)
+
+
+def test_pairing_by_seed_and_question_removes_what_both_arms_share():
+    rng = random.Random(0)
+    questions = [f"q{i}" for i in range(200)]
+    hardness = {q: rng.random() for q in questions}  # large question effect, shared by both arms
+    seed_shift = {s: rng.gauss(0, 0.05) for s in range(3)}  # a seed moves both arms alike (same data order)
+
+    def arm(effect):
+        return {s: {q: min(1.0, max(0.0, hardness[q] + seed_shift[s] + effect + rng.gauss(0, 0.05)))
+                    for q in questions} for s in range(3)}
+
+    base, better = arm(0.0), arm(0.03)
+    diff = paired_interval(better, base)
+    assert diff.mean == pytest.approx(0.03, abs=0.01)
+    assert diff.half_width < 0.02 < arm_interval(base).half_width  # the shared variance is gone
+    assert diff.low > 0  # a 3-point effect is found
+
+
+def test_only_shared_seeds_and_questions_are_paired():
+    a = {0: {"x": 1.0, "y": 0.0}, 1: {"x": 1.0, "y": 1.0}, 2: {"x": 0.0}}
+    b = {0: {"x": 0.0, "y": 0.0, "z": 1.0}, 1: {"x": 0.0, "y": 0.0}}
+    iv = paired_interval(a, b)
+    assert (iv.seeds, iv.questions) == (2, 2) and iv.mean == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="share no training seed"):
+        paired_interval({5: {"x": 1.0}}, b)
+    with pytest.raises(ValueError, match="rectangular"):
+        crossed_interval([[1.0, 0.0], [1.0]])
