@@ -274,6 +274,48 @@ def run(args: RecipeArgs = None,
 
 
 @app.command()
+def compare(args: RecipeArgs = None,
+            arm: Annotated[Optional[list[str]], typer.Option(
+                "--arm", help='An arm: its name, then its overrides, e.g. --arm "kd train.kd.enabled=true" '
+                              "(repeat for each arm; replaces the recipe's compare.arms).")] = None,
+            seeds: Annotated[Optional[int], typer.Option("--seeds", help="Training seeds per arm (compare.seeds).")] = None,
+            baseline: Annotated[Optional[str], typer.Option("--baseline", help="The arm the others are compared "
+                                                                             "with (default: the first).")] = None,
+            verbose: Verbose = False) -> None:
+    """Train the recipe as arms x training seeds; each arm's pass@1 with a 95% interval (seed and question
+    variance) and its difference from the baseline arm, paired by seed and question."""
+    import shlex
+
+    from distillkit.compare import run_compare
+    from distillkit.config import parse_override, validate_recipe
+
+    _setup_logging(verbose)
+    cfg = _load(args)
+    data = cfg.model_dump(mode="json")
+    if arm:
+        arms = {}
+        for text in arm:
+            name, *overrides = shlex.split(text) or [""]
+            arms[name] = {".".join(map(str, parse_override(o)[0])): parse_override(o)[1] for o in overrides}
+        data["compare"]["arms"] = arms
+    if seeds is not None:
+        data["compare"]["seeds"] = seeds
+    if baseline is not None:
+        data["compare"]["baseline"] = baseline
+    cfg = validate_recipe(data, source="distillkit compare")
+    _preflight_for(cfg, [s for s in cfg.stages if s != "publish"])
+
+    def on_run(name: str, seed: int, done: int, total: int, eta_s: float) -> None:
+        eta = f", ETA {eta_s / 60:.0f} min" if done < total and eta_s else ""
+        out.print(f"[dim]compare: {done}/{total} runs done ({name}, seed {seed}){eta}[/]")
+
+    run_compare(cfg, on_run=on_run)
+    folder = cfg.run_dir / "compare"
+    out.print((folder / "comparison.md").read_text())
+    out.print(f"[green]compare done[/] -> {folder}")
+
+
+@app.command()
 def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e.g. runs/quickstart/filter")],
             as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
     """Summarize a stage output: counts, lengths, finish reasons, rejection reasons."""

@@ -853,6 +853,35 @@ class ScoreConfig(StrictModel):
         return teacher
 
 
+class CompareConfig(StrictModel):
+    """`distillkit compare`: the recipe trained as several arms x training seeds, each arm's student scored on the
+    same questions, with intervals that include seed-to-seed variance (distillkit/compare.py)."""
+
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Arm name -> dotted overrides of this recipe, e.g. {sft: {train.kd.enabled: false}, kd: {}}."""
+    baseline: Optional[str] = None
+    """The arm every other one is compared with (paired by seed and question); default: the first."""
+    seeds: PositiveInt = 3
+    """Training seeds per arm (train.seed = 0 .. seeds-1); data and sampling seeds stay as the recipe has them."""
+    train_only: bool = False
+    """The arms differ in training only: an arm overriding a generate/filter/score key is refused (they would no
+    longer share one teacher generation)."""
+
+    @field_validator("arms")
+    @classmethod
+    def _names(cls, arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        bad = [a for a in arms if not re.fullmatch(r"[A-Za-z0-9_.-]+", a)]
+        if bad:
+            raise ValueError(f"arm names become folder names: use letters, digits, '_', '-', '.' ({bad})")
+        return arms
+
+    @model_validator(mode="after")
+    def _baseline_is_an_arm(self):
+        if self.baseline is not None and self.arms and self.baseline not in self.arms:
+            raise ValueError(f"baseline: {self.baseline!r} is not one of the arms {list(self.arms)}")
+        return self
+
+
 class RecipeConfig(StrictModel):
     """A whole distillation run."""
 
@@ -872,6 +901,8 @@ class RecipeConfig(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    """Arms x seeds for `distillkit compare` (not a stage: `distillkit run` ignores it)."""
 
     @field_validator("output_dir")
     @classmethod

@@ -1,0 +1,288 @@
+"""`distillkit compare`: does a method help? The recipe as several arms x training seeds, with honest intervals.
+
+    compare/
+      runs/<arm>/seed-<s>/     a normal run folder per arm and training seed (train.seed = s)
+      shared/<stage>-<hash>/   generate / filter / score outputs, one per config: arms that differ in training
+                               only link to the same teacher generation
+      shared/evaluate-<hash>/  the teacher's and the untrained student's scores, evaluated once
+      results.json             CompareResults: per arm and task the mean over seeds with its 95% interval (seed and
+                               question variance), each arm minus the baseline paired by seed and question, the
+                               per-seed values, the teacher and constant baselines
+      comparison.md            the same as tables
+
+Every run is resumable as any run is (finished stages are skipped), so a killed compare continues where it
+stopped. The statistics are in distillkit/evaluate/seeds.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distillkit.config import RecipeConfig, apply_overrides, validate_recipe
+from distillkit.errors import ConfigError, DistillkitError
+from distillkit.records import atomic_write_text, stable_hash
+
+log = logging.getLogger(__name__)
+
+UPSTREAM = ("generate", "filter", "score")
+SHARED_MODELS = ("teacher", "student_before")
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IntervalOut(_Schema):
+    mean: float
+    low: float
+    high: float
+    half_width: float
+    df: float
+    seeds: int
+    questions: int
+    seed_variance_included: bool
+    per_seed: list[float]
+
+
+class ArmResult(_Schema):
+    overrides: dict[str, Any]
+    seeds_done: list[int]
+    pass_at_1: dict[str, IntervalOut] = Field(default_factory=dict)
+    """task -> the arm's student_after pass@1 over seeds and questions."""
+    vs_baseline: dict[str, IntervalOut] = Field(default_factory=dict)
+    """task -> this arm minus the baseline arm, paired by seed and question (absent for the baseline itself)."""
+
+
+class CompareResults(_Schema):
+    baseline: str
+    seeds: int
+    num_samples: int
+    arms: dict[str, ArmResult]
+    reference: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """task -> {"teacher": pass@1, "student_before": ..., "constant answer": ...}."""
+    warnings: list[str] = Field(default_factory=list)
+
+
+def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
+    """arm -> its run configs, one per training seed; every problem of every arm in one ConfigError."""
+    c = cfg.compare
+    if not c.arms:
+        raise ConfigError(["compare.arms: no arms; give two or more, e.g. compare.arms={sft: {train.kd.enabled: "
+                           "false}, kd: {}} in the recipe, or --arm sft:train.kd.enabled=false --arm kd"])
+    base = cfg.model_dump(mode="json", exclude={"compare"})
+    root = cfg.run_dir / "compare"
+    out: dict[str, list[RecipeConfig]] = {}
+    problems: list[str] = []
+    for arm, overrides in c.arms.items():
+        upstream = [k for k in overrides if k.split(".")[0] in UPSTREAM]
+        if c.train_only and upstream:
+            problems.append(f"compare.arms.{arm}: overrides {upstream}, but compare.train_only is set (the arms "
+                            "share one teacher generation); drop those keys or set compare.train_only=false")
+        if any(k.split(".")[0] in ("output_dir", "compare") for k in overrides) or "train.seed" in overrides:
+            problems.append(f"compare.arms.{arm}: output_dir, train.seed and compare are set by compare itself")
+            continue
+        runs = []
+        for seed in range(c.seeds):
+            try:
+                data = apply_overrides(copy.deepcopy(base), [f"{k}={_yaml(v)}" for k, v in overrides.items()]
+                                       + [f"train.seed={seed}", f"output_dir={root / 'runs' / arm / f'seed-{seed}'}"])
+                runs.append(validate_recipe(data, source=f"compare.arms.{arm}"))
+            except ConfigError as e:
+                problems += [f"compare.arms.{arm}: {p}" for p in e.problems]
+                break
+        out[arm] = runs
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return out
+
+
+def _yaml(value: Any) -> str:
+    """An override's value as text that parses back to the same value (JSON is YAML: "true" stays a string)."""
+    import json
+
+    return json.dumps(value)
+
+
+def _link_upstream(run: RecipeConfig, shared: Path) -> None:
+    """Point the run's generate/filter/score folders at one shared folder per stage config (made on first use)."""
+    from distillkit.pipeline import stage_config_hash
+
+    for stage in UPSTREAM:
+        if stage not in run.stages:
+            continue
+        target = shared / f"{stage}-{stage_config_hash(run, stage)}"
+        target.mkdir(parents=True, exist_ok=True)
+        link = run.stage_dir(stage)
+        if link.is_symlink() or link.exists():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, link.parent), link)
+
+
+def _evaluate_key(run: RecipeConfig, model: str) -> str:
+    """What a teacher's or untrained student's score depends on: the model, the evaluation, the seed."""
+    # student_init depends on the student settings and on the teacher whose special tokens it may adopt, not on
+    # the training seed or the training hyperparameters (LoRA adapters are drawn later, at load)
+    who = run.generate.teacher.model_dump(mode="json") if model == "teacher" else \
+        {"student": run.train.student.model_dump(mode="json"), "teacher": run.generate.teacher.model,
+         "label_teacher": run.label_teacher.model}
+    return stable_hash({"model": model, "who": who, "evaluate": run.evaluate.model_dump(mode="json"),
+                        "prefill": run.generate.prompts.prefill, "seed": run.seed})
+
+
+def _share_scores(run: RecipeConfig, shared: Path, direction: str) -> None:
+    """Copy the teacher's and student_before's per-model results between the run and the shared store."""
+    results = run.stage_dir("evaluate") / "results"
+    for model in SHARED_MODELS:
+        if model not in run.evaluate.models:
+            continue
+        store = shared / f"evaluate-{_evaluate_key(run, model)}" / f"{model}.json"
+        mine = results / f"{model}.json"
+        if direction == "in" and store.exists() and not mine.exists():
+            results.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(store, mine)
+        elif direction == "out" and mine.exists() and not store.exists():
+            store.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(store, mine.read_text())
+
+
+def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int, float], None]] = None,
+                run_one: Optional[Callable[[RecipeConfig], Any]] = None) -> CompareResults:
+    """Every arm x seed (skipping what is finished), then results.json and comparison.md.
+
+    `on_run(arm, seed, done, total, eta_s)` reports progress; `run_one(cfg)` runs one run folder (default: the
+    pipeline up to evaluate)."""
+    from distillkit.pipeline import run_pipeline, stage_is_done
+
+    runs = arm_configs(cfg)
+    root = cfg.run_dir / "compare"
+    shared = root / "shared"
+    stages = [s for s in cfg.stages if s not in ("publish",)]
+    if "evaluate" not in stages:
+        raise DistillkitError("compare needs the evaluate stage in `stages` (it compares the arms' scores)")
+    if "student_after" not in cfg.evaluate.models:
+        raise DistillkitError("compare needs student_after in evaluate.models (the arms' trained students)")
+    if cfg.compare.seeds == 1:
+        log.warning("compare.seeds=1: the intervals cover question sampling only, not seed-to-seed variance; use "
+                    ">= 3 seeds before calling a difference an effect")
+    run_one = run_one or (lambda run: run_pipeline(run))
+    todo = [(arm, seed, run) for arm, seeds in runs.items() for seed, run in enumerate(seeds)]
+    t0, ran = time.time(), 0
+    for done, (arm, seed, run) in enumerate(todo):
+        run.stages = stages
+        _link_upstream(run, shared)
+        _share_scores(run, shared, "in")
+        finished = stage_is_done(run, "evaluate")
+        if not finished:
+            log.info("compare: %s seed %d (%d of %d runs)", arm, seed, done + 1, len(todo))
+            run_one(run)
+            ran += 1
+        _share_scores(run, shared, "out")
+        if on_run is not None:
+            per_run = (time.time() - t0) / ran if ran else 0.0
+            on_run(arm, seed, done + 1, len(todo), per_run * (len(todo) - done - 1))
+    results = collect(cfg, runs)
+    write(root, results)
+    return results
+
+
+def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareResults:
+    """The table of every finished run: student_after per (arm, seed, question), intervals, references."""
+    from distillkit.evaluate.results import EvalResults
+    from distillkit.evaluate.seeds import arm_interval, paired_interval
+
+    baseline = cfg.compare.baseline or next(iter(runs))
+    scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {}  # arm -> task -> seed -> question -> pass@1
+    reference: dict[str, dict[str, float]] = {}
+    num_samples = cfg.evaluate.num_samples
+    for arm, seeds in runs.items():
+        for seed, run in enumerate(seeds):
+            res = EvalResults.read(run.stage_dir("evaluate"))
+            if res is None:
+                continue
+            num_samples = res.protocol.num_samples
+            for task in res.task_names():
+                after = res.score("student_after", task)
+                if after is not None:
+                    scores.setdefault(arm, {}).setdefault(task, {})[seed] = dict(after.per_question)
+                for model in SHARED_MODELS:
+                    if (s := res.score(model, task)) is not None:
+                        reference.setdefault(task, {})[model] = s.pass_at_1
+                if (b := res.baselines.get(task)) is not None:
+                    reference.setdefault(task, {})["constant answer"] = b.pass_at_1
+    arms: dict[str, ArmResult] = {}
+    warnings: list[str] = []
+    for arm in runs:
+        by_task = scores.get(arm, {})
+        seeds_done = sorted({s for per_seed in by_task.values() for s in per_seed})
+        result = ArmResult(overrides=cfg.compare.arms[arm], seeds_done=seeds_done)
+        for task, per_seed in by_task.items():
+            result.pass_at_1[task] = _out(arm_interval(per_seed))
+            base = scores.get(baseline, {}).get(task)
+            if arm != baseline and base:
+                try:
+                    result.vs_baseline[task] = _out(paired_interval(per_seed, base))
+                except ValueError as e:
+                    warnings.append(f"{arm} vs {baseline} on {task}: {e}")
+        if len(seeds_done) < cfg.compare.seeds:
+            warnings.append(f"{arm}: {len(seeds_done)} of {cfg.compare.seeds} seeds finished; rerun compare to "
+                            "finish the rest")
+        arms[arm] = result
+    if cfg.compare.seeds == 1:
+        warnings.append("one training seed: the intervals include no seed-to-seed variance")
+    return CompareResults(baseline=baseline, seeds=cfg.compare.seeds, num_samples=num_samples, arms=arms,
+                          reference=reference, warnings=warnings)
+
+
+def _out(iv) -> IntervalOut:
+    return IntervalOut(mean=iv.mean, low=iv.low, high=iv.high, half_width=iv.half_width, df=iv.df, seeds=iv.seeds,
+                       questions=iv.questions, seed_variance_included=iv.seed_variance_included,
+                       per_seed=list(iv.per_seed))
+
+
+def _points(iv: IntervalOut | None, signed: bool = False) -> str:
+    if iv is None:
+        return "–"
+    mean = f"{100 * iv.mean:+.1f}" if signed else f"{100 * iv.mean:.1f}"
+    return mean if iv.half_width != iv.half_width else f"{mean} ± {100 * iv.half_width:.1f}"
+
+
+def comparison_markdown(results: CompareResults) -> str:
+    """Per task: each arm's mean ± 95% interval, its difference from the baseline, and the per-seed values."""
+    lines = []
+    tasks = list(dict.fromkeys(t for a in results.arms.values() for t in a.pass_at_1))
+    for task in tasks:
+        lines += [f"### {task}", "",
+                  f"pass@1 of the trained student in points, mean over training seeds ± the half-width of its 95% "
+                  f"interval (seed and question variance; {results.num_samples} samples per question). The "
+                  f"difference is paired by seed and question with `{results.baseline}`.", "",
+                  "| arm | pass@1 | vs baseline | per seed | seeds x questions |", "|---|---|---|---|---|"]
+        for arm, r in results.arms.items():
+            iv = r.pass_at_1.get(task)
+            diff = "(baseline)" if arm == results.baseline else _points(r.vs_baseline.get(task), signed=True)
+            if arm != results.baseline and (d := r.vs_baseline.get(task)) is not None and d.low <= 0 <= d.high:
+                diff += " (no effect measurable)"
+            per_seed = ", ".join(f"{100 * v:.1f}" for v in iv.per_seed) if iv else "–"
+            size = f"{iv.seeds} x {iv.questions}" if iv else "–"
+            lines.append(f"| {arm} | {_points(iv)} | {diff} | {per_seed} | {size} |")
+        ref = results.reference.get(task, {})
+        if ref:
+            lines += ["", "Reference: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ref.items()) + "."]
+        lines.append("")
+    for w in results.warnings:
+        lines.append(f"- warning: {w}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(root: Path, results: CompareResults) -> None:
+    atomic_write_text(root / "results.json", results.model_dump_json(indent=2) + "\n")
+    atomic_write_text(root / "comparison.md", comparison_markdown(results))

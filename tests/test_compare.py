@@ -1,0 +1,103 @@
+"""`distillkit compare`: arms x seeds as normal run folders, shared teacher generation and reference scores,
+intervals from distillkit.evaluate.seeds, resume, and clear errors for arms that cannot be compared."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from distillkit.compare import arm_configs, comparison_markdown, run_compare
+from distillkit.config import validate_recipe
+from distillkit.errors import ConfigError, DistillkitError
+
+
+def recipe(tmp_path, teacher, student, **compare):
+    return validate_recipe({
+        "name": "cmp", "output_dir": str(tmp_path / "run"), "stages": ["generate", "train", "evaluate"],
+        "generate": {"teacher": {"model": str(teacher), "backend": "transformers", "vllm": {"dtype": "float32"}},
+                     "prompts": {"builtin": "arith", "builtin_args": {"num": 4}},
+                     "sampling": {"n": 2, "max_tokens": 12, "topk_logprobs": 4, "seed": 3}, "shard_size": 4},
+        "train": {"student": {"model": str(student)}, "method": "full", "num_train_epochs": 1,
+                  "per_device_train_batch_size": 4, "max_length": 128, "bf16": False, "save_steps": 1000,
+                  "gradient_checkpointing": False, "packing": False},
+        "evaluate": {"models": ["teacher", "student_before", "student_after"], "tasks": ["distillkit_arith"],
+                     "backend": "hf", "num_samples": 2, "max_gen_toks": 8, "limit": 3},
+        "compare": compare,
+    })
+
+
+def test_arms_are_validated_together_with_the_key_and_the_fix(tmp_path, tiny_qwen2, tiny_llama):
+    with pytest.raises(ConfigError) as e:
+        arm_configs(recipe(tmp_path, tiny_qwen2, tiny_llama, train_only=True,
+                           arms={"a": {"generate.sampling.n": 4}, "b": {"train.lora.rr": 8}, "c": {"train.seed": 1}}))
+    text = str(e.value)
+    assert "compare.arms.a: overrides ['generate.sampling.n'], but compare.train_only is set" in text
+    assert "compare.arms.b" in text and "rr" in text
+    assert "compare.arms.c: output_dir, train.seed and compare are set by compare itself" in text
+    with pytest.raises(ConfigError, match="no arms"):
+        arm_configs(recipe(tmp_path, tiny_qwen2, tiny_llama))
+    with pytest.raises(Exception, match="baseline: 'x' is not one of the arms"):
+        recipe(tmp_path, tiny_qwen2, tiny_llama, arms={"a": {}}, baseline="x")
+    runs = arm_configs(recipe(tmp_path, tiny_qwen2, tiny_llama, seeds=2,
+                              arms={"sft": {}, "kd": {"train.kd.enabled": True, "train.kd.divergence": "jsd"}}))
+    assert [r.train.seed for r in runs["kd"]] == [0, 1] and runs["kd"][1].train.kd.divergence == "jsd"
+    assert not runs["sft"][0].train.kd.enabled and runs["sft"][0].seed == runs["kd"][1].seed  # data seed kept
+    assert runs["kd"][1].run_dir == tmp_path / "run" / "compare" / "runs" / "kd" / "seed-1"
+
+
+@pytest.mark.slow
+def test_two_arms_two_seeds_share_generation_and_reference_scores_and_resume(tmp_path, tiny_qwen2, tiny_llama,
+                                                                            monkeypatch):
+    from distillkit.evaluate import harness
+    from distillkit.generate import stage as generate_stage
+
+    starts: Counter = Counter()
+    make_backend, evaluate_model = generate_stage.make_backend, harness.evaluate_model
+
+    def counting_backend(*args, **kwargs):
+        starts["teacher engine"] += 1
+        return make_backend(*args, **kwargs)
+
+    def counting_evaluate(path, *args, **kwargs):
+        starts[str(path)] += 1
+        return evaluate_model(path, *args, **kwargs)
+
+    monkeypatch.setattr(generate_stage, "make_backend", counting_backend)
+    monkeypatch.setattr(harness, "evaluate_model", counting_evaluate)
+    cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, seeds=2, train_only=True,
+                 arms={"sft": {}, "lr": {"train.learning_rate": 1e-3}})
+    progress = []
+    results = run_compare(cfg, on_run=lambda *a: progress.append(a[:4]))
+    assert [p[2:] for p in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert starts["teacher engine"] == 1  # one teacher generation for the four runs
+    assert starts[str(tiny_qwen2)] == 1  # the teacher scored once
+    assert sum(v for k, v in starts.items() if k.endswith("student_init") or k == str(tiny_llama)) == 1
+    assert sum(v for k, v in starts.items() if k.endswith("/train/model")) == 4  # each trained student
+    root = cfg.run_dir / "compare"
+    gens = {(root / "runs" / a / f"seed-{s}" / "generate").resolve() for a in ("sft", "lr") for s in (0, 1)}
+    assert len(gens) == 1 and next(iter(gens)).parent == (root / "shared").resolve()
+
+    saved = json.loads((root / "results.json").read_text())
+    assert saved["baseline"] == "sft" and saved["seeds"] == 2 and set(saved["arms"]) == {"sft", "lr"}
+    lr = results.arms["lr"]
+    assert lr.seeds_done == [0, 1] and "distillkit_arith" in lr.vs_baseline
+    iv = lr.pass_at_1["distillkit_arith"]
+    assert iv.seeds == 2 and iv.questions == 3 and len(iv.per_seed) == 2 and iv.seed_variance_included
+    assert "sft" not in [k for k, v in results.arms.items() if v.vs_baseline]  # the baseline has no difference
+    assert set(results.reference["distillkit_arith"]) >= {"teacher", "student_before"}
+    text = (root / "comparison.md").read_text()
+    assert text == comparison_markdown(results) and "| lr |" in text and "(baseline)" in text
+
+    # Rerun: everything is finished, nothing runs again.
+    starts.clear()
+    run_compare(cfg)
+    assert not starts
+
+
+def test_compare_needs_the_evaluate_stage(tmp_path, tiny_qwen2, tiny_llama):
+    cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, arms={"a": {}, "b": {}})
+    cfg.stages = ["generate", "train"]
+    with pytest.raises(DistillkitError, match="needs the evaluate stage"):
+        run_compare(cfg)
