@@ -9,6 +9,7 @@
                                question variance), each arm minus the baseline paired by seed and question, the
                                per-seed values, the teacher and constant baselines
       comparison.md            the same as tables
+      report.html              a chart of each arm's per-seed pass@1, mean and interval, with the tables
 
 Every run is resumable as any run is (finished stages are skipped), so a killed compare continues where it
 stopped. The statistics are in distillkit/evaluate/seeds.py.
@@ -284,5 +285,8 @@ def comparison_markdown(results: CompareResults) -> str:
 
 
 def write(root: Path, results: CompareResults) -> None:
+    from distillkit.publish.report import build_compare_report
+
     atomic_write_text(root / "results.json", results.model_dump_json(indent=2) + "\n")
     atomic_write_text(root / "comparison.md", comparison_markdown(results))
+    build_compare_report(root)

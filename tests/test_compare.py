@@ -89,6 +89,8 @@ def test_two_arms_two_seeds_share_generation_and_reference_scores_and_resume(tmp
     assert set(results.reference["distillkit_arith"]) >= {"teacher", "student_before"}
     text = (root / "comparison.md").read_text()
     assert text == comparison_markdown(results) and "| lr |" in text and "(baseline)" in text
+    page = (root / "report.html").read_text()  # the chart: a row per arm, a dot per seed, the interval
+    assert page.count("data-arm='lr'") == 1 and page.count("<circle") == 4 and "seed 1:" in page
 
     # Rerun: everything is finished, nothing runs again.
     starts.clear()

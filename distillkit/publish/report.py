@@ -478,6 +478,8 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
         _section("training", "Training loss (total, CE and KL)", _training_section(stages["train"])),
         _section("evaluation", "Evaluation: pass@1 over k samples (± standard error)",
                  _evaluation_section(run_dir / "evaluate")),
+        *([_section("compare", "Which arm helps: pass@1 over training seeds (95% intervals)", compare)]
+          if (compare := compare_section(run_dir / "compare")) else []),
         _section("samples", "Samples", browser),
     ])
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -488,5 +490,88 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
             f"<body><h1>distillkit run report: {_esc(run_dir.name)}</h1><pre id='errors'></pre>{body}"
             f"<script>{JS}</script></body></html>")
     out = Path(out_path) if out_path else run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- compare
+
+
+def svg_compare(results: dict, width: int = 940, row_h: int = 26) -> str:
+    """`distillkit compare`'s results.json: per task one row per arm, a dot per training seed, the mean as a bar tick
+    with its 95% interval as a whisker; dashed lines for the teacher and the untrained student."""
+    tasks = list(dict.fromkeys(t for a in results["arms"].values() for t in a["pass_at_1"]))
+    if not tasks:
+        return _empty("no arm has finished a seed yet")
+    arms = list(results["arms"])
+    label_w, right = 130, 130
+    values = [100 * v for a in results["arms"].values() for iv in a["pass_at_1"].values()
+              for v in (iv["high"], *iv["per_seed"])] + [100 * v for r in results.get("reference", {}).values()
+                                                        for v in r.values()]
+    xt = _ticks(0, min(100.0, max(max(values, default=1.0), 1.0)))
+    scale = (width - label_w - right) / xt[-1]
+    group_h = 20 + len(arms) * row_h
+    height = len(tasks) * (group_h + 8) + 30
+    out = [_svg(width, height)]
+    for t in xt:
+        x = label_w + t * scale
+        out.append(f"<line x1='{x:.1f}' y1='0' x2='{x:.1f}' y2='{height - 26}' stroke='#eee'/>"
+                   f"<text class='tick' x='{x:.1f}' y='{height - 12}' text-anchor='middle'>{t:g}%</text>")
+    for g, task in enumerate(tasks):
+        y0 = g * (group_h + 8)
+        out.append(f"<text class='group' x='4' y='{y0 + 14}'>{_esc(task)}</text>")
+        for i, arm in enumerate(arms):
+            y = y0 + 20 + i * row_h + row_h / 2
+            out.append(f"<text x='{label_w - 6}' y='{y + 4}' text-anchor='end'>{_esc(arm)}</text>")
+            iv = results["arms"][arm]["pass_at_1"].get(task)
+            if iv is None:
+                out.append(f"<text x='{label_w + 4}' y='{y + 4}' class='empty'>no finished seed</text>")
+                continue
+            color = PALETTE[i % 8]
+            lo, hi = label_w + max(0.0, 100 * iv["low"]) * scale, label_w + min(100.0, 100 * iv["high"]) * scale
+            mean = label_w + 100 * iv["mean"] * scale
+            half = "" if iv["half_width"] != iv["half_width"] else f" ± {100 * iv['half_width']:.1f}"
+            out.append(f"<g class='arm' data-arm='{_esc(arm)}' data-task='{_esc(task)}'>"
+                       f"<line x1='{lo:.1f}' y1='{y}' x2='{hi:.1f}' y2='{y}' stroke='{color}' stroke-width='3'/>"
+                       f"<rect x='{mean - 2:.1f}' y='{y - 8}' width='4' height='16' fill='{color}'><title>{_esc(arm)}"
+                       f", {_esc(task)}: {100 * iv['mean']:.1f}{half} (95% interval over {iv['seeds']} seeds x "
+                       f"{iv['questions']} questions)</title></rect>")
+            for s, v in enumerate(iv["per_seed"]):
+                out.append(f"<circle cx='{label_w + 100 * v * scale:.1f}' cy='{y}' r='3.5' fill='white' "
+                           f"stroke='{color}'><title>seed {s}: {100 * v:.1f}</title></circle>")
+            out.append(f"<text class='value' x='{hi + 6:.1f}' y='{y + 4}'>{100 * iv['mean']:.1f}{_esc(half)}</text>"
+                       "</g>")
+        for j, (who, v) in enumerate(sorted(results.get("reference", {}).get(task, {}).items())):
+            x = label_w + 100 * v * scale
+            out.append(f"<line x1='{x:.1f}' y1='{y0 + 18}' x2='{x:.1f}' y2='{y0 + group_h}' stroke='#555' "
+                       f"stroke-dasharray='{'4 3' if who == 'teacher' else '1 3'}'><title>{_esc(who)}: "
+                       f"{100 * v:.1f}%</title></line>")
+    return "".join(out) + "</svg>"
+
+
+def compare_section(compare_dir: Path) -> str:
+    """The chart and the tables of `distillkit compare`, or "" where compare was not run."""
+    import json
+
+    path = Path(compare_dir) / "results.json"
+    if not path.exists():
+        return ""
+    results = json.loads(path.read_text())
+    text = (Path(compare_dir) / "comparison.md").read_text() if (Path(compare_dir) / "comparison.md").exists() else ""
+    note = ("<p class='small'>Each row: one arm's trained student. Dots: the training seeds; the bar: their mean; "
+            "the whisker: its 95% interval (seed and question variance). Dashed: the teacher; dotted: the untrained "
+            "student and the constant answer.</p>")
+    return svg_compare(results) + note + f"<pre>{_esc(text)}</pre>"
+
+
+def build_compare_report(compare_dir: str | Path) -> Path:
+    """COMPARE_DIR/report.html: the compare section alone, self-contained like the run report."""
+    compare_dir = Path(compare_dir)
+    body = _section("compare", "Which arm helps: pass@1 over training seeds (95% intervals)",
+                    compare_section(compare_dir) or _empty("no results.json yet"))
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>distillkit compare: "
+            f"{_esc(compare_dir.parent.name)}</title><style>{CSS}</style></head>"
+            f"<body><h1>distillkit compare: {_esc(compare_dir.parent.name)}</h1>{body}</body></html>")
+    out = compare_dir / "report.html"
     atomic_write_text(out, page)
     return out
