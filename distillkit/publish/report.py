@@ -153,6 +153,13 @@ def svg_lines(series: dict[str, list[tuple[float, float]]], width: int = 940, he
     return "".join(out) + "</svg>"
 
 
+def _percent_grid(xt: list[float], label_w: float, scale: float, height: float) -> list[str]:
+    """Vertical grid lines with their % labels under a horizontal chart."""
+    return [f"<line x1='{label_w + t * scale:.1f}' y1='0' x2='{label_w + t * scale:.1f}' y2='{height - 26}' "
+            f"stroke='#eee'/><text class='tick' x='{label_w + t * scale:.1f}' y='{height - 12}' "
+            f"text-anchor='middle'>{t:g}%</text>" for t in xt]
+
+
 def svg_eval(results: EvalResults, width: int = 940, bar_h: int = 22) -> str:
     """pass@1 (%) ± se: one group per task, one bar per model with a ±1 se whisker and its value;
     the dashed line is the task's constant-answer baseline."""
@@ -167,11 +174,7 @@ def svg_eval(results: EvalResults, width: int = 940, bar_h: int = 22) -> str:
     scale = (width - label_w - right) / xt[-1]
     group_h = 20 + len(models) * (bar_h + 4)
     height = len(tasks) * (group_h + 8) + 30
-    out = [_svg(width, height)]
-    for t in xt:
-        x = label_w + t * scale
-        out.append(f"<line x1='{x:.1f}' y1='0' x2='{x:.1f}' y2='{height - 26}' stroke='#eee'/>"
-                   f"<text class='tick' x='{x:.1f}' y='{height - 12}' text-anchor='middle'>{t:g}%</text>")
+    out = [_svg(width, height), *_percent_grid(xt, label_w, scale, height)]
     for g, task in enumerate(tasks):
         y0 = g * (group_h + 8)
         out.append(f"<text class='group' x='4' y='{y0 + 14}'>{_esc(task)}</text>")
@@ -512,11 +515,7 @@ def svg_compare(results: dict, width: int = 940, row_h: int = 26) -> str:
     scale = (width - label_w - right) / xt[-1]
     group_h = 20 + len(arms) * row_h
     height = len(tasks) * (group_h + 8) + 30
-    out = [_svg(width, height)]
-    for t in xt:
-        x = label_w + t * scale
-        out.append(f"<line x1='{x:.1f}' y1='0' x2='{x:.1f}' y2='{height - 26}' stroke='#eee'/>"
-                   f"<text class='tick' x='{x:.1f}' y='{height - 12}' text-anchor='middle'>{t:g}%</text>")
+    out = [_svg(width, height), *_percent_grid(xt, label_w, scale, height)]
     for g, task in enumerate(tasks):
         y0 = g * (group_h + 8)
         out.append(f"<text class='group' x='4' y='{y0 + 14}'>{_esc(task)}</text>")
