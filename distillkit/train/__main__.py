@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> None:
 
     quiet_libraries()  # each process would print the libraries' import notices again (the parent's filters are not inherited)
     from distillkit.config import RecipeConfig
+    from distillkit.faults import die_with_parent, reporting_to_parent
+    from distillkit.train.distributed import cpu_fsdp_requested, enable_cpu_fsdp
     from distillkit.train.stage import run_train
 
     parser = argparse.ArgumentParser(description="one process of a distributed distillkit train stage")
@@ -23,18 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import signal
-
-    from distillkit.faults import die_with_parent, reporting_to_parent
-
     die_with_parent(signal.SIGKILL)  # torchrun gives each rank a session of its own: go down with the launcher
-
-    # A failure goes to the launching process as a report (it prints one message for all ranks), not as a traceback
-    # per rank.
-    from distillkit.train.distributed import cpu_fsdp_requested, enable_cpu_fsdp
-
     if cpu_fsdp_requested():  # FSDP2 on CPU processes (see distillkit.train.distributed)
         enable_cpu_fsdp()
+    # A failure goes to the launching process as a report (it prints one message for all ranks), not as a traceback
+    # per rank.
     with reporting_to_parent(f"rank {os.environ.get('RANK', '0')}"):
         cfg = RecipeConfig.model_validate_json(Path(args.recipe).read_text())
         run_train(cfg, overwrite=args.overwrite)

@@ -8,7 +8,10 @@ recipe to `<run>/train/launch_recipe.json` and runs
 Each process then runs `run_train` itself (`distillkit/train/__main__.py`; this module imports no stage code); Trainer/accelerate set up the process group from the
 environment torchrun provides. On a machine without CUDA the processes use gloo on CPU: accelerate's
 own CPU launcher needs `mpirun`, so distillkit launches with `--multi_gpu` (plain torchrun) and the
-trainer asks for the CPU (`use_cpu=True`), which makes accelerate pick MULTI_CPU with gloo.
+trainer asks for the CPU (`use_cpu=True`), which makes accelerate pick MULTI_CPU with gloo. An FSDP config runs
+as FSDP2 there too (`cpu_form` + distillkit.train.distributed), and a config that cannot run as it says on this
+machine (`distributed_problems`) stops before anything is launched. The ranks report a failure to this process
+(distillkit.faults), which prints it once; the launcher's stderr is kept in train/launch.log.
 """
 
 from __future__ import annotations
@@ -161,14 +164,14 @@ def _run_launcher(cmd: list[str], env: dict, reports: str, log_path: Path) -> in
 
 def launch(cfg, overwrite: bool = False):
     """Run the train stage in `num_processes` processes; returns the manifest the main process wrote."""
+    import torch
+
+    from distillkit.faults import read_reports
     from distillkit.records import atomic_write_text, read_manifest
+    from distillkit.train.distributed import CPU_FSDP_ENV
 
     out = cfg.stage_dir("train")
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    from distillkit.train.distributed import CPU_FSDP_ENV
-
     has_gpu = torch.cuda.is_available()
     problems = distributed_problems(cfg.train, has_gpu)
     if problems:
@@ -190,8 +193,6 @@ def launch(cfg, overwrite: bool = False):
     try:
         returncode = _run_launcher(cmd, env, reports, out / LAUNCH_LOG)
         if returncode != 0:
-            from distillkit.faults import read_reports
-
             failed = {r["name"]: 1 for r in read_reports(reports)}
             if not failed:
                 failed = {"the launcher": returncode}
