@@ -279,3 +279,26 @@ def test_a_truncated_model_file_is_named_as_damaged(tiny_llama, tmp_path, capsys
     assert str(fault).startswith(f"evaluate: student_after ({model}): a model file is damaged")
     assert "distillkit train --overwrite" in str(fault)
     assert report_unexpected(e.value) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_hub_refusals_for_load_and_disk_errnos_are_named():
+    """What cannot be produced for real here: the Hub answering 503/429, a quota, a permission denied to root."""
+    import errno
+
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from distillkit.faults import explain
+
+    url = "https://huggingface.co/api/datasets/HuggingFaceH4/MATH-500"
+    for status in (503, 429):
+        response = httpx.Response(status, request=httpx.Request("GET", url))
+        fault = explain(HfHubHTTPError(f"{status} Server Error", response=response))
+        assert fault is not None and fault.kind == "network"
+        assert f"could not reach {url}" in fault.what and f"HTTP {status}" in fault.what and "HF_HUB_OFFLINE" in fault.fix
+    not_found = httpx.Response(404, request=httpx.Request("GET", url))
+    assert explain(HfHubHTTPError("404 Client Error", response=not_found)) is None  # a refusal to read, not a fault
+    quota = explain(OSError(errno.EDQUOT, "Disk quota exceeded", "/data/run/train/model.safetensors"))
+    assert quota.kind == "disk" and "disk quota exceeded at /data/run/train/model.safetensors" in quota.what
+    denied = explain(PermissionError(errno.EACCES, "Permission denied", "/shared/runs"))
+    assert denied.kind == "disk" and "permission denied at /shared/runs" in denied.what and "output_dir" in denied.fix
