@@ -296,7 +296,7 @@ def compare(args: RecipeArgs = None,
         arms = {}
         for text in arm:
             name, *overrides = shlex.split(text) or [""]
-            arms[name] = {".".join(map(str, parse_override(o)[0])): parse_override(o)[1] for o in overrides}
+            arms[name] = {".".join(map(str, keys)): value for keys, value in map(parse_override, overrides)}
         data["compare"]["arms"] = arms
     if seeds is not None:
         data["compare"]["seeds"] = seeds

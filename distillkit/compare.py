@@ -18,6 +18,7 @@ stopped. The statistics are in distillkit/evaluate/seeds.py.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distillkit.config import RecipeConfig, apply_overrides, validate_recipe
 from distillkit.errors import ConfigError, DistillkitError
+from distillkit.evaluate.seeds import Interval
 from distillkit.records import atomic_write_text, stable_hash
 
 log = logging.getLogger(__name__)
@@ -42,24 +44,12 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class IntervalOut(_Schema):
-    mean: float
-    low: float
-    high: float
-    half_width: float
-    df: float
-    seeds: int
-    questions: int
-    seed_variance_included: bool
-    per_seed: list[float]
-
-
 class ArmResult(_Schema):
     overrides: dict[str, Any]
     seeds_done: list[int]
-    pass_at_1: dict[str, IntervalOut] = Field(default_factory=dict)
+    pass_at_1: dict[str, Interval] = Field(default_factory=dict)
     """task -> the arm's student_after pass@1 over seeds and questions."""
-    vs_baseline: dict[str, IntervalOut] = Field(default_factory=dict)
+    vs_baseline: dict[str, Interval] = Field(default_factory=dict)
     """task -> this arm minus the baseline arm, paired by seed and question (absent for the baseline itself)."""
 
 
@@ -94,7 +84,7 @@ def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
         runs = []
         for seed in range(c.seeds):
             try:
-                data = apply_overrides(copy.deepcopy(base), [f"{k}={_yaml(v)}" for k, v in overrides.items()]
+                data = apply_overrides(copy.deepcopy(base), [f"{k}={json.dumps(v)}" for k, v in overrides.items()]  # JSON is YAML
                                        + [f"train.seed={seed}", f"output_dir={root / 'runs' / arm / f'seed-{seed}'}"])
                 runs.append(validate_recipe(data, source=f"compare.arms.{arm}"))
             except ConfigError as e:
@@ -104,13 +94,6 @@ def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return out
-
-
-def _yaml(value: Any) -> str:
-    """An override's value as text that parses back to the same value (JSON is YAML: "true" stays a string)."""
-    import json
-
-    return json.dumps(value)
 
 
 def _link_upstream(run: RecipeConfig, shared: Path) -> None:
@@ -156,12 +139,11 @@ def _share_scores(run: RecipeConfig, shared: Path, direction: str) -> None:
             atomic_write_text(store, mine.read_text())
 
 
-def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int, float], None]] = None,
-                run_one: Optional[Callable[[RecipeConfig], Any]] = None) -> CompareResults:
-    """Every arm x seed (skipping what is finished), then results.json and comparison.md.
+def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int, float], None]] = None
+                ) -> CompareResults:
+    """Every arm x seed (skipping what is finished), then results.json, comparison.md and report.html.
 
-    `on_run(arm, seed, done, total, eta_s)` reports progress; `run_one(cfg)` runs one run folder (default: the
-    pipeline up to evaluate)."""
+    `on_run(arm, seed, done, total, eta_s)` reports progress."""
     from distillkit.pipeline import run_pipeline, stage_is_done
 
     runs = arm_configs(cfg)
@@ -175,7 +157,6 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
     if cfg.compare.seeds == 1:
         log.warning("compare.seeds=1: the intervals cover question sampling only, not seed-to-seed variance; use "
                     ">= 3 seeds before calling a difference an effect")
-    run_one = run_one or (lambda run: run_pipeline(run))
     todo = [(arm, seed, run) for arm, seeds in runs.items() for seed, run in enumerate(seeds)]
     t0, ran = time.time(), 0
     for done, (arm, seed, run) in enumerate(todo):
@@ -185,7 +166,7 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
         finished = stage_is_done(run, "evaluate")
         if not finished:
             log.info("compare: %s seed %d (%d of %d runs)", arm, seed, done + 1, len(todo))
-            run_one(run)
+            run_pipeline(run)
             ran += 1
         _share_scores(run, shared, "out")
         if on_run is not None:
@@ -227,11 +208,11 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
         seeds_done = sorted({s for per_seed in by_task.values() for s in per_seed})
         result = ArmResult(overrides=cfg.compare.arms[arm], seeds_done=seeds_done)
         for task, per_seed in by_task.items():
-            result.pass_at_1[task] = _out(arm_interval(per_seed))
+            result.pass_at_1[task] = arm_interval(per_seed)
             base = scores.get(baseline, {}).get(task)
             if arm != baseline and base:
                 try:
-                    result.vs_baseline[task] = _out(paired_interval(per_seed, base))
+                    result.vs_baseline[task] = paired_interval(per_seed, base)
                 except ValueError as e:
                     warnings.append(f"{arm} vs {baseline} on {task}: {e}")
         if len(seeds_done) < cfg.compare.seeds:
@@ -242,19 +223,6 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
         warnings.append("one training seed: the intervals include no seed-to-seed variance")
     return CompareResults(baseline=baseline, seeds=cfg.compare.seeds, num_samples=num_samples, arms=arms,
                           reference=reference, warnings=warnings)
-
-
-def _out(iv) -> IntervalOut:
-    return IntervalOut(mean=iv.mean, low=iv.low, high=iv.high, half_width=iv.half_width, df=iv.df, seeds=iv.seeds,
-                       questions=iv.questions, seed_variance_included=iv.seed_variance_included,
-                       per_seed=list(iv.per_seed))
-
-
-def _points(iv: IntervalOut | None, signed: bool = False) -> str:
-    if iv is None:
-        return "–"
-    mean = f"{100 * iv.mean:+.1f}" if signed else f"{100 * iv.mean:.1f}"
-    return mean if iv.half_width != iv.half_width else f"{mean} ± {100 * iv.half_width:.1f}"
 
 
 def comparison_markdown(results: CompareResults) -> str:
@@ -268,13 +236,13 @@ def comparison_markdown(results: CompareResults) -> str:
                   f"difference is paired by seed and question with `{results.baseline}`.", "",
                   "| arm | pass@1 | vs baseline | per seed | seeds x questions |", "|---|---|---|---|---|"]
         for arm, r in results.arms.items():
-            iv = r.pass_at_1.get(task)
-            diff = "(baseline)" if arm == results.baseline else _points(r.vs_baseline.get(task), signed=True)
-            if arm != results.baseline and (d := r.vs_baseline.get(task)) is not None and d.low <= 0 <= d.high:
+            iv, d = r.pass_at_1.get(task), r.vs_baseline.get(task)
+            diff = "(baseline)" if arm == results.baseline else d.text(signed=True) if d else "–"
+            if d is not None and d.low <= 0 <= d.high:
                 diff += " (no effect measurable)"
             per_seed = ", ".join(f"{100 * v:.1f}" for v in iv.per_seed) if iv else "–"
             size = f"{iv.seeds} x {iv.questions}" if iv else "–"
-            lines.append(f"| {arm} | {_points(iv)} | {diff} | {per_seed} | {size} |")
+            lines.append(f"| {arm} | {iv.text() if iv else '–'} | {diff} | {per_seed} | {size} |")
         ref = results.reference.get(task, {})
         if ref:
             lines += ["", "Reference: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ref.items()) + "."]

@@ -186,11 +186,17 @@ def killed_hint(returncode: int) -> str:
     return f"it ended with {name}; see its messages above, " + RESUME
 
 
-def explain(exc: BaseException, operation_hint: str | None = None) -> EnvironmentFault | None:
+def _label(exc: BaseException, attr: str):
+    """The innermost `operation(...)` label `attr` along the chain, or None."""
+    return next((v for e in causes(exc) if (v := getattr(e, attr, None)) is not None), None)
+
+
+def explain(exc: BaseException) -> EnvironmentFault | None:
     """The environment fault behind `exc`, as one message; None when `exc` is not one (a user mistake or a bug)."""
     if isinstance(exc, EnvironmentFault):
         return exc
-    op = next((o for e in causes(exc) if (o := getattr(e, "_distillkit_operation", None))), None) or operation_hint
+    op = _label(exc, "_distillkit_operation")
+    writes_to = _label(exc, "_distillkit_writes_to")
     during = f"{op}: " if op else ""
     net = network_reason(exc)
     if net is not None:
@@ -206,8 +212,7 @@ def explain(exc: BaseException, operation_hint: str | None = None) -> Environmen
     disk = disk_reason(exc)
     if disk is not None:
         code, path, text = disk
-        path = path or next((os.fspath(w) for e in causes(exc) if (w := getattr(e, "_distillkit_writes_to", None))),
-                            None)
+        path = path or (os.fspath(writes_to) if writes_to is not None else None)
         where = f" at {path}" if path else ""
         fix = DISK[code][1]
         if code in (errno.ENOSPC, errno.EDQUOT) and path:
@@ -218,8 +223,7 @@ def explain(exc: BaseException, operation_hint: str | None = None) -> Environmen
             return EnvironmentFault("damaged", f"{during}a model file is damaged ({_short(e)})",
                                     "put back a good copy of the model folder, or rerun the stage that wrote it with "
                                     "--overwrite (the student: `distillkit train --overwrite`)")
-    folder = next((w for e in causes(exc) if (w := getattr(e, "_distillkit_writes_to", None))), None)
-    if folder is not None and (full := _full_file_system(folder)) is not None:
+    if writes_to is not None and (full := _full_file_system(writes_to)) is not None:
         return EnvironmentFault("disk", f"{during}{DISK[errno.ENOSPC][0]} at {full} (the writer said: {_short(exc)})",
                                 f"{DISK[errno.ENOSPC][1]} (df -h {full})")
     for e in causes(exc):

@@ -70,12 +70,13 @@ def post_with_retries(client, url: str, body: dict[str, Any], *, max_retries: in
     return None, last
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE) is set: the user asked for the cache only."""
+def hub_offline(*names: str) -> bool:
+    """One of the offline switches `names` is set (default: HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, what the model
+    loaders read): the user asked for the local cache only."""
     import os
 
     return any(os.environ.get(k, "0") not in ("0", "", "false", "False")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+               for k in names or ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 _HUB_PROBE: dict[str, str | None] = {}

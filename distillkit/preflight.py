@@ -761,9 +761,8 @@ def check_distributed(train_cfg) -> list[Finding]:
     try:
         problems = distributed_problems(train_cfg, has_gpu=torch.cuda.is_available())
     except DistillkitError as e:  # a missing or unreadable config file
-        problems = [str(e)]
-    return [Finding("distributed", "error", p.split("; ")[0] if "; " in p else p,
-                    p.split("; ", 1)[1] if "; " in p else "fix train.accelerate_config", "train") for p in problems]
+        problems = [(str(e), "fix train.accelerate_config")]
+    return [Finding("distributed", "error", problem, fix, "train") for problem, fix in problems]
 
 
 def raise_on_fatal(findings: Iterable[Finding]) -> None:

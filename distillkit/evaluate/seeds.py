@@ -23,14 +23,18 @@ result says so (`seed_variance_included: False`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 
-@dataclass(frozen=True)
-class Interval:
-    """A mean over seeds and questions with its two-sided 95% interval."""
+class Interval(BaseModel):
+    """A mean over seeds and questions with its two-sided 95% interval (`distillkit compare` writes these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     mean: float
+    low: float
+    high: float
     half_width: float
     df: float
     seeds: int
@@ -38,13 +42,9 @@ class Interval:
     seed_variance_included: bool
     per_seed: tuple[float, ...]
 
-    @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
+    @classmethod
+    def around(cls, mean: float, half_width: float, **rest) -> "Interval":
+        return cls(mean=mean, low=mean - half_width, high=mean + half_width, half_width=half_width, **rest)
 
     def text(self, scale: float = 100.0, signed: bool = False) -> str:
         """"37.5 ± 4.1" (points), or "+3.2 ± 2.0" for a difference."""
@@ -77,7 +77,8 @@ def crossed_interval(table: list[list[float]], level: float = 0.95) -> Interval:
         var = ss_q / (Q - 1) / Q if Q > 1 else math.nan
         df = Q - 1
         half = t_quantile(df, p) * math.sqrt(var) if Q > 1 else math.nan
-        return Interval(grand, half, df, S, Q, False, tuple(row_means))
+        return Interval.around(grand, half, df=df, seeds=S, questions=Q, seed_variance_included=False,
+                               per_seed=tuple(row_means))
     ms_seed = Q * sum((r - grand) ** 2 for r in row_means) / (S - 1)
     ms_q = S * sum((c - grand) ** 2 for c in col_means) / (Q - 1) if Q > 1 else 0.0
     resid = sum((table[s][q] - row_means[s] - col_means[q] + grand) ** 2 for s in range(S) for q in range(Q))
@@ -89,7 +90,8 @@ def crossed_interval(table: list[list[float]], level: float = 0.95) -> Interval:
     denominator = ms_seed ** 2 / (S - 1) + (ms_q ** 2 / (Q - 1) + ms_e ** 2 / ((S - 1) * (Q - 1)) if Q > 1 else 0.0)
     df = combined ** 2 / denominator if denominator > 0 else math.inf
     half = t_quantile(df, p) * math.sqrt(var) if var > 0 else 0.0
-    return Interval(grand, half, df, S, Q, True, tuple(row_means))
+    return Interval.around(grand, half, df=df, seeds=S, questions=Q, seed_variance_included=True,
+                           per_seed=tuple(row_means))
 
 
 def paired_interval(arm: dict[int, dict[str, float]], baseline: dict[int, dict[str, float]],

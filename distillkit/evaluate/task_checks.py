@@ -17,7 +17,6 @@ import csv
 import difflib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -136,12 +135,13 @@ def _check_hub(name: str, cfg: dict[str, Any], columns: list[str], api_factory: 
                unreachable: list[str]) -> list[Result]:
     """`unreachable` collects the reason once the Hub could not be reached: later tasks are not tried again
     (a blackholed network costs a timeout per request)."""
+    from distillkit.http import hub_offline
+
     repo = cfg["dataset_path"]
     if unreachable:
         return [("task_dataset", "warning", f"{name}: access to {repo} not checked, network unreachable "
                  f"({unreachable[0]})", NETWORK_FIX)]
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
-            "HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # what the datasets library reads
         return [("task_dataset", "ok", f"{name}: offline (HF_HUB_OFFLINE): access to {repo} not checked; "
                  "lm-eval reads it from the local cache", "")]
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError

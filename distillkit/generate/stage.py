@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -180,42 +179,34 @@ def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas:
     import multiprocessing as mp
     import tempfile
 
+    from distillkit.faults import raise_from_children
+
     v = cfg.generate.teacher.vllm
     per_replica = v.tensor_parallel_size * v.pipeline_parallel_size
     ctx = mp.get_context("spawn")  # vLLM engines do not survive fork
-    reports = tempfile.mkdtemp(prefix="distillkit-replicas-")
-    try:
-        _run_replicas(ctx, cfg, shards, todo, num_replicas, per_replica, on_progress, reports)
-    finally:
-        shutil.rmtree(reports, ignore_errors=True)
-
-
-def _run_replicas(ctx, cfg: RecipeConfig, shards, todo: list[int], num_replicas: int, per_replica: int, on_progress,
-                  reports: str) -> None:
-    from distillkit.faults import raise_from_children
-
-    procs = []
-    for rank in range(num_replicas):
-        part = todo[rank::num_replicas]
-        if part:
-            p = ctx.Process(target=_replica_main, args=(cfg.model_dump_json(), rank, part,
-                                                        _replica_devices(rank, per_replica), reports), daemon=False)
-            p.start()
-            procs.append((rank, p))
-    folder = cfg.stage_dir("generate")
-    seen = set(todo) - {int(p.stem.split("-")[1]) for p in list_shards(folder)}
-    try:
-        while any(p.is_alive() for _, p in procs):
-            time.sleep(1.0)
-            committed = {int(p.stem.split("-")[1]) for p in list_shards(folder)}
-            for i in sorted(seen & committed):
-                on_progress(len(shards[i]), None)
-            seen -= committed
-    except BaseException:
-        for _, p in procs:
-            p.terminate()
-        raise
-    raise_from_children("generate", {f"replica {rank}": p.exitcode for rank, p in procs}, reports)
+    with tempfile.TemporaryDirectory(prefix="distillkit-replicas-") as reports:
+        procs = []
+        for rank in range(num_replicas):
+            part = todo[rank::num_replicas]
+            if part:
+                p = ctx.Process(target=_replica_main, args=(cfg.model_dump_json(), rank, part,
+                                                            _replica_devices(rank, per_replica), reports), daemon=False)
+                p.start()
+                procs.append((rank, p))
+        folder = cfg.stage_dir("generate")
+        seen = set(todo) - {int(p.stem.split("-")[1]) for p in list_shards(folder)}
+        try:
+            while any(p.is_alive() for _, p in procs):
+                time.sleep(1.0)
+                committed = {int(p.stem.split("-")[1]) for p in list_shards(folder)}
+                for i in sorted(seen & committed):
+                    on_progress(len(shards[i]), None)
+                seen -= committed
+        except BaseException:
+            for _, p in procs:
+                p.terminate()
+            raise
+        raise_from_children("generate", {f"replica {rank}": p.exitcode for rank, p in procs}, reports)
 
 
 def _prompts_to_sample(cfg: RecipeConfig, prompts: list[Prompt], out: StageOutput,

@@ -132,9 +132,11 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
     kd = (f"soft-label KD ({t.kd.divergence}, {teacher_probs}, alpha={t.kd.alpha}, T={t.kd.temperature}) "
           "+ cross-entropy" if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
     method_summary = f"{t.method} training, {kd}" + (", on-policy" if t.on_policy.enabled else "")
+    train_stats = TrainStats.of(train_manifest)
+    processes = (train_stats.distributed or {}).get("num_processes", train_stats.num_processes) if train_stats else 1
     rows = [("method", t.method), ("objective", kd), ("learning rate", t.learning_rate),
             ("epochs", t.num_train_epochs),
-            ("effective batch", t.per_device_train_batch_size * t.gradient_accumulation_steps),
+            ("effective batch", t.per_device_train_batch_size * t.gradient_accumulation_steps * processes),
             ("max length", t.max_length)]
     if t.method != "full":
         rows.append(("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, targets={t.lora.target_modules}"))
@@ -145,12 +147,10 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         rows.append(("context override", what))
         limitations.append(f"The student's context was extended before training ({what}); its base model was "
                            "made for a shorter one.")
-    train_stats = TrainStats.of(train_manifest)
     if train_stats is not None:
         for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
             rows.append((key.replace("_", " "), getattr(train_stats, key)))
         d = train_stats.distributed or {}
-        processes = d.get("num_processes", train_stats.num_processes)
         kind = {"NO": "one process", "MULTI_CPU": "DDP (gloo)", "MULTI_GPU": "DDP", "FSDP": "FSDP",
                 "DEEPSPEED": "DeepSpeed"}.get(d.get("type"), d.get("type", "one process"))
         if d.get("fsdp_version"):
@@ -159,7 +159,6 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
                                f"{'bf16 autocast' if train_stats.bf16 else 'fp32'}"
                                + (f", mixed precision {d['mixed_precision']}" if d.get("mixed_precision") not in
                                   (None, "no") else "")))
-        rows = [(k, v * processes if k == "effective batch" else v) for k, v in rows]
         adopted = train_stats.student_init.get("adopted_rows") or []
         if adopted:
             moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)

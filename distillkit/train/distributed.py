@@ -56,22 +56,13 @@ def describe(trainer) -> dict:
     plugin = getattr(state, "fsdp_plugin", None)
     if kind == "FSDP" and plugin is not None:
         out["fsdp_version"] = plugin.fsdp_version
-    out["sharded"] = sharded_fraction(trainer.model_wrapped if hasattr(trainer, "model_wrapped") else trainer.model)
+    out["sharded"] = sharded_fraction(trainer.model)  # FSDP2 shards the model in place
     return out
 
 
 def sharded_fraction(model) -> float:
     """Share of this rank's trainable parameters (by element count) held as a shard of a larger tensor (DTensor)."""
-    total = sharded = 0
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        n = p.numel()
-        local = getattr(p, "to_local", None)
-        if local is not None:
-            total += n
-            if local().numel() < n:
-                sharded += n
-        else:
-            total += n
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    total = sum(p.numel() for p in trainable)
+    sharded = sum(p.numel() for p in trainable if hasattr(p, "to_local") and p.to_local().numel() < p.numel())
     return round(sharded / total, 4) if total else 0.0

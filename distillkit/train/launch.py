@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,9 +55,9 @@ def read_accelerate_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def distributed_problems(train_cfg, has_gpu: bool) -> list[str]:
-    """Why the accelerate config cannot run as it says on this machine (empty when it can): distillkit never lets
-    it fall back to something else silently."""
+def distributed_problems(train_cfg, has_gpu: bool) -> list[tuple[str, str]]:
+    """(problem, fix) for each reason the accelerate config cannot run as it says on this machine (none when it can):
+    distillkit never lets it fall back to something else silently."""
     if not train_cfg.accelerate_config:
         return []
     data = read_accelerate_config(train_cfg.accelerate_config)
@@ -69,16 +68,17 @@ def distributed_problems(train_cfg, has_gpu: bool) -> list[str]:
         try:
             import deepspeed  # noqa: F401
         except ImportError:
-            problems.append(f"{where} asks for DeepSpeed, which is not installed; use recipes/accelerate/fsdp.yaml "
-                            "(FSDP2, the multi-GPU path distillkit tests), or `pip install deepspeed` on a GPU machine")
+            problems.append((f"{where} asks for DeepSpeed, which is not installed",
+                             "use recipes/accelerate/fsdp.yaml (FSDP2, the multi-GPU path distillkit tests), or "
+                             "`pip install deepspeed` on a GPU machine"))
         if not has_gpu:
-            problems.append(f"{where} asks for DeepSpeed, which distillkit runs on GPUs only; on CPU processes use "
-                            "recipes/accelerate/fsdp.yaml (FSDP2 over gloo)")
+            problems.append((f"{where} asks for DeepSpeed, which distillkit runs on GPUs only",
+                             "on CPU processes use recipes/accelerate/fsdp.yaml (FSDP2 over gloo)"))
     if kind == "FSDP" and not has_gpu:
         version = int((data.get("fsdp_config") or {}).get("fsdp_version", 1))
         if version != 2:
-            problems.append(f"{where} asks for FSDP version {version}; on CPU processes only FSDP2 runs (PyTorch's "
-                            "FSDP1 needs a GPU): set fsdp_config.fsdp_version: 2")
+            problems.append((f"{where} asks for FSDP version {version}; on CPU processes only FSDP2 runs (PyTorch's "
+                             "FSDP1 needs a GPU)", "set fsdp_config.fsdp_version: 2"))
     return problems
 
 
@@ -175,7 +175,7 @@ def launch(cfg, overwrite: bool = False):
     has_gpu = torch.cuda.is_available()
     problems = distributed_problems(cfg.train, has_gpu)
     if problems:
-        raise DistillkitError("; ".join(problems))
+        raise DistillkitError("\n".join(f"{problem}; fix: {fix}" for problem, fix in problems))
     recipe_path = out / RECIPE_FILE
     atomic_write_text(recipe_path, cfg.model_dump_json(indent=2))
     env = dict(os.environ)
@@ -188,17 +188,12 @@ def launch(cfg, overwrite: bool = False):
             env[CPU_FSDP_ENV] = "1"
     cmd = launch_command(cfg.train, recipe_path, overwrite, port=_free_port(), config_file=config_file)
     log.info("launching: %s", " ".join(cmd))
-    reports = tempfile.mkdtemp(prefix="distillkit-ranks-")
-    env[REPORTS_ENV] = reports
-    try:
+    with tempfile.TemporaryDirectory(prefix="distillkit-ranks-") as reports:
+        env[REPORTS_ENV] = reports
         returncode = _run_launcher(cmd, env, reports, out / LAUNCH_LOG)
-        if returncode != 0:
-            failed = {r["name"]: 1 for r in read_reports(reports)}
-            if not failed:
-                failed = {"the launcher": returncode}
+        if returncode != 0:  # the ranks that reported, else the launcher's own exit code
+            failed = {r["name"]: 1 for r in read_reports(reports)} or {"the launcher": returncode}
             raise_from_children("train", failed, reports)
-    finally:
-        shutil.rmtree(reports, ignore_errors=True)
     manifest = read_manifest(out)
     if manifest is None:
         raise DistillkitError(f"distributed training finished without writing {out}/manifest.json")

@@ -25,9 +25,9 @@ from typing import Any
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
 from distillkit.faults import operation
-from distillkit.train.distributed import describe as describe_distributed
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, StageRecords, read_manifest
+from distillkit.train.distributed import describe as describe_distributed
 from distillkit.train.stats import TrainStats
 
 log = logging.getLogger(__name__)
