@@ -1,7 +1,15 @@
-"""Seeded arithmetic word problems with gold answers: the offline quickstart's prompt set.
+"""Seeded arithmetic word problems with gold answers: the prompt sets of the quickstart and of the CPU lab.
 
-A problem's split is a function of its text (one text in five is held out), so the held-out evaluation
-never sees a training problem, and both splits cover every template.
+Three template sets, one skill each per template (one-step addition, subtraction, multiplication of 2..12):
+- "base": the quickstart's 8 templates (TEMPLATES).
+- "varied": base plus 16 more phrasings (VARIED_TEMPLATES): the lab's training prompts and its in-template
+  held-out set. More wordings per skill, so that a student learns the arithmetic rather than 8 sentences.
+- "unseen": 12 phrasings and 8 names that "varied" never uses (UNSEEN_TEMPLATES, UNSEEN_NAMES): the lab's
+  off-template held-out set (same skills, new wording). No training set draws from them, so every one of
+  their problems is held out (only split "test" exists).
+
+For "base" and "varied" a problem's split is a function of its text (one text in five is held out), so the
+held-out evaluation never sees a training problem, and both splits cover every template.
 """
 
 from __future__ import annotations
@@ -21,6 +29,47 @@ TEMPLATES = [
     ("What is {a} plus {b}?", lambda a, b: a + b),
     ("What is {a} times {b}?", lambda a, b: a * b),
 ]
+_add, _sub, _mul = (lambda a, b: a + b), (lambda a, b: a - b), (lambda a, b: a * b)
+# The lab's training phrasings: base plus two more per base skill-template, with new objects and sentence shapes.
+VARIED_TEMPLATES = TEMPLATES + [
+    ("{name} picked {a} flowers in the morning and {b} flowers in the afternoon. How many flowers did {name} pick?",
+     _add),
+    ("A shelf holds {a} red books and {b} blue books. How many books are on the shelf?", _add),
+    ("Add {a} and {b}.", _add),
+    ("{name} saved {a} dollars last week and {b} dollars this week. How many dollars did {name} save in all?", _add),
+    ("{name} had {a} balloons and {b} of them popped. How many balloons does {name} have left?", _sub),
+    ("What is {a} minus {b}?", _sub),
+    ("A bus had {a} passengers. At the stop, {b} got off. How many passengers are still on the bus?", _sub),
+    ("{name} has {a} stamps and sells {b} of them. How many stamps does {name} keep?", _sub),
+    ("Each bag holds {a} oranges. How many oranges are in {b} bags?", _mul),
+    ("{name} walks {a} miles every day. How many miles does {name} walk in {b} days?", _mul),
+    ("Multiply {a} by {b}.", _mul),
+    ("A garden has {a} rows with {b} plants in each row. How many plants are in the garden?", _mul),
+    ("A farmer has {a} cows and buys {b} more cows. How many cows does the farmer have?", _add),
+    ("There were {a} birds on a wire and {b} flew away. How many birds are on the wire now?", _sub),
+    ("A pack has {a} cards. How many cards are in {b} packs?", _mul),
+    ("{name} scored {a} goals this season and {b} goals last season. How many goals is that in total?", _add),
+]
+# The off-template held-out phrasings: wordings, objects and names no training template uses.
+UNSEEN_TEMPLATES = [
+    ("{name} found {a} shells on Monday. On Tuesday {name} found {b} more shells. How many shells did {name} find "
+     "altogether?", _add),
+    ("There are {a} ducks in a pond. Then {b} more ducks land in the pond. How many ducks are in the pond now?", _add),
+    ("Find the sum of {a} and {b}.", _add),
+    ("A team scored {a} points in the first half and {b} points in the second half. What was the team's total "
+     "score?", _add),
+    ("{name} owns {a} stickers and gives {b} stickers to a friend. How many stickers does {name} still own?", _sub),
+    ("A tree had {a} lemons. The wind knocked down {b} lemons. How many lemons are still on the tree?", _sub),
+    ("Subtract {b} from {a}.", _sub),
+    ("How much is {a} take away {b}?", _sub),
+    ("A carton of crayons has {a} crayons. How many crayons are in {b} cartons?", _mul),
+    ("{name} earns {a} coins an hour and works for {b} hours. How many coins does {name} earn?", _mul),
+    ("What is the product of {a} and {b}?", _mul),
+    ("There are {b} tables, and {a} chairs stand at each table. How many chairs are there?", _mul),
+]
+UNSEEN_NAMES = ["Ben", "Chloe", "Diego", "Fatima", "Hana", "Ivan", "Kofi", "Nora"]
+TEMPLATE_SETS = ("base", "varied", "unseen")
+
 # Every distinct problem text belongs to one split, by a hash of the text: 1 in TEST_FRACTION_DENOM
 # texts is held out. Both splits draw from all templates (an earlier "exclude the first 2000 train
 # problems" rule left the held-out split with only the four templates that carry a name: the others
@@ -43,12 +92,12 @@ ONE_SHOT_TEMPLATE = (
 )
 
 
-def _problem(rng: random.Random) -> tuple[str, int]:
-    template, fn = rng.choice(TEMPLATES)
+def _problem(rng: random.Random, templates: list = TEMPLATES, names: list = NAMES) -> tuple[str, int]:
+    template, fn = rng.choice(templates)
     a, b = rng.randint(2, 12), rng.randint(2, 12)
     if fn(a, b) < 0:
         a, b = b, a
-    return template.format(name=rng.choice(NAMES), a=a, b=b), fn(a, b)
+    return template.format(name=rng.choice(names), a=a, b=b), fn(a, b)
 
 
 def split_of(text: str) -> str:
@@ -56,15 +105,23 @@ def split_of(text: str) -> str:
     return "test" if int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % TEST_FRACTION_DENOM == 0 else "train"
 
 
-def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0) -> list[dict]:
+def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0, templates: str = "base") -> list[dict]:
     """`num` distinct problems of one split: [{"id", "problem", "answer", "source"}].
 
     The split of a problem is a function of its text (`split_of`), so train and held-out never overlap;
-    `seed` changes which problems are drawn and their order.
+    `seed` changes which problems are drawn and their order; `templates` picks the template set (module doc).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"arith-{split}-{seed}")
+    if templates not in TEMPLATE_SETS:
+        raise ValueError(f"templates must be one of {', '.join(TEMPLATE_SETS)}, got {templates!r}")
+    if templates == "unseen" and split != "test":
+        raise ValueError("templates 'unseen' are held out by construction: only split 'test' exists")
+    pool, names = {"base": (TEMPLATES, NAMES), "varied": (VARIED_TEMPLATES, NAMES),
+                   "unseen": (UNSEEN_TEMPLATES, UNSEEN_NAMES)}[templates]
+    # the base set keeps its original stream (the quickstart's prompts and shipped held-out file are unchanged)
+    rng = random.Random(f"arith-{split}-{seed}" if templates == "base" else f"arith-{templates}-{split}-{seed}")
+    prefix = "arith" if templates == "base" else f"arith-{templates}"
     seen: set[str] = set()
     out = []
     attempts = 0
@@ -72,10 +129,10 @@ def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0) -> 
         attempts += 1
         if attempts > num * 200:
             raise ValueError(f"cannot make {num} distinct {split} problems from the templates")
-        text, answer = _problem(rng)
-        if text in seen or split_of(text) != split:
+        text, answer = _problem(rng, pool, names)
+        if text in seen or (templates != "unseen" and split_of(text) != split):
             continue
         seen.add(text)
-        pid = f"arith-{split}-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+        pid = f"{prefix}-{split}-" + hashlib.sha1(text.encode()).hexdigest()[:10]
         out.append({"id": pid, "problem": text, "answer": str(answer), "source": "arith"})
     return out

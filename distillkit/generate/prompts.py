@@ -78,7 +78,7 @@ def _read_rows(cfg, seed: int) -> tuple[str, list[tuple[int, Any]]]:
             rows = make_arith_problems(**args)
         except TypeError as e:
             raise DistillkitError(f"generate.prompts.builtin_args={cfg.builtin_args!r}: {e}; "
-                                  "valid keys are num, split, seed") from None
+                                  "valid keys are num, split, seed, templates") from None
         return "builtin:arith", list(enumerate(rows, 1))
     if cfg.path:
         path = Path(cfg.path).expanduser()
