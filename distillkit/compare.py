@@ -51,6 +51,9 @@ class ArmResult(_Schema):
     """task -> the arm's student_after pass@1 over seeds and questions."""
     vs_baseline: dict[str, Interval] = Field(default_factory=dict)
     """task -> this arm minus the baseline arm, paired by seed and question (absent for the baseline itself)."""
+    vs_teacher: dict[str, Interval] = Field(default_factory=dict)
+    """task -> this arm's students minus the teacher, paired by question (the teacher is one model: each seed's
+    student is paired with it); present where the teacher was evaluated."""
 
 
 class CompareResults(_Schema):
@@ -184,6 +187,7 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
 
     baseline = cfg.compare.baseline or next(iter(runs))
     scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {}  # arm -> task -> seed -> question -> pass@1
+    teacher: dict[str, dict[str, float]] = {}  # task -> question -> the teacher's pass@1
     reference: dict[str, dict[str, float]] = {}
     num_samples = cfg.evaluate.num_samples
     for arm, seeds in runs.items():
@@ -199,6 +203,8 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
                 for model in SHARED_MODELS:
                     if (s := res.score(model, task)) is not None:
                         reference.setdefault(task, {})[model] = s.pass_at_1
+                        if model == "teacher":
+                            teacher.setdefault(task, dict(s.per_question))
                 if (b := res.baselines.get(task)) is not None:
                     reference.setdefault(task, {})["constant answer"] = b.pass_at_1
     arms: dict[str, ArmResult] = {}
@@ -215,6 +221,11 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
                     result.vs_baseline[task] = paired_interval(per_seed, base)
                 except ValueError as e:
                     warnings.append(f"{arm} vs {baseline} on {task}: {e}")
+            if task in teacher:
+                try:
+                    result.vs_teacher[task] = paired_interval(per_seed, {s: teacher[task] for s in per_seed})
+                except ValueError as e:
+                    warnings.append(f"{arm} vs the teacher on {task}: {e}")
         if len(seeds_done) < cfg.compare.seeds:
             warnings.append(f"{arm}: {len(seeds_done)} of {cfg.compare.seeds} seeds finished; rerun compare to "
                             "finish the rest")
@@ -233,16 +244,20 @@ def comparison_markdown(results: CompareResults) -> str:
         lines += [f"### {task}", "",
                   f"pass@1 of the trained student in points, mean over training seeds ± the half-width of its 95% "
                   f"interval (seed and question variance; {results.num_samples} samples per question). The "
-                  f"difference is paired by seed and question with `{results.baseline}`.", "",
-                  "| arm | pass@1 | vs baseline | per seed | seeds x questions |", "|---|---|---|---|---|"]
+                  f"difference is paired by seed and question with `{results.baseline}`; vs teacher: each seed's "
+                  f"student minus the teacher, paired by question.", "",
+                  "| arm | pass@1 | vs baseline | vs teacher | per seed | seeds x questions |",
+                  "|---|---|---|---|---|---|"]
         for arm, r in results.arms.items():
             iv, d = r.pass_at_1.get(task), r.vs_baseline.get(task)
             diff = "(baseline)" if arm == results.baseline else d.text(signed=True) if d else "–"
             if d is not None and d.low <= 0 <= d.high:
                 diff += " (no effect measurable)"
+            t = r.vs_teacher.get(task)
+            vs_teacher = t.text(signed=True) if t else "–"
             per_seed = ", ".join(f"{100 * v:.1f}" for v in iv.per_seed) if iv else "–"
             size = f"{iv.seeds} x {iv.questions}" if iv else "–"
-            lines.append(f"| {arm} | {iv.text() if iv else '–'} | {diff} | {per_seed} | {size} |")
+            lines.append(f"| {arm} | {iv.text() if iv else '–'} | {diff} | {vs_teacher} | {per_seed} | {size} |")
         ref = results.reference.get(task, {})
         if ref:
             lines += ["", "Reference: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in ref.items()) + "."]

@@ -87,6 +87,10 @@ def test_two_arms_two_seeds_share_generation_and_reference_scores_and_resume(tmp
     assert iv.seeds == 2 and iv.questions == 3 and len(iv.per_seed) == 2 and iv.seed_variance_included
     assert "sft" not in [k for k, v in results.arms.items() if v.vs_baseline]  # the baseline has no difference
     assert set(results.reference["distillkit_arith"]) >= {"teacher", "student_before"}
+    # student minus teacher, paired by question: the same questions, so the means subtract exactly
+    vs_teacher = lr.vs_teacher["distillkit_arith"]
+    assert vs_teacher.mean == pytest.approx(iv.mean - results.reference["distillkit_arith"]["teacher"])
+    assert vs_teacher.seeds == 2 and vs_teacher.questions == 3
     text = (root / "comparison.md").read_text()
     assert text == comparison_markdown(results) and "| lr |" in text and "(baseline)" in text
     page = (root / "report.html").read_text()  # the chart: a row per arm, a dot per seed, the interval

@@ -118,6 +118,65 @@ def test_arith_splits_cover_every_template_and_never_overlap():
     assert make_arith_problems(50, "test", seed=1) != test[:50]  # the seed changes the draw
 
 
+def _template_index(templates):
+    patterns = [re.compile(re.escape(t).replace(r"\{name\}", ".+").replace(r"\{a\}", r"\d+")
+                           .replace(r"\{b\}", r"\d+") + "$") for t, _ in templates]
+
+    def template_of(text):
+        hits = [i for i, p in enumerate(patterns) if p.match(text)]
+        return hits[0] if len(hits) == 1 else None
+
+    return template_of
+
+
+def test_lab_arith_sets_cover_their_templates_and_never_overlap():
+    """The lab trains on the varied phrasings; its in-template held-out set is new problems in those phrasings,
+    its off-template set problems in phrasings (and names) that no training set can draw."""
+    from distillkit.data.arith import (NAMES, TEMPLATES, UNSEEN_NAMES, UNSEEN_TEMPLATES, VARIED_TEMPLATES,
+                                       make_arith_problems)
+
+    assert make_arith_problems(200, "test", seed=0, templates="base") == make_arith_problems(200, "test", seed=0)
+    varied_of, unseen_of = _template_index(VARIED_TEMPLATES), _template_index(UNSEEN_TEMPLATES)
+    train = make_arith_problems(3000, "train", seed=0, templates="varied")
+    test = make_arith_problems(400, "test", seed=0, templates="varied")
+    unseen = make_arith_problems(400, "test", seed=0, templates="unseen")
+    assert {varied_of(p["problem"]) for p in train[:300]} == set(range(len(VARIED_TEMPLATES)))
+    assert {varied_of(p["problem"]) for p in test} == set(range(len(VARIED_TEMPLATES)))
+    assert {unseen_of(p["problem"]) for p in unseen} == set(range(len(UNSEEN_TEMPLATES)))
+    # every problem matches exactly one template of its own set and none of the other
+    assert all(varied_of(p["problem"]) is not None and unseen_of(p["problem"]) is None for p in train + test)
+    assert all(unseen_of(p["problem"]) is not None and varied_of(p["problem"]) is None for p in unseen)
+    texts = {name: {p["problem"] for p in rows} for name, rows in
+             (("train", train), ("test", test), ("unseen", unseen))}
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["unseen"]
+    assert not any(n in p["problem"] for p in unseen for n in NAMES)       # new names too
+    assert not any(n in p["problem"] for p in train for n in UNSEEN_NAMES)
+    assert set(TEMPLATES) < set(VARIED_TEMPLATES) and not {t for t, _ in UNSEEN_TEMPLATES} & {t for t, _ in VARIED_TEMPLATES}
+    for p in train[:200] + unseen[:200]:  # gold answers are the template's arithmetic and never negative
+        assert int(p["answer"]) >= 0
+    with pytest.raises(ValueError, match="held out by construction"):
+        make_arith_problems(10, "train", templates="unseen")
+    with pytest.raises(ValueError, match="templates must be one of"):
+        make_arith_problems(10, "train", templates="fancy")
+
+
+@pytest.mark.parametrize("task, templates, num", [("distillkit_arith_lab", "varied", 400),
+                                                  ("distillkit_arith_unseen", "unseen", 200)])
+def test_shipped_lab_tasks_are_their_generator_output(task, templates, num):
+    import yaml
+
+    from distillkit.data.arith import ONE_SHOT_TEMPLATE, make_arith_problems
+    from distillkit.evaluate.harness import LOCAL_TASKS_DIR, local_task_names
+
+    rows = [json.loads(x) for x in (LOCAL_TASKS_DIR / task / f"{task}.jsonl").read_text().splitlines()]
+    assert rows == make_arith_problems(num, "test", seed=0, templates=templates)
+    assert task in local_task_names([LOCAL_TASKS_DIR])
+    text = (LOCAL_TASKS_DIR / task / f"{task}.yaml").read_text().replace("!function", "")
+    spec = yaml.safe_load(text)
+    assert spec["task"] == task
+    assert spec["doc_to_text"] == ONE_SHOT_TEMPLATE.replace("{problem}", "{{problem}}")
+
+
 def test_shipped_arith_task_prompt_is_the_quickstart_generation_prompt():
     """Teacher traces and the held-out evaluation see the same prompt (one worked example + the problem)."""
     import yaml
