@@ -277,7 +277,8 @@ def run(args: RecipeArgs = None,
 def compare(args: RecipeArgs = None,
             arm: Annotated[Optional[list[str]], typer.Option(
                 "--arm", help='An arm: its name, then its overrides, e.g. --arm "kd train.kd.enabled=true" '
-                              "(repeat for each arm; replaces the recipe's compare.arms).")] = None,
+                              "(repeat for each arm; replaces the recipe's compare.arms). after=ARM starts each seed from "
+                              "that arm's trained student (SFT, then on-policy).")] = None,
             seeds: Annotated[Optional[int], typer.Option("--seeds", help="Training seeds per arm (compare.seeds).")] = None,
             baseline: Annotated[Optional[str], typer.Option("--baseline", help="The arm the others are compared "
                                                                              "with (default: the first).")] = None,
@@ -318,7 +319,7 @@ def compare(args: RecipeArgs = None,
 @app.command()
 def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e.g. runs/quickstart/filter")],
             as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
-    """Summarize a stage output: counts, lengths, finish reasons, rejection reasons."""
+    """Summarize a stage output: counts, lengths, finish reasons, rejection reasons, soft-label bytes per token."""
     import json
 
     from distillkit.inspect import summarize_output
@@ -333,6 +334,10 @@ def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e
         table.add_row(key, str(summary[key]))
     for key, value in summary["completion_tokens"].items():
         table.add_row(f"completion tokens {key}", str(value))
+    if summary.get("soft_labels"):
+        labels = summary["soft_labels"]
+        table.add_row("soft labels", f"top-{labels['k']}, {labels['format']}")
+        table.add_row("soft-label bytes per token", str(labels["bytes_per_token"]))
     for name in ("finish_reasons", "sources", "counts"):
         for key, value in summary[name].items():
             table.add_row(f"{name.replace('_', ' ')}: {key}", str(value))

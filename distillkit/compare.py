@@ -76,7 +76,9 @@ def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
     root = cfg.run_dir / "compare"
     out: dict[str, list[RecipeConfig]] = {}
     problems: list[str] = []
-    for arm, overrides in c.arms.items():
+    for arm in c.arm_order():
+        after = c.arms[arm].get("after")
+        overrides = {k: v for k, v in c.arms[arm].items() if k != "after"}
         upstream = [k for k in overrides if k.split(".")[0] in UPSTREAM]
         if c.train_only and upstream:
             problems.append(f"compare.arms.{arm}: overrides {upstream}, but compare.train_only is set (the arms "
@@ -84,10 +86,18 @@ def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
         if any(k.split(".")[0] in ("output_dir", "compare") for k in overrides) or "train.seed" in overrides:
             problems.append(f"compare.arms.{arm}: output_dir, train.seed and compare are set by compare itself")
             continue
+        if after is not None and "train.student.model" in overrides:
+            problems.append(f"compare.arms.{arm}: sets both `after` and train.student.model; `after: {after}` already "
+                            f"starts it from {after}'s trained student")
+            continue
         runs = []
         for seed in range(c.seeds):
+            # `after`: this seed starts from the other arm's student of the same seed (already cut to its layers)
+            start = [] if after is None else [f"train.student.model={json.dumps(str(_trained(root, after, seed)))}",
+                                              "train.student.keep_layers=null"]
             try:
                 data = apply_overrides(copy.deepcopy(base), [f"{k}={json.dumps(v)}" for k, v in overrides.items()]  # JSON is YAML
+                                       + start
                                        + [f"train.seed={seed}", f"output_dir={root / 'runs' / arm / f'seed-{seed}'}"])
                 runs.append(validate_recipe(data, source=f"compare.arms.{arm}"))
             except ConfigError as e:
@@ -97,6 +107,11 @@ def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return out
+
+
+def _trained(root: Path, arm: str, seed: int) -> Path:
+    """Where arm's student of `seed` is saved (a run's train/model)."""
+    return root / "runs" / arm / f"seed-{seed}" / "train" / "model"
 
 
 def _link_upstream(run: RecipeConfig, shared: Path) -> None:
@@ -167,6 +182,10 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
         _link_upstream(run, shared)
         _share_scores(run, shared, "in")
         finished = stage_is_done(run, "evaluate")
+        after = cfg.compare.arms[arm].get("after")
+        if not finished and after is not None and not stage_is_done(runs[after][seed], "train"):
+            raise DistillkitError(f"compare: arm {arm} seed {seed} starts from arm {after}'s student of seed {seed}, "
+                                  f"which has not finished training ({_trained(root, after, seed)}); rerun compare")
         if not finished:
             log.info("compare: %s seed %d (%d of %d runs)", arm, seed, done + 1, len(todo))
             run_pipeline(run)
@@ -185,7 +204,7 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
     from distillkit.evaluate.results import EvalResults
     from distillkit.evaluate.seeds import arm_interval, paired_interval
 
-    baseline = cfg.compare.baseline or next(iter(runs))
+    baseline = cfg.compare.baseline or next(iter(cfg.compare.arms))
     scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {}  # arm -> task -> seed -> question -> pass@1
     teacher: dict[str, dict[str, float]] = {}  # task -> question -> the teacher's pass@1
     reference: dict[str, dict[str, float]] = {}
@@ -209,7 +228,7 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
                     reference.setdefault(task, {})["constant answer"] = b.pass_at_1
     arms: dict[str, ArmResult] = {}
     warnings: list[str] = []
-    for arm in runs:
+    for arm in cfg.compare.arms:  # as the recipe lists them (runs are in dependency order)
         by_task = scores.get(arm, {})
         seeds_done = sorted({s for per_seed in by_task.values() for s in per_seed})
         result = ArmResult(overrides=cfg.compare.arms[arm], seeds_done=seeds_done)

@@ -34,6 +34,7 @@ from distillkit.errors import ConfigError, DistillkitError
 STAGES = ("generate", "filter", "score", "train", "evaluate", "publish")
 DEFAULT_STAGES = ("generate", "filter", "train", "evaluate", "publish")
 """`score` runs only when a recipe lists it (soft labels for traces that have none, or another teacher's)."""
+PACKED_MAX_K = 254  # distillkit.softlabels.codec.MAX_K: the sampled token's rank is a byte, k meaning "absent"
 
 # The user turn of the R1 evaluation protocol. "{problem}" is substituted with str.replace, so
 # literal braces such as \boxed{} need no escaping in recipes.
@@ -252,8 +253,20 @@ class GenerateConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     shard_size: PositiveInt = 64
     """Prompts per output shard; a killed run redoes at most one shard."""
+    soft_label_format: Literal["packed-v1", "fp16"] = "packed-v1"
+    """How the top-k soft labels are stored: packed-v1 (ids bit-packed, logprobs quantized: ~35 bytes per token at
+    k=20 instead of ~71, mean KL to the fp16 values ~3e-4 nats; distillkit/softlabels/codec.py) or fp16 (int32 ids +
+    fp16 logprobs, what distillkit wrote before). Readers take either."""
     prescreen: PrescreenConfig = Field(default_factory=PrescreenConfig)
     resample: ResampleConfig = Field(default_factory=ResampleConfig)
+
+    @model_validator(mode="after")
+    def _packed_width(self):
+        if self.soft_label_format == "packed-v1" and self.sampling.topk_logprobs > PACKED_MAX_K:
+            raise ValueError(f"sampling.topk_logprobs={self.sampling.topk_logprobs}: soft_label_format packed-v1 "
+                             f"stores at most {PACKED_MAX_K} candidates per token; lower it or set "
+                             "soft_label_format: fp16")
+        return self
 
 
 # ----------------------------------------------------------------------------------------- filter
@@ -514,8 +527,9 @@ class KDConfig(StrictModel):
     """Tokens per chunk of the memory-bounded loss (256 keeps the peak ~0.1x of full logits; BENCHMARKS.md)."""
     cross_tokenizer: bool = False
     """Stored top-k of a teacher with another tokenizer: student tokens covering exactly one teacher token's
-    bytes get its candidates mapped by spelling, the others CE only (distillkit.train.cross_tokenizer).
-    Explicit, not automatic: the labels become an approximation, and preflight reports how good."""
+    bytes get its candidates mapped by spelling, the others a label chained from the teacher's rows along their
+    bytes (distillkit.train.cross_tokenizer). Explicit, not automatic: the labels become an approximation, and
+    preflight reports how good."""
 
     @model_validator(mode="after")
     def _cross_tokenizer_is_stored(self):
@@ -839,6 +853,8 @@ class ScoreConfig(StrictModel):
     forces it), so an R1 template that opens the think block itself does not see it twice."""
     topk: PositiveInt = Field(20, le=1024)
     """Candidates kept per token (k of the stored soft labels)."""
+    soft_label_format: Literal["packed-v1", "fp16"] = "packed-v1"
+    """How the soft labels are stored, as `generate.soft_label_format` (packed-v1 holds k <= 254)."""
     shard_size: PositiveInt = 256
     """Records per output shard; a killed run redoes at most one shard."""
     limit: Optional[PositiveInt] = None
@@ -852,13 +868,22 @@ class ScoreConfig(StrictModel):
                              "score.teacher.backend to one of them")
         return teacher
 
+    @model_validator(mode="after")
+    def _packed_width(self):
+        if self.soft_label_format == "packed-v1" and self.topk > PACKED_MAX_K:
+            raise ValueError(f"topk={self.topk}: soft_label_format packed-v1 stores at most {PACKED_MAX_K} candidates "
+                             "per token; lower it or set soft_label_format: fp16")
+        return self
+
 
 class CompareConfig(StrictModel):
     """`distillkit compare`: the recipe trained as several arms x training seeds, each arm's student scored on the
     same questions, with intervals that include seed-to-seed variance (distillkit/compare.py)."""
 
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Arm name -> dotted overrides of this recipe, e.g. {sft: {train.kd.enabled: false}, kd: {}}."""
+    """Arm name -> dotted overrides of this recipe, e.g. {sft: {train.kd.enabled: false}, kd: {}}. The key `after:
+    ARM` starts each seed's training from that arm's trained student of the same seed (SFT, then on-policy
+    distillation: {onpolicy: {after: sft, train.on_policy.enabled: true, ...}}); that arm runs first."""
     baseline: Optional[str] = None
     """The arm every other one is compared with (paired by seed and question); default: the first."""
     seeds: PositiveInt = 3
@@ -879,7 +904,31 @@ class CompareConfig(StrictModel):
     def _baseline_is_an_arm(self):
         if self.baseline is not None and self.arms and self.baseline not in self.arms:
             raise ValueError(f"baseline: {self.baseline!r} is not one of the arms {list(self.arms)}")
+        for arm, overrides in self.arms.items():
+            seen, at = [arm], overrides.get("after")
+            while at is not None:
+                if at not in self.arms:
+                    raise ValueError(f"arms.{arm}.after: {at!r} is not one of the arms {list(self.arms)}")
+                if at in seen:
+                    raise ValueError(f"arms.{arm}.after: the arms start from each other in a circle "
+                                     f"({' -> '.join(seen + [at])}); one of them must start from the recipe's student")
+                seen.append(at)
+                at = self.arms[at].get("after")
         return self
+
+    def arm_order(self) -> list[str]:
+        """The arms in an order where each runs after the arm it starts from (`after`), otherwise as written."""
+        order: list[str] = []
+
+        def visit(arm: str) -> None:
+            if arm not in order:
+                if (first := self.arms[arm].get("after")) is not None:
+                    visit(first)
+                order.append(arm)
+
+        for arm in self.arms:
+            visit(arm)
+        return order
 
 
 class RecipeConfig(StrictModel):

@@ -47,6 +47,50 @@ def test_arms_are_validated_together_with_the_key_and_the_fix(tmp_path, tiny_qwe
     assert runs["kd"][1].run_dir == tmp_path / "run" / "compare" / "runs" / "kd" / "seed-1"
 
 
+def test_an_arm_can_start_from_another_arms_student_of_the_same_seed(tmp_path, tiny_qwen2, tiny_llama, monkeypatch):
+    """SFT, then on-policy: `after: sft` trains each seed from sft's student of that seed, so sft runs first."""
+    cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, seeds=2,
+                 arms={"onpolicy": {"after": "sft", "train.learning_rate": 1e-5}, "sft": {}})
+    assert cfg.compare.arm_order() == ["sft", "onpolicy"]
+    runs = arm_configs(cfg)
+    assert list(runs) == ["sft", "onpolicy"]
+    for seed, run in enumerate(runs["onpolicy"]):
+        assert run.train.student.model == str(runs["sft"][seed].stage_dir("train") / "model")
+        assert run.train.student.keep_layers is None and run.train.learning_rate == 1e-5
+    with pytest.raises(Exception, match=r"circle \(a -> b -> a\)"):
+        recipe(tmp_path, tiny_qwen2, tiny_llama, arms={"a": {"after": "b"}, "b": {"after": "a"}})
+    with pytest.raises(Exception, match="arms.a.after: 'zz' is not one of the arms"):
+        recipe(tmp_path, tiny_qwen2, tiny_llama, arms={"a": {"after": "zz"}})
+    with pytest.raises(ConfigError, match="sets both `after` and train.student.model"):
+        arm_configs(recipe(tmp_path, tiny_qwen2, tiny_llama,
+                           arms={"a": {}, "b": {"after": "a", "train.student.model": str(tiny_llama)}}))
+    # the dependent arm does not start before its source seed has trained (here nothing trains at all)
+    import distillkit.pipeline
+
+    monkeypatch.setattr(distillkit.pipeline, "run_pipeline", lambda run, *a, **k: None)
+    with pytest.raises(DistillkitError, match="starts from arm sft's student of seed 0, which has not finished"):
+        run_compare(cfg)
+
+
+@pytest.mark.slow
+def test_an_after_arm_trains_on_from_the_other_arms_weights(tmp_path, tiny_qwen2, tiny_llama):
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, seeds=1,
+                 arms={"first": {}, "then": {"after": "first", "train.learning_rate": 1e-12}})
+    results = run_compare(cfg)
+    assert results.arms["then"].seeds_done == [0]
+    runs = cfg.run_dir / "compare" / "runs"
+    first = load_file(runs / "first" / "seed-0" / "train" / "model" / "model.safetensors")
+    then = load_file(runs / "then" / "seed-0" / "train" / "model" / "model.safetensors")
+    untrained = load_file(runs / "first" / "seed-0" / "train" / "student_init" / "model.safetensors")
+    name = next(k for k in first if "layers.0.mlp" in k)
+    # a learning rate of 1e-12 leaves the weights it started from: first's trained ones, not the untrained init
+    assert torch.allclose(then[name], first[name], atol=1e-6)
+    assert not torch.allclose(first[name], untrained[name], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_two_arms_two_seeds_share_generation_and_reference_scores_and_resume(tmp_path, tiny_qwen2, tiny_llama,
                                                                             monkeypatch):
