@@ -155,22 +155,25 @@ def test_compare_needs_the_evaluate_stage(tmp_path, tiny_qwen2, tiny_llama):
 
 @pytest.mark.slow
 def test_compare_on_the_real_smollm2_through_the_cli(tmp_path):
-    """The quickstart, shrunk: 2 arms x 2 seeds on the real SmolLM2 teacher (vLLM) and student, lm-eval scoring."""
+    """The CPU lab recipe as shipped (its arms: sft, kd), shrunk: 2 seeds on the real SmolLM2 teacher (vLLM) and
+    student, lm-eval scoring on both held-out sets (in-template and unseen phrasings)."""
     import subprocess
     import sys
+    from pathlib import Path
 
     pytest.importorskip("vllm")
-    run_dir = tmp_path / "qs"
+    run_dir = tmp_path / "lab"
+    lab = Path(__file__).resolve().parents[1] / "recipes" / "lab" / "sft_vs_kd.yaml"
     res = subprocess.run(
-        [sys.executable, "-m", "distillkit", "compare", "quickstart", f"output_dir={run_dir}",
+        [sys.executable, "-m", "distillkit", "compare", str(lab), f"output_dir={run_dir}",
          "generate.prompts.builtin_args.num=8", "generate.sampling.n=4", "generate.sampling.max_tokens=48",
          "train.num_train_epochs=1", "train.student.keep_layers=first:4", "evaluate.limit=3",
-         "evaluate.num_samples=1", "evaluate.max_gen_toks=24", "evaluate.backend=hf", "stages=[generate,filter,train,evaluate]",
-         "--arm", "sft train.kd.enabled=false", "--arm", "kd", "--seeds", "2"],
+         "evaluate.num_samples=1", "evaluate.max_gen_toks=24", "evaluate.backend=hf", "--seeds", "2"],
         capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "compare: 4/4 runs done" in res.stdout and "| kd |" in res.stdout and "Traceback" not in res.stderr
     results = json.loads((run_dir / "compare" / "results.json").read_text())
     kd = results["arms"]["kd"]
-    assert results["baseline"] == "sft" and kd["seeds_done"] == [0, 1] and "distillkit_arith" in kd["vs_baseline"]
+    assert results["baseline"] == "sft" and kd["seeds_done"] == [0, 1]
+    assert set(kd["vs_baseline"]) == set(kd["vs_teacher"]) == {"distillkit_arith_lab", "distillkit_arith_unseen"}
     assert len(list((run_dir / "compare" / "shared").glob("generate-*"))) == 1  # one teacher generation

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 rt = pytest.importorskip("distillkit.testing.real_tokenizers")
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+# The size recipes (the lab's run on their real models in tests/test_compare.py).
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if not {"accelerate", "lab"} & set(p.parts))
 # The recipe's teacher when this machine has its tokenizer; DeepSeek-R1's own (129k vocabulary) ships in
 # no package, so the 70B recipe's served teacher uses R1-Distill-Qwen's tokenizer: another BPE than the
 # Llama student's, which is the point of that recipe (SFT only).
