@@ -25,7 +25,8 @@ directly (no re-tokenization drift). When they do not, the completion text is re
 student's tokenizer (SFT still works) and top-k KD is refused with a `DistillkitError` unless
 `train.kd.cross_tokenizer` is set: then the teacher's rows are moved onto the student's tokens by
 `distillkit.train.cross_tokenizer` (student tokens spanning exactly one teacher token's bytes get its
-candidates mapped by spelling, the rest CE only), and `info["cross_tokenizer"]` reports how much was kept.
+candidates mapped by spelling, the others a label chained along their span), and `info["cross_tokenizer"]`
+reports how much was kept.
 """
 
 from __future__ import annotations

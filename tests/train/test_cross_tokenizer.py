@@ -190,17 +190,30 @@ def test_tail_and_drop_rules(llama, qwen):
     assert sorted(drop_ids[0].tolist()) == [-1, tid(qwen, "1")] and math.isclose(stats.mass_dropped, 0.5)
 
 
-def test_soft_labels_place_rows_at_matched_student_positions(qwen_to_llama, qwen, llama):
+def test_soft_labels_place_rows_at_matched_student_positions(qwen, llama):
     text = " 12345 + 7"
     t, s = ids(qwen, text), ids(llama, text)
     k = 3
     topk = np.array([[i, 0, 0] for i in t])  # the teacher's own token first, then "!" twice (merged)
     lp = np.log(np.array([[0.6, 0.2, 0.1]] * len(t)))
-    out = qwen_to_llama.soft_labels(t, topk, lp, s)
-    assert out.mask.tolist() == [1, 0, 0, 1, 1, 1]  # " ", "123", "45", " +", " ", "7" (see the numbers test)
-    assert out.ids[3].tolist() == [tid(llama, "!"), tid(llama, "Ġ+"), 0]  # sorted by student id; "!" merged
-    assert np.allclose(np.exp(out.logprobs[3, :2]), [0.3, 0.6]) and out.logprobs[3, 2] == -np.inf
-    assert out.ids.shape == (len(s), k) and out.stats.num_labelled == 4 and out.stats.num_positions == 6
+    one_to_one = CrossTokenizerMap(qwen, llama, use_spans=False).soft_labels(t, topk, lp, s)
+    assert one_to_one.mask.tolist() == [1, 0, 0, 1, 1, 1]  # " ", "123", "45", " +", " ", "7" (see the numbers test)
+    assert one_to_one.ids[3].tolist() == [tid(llama, "!"), tid(llama, "Ġ+"), 0]  # sorted by student id; "!" merged
+    assert np.allclose(np.exp(one_to_one.logprobs[3, :2]), [0.3, 0.6]) and one_to_one.logprobs[3, 2] == -np.inf
+    assert one_to_one.ids.shape == (len(s), k) and one_to_one.stats.num_labelled == 4
+    assert one_to_one.stats.num_positions == 6
+    # With span labels (the default) "123" and "45" get one too; the one-to-one rows stay exactly as they were.
+    out = CrossTokenizerMap(qwen, llama).soft_labels(t, topk, lp, s)
+    assert out.mask.tolist() == [1] * 6 and out.stats.num_labelled == 6 and out.stats.num_span_labelled == 2
+    same = [0, 3, 4, 5]
+    assert (out.ids[same] == one_to_one.ids[same]).all() and (out.logprobs[same] == one_to_one.logprobs[same]).all()
+    # "123" is Qwen's "1", "2", "3": its own token chains .6^3 = .216; "!" (.2 + .1) at each row is another text:
+    # "!" (.3, row "1"), "1!" (.6 * .3 = .18: Llama starts it with "1"), "12!" (.6^2 * .3 = .108: "12"). k = 3
+    # keeps the three most probable ids, so "12" goes to the tail bucket.
+    got = {llama.convert_ids_to_tokens(int(i)): math.exp(x) for i, x in zip(out.ids[1], out.logprobs[1]) if x > -np.inf}
+    assert got.keys() == {"123", "!", "1"} and math.isclose(got["123"], 0.6 ** 3, rel_tol=1e-6)
+    assert math.isclose(got["!"], 0.3, rel_tol=1e-6) and math.isclose(got["1"], 0.6 * 0.3, rel_tol=1e-6)
+    assert out.stats.num_span_ids_cut == 1  # "45" (own .36, "!" .3, "4" .18) fits in k
 
 
 def test_real_vocabulary_sizes_stay_linear(qwen, llama):
@@ -215,6 +228,149 @@ def test_real_vocabulary_sizes_stay_linear(qwen, llama):
     assert out_ids.shape == (16384, 20) and stats.num_candidates == rows.size
     # every candidate either maps (exactly or by its first token) or is a special / undecodable byte piece
     assert 0.9 < (stats.mass_exact + stats.mass_first) / stats.teacher_mass <= 1.0
+
+
+# ----------------------------------------------------------------------------------------- span labels
+
+
+def rows_for(m, teacher, text, table, k=8, own=0.9):
+    """The teacher's ids of `text` and (T, k) rows: table[i] lists (piece, probability) for teacher token i (a
+    piece is a token string, or an id); other tokens get their own token at `own`. Unused slots: id 0, -inf."""
+    t = ids(teacher, text)
+    topk, lp = np.zeros((len(t), k), dtype=np.int64), np.full((len(t), k), -np.inf)
+    for i, x in enumerate(t):
+        cands = table.get(i, [(x, own)])
+        for c, (piece, p) in enumerate(cands):
+            topk[i, c], lp[i, c] = (piece if isinstance(piece, (int, np.integer)) else tid(teacher, piece)), math.log(p)
+    return t, topk, lp
+
+
+def label_of(out, j, student):
+    """{student piece: probability} of student position j."""
+    return {student.convert_ids_to_tokens(int(i)): math.exp(x) for i, x in zip(out.ids[j], out.logprobs[j])
+            if x > -np.inf}
+
+
+def test_span_label_of_a_number_chains_the_teachers_digits(qwen_to_llama, qwen, llama):
+    # " = 156.": Qwen " =", " ", "1", "5", "6", "."; Llama " =", " ", "156", ".". The rows of Qwen's digits:
+    t, topk, lp = rows_for(qwen_to_llama, qwen, " = 156.", {
+        2: [("1", 0.5), ("2", 0.3), ("Ġ", 0.08)],
+        3: [("5", 0.6), ("0", 0.2), (".", 0.1)],
+        4: [("6", 0.7), ("7", 0.2), (qwen.eos_token_id, 0.05)]})
+    s = ids(llama, " = 156.")
+    assert llama.convert_ids_to_tokens(s) == ["Ġ=", "Ġ", "156", "."]
+    out = qwen_to_llama.soft_labels(t, topk, lp, s)
+    assert out.mask.tolist() == [1, 1, 1, 1]
+    # By hand: "156" = p(1) p(5|1) p(6|15) = .5 * .6 * .7. The other texts the teacher could have written, each
+    # with the path's probability up to its row, go to the Llama token they start with:
+    #   row "1": "2" -> "2" (.3), " " -> " " (.08)
+    #   row "5": "10" -> "10" (.5 * .2), "1." -> "1" (.5 * .1: Llama has no "1.", it writes "1" then ".")
+    #   row "6": "157" -> "157" (.5 * .6 * .2), "15" + EOS -> "15" (.5 * .6 * .05: the text stops after "15")
+    assert label_of(out, 2, llama) == pytest.approx({"156": 0.5 * 0.6 * 0.7, "2": 0.3, "Ġ": 0.08, "10": 0.5 * 0.2,
+                                                     "1": 0.5 * 0.1, "157": 0.5 * 0.6 * 0.2, "15": 0.5 * 0.6 * 0.05})
+    assert out.stats.num_span_labelled == 1 and math.isclose(out.stats.span_own_mass, 0.21)
+    # one-to-one rows are untouched: " =" keeps its row
+    assert label_of(out, 0, llama) == pytest.approx({"Ġ=": 0.9})
+
+
+def test_span_labels_of_digits_inside_a_teachers_number(llama_to_qwen, llama, qwen):
+    # Reverse direction: Llama's "156" is one token, Qwen writes "1", "5", "6". Llama's row at "156":
+    t, topk, lp = rows_for(llama_to_qwen, llama, " = 156.", {2: [
+        ("156", 0.5), ("157", 0.2), ("15", 0.1), ("1", 0.05), ("2", 0.1), (llama.eos_token_id, 0.02)]})
+    s = ids(qwen, " = 156.")
+    out = llama_to_qwen.soft_labels(t, topk, lp, s)
+    assert qwen.convert_ids_to_tokens(s)[2:5] == ["1", "5", "6"] and out.mask.tolist() == [1] * 6
+    # "1" starts where "156" starts: the row maps as a one-to-one row would, each candidate to its first Qwen
+    # token: "156", "157", "15", "1" -> "1" (.85), "2" -> "2", EOS -> EOS.
+    assert label_of(out, 2, qwen) == pytest.approx({"1": 0.85, "2": 0.1, "<｜end▁of▁sentence｜>": 0.02})
+    # "5": the row conditioned on "1" already written: "156", "157", "15" and "1" agree with it (Z = .85); the
+    # rest after "1" is "56", "57", "5" -> Qwen "5"; "1" itself leaves nothing known (tail).
+    assert label_of(out, 3, qwen) == pytest.approx({"5": 0.8 / 0.85})
+    # "6": conditioned on "15" (the same Z: "1" is a prefix of it, so it agrees): "156" -> "6", "157" -> "7".
+    assert label_of(out, 4, qwen) == pytest.approx({"6": 0.5 / 0.85, "7": 0.2 / 0.85})
+
+
+def test_span_labels_of_a_latex_command_cut_differently(qwen_to_smol, qwen, smol):
+    # "$2\times 3$": Qwen "$", "2", "\t", "imes", " ", "3", "$"; SmolLM2 "$", "2", "\", "times", " ", "3", "$".
+    text = "$2\\times 3$"
+    t, topk, lp = rows_for(qwen_to_smol, qwen, text, {
+        2: [("\\t", 0.6), ("\\", 0.25), ("x", 0.1)],
+        3: [("imes", 0.9), ("o", 0.05)]})
+    s = ids(smol, text)
+    assert smol.convert_ids_to_tokens(s) == ["$", "2", "\\", "times", "Ġ", "3", "$"]
+    out = qwen_to_smol.soft_labels(t, topk, lp, s)
+    assert out.mask.tolist() == [1] * 7
+    # "\" starts where "\t" starts: own "\t" (.6) and the candidate "\" (.25) both begin with SmolLM2's "\".
+    assert label_of(out, 2, smol) == pytest.approx({"\\": 0.85, "x": 0.1})
+    # "times" starts one byte into "\t" and ends where "imes" ends. Row "\t" conditioned on "\" written:
+    # "\t" and "\" agree (Z = .85), "x" does not. Own: (.6 / .85) * p(imes) = (.6 / .85) * .9;
+    # row "imes"'s "o" is the text "to" (SmolLM2 "to"): (.6 / .85) * .05; "\" leaves nothing known (tail).
+    assert label_of(out, 3, smol) == pytest.approx({"times": 0.6 / 0.85 * 0.9, "to": 0.6 / 0.85 * 0.05})
+
+
+def test_span_labels_of_a_chinese_span(qwen_to_llama, qwen, llama):
+    # "首先，我们": Qwen "首先", "，", "我们"; Llama "首", "先", "，我们" (one token over two of Qwen's).
+    text = "首先，我们"
+    t, topk, lp = rows_for(qwen_to_llama, qwen, text, {
+        0: [("é¦ĸåħĪ", 0.6), ("é¦ĸ", 0.1), ("æīĢä»¥", 0.2)],  # 首先 .6, 首 .1, 所以 .2
+        1: [("ï¼Į", 0.7), ("ãĢĤ", 0.2)],  # ， .7, 。 .2
+        2: [("æĪĳä»¬", 0.8), ("æīĢä»¥", 0.1)]})  # 我们 .8, 所以 .1
+    s = ids(llama, text)
+    assert [llama.decode([x]) for x in s] == ["首", "先", "，我们"]
+    out = qwen_to_llama.soft_labels(t, topk, lp, s)
+    assert out.mask.tolist() == [1, 1, 1]
+    # "首": own "首先" (.6) + the candidate "首" (.1) both start with Llama's "首"; "所以" is Llama's "所以".
+    assert label_of(out, 0, llama) == pytest.approx({"é¦ĸ": 0.7, "æīĢä»¥": 0.2})
+    # "先": conditioned on "首" written: "首先" and "首" agree (Z = .7); own .6 / .7; "首" leaves nothing known.
+    assert label_of(out, 1, llama) == pytest.approx({"åħĪ": 0.6 / 0.7})
+    # "，我们" = p(，) p(我们) = .7 * .8; "。" at row "，" -> Llama "。" (.2); "所以" at row "我们" is the text
+    # "，所以", one Llama token (.7 * .1).
+    assert label_of(out, 2, llama) == pytest.approx({"ï¼ĮæĪĳä»¬": 0.7 * 0.8, "ãĢĤ": 0.2, "ï¼ĮæīĢä»¥": 0.7 * 0.1})
+
+
+def test_sampled_token_outside_the_top_k_ends_the_chain(qwen_to_llama, qwen, llama):
+    # Row "5" of " = 156." lacks the sampled "5": p(5|1) is unknown, so "156" gets no chained probability (tail)
+    # and row "6" (after the unknown factor) adds nothing; rows "1" and "5" still give their alternatives.
+    t, topk, lp = rows_for(qwen_to_llama, qwen, " = 156.", {
+        2: [("1", 0.5), ("2", 0.3)], 3: [("0", 0.2), ("9", 0.1)], 4: [("6", 0.7), ("7", 0.2)]})
+    out = qwen_to_llama.soft_labels(t, topk, lp, ids(llama, " = 156."))
+    assert label_of(out, 2, llama) == pytest.approx({"2": 0.3, "10": 0.5 * 0.2, "19": 0.5 * 0.1})
+    assert out.stats.num_span_own_unknown == 1 and out.stats.span_own_mass == 0.0
+
+
+def test_r1_style_text_is_labelled_on_97_percent_of_positions(qwen, llama, qwen_to_llama, llama_to_qwen):
+    # Math with LaTeX and multi-digit numbers, Chinese, code: one-to-one rows alone leave the numbers (and some
+    # Chinese and code) unlabelled; span labels cover every student token of the shared text.
+    text = ("<think>\nOkay, 首先我们计算 $12 \\times 13 = 156$，然后 $156 + 2024 = 2180$。\n\n```python\n"
+            "def f(n):\n    return sum(i * i for i in range(1, n + 1))  # 1^2 + ... + n^2\n```\n"
+            "So f(10) = 385 and 10**9 + 7 = 1000000007.\n</think>\n\n**答案**: $\\boxed{2180}$")
+    for teacher, student, m in [(qwen, llama, qwen_to_llama), (llama, qwen, llama_to_qwen)]:
+        t, s = ids(teacher, text), ids(student, text)
+        rows, lp = np.array([[i] for i in t]), np.zeros((len(t), 1))
+        after = m.soft_labels(t, rows, lp, s).mask
+        m.use_spans = False  # the same map with one-to-one labels only
+        try:
+            before = m.soft_labels(t, rows, lp, s).mask
+        finally:
+            m.use_spans = True
+        digits = np.array([any(ch.isdigit() for ch in student.decode([x])) for x in s])
+        assert before.mean() < 0.97 and before[digits].mean() < 0.8  # multi-digit numbers: no one-to-one match
+        assert after.mean() >= 0.97 and after[digits].all()
+
+
+def test_byte_hashes_are_substring_hashes():
+    from distillkit.train.cross_tokenizer import _ByteHashes, _powers
+
+    data = b"\x00ab\x00ab c\xe4\xb8\xad"
+    h = _ByteHashes(data)
+    pairs = [(i, j) for i in range(len(data) + 1) for j in range(i, len(data) + 1)]
+    hashes = {}
+    for (i, j), x in zip(pairs, h.sub([p[0] for p in pairs], [p[1] for p in pairs]).tolist()):
+        hashes.setdefault(data[i:j], set()).add(x)
+    # one hash per distinct substring ("\x00ab" twice, "" at every offset), distinct substrings distinct hashes
+    assert all(len(v) == 1 for v in hashes.values()) and len({next(iter(v)) for v in hashes.values()}) == len(hashes)
+    pw, _ = _powers(8)  # h(x + y) = h(x) B**len(y) + h(y), mod 2**64 (uint64 arrays wrap)
+    assert (h.sub([0], [5]) == h.sub([0], [2]) * pw[3:4] + h.sub([2], [5])).all()
 
 
 # ----------------------------------------------------------------------------------------- training data
@@ -256,12 +412,24 @@ def test_train_data_maps_rows_onto_the_students_tokens(qwen, smol, tmp_path):
     start = ex["input_ids"].index(body[0], len(ex["input_ids"]) - len(body) - 2)  # after the prompt and prefill
     assert ex["input_ids"][start:start + len(body)] == body
     # SmolLM2: "so", "</", "think", ">", "\n", "\n", "The", " answer", " is", " ", "7", "." against Qwen's
-    # "so", "</think>", "\n\n", "The", " answer", " is", " ", "7", ".": every token but the four pieces of
-    # "</think>" and the two newlines covers one Qwen token. Then the EOS (<|im_end|>) with the teacher's EOS row.
+    # "so", "</think>", "\n\n", "The", " answer", " is", " ", "7", ".": every token but the three pieces of
+    # "</think>" and the two newlines covers one Qwen token; those five get span labels (below). Then the EOS
+    # (<|im_end|>) with the teacher's EOS row.
     assert [smol.decode([x]) for x in body] == ["so", "</", "think", ">", "\n", "\n", "The", " answer", " is", " ", "7", "."]
-    assert ex["kd_mask"][start:start + len(body) + 1] == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
-    assert sum(ex["kd_mask"]) == 8  # 7 completion tokens and the EOS; nothing in the prompt, the prefill or the template's trailing newline
+    assert ex["kd_mask"][start:start + len(body) + 1] == [1] * 13
+    assert sum(ex["kd_mask"]) == 13  # 12 completion tokens and the EOS; nothing in the prompt, the prefill or the template's trailing newline
     eos, bang = smol.eos_token_id, tid(smol, "!")
+
+    def label(i):
+        row = zip(ex["kd_ids"][start + i], ex["kd_logprobs"][start + i])
+        return {x: math.exp(lp) for x, lp in row if lp > -math.inf}
+
+    # "</" starts where Qwen's "</think>" starts: that row's own token (.7) goes to "</", its EOS (.2) and "!" (.05)
+    # as on a one-to-one row. "think" and ">" are inside "</think>": the row conditioned on the bytes already
+    # written keeps only "</think>" (EOS is not text, "!" contradicts "</"), so the own token has 1.
+    assert label(1) == pytest.approx({body[1]: 0.7, eos: 0.2, bang: 0.05})
+    assert label(2) == pytest.approx({body[2]: 1.0}) and label(3) == pytest.approx({body[3]: 1.0})
+    assert label(4) == pytest.approx({body[4]: 0.7, eos: 0.2, bang: 0.05}) and label(5) == pytest.approx({body[5]: 1.0})
     # Each labelled row: the student's own token (.7), its EOS (.2, from the teacher's EOS) and "!" (.05),
     # in ascending student id.
     the = start + 6
@@ -271,9 +439,10 @@ def test_train_data_maps_rows_onto_the_students_tokens(qwen, smol, tmp_path):
     at_eos = start + len(body)
     assert ex["input_ids"][at_eos] == eos and sorted(ex["kd_ids"][at_eos]) == sorted([eos, bang, 0])
     figures = info["cross_tokenizer"]
-    # 13 student positions (12 completion tokens + EOS), 8 labelled; all of the top-3 mass maps
-    assert figures["num_positions"] == 13 and figures["num_labelled"] == 8
-    assert figures["share_topk_mass_mapped"] == 1.0 and info["num_kd_tokens"] == 8
+    # 13 student positions (12 completion tokens + EOS), all labelled, 5 from spans; all of the top-3 mass maps
+    assert figures["num_positions"] == 13 and figures["num_labelled"] == 13
+    assert figures["share_positions_span"] == 0.3846
+    assert figures["share_topk_mass_mapped"] == 1.0 and info["num_kd_tokens"] == 13
 
 
 def test_preflight_measures_the_stored_traces(qwen, smol, tmp_path):
@@ -287,8 +456,8 @@ def test_preflight_measures_the_stored_traces(qwen, smol, tmp_path):
     assert before.severity == "ok" and "sample trace (no traces yet)" in before.message
     write_shard(cfg.stage_dir("filter"), 0, qwen_records(qwen, ["so</think>\n\nThe answer is 7."]), record_features(3))
     after = check_cross_tokenizer(cfg, qwen, smol, "pair")
-    # the training-data test's trace without its EOS: 7 of 12 SmolLM2 tokens, all of the top-3 mass
-    assert "on 1 traces" in after.message and "58.3% of student positions" in after.message
+    # the training-data test's trace without its EOS: all 12 SmolLM2 tokens (5 from spans), all of the top-3 mass
+    assert "on 1 traces" in after.message and "100.0% of student positions" in after.message
     assert "100.0% of the teacher's top-k mass" in after.message and after.severity == "ok"
 
 
