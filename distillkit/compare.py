@@ -51,6 +51,9 @@ class ArmResult(_Schema):
     """task -> the arm's student_after pass@1 over seeds and questions."""
     vs_baseline: dict[str, Interval] = Field(default_factory=dict)
     """task -> this arm minus the baseline arm, paired by seed and question (absent for the baseline itself)."""
+    seeds_needed: dict[str, Optional[int]] = Field(default_factory=dict)
+    """task -> training seeds that would bring vs_baseline's interval to compare.target_half_width on the same
+    questions (None: more than 100, or out of reach with these questions)."""
     vs_teacher: dict[str, Interval] = Field(default_factory=dict)
     """task -> this arm's students minus the teacher, paired by question (the teacher is one model: each seed's
     student is paired with it); present where the teacher was evaluated."""
@@ -59,6 +62,7 @@ class ArmResult(_Schema):
 class CompareResults(_Schema):
     baseline: str
     seeds: int
+    target_half_width: float = 0.03
     num_samples: int
     arms: dict[str, ArmResult]
     reference: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -202,7 +206,7 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
 def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareResults:
     """The table of every finished run: student_after per (arm, seed, question), intervals, references."""
     from distillkit.evaluate.results import EvalResults
-    from distillkit.evaluate.seeds import arm_interval, paired_interval
+    from distillkit.evaluate.seeds import arm_interval, paired_interval, paired_table, seeds_needed
 
     baseline = cfg.compare.baseline or next(iter(cfg.compare.arms))
     scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {}  # arm -> task -> seed -> question -> pass@1
@@ -238,6 +242,9 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
             if arm != baseline and base:
                 try:
                     result.vs_baseline[task] = paired_interval(per_seed, base)
+                    if len(per_seed) > 1:
+                        result.seeds_needed[task] = seeds_needed(paired_table(per_seed, base),
+                                                                 cfg.compare.target_half_width)
                 except ValueError as e:
                     warnings.append(f"{arm} vs {baseline} on {task}: {e}")
             if task in teacher:
@@ -251,8 +258,8 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
         arms[arm] = result
     if cfg.compare.seeds == 1:
         warnings.append("one training seed: the intervals include no seed-to-seed variance")
-    return CompareResults(baseline=baseline, seeds=cfg.compare.seeds, num_samples=num_samples, arms=arms,
-                          reference=reference, warnings=warnings)
+    return CompareResults(baseline=baseline, seeds=cfg.compare.seeds, target_half_width=cfg.compare.target_half_width,
+                          num_samples=num_samples, arms=arms, reference=reference, warnings=warnings)
 
 
 def comparison_markdown(results: CompareResults) -> str:
@@ -272,6 +279,10 @@ def comparison_markdown(results: CompareResults) -> str:
             diff = "(baseline)" if arm == results.baseline else d.text(signed=True) if d else "–"
             if d is not None and d.low <= 0 <= d.high:
                 diff += " (no effect measurable)"
+            if task in r.seeds_needed and d is not None and d.half_width > results.target_half_width:
+                n = r.seeds_needed[task]
+                diff += (f"; ±{100 * results.target_half_width:.0f} needs {n} seeds" if n else
+                         f"; ±{100 * results.target_half_width:.0f} out of reach on these questions")
             t = r.vs_teacher.get(task)
             vs_teacher = t.text(signed=True) if t else "–"
             per_seed = ", ".join(f"{100 * v:.1f}" for v in iv.per_seed) if iv else "–"

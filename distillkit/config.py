@@ -891,6 +891,9 @@ class CompareConfig(StrictModel):
     train_only: bool = False
     """The arms differ in training only: an arm overriding a generate/filter/score key is refused (they would no
     longer share one teacher generation)."""
+    target_half_width: float = Field(0.03, gt=0, lt=1)
+    """The half-width (pass@1 as a fraction: 0.03 = 3 points) a difference between arms should be measured to;
+    comparison.md says how many training seeds would reach it on the same questions (seeds.seeds_needed)."""
 
     @field_validator("arms")
     @classmethod

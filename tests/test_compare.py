@@ -131,6 +131,7 @@ def test_two_arms_two_seeds_share_generation_and_reference_scores_and_resume(tmp
     assert iv.seeds == 2 and iv.questions == 3 and len(iv.per_seed) == 2 and iv.seed_variance_included
     assert "sft" not in [k for k, v in results.arms.items() if v.vs_baseline]  # the baseline has no difference
     assert set(results.reference["distillkit_arith"]) >= {"teacher", "student_before"}
+    assert set(lr.seeds_needed) == {"distillkit_arith"}  # how many seeds the difference would need for +-3 points
     # student minus teacher, paired by question: the same questions, so the means subtract exactly
     vs_teacher = lr.vs_teacher["distillkit_arith"]
     assert vs_teacher.mean == pytest.approx(iv.mean - results.reference["distillkit_arith"]["teacher"])

@@ -60,10 +60,8 @@ def t_quantile(df: float, p: float = 0.975) -> float:
     return float(stats.norm.ppf(p) if math.isinf(df) else stats.t.ppf(p, df))
 
 
-def crossed_interval(table: list[list[float]], level: float = 0.95) -> Interval:
-    """Mean of `table[seed][question]` and its `level` interval with seed and question variance (see the module).
-
-    Every row must score the same questions in the same order (a rectangular table)."""
+def _mean_squares(table: list[list[float]]) -> tuple[int, int, float, list[float], float, float, float]:
+    """(S, Q, grand mean, seed means, MS_seed, MS_question, MS_residual) of a rectangular seeds x questions table."""
     S = len(table)
     Q = len(table[0]) if S else 0
     if S == 0 or Q == 0 or any(len(row) != Q for row in table):
@@ -71,27 +69,58 @@ def crossed_interval(table: list[list[float]], level: float = 0.95) -> Interval:
     grand = sum(map(sum, table)) / (S * Q)
     row_means = [sum(row) / Q for row in table]
     col_means = [sum(table[s][q] for s in range(S)) / S for q in range(Q)]
-    p = 1 - (1 - level) / 2
-    if S == 1:  # question variance only
-        ss_q = sum((c - grand) ** 2 for c in col_means)
-        var = ss_q / (Q - 1) / Q if Q > 1 else math.nan
-        df = Q - 1
-        half = t_quantile(df, p) * math.sqrt(var) if Q > 1 else math.nan
-        return Interval.around(grand, half, df=df, seeds=S, questions=Q, seed_variance_included=False,
-                               per_seed=tuple(row_means))
-    ms_seed = Q * sum((r - grand) ** 2 for r in row_means) / (S - 1)
+    ms_seed = Q * sum((r - grand) ** 2 for r in row_means) / (S - 1) if S > 1 else math.nan
     ms_q = S * sum((c - grand) ** 2 for c in col_means) / (Q - 1) if Q > 1 else 0.0
     resid = sum((table[s][q] - row_means[s] - col_means[q] + grand) ** 2 for s in range(S) for q in range(Q))
-    ms_e = resid / ((S - 1) * (Q - 1)) if Q > 1 else 0.0
+    ms_e = resid / ((S - 1) * (Q - 1)) if S > 1 and Q > 1 else 0.0
+    return S, Q, grand, row_means, ms_seed, ms_q, ms_e
+
+
+def _half_width(S: int, Q: int, ms_seed: float, ms_q: float, ms_e: float, p: float) -> tuple[float, float, float]:
+    """(half-width, df, Var(mean)) of the crossed design's grand mean from its mean squares (module doc)."""
     combined = ms_seed + ms_q - ms_e
     if combined <= 0:  # sampling noise can push it below zero: fall back to the largest single term
         combined = max(ms_seed, ms_q, ms_e)
     var = combined / (S * Q)
     denominator = ms_seed ** 2 / (S - 1) + (ms_q ** 2 / (Q - 1) + ms_e ** 2 / ((S - 1) * (Q - 1)) if Q > 1 else 0.0)
     df = combined ** 2 / denominator if denominator > 0 else math.inf
-    half = t_quantile(df, p) * math.sqrt(var) if var > 0 else 0.0
+    return (t_quantile(df, p) * math.sqrt(var) if var > 0 else 0.0), df, var
+
+
+def crossed_interval(table: list[list[float]], level: float = 0.95) -> Interval:
+    """Mean of `table[seed][question]` and its `level` interval with seed and question variance (see the module).
+
+    Every row must score the same questions in the same order (a rectangular table)."""
+    S, Q, grand, row_means, ms_seed, ms_q, ms_e = _mean_squares(table)
+    p = 1 - (1 - level) / 2
+    if S == 1:  # question variance only
+        var = ms_q / S / Q if Q > 1 else math.nan
+        df = Q - 1
+        half = t_quantile(df, p) * math.sqrt(var) if Q > 1 else math.nan
+        return Interval.around(grand, half, df=df, seeds=S, questions=Q, seed_variance_included=False,
+                               per_seed=tuple(row_means))
+    half, df, _ = _half_width(S, Q, ms_seed, ms_q, ms_e, p)
     return Interval.around(grand, half, df=df, seeds=S, questions=Q, seed_variance_included=True,
                            per_seed=tuple(row_means))
+
+
+def seeds_needed(table: list[list[float]], half_width: float, level: float = 0.95, most: int = 100) -> int | None:
+    """How many training seeds would bring this table's interval to `half_width` or less, on the same questions.
+
+    The variance components (seed, question, residual) are estimated from the table's mean squares, each mean
+    square is projected to S' seeds (MS_seed = Q var_seed + var_e, MS_question = S' var_question + var_e) and the
+    interval computed as `crossed_interval` does; at S' = S this gives the table's own half-width (where no
+    component is negative). None: more than `most` seeds, or a table with fewer than 2 seeds or questions."""
+    S, Q, _, _, ms_seed, ms_q, ms_e = _mean_squares(table)
+    if S < 2 or Q < 2:
+        return None
+    var_seed, var_q = max(ms_seed - ms_e, 0.0) / Q, max(ms_q - ms_e, 0.0) / S
+    p = 1 - (1 - level) / 2
+    for seeds in range(2, most + 1):
+        half, _, _ = _half_width(seeds, Q, Q * var_seed + ms_e, seeds * var_q + ms_e, ms_e, p)
+        if half <= half_width:
+            return seeds
+    return None
 
 
 def paired_interval(arm: dict[int, dict[str, float]], baseline: dict[int, dict[str, float]],
@@ -100,13 +129,18 @@ def paired_interval(arm: dict[int, dict[str, float]], baseline: dict[int, dict[s
 
     Only seeds both arms have and questions every one of those seeds scored are used (a run that is still going
     leaves out what it has not scored yet)."""
+    return crossed_interval(paired_table(arm, baseline), level)
+
+
+def paired_table(arm: dict[int, dict[str, float]], baseline: dict[int, dict[str, float]]) -> list[list[float]]:
+    """arm - baseline per (shared seed, question every shared seed scored): the table `paired_interval` reads."""
     seeds = sorted(set(arm) & set(baseline))
     if not seeds:
         raise ValueError("the two arms share no training seed")
     questions = sorted(set.intersection(*(set(arm[s]) & set(baseline[s]) for s in seeds)))
     if not questions:
         raise ValueError("the two arms share no question scored under every shared seed")
-    return crossed_interval([[arm[s][q] - baseline[s][q] for q in questions] for s in seeds], level)
+    return [[arm[s][q] - baseline[s][q] for q in questions] for s in seeds]
 
 
 def arm_interval(arm: dict[int, dict[str, float]], level: float = 0.95) -> Interval:

@@ -70,3 +70,30 @@ def test_only_shared_seeds_and_questions_are_paired():
         paired_interval({5: {"x": 1.0}}, b)
     with pytest.raises(ValueError, match="rectangular"):
         crossed_interval([[1.0, 0.0], [1.0]])
+
+
+def test_seeds_needed_projects_the_tables_own_interval():
+    """At the table's own seed count the projection is the table's interval (no component is negative in TABLE:
+    var_seed = (0.0625 - 0.0069444) / 4 = 0.013889, var_question = (0.340278 - 0.0069444) / 3 = 0.111111)."""
+    from distillkit.evaluate.seeds import seeds_needed
+
+    own = crossed_interval(TABLE).half_width  # 0.5114 with 3 seeds
+    assert _projected(3) == pytest.approx(own, rel=1e-4)
+    assert _projected(2) > 0.52 > own
+    assert seeds_needed(TABLE, 0.52) == 3
+    # 4 questions: the question term (3 degrees of freedom) dominates, so more seeds barely help (best 0.5097 at
+    # 4 seeds, then the interval widens again as df settles): +-0.50 is out of reach on these questions
+    assert min(_projected(s) for s in range(2, 200)) > 0.50 and seeds_needed(TABLE, 0.50) is None
+    # where seeds matter more (shifted by +-0.3), more seeds do narrow it, down to the same question floor
+    seedy = [[v + shift for v in row] for row, shift in zip(TABLE, (0.3, 0.0, -0.3))]
+    wide = crossed_interval(seedy).half_width
+    assert [seeds_needed(seedy, h) for h in (wide, 0.54, 0.51)] == [3, 4, 5]
+    assert seeds_needed([[0.5, 0.25]], 0.1) is None  # one seed: nothing to project from
+
+
+def _projected(seeds, Q=4, var_seed=0.0625 / 4 - 0.0069444 / 4, var_q=(0.340278 - 0.0069444) / 3, var_e=0.0069444):
+    """The projection written out by hand for TABLE (module doc of distillkit.evaluate.seeds)."""
+    ms_seed, ms_q = Q * var_seed + var_e, seeds * var_q + var_e
+    combined = ms_seed + ms_q - var_e
+    df = combined ** 2 / (ms_seed ** 2 / (seeds - 1) + ms_q ** 2 / (Q - 1) + var_e ** 2 / ((seeds - 1) * (Q - 1)))
+    return t_quantile(df) * math.sqrt(combined / (seeds * Q))
