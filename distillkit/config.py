@@ -833,7 +833,7 @@ class ScoreConfig(StrictModel):
     """Teacher scoring: the teacher's top-k logprobs at every completion token of existing traces.
 
     One prefill pass per trace (vLLM `prompt_logprobs`, no sampling), written in the trace schema with the
-    same fixed-width `topk_ids` / `topk_logprobs` as generate captures. The logprobs are raw (the model's
+    same soft labels as generate captures (`soft_label_format`). The logprobs are raw (the model's
     distribution before temperature and top-p), as generate's default `logprobs_mode: raw_logprobs`."""
 
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -43,6 +43,10 @@ _ADDED_LATER = [
     ("filter", ("selection", "bin_shares"), lambda: None),
     ("filter", ("selection", "seed"), lambda: 0),
     ("train", ("kd", "cross_tokenizer"), lambda: False),
+    # packed-v1 became the default: a finished fp16 run keeps its hash, and a resumed one writes its remaining
+    # shards packed (readers take both formats shard by shard)
+    ("generate", ("soft_label_format",), lambda: "packed-v1"),
+    ("score", ("soft_label_format",), lambda: "packed-v1"),
 ]
 
 

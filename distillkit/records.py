@@ -33,6 +33,10 @@ Record fields (one row per teacher sample):
     finish_reason      str    "stop" or "length" (truncated), as the backend reported
     topk_ids           list?  soft labels: (completion_tokens, k) int32 token ids, fixed width k
     topk_logprobs      list?  soft labels: (completion_tokens, k) float16 logprobs, same shape
+    soft_labels        struct? the same soft labels in the compact `packed-v1` encoding (generate and score write
+                              it by default; distillkit/softlabels/codec.py), in place of the two columns above.
+                              Every reader here decodes it back into `topk_ids` / `topk_logprobs`, so a stage
+                              sees one record shape whichever format a shard holds
     verdicts           list   filter verdicts [{"verifier", "passed" (bool or null), "reason"}]
     meta               str    JSON of anything else (backend details, timings)
 
@@ -172,8 +176,14 @@ def content_digest(path: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------------------- schema
 
 
-def record_features(topk: int = 0):
-    """`datasets.Features` of a trace record; soft-label columns are fixed width `topk` when > 0."""
+SOFT_LABEL_COLUMNS = ("topk_ids", "topk_logprobs", "soft_labels")
+"""Columns that hold soft labels, in either format (`soft_labels` is packed-v1's)."""
+
+
+def record_features(topk: int = 0, soft_labels: str = "fp16"):
+    """`datasets.Features` of a trace record; with `topk` > 0, soft-label columns: `topk_ids`/`topk_logprobs` of fixed
+    width `topk` (soft_labels="fp16"), or the `soft_labels` struct (soft_labels="packed-v1", which `write_shard`
+    fills from rows that carry `topk_ids`/`topk_logprobs`)."""
     from datasets import Features, List, Value
 
     features = {
@@ -199,7 +209,13 @@ def record_features(topk: int = 0):
         "verdicts": List({"verifier": Value("string"), "passed": Value("bool"), "reason": Value("string")}),
         "meta": Value("string"),
     }
-    if topk > 0:
+    if topk > 0 and soft_labels == "packed-v1":
+        from distillkit.softlabels.codec import soft_labels_feature
+
+        features["soft_labels"] = soft_labels_feature()
+    elif topk > 0:
+        if soft_labels != "fp16":
+            raise ValueError(f"soft_labels={soft_labels!r} is unknown; choose 'packed-v1' or 'fp16'")
         # Fixed-size inner lists: Arrow stores them as one flat buffer, no per-token offsets.
         features["topk_ids"] = List(List(Value("int32"), length=topk))
         features["topk_logprobs"] = List(List(Value("float16"), length=topk))
@@ -279,7 +295,9 @@ def _rows_to_table(rows: list[dict], features):
     for name in schema.names:
         typ = schema.field(name).type
         column = [r.get(name) for r in rows]
-        if column and all(_is_ndarray(v) for v in column) and pa.types.is_list(typ) \
+        if name == "soft_labels" and any(r.get("topk_ids") is not None for r in rows):
+            arrays.append(_packed_column(rows, typ))
+        elif column and all(_is_ndarray(v) for v in column) and pa.types.is_list(typ) \
                 and pa.types.is_fixed_size_list(typ.value_type):
             k = typ.value_type.list_size
             inner = typ.value_type.value_type.to_pandas_dtype()
@@ -292,6 +310,29 @@ def _rows_to_table(rows: list[dict], features):
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _packed_column(rows: list[dict], typ):
+    """The `soft_labels` column of rows that carry `topk_ids`/`topk_logprobs` (numpy arrays or lists), encoded together
+    (one id width for the shard, so a batch of it decodes in one pass); rows without soft labels get null."""
+    import numpy as np
+    import pyarrow as pa
+
+    from distillkit.softlabels.codec import encode_records
+
+    labelled = [i for i, r in enumerate(rows) if r.get("topk_ids") is not None]
+    ids = [np.asarray(rows[i]["topk_ids"]) for i in labelled]
+    k = next((a.shape[1] for a in ids if a.ndim == 2), None)
+    if k is None:  # only rows of zero tokens given as plain lists: no width to encode; they hold no labels anyway
+        return pa.nulls(len(rows), typ)
+    encoded = encode_records([
+        (a.reshape(-1, k), np.asarray(rows[i]["topk_logprobs"], dtype=np.float32).reshape(-1, k),
+         None if rows[i].get("completion_ids") is None else np.asarray(rows[i]["completion_ids"]).reshape(-1))
+        for i, a in zip(labelled, ids)])
+    values: list = [None] * len(rows)
+    for i, value in zip(labelled, encoded):
+        values[i] = value
+    return pa.array(values, type=typ)
+
+
 def _is_number_list(typ) -> bool:
     import pyarrow as pa
 
@@ -301,13 +342,14 @@ def _is_number_list(typ) -> bool:
 
 
 def parquet_options(schema) -> dict[str, Any]:
-    """How every shard is written: zstd, and no dictionary for token-id and soft-label columns.
+    """How every shard is written: zstd, and no dictionary for token-id and soft-label columns (either format).
 
     A dictionary over a (T, 20) column of ids from a 152k vocabulary costs 3-4x the write time for a few
     percent of size (measured on 8k-token traces with top-20 soft labels: 1.78 s vs 0.51 s per 64 records,
     720 vs 769 KB per record)."""
-    return {"compression": "zstd",
-            "use_dictionary": [f.name for f in schema if not _is_number_list(f.type)] or False}
+    return {"compression": "zstd",  # packed soft labels: one binary value per record, nothing for a dictionary
+            "use_dictionary": [f.name for f in schema if not _is_number_list(f.type) and f.name != "soft_labels"]
+            or False}
 
 
 ROW_GROUP_BYTES = 16 << 20
@@ -335,7 +377,7 @@ def write_shard(folder: str | os.PathLike, index: int, rows: list[dict], feature
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if rows and features is not None and any(_is_ndarray(v) for v in rows[0].values()):
+    if rows and features is not None and (any(_is_ndarray(v) for v in rows[0].values()) or "soft_labels" in features):
         table = _rows_to_table(rows, features)
     elif features is not None or not rows:
         features = features or record_features()
@@ -434,14 +476,61 @@ def _check_columns(path: Path, names: list[str], wanted: Iterable[str] | None) -
                               f"not a shard of this stage's records: {_rewrite_fix(path)}")
 
 
+_UNPACKED = ("topk_ids", "topk_logprobs")
+
+
 def _read_table(path: Path, columns: list[str] | None = None):
-    """One whole shard (or some of its columns) as an Arrow table, errors naming the file."""
+    """One whole shard (or some of its columns) as an Arrow table, errors naming the file; packed soft labels come
+    back as `topk_ids` / `topk_logprobs` columns (`unpack_soft_labels`)."""
     import pyarrow.parquet as pq
 
     with reading_shard(path):
+        names = pq.read_schema(path).names
+        packed = "soft_labels" in names
         if columns is not None:
-            _check_columns(path, pq.read_schema(path).names, columns)
-        return pq.read_table(path, columns=columns)
+            _check_columns(path, names + list(_UNPACKED) if packed else names, columns)
+        if not packed or (columns is not None and not set(_UNPACKED) & set(columns)):
+            return pq.read_table(path, columns=columns)
+        wanted = None if columns is None else list(dict.fromkeys(
+            [c for c in columns if c not in _UNPACKED] + ["soft_labels"]
+            + (["completion_ids"] if "completion_ids" in names else [])))
+        table = pq.read_table(path, columns=wanted)
+    try:
+        table = unpack_soft_labels(table)
+    except ValueError as e:  # a damaged or foreign `soft_labels` value
+        raise DistillkitError(f"{path}: its soft labels do not decode ({e}): {_rewrite_fix(path)}") from e
+    return table if columns is None else table.select(columns)
+
+
+def unpack_soft_labels(table):
+    """An Arrow table whose `soft_labels` column (packed-v1) is replaced by `topk_ids` (int32) and `topk_logprobs`
+    (float16) columns of fixed width k, as fp16-format shards hold them; other tables are returned as they are.
+    Decoding needs the table's `completion_ids` (the sampled token is stored by its rank)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from distillkit.softlabels.codec import decode_column
+
+    if "soft_labels" not in table.column_names:
+        return table
+    completion = table.column("completion_ids") if "completion_ids" in table.column_names else None
+    ids, lps, offsets, valid = decode_column(table.column("soft_labels"), completion)
+    k = ids.shape[1] or 1  # no record with labels: all-null columns, of some width
+    mask = pa.array(~valid) if not valid.all() else None
+    offsets = pa.array(offsets.astype(np.int32))
+    columns = {
+        "topk_ids": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(
+            pa.array(ids.reshape(-1)), k), mask=mask),
+        "topk_logprobs": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(
+            pa.array(lps.reshape(-1).astype(np.float16)), k), mask=mask),
+    }
+    at = table.column_names.index("soft_labels")
+    table = table.remove_column(at)
+    for j, (name, column) in enumerate(columns.items()):
+        table = table.add_column(at + j, name, column)
+    # the `datasets` features in the metadata still name the packed column: let readers infer them again
+    meta = {key: value for key, value in (table.schema.metadata or {}).items() if key != b"huggingface"}
+    return table.replace_schema_metadata(meta or None)
 
 
 def _parquet_file(path: Path):
@@ -491,14 +580,33 @@ class StageRecords:
 
     @property
     def column_names(self) -> list[str]:
-        return list(self.schema.names) if self.shards else []
+        """The columns of the records as iterated (packed soft labels as `topk_ids` and `topk_logprobs`)."""
+        names = list(self.schema.names) if self.shards else []
+        if "soft_labels" in names:
+            at = names.index("soft_labels")
+            names[at:at + 1] = list(_UNPACKED)
+        return names
+
+    @property
+    def soft_label_format(self) -> str | None:
+        """How the first shard stores soft labels: "packed-v1", "fp16", or None without them."""
+        return soft_label_format(self.schema) if self.shards else None
 
     @property
     def topk(self) -> int:
-        """Width of the stored soft labels (0 without them), from the schema."""
+        """Width of the stored soft labels (0 without them), from the schema (fp16) or the first records (packed)."""
         import pyarrow as pa
 
-        if not self.shards or "topk_ids" not in self.schema.names:
+        if not self.shards:
+            return 0
+        if "soft_labels" in self.schema.names:
+            pf = _parquet_file(self.shards[0])
+            if pf.metadata.num_row_groups == 0:
+                return 0
+            with reading_shard(self.shards[0]):
+                ks = pf.read_row_group(0, columns=["soft_labels.k"]).column(0).combine_chunks().field("k")
+            return max((k for k in ks.to_pylist() if k is not None), default=0)
+        if "topk_ids" not in self.schema.names:
             return 0
         typ = self.schema.field("topk_ids").type
         return typ.value_type.list_size if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) else 0
@@ -512,7 +620,11 @@ class StageRecords:
                     batch = next(batches, None)
                 if batch is None:
                     break
-                yield from _batch_records(batch)
+                try:
+                    records = list(_batch_records(batch))
+                except ValueError as e:  # packed soft labels that do not decode: damaged or foreign values
+                    raise DistillkitError(f"{shard}: its soft labels do not decode ({e}): {_rewrite_fix(shard)}") from e
+                yield from records
 
     def head(self, n: int) -> list[dict]:
         out = []
@@ -524,14 +636,24 @@ class StageRecords:
 
 
 def _batch_records(batch) -> Iterator[dict]:
-    """The rows of an Arrow batch as dicts; list<fixed_size_list> columns as numpy (T, k) arrays."""
+    """The rows of an Arrow batch as dicts; list<fixed_size_list> columns as numpy (T, k) arrays, and packed soft
+    labels decoded (the whole batch in one vectorised pass) into `topk_ids` int32 and `topk_logprobs` float32 arrays."""
     import numpy as np
     import pyarrow as pa
 
     columns = {}
     for name, col in zip(batch.schema.names, batch.columns):
         typ = col.type
-        if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) and col.null_count == 0:
+        if name == "soft_labels":
+            from distillkit.softlabels.codec import decode_column
+
+            names = batch.schema.names
+            completion = batch.column(names.index("completion_ids")) if "completion_ids" in names else None
+            ids, lps, offsets, valid = decode_column(col, completion)
+            spans = list(zip(offsets[:-1], offsets[1:], valid))
+            columns["topk_ids"] = [ids[a:b] if ok else None for a, b, ok in spans]
+            columns["topk_logprobs"] = [lps[a:b] if ok else None for a, b, ok in spans]
+        elif pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) and col.null_count == 0:
             k = typ.value_type.list_size
             offsets = np.asarray(col.offsets)
             rows = col.values  # FixedSizeListArray; its `.values` ignore its own offset, so add it back
@@ -542,6 +664,28 @@ def _batch_records(batch) -> Iterator[dict]:
             columns[name] = col.to_pylist()
     for i in range(batch.num_rows):
         yield {name: values[i] for name, values in columns.items()}
+
+
+def soft_label_format(schema) -> str | None:
+    """The soft-label format of a shard's Arrow schema: "packed-v1", "fp16", or None when it holds none."""
+    if "soft_labels" in schema.names:
+        return "packed-v1"
+    return "fp16" if "topk_ids" in schema.names else None
+
+
+def soft_label_bytes(shard: str | os.PathLike) -> int:
+    """Bytes the soft-label columns take on disk in one shard (compressed column chunks, either format)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(shard).metadata
+    total = 0
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            if col.path_in_schema.split(".")[0] in SOFT_LABEL_COLUMNS:
+                total += col.total_compressed_size
+    return total
 
 
 def iter_records(folder: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict]:

@@ -23,11 +23,11 @@ from distillkit.errors import DistillkitError
 from distillkit.generate.backends import Backend, GenRequest, PromptResult, apply_stop, make_backend, prompt_seed
 from distillkit.generate.prompts import Prompt, load_prompts, render_prompt
 from distillkit.pipeline import stage_config_hash
-from distillkit.records import Manifest, StageOutput, list_shards, make_record, record_features, split_reasoning
+from distillkit.records import (
+    Manifest, StageOutput, list_shards, make_record, record_features, soft_label_bytes, split_reasoning,
+)
 
 log = logging.getLogger(__name__)
-
-SOFT_LABEL_COLUMNS = ("topk_ids", "topk_logprobs")
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -168,7 +168,7 @@ def _replica_work(cfg_json: str, rank: int, todo: list[int], devices: str | None
     judge = _resample_judge(cfg)
     try:
         _run_shards(_shards(prompts, gen.shard_size), todo, gen, backend, out,
-                    record_features(gen.sampling.topk_logprobs), judge=judge)
+                    record_features(gen.sampling.topk_logprobs, gen.soft_label_format), judge=judge)
     finally:
         backend.close()
         if judge is not None:
@@ -262,7 +262,7 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
     todo = [i for i in range(len(shards)) if i not in committed]
     if committed:
         log.info("generate: resuming, %d of %d shards already committed", len(committed), len(shards))
-    features = record_features(gen.sampling.topk_logprobs)
+    features = record_features(gen.sampling.topk_logprobs, gen.soft_label_format)
     num_replicas = gen.teacher.vllm.data_parallel_size if gen.teacher.backend == "vllm" and backend is None else 1
 
     done_prompts = sum(len(shards[i]) for i in committed)
@@ -293,7 +293,9 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
 
     stats = output_stats(folder, todo, gen_seconds, gen.sampling.topk_logprobs)
     stats.update(logprobs_mode=gen.sampling.logprobs_mode if gen.sampling.topk_logprobs else None,
-                 topk_logprobs=gen.sampling.topk_logprobs, backend=gen.teacher.backend,
+                 topk_logprobs=gen.sampling.topk_logprobs,
+                 soft_label_format=gen.soft_label_format if gen.sampling.topk_logprobs else None,
+                 backend=gen.teacher.backend,
                  bad_rows=[str(b) for b in prompt_set.bad_rows[:100]])
     if screened is not None:
         stats["prescreen"] = screened
@@ -319,21 +321,6 @@ def _percentile(sorted_values: list[int], q: float) -> float:
     pos = (len(sorted_values) - 1) * q
     lo, hi = math.floor(pos), math.ceil(pos)
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
-
-
-def soft_label_bytes(shard: Path) -> int:
-    """Bytes the soft-label columns take on disk in one shard (compressed column chunks)."""
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(shard).metadata
-    total = 0
-    for rg in range(meta.num_row_groups):
-        group = meta.row_group(rg)
-        for c in range(group.num_columns):
-            col = group.column(c)
-            if col.path_in_schema.split(".")[0] in SOFT_LABEL_COLUMNS:
-                total += col.total_compressed_size
-    return total
 
 
 def output_stats(folder: Path, generated_shards: list[int], gen_seconds: float, topk: int) -> dict:

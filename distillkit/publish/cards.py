@@ -318,6 +318,7 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
         num_kept=num_kept, num_prompts_kept=fc.get("prompts_kept", "?"), num_rejected=fc.get("rejected", 0),
         has_rejected=has_rejected, funnel=funnel, selection=selection,
         decontamination=_decontamination_text(cfg, funnel), has_soft_labels=s.topk_logprobs > 0,
+        packed_soft_labels=g.soft_label_format == "packed-v1",
         code_sandbox=_code_sandbox_text(filter_manifest),
     )
 

@@ -262,7 +262,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
     if stray:
         raise DistillkitError(f"{folder} holds shards {sorted(stray)} that this input does not make; "
                               "rerun with --overwrite to start over")
-    features = record_features(s.topk)
+    features = record_features(s.topk, s.soft_label_format)
     own = scorer is None
     seconds = 0.0  # scoring only: not the engine's start
     tokens = 0
@@ -291,6 +291,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
             scorer.close()
     counts, stats = _summary(folder, num_shards)
     stats.update(teacher=s.teacher.model, backend=s.teacher.backend, topk=s.topk, logprobs_mode="raw_logprobs",
+                 soft_label_format=s.soft_label_format,
                  tokens_scored_this_run=tokens,
                  tokens_per_s=round(tokens / seconds, 2) if tokens and seconds > 0 else None)
     counts["shards_resumed"] = len(committed)
@@ -304,7 +305,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
 def _summary(folder: Path, num_shards: int) -> tuple[dict, dict]:
     import pyarrow.parquet as pq
 
-    from distillkit.generate.stage import soft_label_bytes
+    from distillkit.records import soft_label_bytes
 
     reasons: Counter = Counter()
     examples: list[dict] = []

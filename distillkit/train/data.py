@@ -18,6 +18,10 @@ teacher's top-k distribution over the token at position `t` (predicted from posi
 carries none (the teacher was forced there); the EOS carries the teacher's row when the teacher's
 `completion_ids` ended with it, otherwise none.
 
+Stored formats. Records come with `topk_ids`/`topk_logprobs` arrays whichever format a shard holds: the readers of
+`distillkit.records` decode packed-v1 shards (`soft_labels`, distillkit/softlabels/codec.py) a batch at a time as
+they stream them, so the examples built here, and the trainer's batches, are the same for both formats.
+
 Tokenizers. Soft labels are token ids of the teacher's vocabulary, so they are only usable when the
 student tokenizes like the teacher. `check_same_tokenizer` decodes the records' `completion_ids` with
 the student's tokenizer and compares with the stored text. When they match, `completion_ids` are used
@@ -321,6 +325,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     path = folder / "examples.arrow"
     info = {"num_examples": 0, "num_dropped": 0, "num_truncated": 0, "num_tokens_cut": 0, "topk": topk,
             "teacher_ids_used": same, "num_tokens": 0, "num_loss_tokens": 0, "num_kd_tokens": 0}
+    if topk > 0 and getattr(records, "soft_label_format", None):  # a stage folder: which format was decoded
+        info["soft_label_format"] = records.soft_label_format
     writer = None
     try:
         for rec in records:

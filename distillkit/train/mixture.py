@@ -269,7 +269,9 @@ def load_source(source: MixtureSourceConfig, cfg: RecipeConfig):
             import pyarrow.parquet as pq
             from datasets import Dataset
 
-            return Dataset(pq.read_table(path))
+            from distillkit.records import unpack_soft_labels
+
+            return Dataset(unpack_soft_labels(pq.read_table(path)))  # a packed shard's labels as topk_ids/_logprobs
         return _read_json_file(path)
     if path.is_dir():
         if not list_shards(path):

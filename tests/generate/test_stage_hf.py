@@ -62,9 +62,13 @@ def test_records_counts_and_manifest(hf_run):
 
 
 def test_soft_labels_equal_a_forward_pass(hf_run):
-    """Stored top-k logprobs are the teacher's raw log-softmax at each generated position."""
+    """Stored top-k logprobs are the teacher's raw log-softmax at each generated position, up to the packed-v1
+    quantization: this tiny random teacher's rows are flat (a top-5 mass of ~3%), so each logprob moves by up to
+    ~0.12 (the top-k mass to ~7%, the shape to ~0.05) while KL, which weighs errors by probability, stays small."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillkit.softlabels import kl_topk
 
     cfg, _, rows = hf_run
     path = cfg.generate.teacher.model
@@ -78,9 +82,10 @@ def test_soft_labels_equal_a_forward_pass(hf_run):
             lp = torch.log_softmax(model(ids).logits[0].float(), -1)[len(pids) - 1:-1]
         stored_ids = torch.tensor(r["topk_ids"], dtype=torch.long)
         stored = torch.tensor(r["topk_logprobs"], dtype=torch.float32)
-        assert torch.allclose(lp.gather(1, stored_ids), stored, atol=1e-2)
-        # The stored ids are the top 5 (up to fp16 ties): nothing outside them beats the 5th.
-        assert (lp.max(-1).values - stored[:, 0]).abs().max() < 1e-2
+        assert torch.allclose(lp.gather(1, stored_ids), stored, atol=0.15)
+        assert kl_topk(lp.gather(1, stored_ids).numpy(), stored.numpy()).mean() < 1e-3
+        # The stored ids are the top 5 (up to fp16 ties): the first is the argmax.
+        assert (lp.gather(1, stored_ids[:, :1])[:, 0] - lp.max(-1).values).abs().max() < 1e-2
         assert tok.decode(r["completion_ids"][:-1] if r["finish_reason"] == "stop" else r["completion_ids"]) \
             == r["completion"]
 

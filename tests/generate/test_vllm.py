@@ -31,7 +31,10 @@ def make_cfg(model, out, backend="vllm", **generate):
                               # a step budget below one shard's prompt tokens: seeded requests must not crash
                               "engine_kwargs": {"max_num_batched_tokens": 512}}},
          "prompts": {"builtin": "arith", "builtin_args": {"num": 6}},
-         "sampling": {"n": 2, "max_tokens": 12, "topk_logprobs": 5, "seed": 3}, "shard_size": 4}
+         "sampling": {"n": 2, "max_tokens": 12, "topk_logprobs": 5, "seed": 3}, "shard_size": 4,
+         # fp16: these tests compare stored logprobs with vLLM's to the fp16 step; packed-v1 (the default) is
+         # tested against the same vLLM outputs in tests/softlabels/test_smollm2_labels.py
+         "soft_label_format": "fp16"}
     for key, value in generate.items():
         g[key] = {**g[key], **value} if isinstance(value, dict) else value
     return validate_recipe({"name": "t", "output_dir": str(out), "generate": g})

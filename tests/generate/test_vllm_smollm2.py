@@ -21,7 +21,10 @@ def make_cfg(model, out, backend="vllm", **sampling):
         "teacher": {"model": str(model), "backend": backend,
                     "vllm": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True}},
         "prompts": {"builtin": "arith", "builtin_args": {"num": 3}},
-        "sampling": {"n": 4, "max_tokens": 40, "topk_logprobs": 20, "seed": 0, **sampling}, "shard_size": 2}})
+        "sampling": {"n": 4, "max_tokens": 40, "topk_logprobs": 20, "seed": 0, **sampling}, "shard_size": 2,
+        # fp16: the stored logprobs are compared with vLLM's to the fp16 step; packed-v1 (the default) is tested
+        # against vLLM's outputs in tests/softlabels/test_smollm2_labels.py
+        "soft_label_format": "fp16"}})
 
 
 @pytest.fixture(scope="module")

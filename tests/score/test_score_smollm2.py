@@ -25,9 +25,10 @@ def make_cfg(model, out, **score):
         "name": "t", "output_dir": str(out), "stages": ["generate", "score"],
         "generate": {"teacher": {"model": str(model), "vllm": VLLM},
                      "prompts": {"builtin": "arith", "builtin_args": {"num": 3}},
-                     "sampling": {"n": 2, "max_tokens": 48, "topk_logprobs": K, "seed": 0}, "shard_size": 2},
+                     "sampling": {"n": 2, "max_tokens": 48, "topk_logprobs": K, "seed": 0}, "shard_size": 2,
+                     "soft_label_format": "fp16"},  # both compared to one fp16 step: unquantized
         "score": {"teacher": {"model": str(model), "vllm": VLLM},
-                  "topk": K, "shard_size": 4, **score}})
+                  "topk": K, "shard_size": 4, "soft_label_format": "fp16", **score}})
 
 
 @pytest.fixture(scope="module")
