@@ -30,7 +30,7 @@ TEMPLATES = [
     ("What is {a} times {b}?", lambda a, b: a * b),
 ]
 _add, _sub, _mul = (lambda a, b: a + b), (lambda a, b: a - b), (lambda a, b: a * b)
-# The lab's training phrasings: base plus two more per base skill-template, with new objects and sentence shapes.
+# The lab's training phrasings: the base 8 plus 16 more, with new objects and sentence shapes.
 VARIED_TEMPLATES = TEMPLATES + [
     ("{name} picked {a} flowers in the morning and {b} flowers in the afternoon. How many flowers did {name} pick?",
      _add),
