@@ -30,11 +30,11 @@ from pydantic import (
 )
 
 from distillkit.errors import ConfigError, DistillkitError
+from distillkit.softlabels.codec import MAX_K  # packed-v1 holds k <= MAX_K (the sampled rank is a byte)
 
 STAGES = ("generate", "filter", "score", "train", "evaluate", "publish")
 DEFAULT_STAGES = ("generate", "filter", "train", "evaluate", "publish")
 """`score` runs only when a recipe lists it (soft labels for traces that have none, or another teacher's)."""
-PACKED_MAX_K = 254  # distillkit.softlabels.codec.MAX_K: the sampled token's rank is a byte, k meaning "absent"
 
 # The user turn of the R1 evaluation protocol. "{problem}" is substituted with str.replace, so
 # literal braces such as \boxed{} need no escaping in recipes.
@@ -262,9 +262,9 @@ class GenerateConfig(StrictModel):
 
     @model_validator(mode="after")
     def _packed_width(self):
-        if self.soft_label_format == "packed-v1" and self.sampling.topk_logprobs > PACKED_MAX_K:
+        if self.soft_label_format == "packed-v1" and self.sampling.topk_logprobs > MAX_K:
             raise ValueError(f"sampling.topk_logprobs={self.sampling.topk_logprobs}: soft_label_format packed-v1 "
-                             f"stores at most {PACKED_MAX_K} candidates per token; lower it or set "
+                             f"stores at most {MAX_K} candidates per token; lower it or set "
                              "soft_label_format: fp16")
         return self
 
@@ -870,8 +870,8 @@ class ScoreConfig(StrictModel):
 
     @model_validator(mode="after")
     def _packed_width(self):
-        if self.soft_label_format == "packed-v1" and self.topk > PACKED_MAX_K:
-            raise ValueError(f"topk={self.topk}: soft_label_format packed-v1 stores at most {PACKED_MAX_K} candidates "
+        if self.soft_label_format == "packed-v1" and self.topk > MAX_K:
+            raise ValueError(f"topk={self.topk}: soft_label_format packed-v1 stores at most {MAX_K} candidates "
                              "per token; lower it or set soft_label_format: fp16")
         return self
 
