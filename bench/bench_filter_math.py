@@ -31,7 +31,7 @@ def make_records(num: int, seed: int = 0) -> list[dict]:
 
 
 def measure(num_workers: int, records: list[dict]) -> float:
-    from distillkit.filter.verifiers.math import MathVerifier
+    from distillkit.verify.verifiers.math import MathVerifier
 
     with MathVerifier(num_workers=num_workers, timeout_s=30) as v:
         v.batch(make_records(4 * num_workers, seed=99))  # start and warm every worker

@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from distillkit.config import validate_recipe
-    from distillkit.generate.backends.vllm import VllmBackend
+    from distillkit.engines.vllm import VllmBackend
     from distillkit.generate.prompts import load_prompts
     from distillkit.generate.stage import build_requests, run_generate
     from distillkit.models import resolve_model

@@ -32,7 +32,7 @@ TASK = "distillkit_arith"
 
 
 def score(folder, model="student_after") -> dict | None:
-    from distillkit.evaluate.results import EvalResults
+    from distillkit.schemas.evaluate import EvalResults
 
     results = EvalResults.read(folder)
     s = results.score(model, TASK) if results else None

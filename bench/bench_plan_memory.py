@@ -214,7 +214,7 @@ def _measure(args, cfg, work: Path, device: str, used_at_start: int) -> dict:
 
     from distillkit.plan import KNOWN_SHAPES
     from distillkit.train.stage import build_trainer, sft_config
-    from distillkit.train.student import load_student, resolve_bf16
+    from distillkit.student.build import load_student, resolve_bf16
 
     on_gpu = device == "cuda"
     init = work / "student_init"

@@ -31,7 +31,7 @@ def bare(num: int) -> float:
 
 
 def sandboxed(num: int) -> tuple[float, str]:
-    from distillkit.filter.sandbox import execute_code, isolation_mode
+    from distillkit.verify.sandbox import execute_code, isolation_mode
 
     mode = isolation_mode()  # probed once, outside the timing
     t0 = time.perf_counter()

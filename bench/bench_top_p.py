@@ -22,7 +22,7 @@ def child(fast: str, seqs: int, steps: int) -> None:
     os.environ["DISTILLKIT_VLLM_FAST_TOP_P"] = fast
     from vllm import LLM, SamplingParams
 
-    from distillkit.vllm_cpu import prepare_cpu_env
+    from distillkit.engines.vllm_cpu import prepare_cpu_env
     from distillkit.models import resolve_model
 
     prepare_cpu_env()

@@ -1,5 +1,5 @@
 """Which decoder layers a pruned student can lose: the measurement behind the quickstart's `keep_layers`
-(and behind `keep_layers: auto:N`, distillkit/train/layers.py, which drops layers greedily by it).
+(and behind `keep_layers: auto:N`, distillkit/student/layers.py, which drops layers greedily by it).
 
 For kept traces of a run (its filter folder), teacher-forced on the teacher model, it reports the
 negative log-likelihood and top-1 accuracy of the *answer* tokens (the gold number where the trace
@@ -30,8 +30,8 @@ def main() -> None:
 
     from distillkit.models import resolve_model
     from distillkit.records import read_records
-    from distillkit.train.layers import AnswerBatch, answer_traces
-    from distillkit.train.student import prune_layers
+    from distillkit.student.layers import AnswerBatch, answer_traces
+    from distillkit.student.build import prune_layers
 
     torch.set_grad_enabled(False)
     path = resolve_model(args.model)

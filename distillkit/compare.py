@@ -205,7 +205,7 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
 
 def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareResults:
     """The table of every finished run: student_after per (arm, seed, question), intervals, references."""
-    from distillkit.evaluate.results import EvalResults
+    from distillkit.schemas.evaluate import EvalResults
     from distillkit.evaluate.seeds import arm_interval, paired_interval, paired_table, seeds_needed
 
     baseline = cfg.compare.baseline or next(iter(cfg.compare.arms))

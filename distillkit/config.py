@@ -288,7 +288,7 @@ class VerifierSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_kind(self):
-        from distillkit.filter.registry import validate_spec  # light: names and param models only
+        from distillkit.registry import validate_spec  # light: names and param models only
 
         validate_spec(self.kind, self.model_extra or {})
         return self
@@ -455,13 +455,13 @@ class StudentConfig(StrictModel):
     """Initialize by keeping some decoder layers: "every_other", "first:N", "last:N", "auto:N" or a list
     of indices. Which layers go matters more than how many (for SmolLM2, first:24 loses the arithmetic;
     see the quickstart). auto:N measures it: layers are dropped one at a time, each round the one whose
-    absence costs the gold-answer tokens of kept traces least (distillkit/train/layers.py). A heuristic:
+    absence costs the gold-answer tokens of kept traces least (distillkit/student/layers.py). A heuristic:
     on the quickstart auto:24 gave 19.2% after training vs 4.2% for first:24 and 40.0% for the
     hand-picked list (BENCHMARKS.md, Quickstart)."""
     tokenizer: Literal["auto", "own", "teacher"] = "auto"
     """Whose special tokens the student trains with. teacher: the teacher's tokenizer and a reasoning-keeping
     template of its family (as DeepSeek gave its Qwen/Llama students R1's), embedding rows of the ids whose
-    token changes re-initialised (distillkit/train/tokenizer.py); needs the same BPE. own: the student's.
+    token changes re-initialised (distillkit/student/tokenizer.py); needs the same BPE. own: the student's.
     auto: teacher when both share a BPE and differ in special tokens (R1-Distill -> Qwen2.5 / Llama 3),
     else own."""
     rope_theta: Optional[PositiveFloat] = None

@@ -412,7 +412,7 @@ def student_after_init(student_cfg, tokenizer, teacher=None):
     import copy
 
     try:
-        from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
+        from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
     except ImportError:  # the train extra is missing; the stage itself will say so
         return tokenizer, []
     chosen, rows, note = choose_tokenizer(student_cfg.tokenizer, tokenizer, teacher)

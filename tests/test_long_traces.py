@@ -23,7 +23,7 @@ def student_tok(tok):
     template that keeps the assistant's reasoning."""
     from transformers import AutoTokenizer
 
-    from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
+    from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
 
     qwen = AutoTokenizer.from_pretrained(rt.qwen25_tokenizer("base"))
     student, _, note = choose_tokenizer("auto", qwen, AutoTokenizer.from_pretrained(rt.r1_distill_qwen_tokenizer()))

@@ -123,7 +123,7 @@ def shrink(recipe: Path, tmp: Path, built) -> tuple[dict, str, str]:
 
     train["student"]["model"] = str(built("student", student_id))
     # bf16 follows the hardware (train.bf16: null): bf16 autocast on a CPU without native bf16 runs 12x
-    # slower than fp32 (distillkit.train.student.resolve_bf16); on a GPU or an AVX512-BF16 CPU it is bf16.
+    # slower than fp32 (distillkit.student.build.resolve_bf16); on a GPU or an AVX512-BF16 CPU it is bf16.
     train.update(num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
                  max_length=256, save_steps=1000, report_to=[], bf16=None)
     if train.get("accelerate_config"):  # multi-GPU recipes: their FSDP config for real, over 2 CPU processes
@@ -221,7 +221,7 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
         at = ex["input_ids"].index(think_end)
         assert ex["kd_mask"][at] == 1 and ex["kd_ids"][at][0] == think_end
     if "evaluate" in cfg.stages:
-        from distillkit.evaluate.results import EvalResults
+        from distillkit.schemas.evaluate import EvalResults
 
         results = EvalResults.read(cfg.stage_dir("evaluate"))
         assert results.model_keys() == ["student_after"] and results.score("student_after", "distillkit_arith")

@@ -9,11 +9,11 @@ import subprocess
 import pytest
 
 from distillkit.config import validate_recipe
-from distillkit.evaluate.results import Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
+from distillkit.schemas.evaluate import Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
 from distillkit.filter.stage import run_filter
 from distillkit.publish.report import SECTIONS, build_report
 from distillkit.records import StageOutput, make_record, record_features
-from distillkit.train.stats import TrainStats
+from distillkit.schemas.train import TrainStats
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 LONG = "https://example.org/" + "a" * 300 + " $\\frac{" + "x" * 250 + "}{2}$"  # must wrap, not overflow

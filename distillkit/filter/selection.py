@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distillkit.config import SelectionConfig
-from distillkit.filter.verifiers.base import Verdict
+from distillkit.verify.verifiers.base import Verdict
 
 
 def pass_rates(records: Sequence[dict[str, Any]], passed: Sequence[bool]) -> dict[str, float]:

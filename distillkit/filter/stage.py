@@ -12,7 +12,7 @@ than one shard of records:
      (Arrow batches: soft labels are copied as buffers, never turned into Python lists).
 
 Every record carries the verdicts of every step that judged it in its `verdicts` column; the manifest's
-`stats` hold the funnel, the reasons and the per-source pass rates (`distillkit/filter/stats.py`).
+`stats` hold the funnel, the reasons and the per-source pass rates (`distillkit/schemas/filter.py`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import numpy as np
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.filter.stats import FilterStats
-from distillkit.filter.verifiers.base import Verdict
+from distillkit.schemas.filter import FilterStats
+from distillkit.verify.verifiers.base import Verdict
 from distillkit.filter.verify import OUTCOME_OF, Judge, Judged, Tally, judged_path, read_judged_meta
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, list_shards, read_manifest
@@ -193,7 +193,7 @@ def pass_rate_stats(good: np.ndarray, total: np.ndarray) -> dict[str, Any]:
 
 def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterConfig) -> list[str]:
     """One line per verifier that could not judge more than `filter.warn_cannot_judge` of the records it saw."""
-    from distillkit.filter.verifiers.base import DEFERRED
+    from distillkit.verify.verifiers.base import DEFERRED
     from distillkit.filter.verify import step_names
 
     out = []
@@ -231,7 +231,7 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     dedup = np.full(n, -1, dtype=np.int8)
     dup_of = np.full(n, -1, dtype=np.int64)
     if cfg.dedup.exact or cfg.dedup.near.enabled:
-        from distillkit.filter.dedup import DedupKeys, duplicates
+        from distillkit.verify.dedup import DedupKeys, duplicates
 
         t0 = time.time()
         candidates = np.flatnonzero(alive)
@@ -470,7 +470,7 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
         return out.manifest()
     for spec in cfg.filter.verifiers:  # refuse unisolated code here, before any executor task starts
         if spec.kind == "code":
-            from distillkit.filter.sandbox import require_isolation
+            from distillkit.verify.sandbox import require_isolation
 
             require_isolation(bool(spec.params.get("allow_unisolated", False)))
     out.begin(overwrite=overwrite)
@@ -504,7 +504,7 @@ def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work:
     tally = Tally(steps=metas[0]["tally"]["steps"] if metas else [])
     for m in metas:
         tally.add(Tally.from_json(m["tally"]))
-    from distillkit.filter.dedup import lsh_bands
+    from distillkit.verify.dedup import lsh_bands
 
     bands = lsh_bands(fcfg.dedup.near.threshold, fcfg.dedup.near.num_perm)[0] if fcfg.dedup.near.enabled else 0
     keys = keys_from_work(work, len(shards), bands)

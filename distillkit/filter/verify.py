@@ -23,8 +23,8 @@ import numpy as np
 
 from distillkit.config import FilterConfig
 from distillkit.errors import DistillkitError
-from distillkit.filter.verifiers.base import Verdict
-from distillkit.filter.verifiers.base import fails as verdict_fails
+from distillkit.verify.verifiers.base import Verdict
+from distillkit.verify.verifiers.base import fails as verdict_fails
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,14 @@ class Judge:
     """The per-record steps of one filter config, built once per process; `judge(records)` runs them."""
 
     def __init__(self, cfg: FilterConfig):
-        from distillkit.filter.dedup import MinHasher
-        from distillkit.filter.registry import build
+        from distillkit.verify.dedup import MinHasher
+        from distillkit.registry import build
 
         self.cfg = cfg
         self.steps = step_names(cfg)
         self.deco = None
         if cfg.decontaminate.enabled:
-            from distillkit.filter.decontaminate import Decontaminator
+            from distillkit.verify.decontaminate import Decontaminator
 
             self.deco = Decontaminator(cfg.decontaminate.benchmarks, cfg.decontaminate.ngram)
         self.rejects_unjudged = {step: spec.rejects_unjudged for step, spec in zip(self.steps, cfg.verifiers)}
@@ -194,7 +194,7 @@ class Judge:
         order_len = np.array([r.get("completion_tokens") or len(r.get("completion") or "") for r in records],
                              dtype=np.int64)
         t0 = time.time()
-        from distillkit.filter.dedup import record_keys
+        from distillkit.verify.dedup import record_keys
 
         dedup = self.cfg.dedup
         live = np.flatnonzero(alive)  # only dedup candidates need keys

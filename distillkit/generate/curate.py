@@ -65,7 +65,7 @@ def _student_model(cfg: RecipeConfig, folder: Path) -> tuple[str, Path | None]:
     student = cfg.train.student
     if student.keep_layers is None:
         return student.model, None
-    from distillkit.train.student import auto_keep, build_student_init
+    from distillkit.student.build import auto_keep, build_student_init
 
     if auto_keep(student.keep_layers):
         raise DistillkitError(f"generate.prescreen: train.student.keep_layers={student.keep_layers!r} is chosen on "
@@ -117,7 +117,7 @@ def _progress(total: int):
 def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, backend) -> dict:
     from distillkit.filter.selection import seeded_rank
     from distillkit.filter.verify import Judge
-    from distillkit.generate.backends import make_backend
+    from distillkit.engines.base import make_backend
     from distillkit.generate.stage import build_requests, to_records
     from distillkit.records import atomic_write_text
 

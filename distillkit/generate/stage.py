@@ -20,7 +20,7 @@ from pathlib import Path
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.generate.backends import Backend, GenRequest, PromptResult, apply_stop, make_backend, prompt_seed
+from distillkit.engines.base import Backend, GenRequest, PromptResult, apply_stop, make_backend, prompt_seed
 from distillkit.generate.prompts import Prompt, load_prompts, render_prompt
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import (

@@ -19,10 +19,10 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.results import EvalResults
+from distillkit.schemas.evaluate import EvalResults
 from distillkit.evaluate.stage import task_lines
 from distillkit.records import Manifest
-from distillkit.train.stats import TrainStats
+from distillkit.schemas.train import TrainStats
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def validate_model_card(text: str, expected_eval: int | None = None) -> Any:
 
 def _funnel_rows(filter_manifest: Manifest | None) -> list[dict[str, Any]]:
     """The funnel with each step's rejection reasons, most frequent first (passes are not rejections)."""
-    from distillkit.filter.stats import FilterStats
+    from distillkit.schemas.filter import FilterStats
 
     stats = FilterStats.of(filter_manifest)
     if stats is None:
@@ -257,7 +257,7 @@ _ISOLATION = {"bwrap": "bubblewrap (no network; a read-only view of the system, 
 
 def _code_sandbox_text(filter_manifest: Manifest | None) -> str:
     """How the code verifier's runs were isolated, from the manifest ("" when no code was run)."""
-    from distillkit.filter.stats import FilterStats
+    from distillkit.schemas.filter import FilterStats
 
     stats = FilterStats.of(filter_manifest)
     modes = sorted({v["isolation"] for s, v in (stats.verifiers.items() if stats else []) if "isolation" in v})

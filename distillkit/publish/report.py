@@ -20,10 +20,10 @@ from typing import Any
 
 from distillkit.errors import DistillkitError
 from distillkit.evaluate.protocol import paired_text
-from distillkit.evaluate.results import MODEL_LABELS, EvalResults
-from distillkit.filter.stats import FilterStats
+from distillkit.schemas.evaluate import MODEL_LABELS, EvalResults
+from distillkit.schemas.filter import FilterStats
 from distillkit.records import atomic_write_text, iter_records, list_shards, read_manifest
-from distillkit.train.stats import TrainStats
+from distillkit.schemas.train import TrainStats
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 SECTIONS = ["summary", "funnel", "reasons", "difficulty", "lengths", "training", "evaluation", "samples"]

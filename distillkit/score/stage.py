@@ -273,7 +273,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
                 if i in committed:
                     continue
                 if scorer is None:
-                    from distillkit.score.scorers import make_scorer
+                    from distillkit.engines.scorers import make_scorer
 
                     scorer = make_scorer(s, cfg.seed)
                 t_shard = time.time()

@@ -130,7 +130,7 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     from datasets import Dataset
     from trl import DistillationConfig
 
-    from distillkit.score.scorers import ServerScorer
+    from distillkit.engines.scorers import ServerScorer
     from distillkit.train.stage import check_shared_vocabulary, on_policy_args
 
     t = cfg.train

@@ -28,7 +28,7 @@ from distillkit.faults import operation
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, StageRecords, read_manifest
 from distillkit.train.distributed import describe as describe_distributed
-from distillkit.train.stats import TrainStats
+from distillkit.schemas.train import TrainStats
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     import torch
 
     from distillkit.train.data import build_train_dataset
-    from distillkit.train.student import build_student_init, load_student, resolve_bf16
+    from distillkit.student.build import build_student_init, load_student, resolve_bf16
 
     t = cfg.train
     out = cfg.stage_dir("train")
@@ -272,7 +272,7 @@ def fit(cfg: RecipeConfig, trainer, t0: float) -> Fitted:
 
 def save_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]:
     """Full weights to model/, or the adapter to adapter/ (and merged into student_init as model/)."""
-    from distillkit.train.student import save_merged
+    from distillkit.student.build import save_merged
 
     t, out = cfg.train, cfg.stage_dir("train")
     files = {}
@@ -297,7 +297,7 @@ def save_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]
 def _save_sharded_student(cfg: RecipeConfig, trainer, tokenizer, state) -> dict[str, str]:
     """Under FSDP every rank holds a shard: the full state dict is gathered collectively (every rank calls
     save_model; rank 0 writes). A rank-0-only save would deadlock (FULL_STATE_DICT) or write no weights (SHARDED)."""
-    from distillkit.train.student import save_merged
+    from distillkit.student.build import save_merged
 
     t, out = cfg.train, cfg.stage_dir("train")
     trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")

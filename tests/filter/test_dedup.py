@@ -7,7 +7,7 @@ import string
 import numpy as np
 import pytest
 
-from distillkit.filter import dedup as D
+from distillkit.verify import dedup as D
 
 _ALPHABET = (string.ascii_letters + string.digits + string.punctuation + " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
              + "_")

@@ -7,8 +7,8 @@ import yaml
 
 from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig, VerifierSpec
 from distillkit.errors import DistillkitError
-from distillkit.filter.decontaminate import Decontaminator
-from distillkit.filter.dedup import find_duplicates
+from distillkit.verify.decontaminate import Decontaminator
+from distillkit.verify.dedup import find_duplicates
 from distillkit.filter.selection import pass_rates, select
 from distillkit.filter.stage import funnel_table, run_filter
 from distillkit.pipeline import stage_config_hash
@@ -289,7 +289,7 @@ def test_worker_pool_starts_where_stderr_is_no_file(monkeypatch):
     the filter then reported every shard as corrupt."""
     import io
 
-    from distillkit.filter.workers import TimeoutPool
+    from distillkit.verify.workers import TimeoutPool
 
     monkeypatch.setattr("sys.stderr", io.StringIO())
     pool = TimeoutPool("operator:add", num_workers=1, timeout_s=30)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from distillkit.filter.verifiers.math import MathVerifier, extract_answer, extract_boxed
+from distillkit.verify.verifiers.math import MathVerifier, extract_answer, extract_boxed
 
 
 @pytest.fixture(scope="module")

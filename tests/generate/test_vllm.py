@@ -90,7 +90,7 @@ def wait_ready(state, timeout=300):
 
 @pytest.fixture(scope="module")
 def engine(tiny_qwen2, tmp_path_factory, server):  # the server starts first and loads meanwhile
-    from distillkit.generate.backends.vllm import VllmBackend
+    from distillkit.engines.vllm import VllmBackend
 
     backend = VllmBackend.from_config(make_cfg(tiny_qwen2, tmp_path_factory.mktemp("x")).generate)
     yield backend
@@ -98,7 +98,7 @@ def engine(tiny_qwen2, tmp_path_factory, server):  # the server starts first and
 
 
 def test_stored_arrays_equal_what_vllm_returned(engine, tiny_qwen2, tmp_path):
-    from distillkit.generate.backends.vllm import engine_kwargs
+    from distillkit.engines.vllm import engine_kwargs
 
     cfg = make_cfg(tiny_qwen2, tmp_path)
     assert engine_kwargs(cfg.generate, "m")["logprobs_mode"] == "raw_logprobs"
@@ -141,7 +141,7 @@ def test_stored_arrays_equal_what_vllm_returned(engine, tiny_qwen2, tmp_path):
 
 
 def test_greedy_agrees_with_transformers(engine, tiny_qwen2, tmp_path):
-    from distillkit.generate.backends.hf import HFBackend
+    from distillkit.engines.hf import HFBackend
 
     greedy = {"sampling": {"n": 1, "temperature": 0.0, "max_tokens": 16, "topk_logprobs": 0}}
     v = make_cfg(tiny_qwen2, tmp_path / "v", **greedy)
@@ -193,7 +193,7 @@ def test_stop_strings_cut_text_ids_and_soft_labels_on_every_backend(server, engi
     the stored ids (which vLLM returns with the stop string's tokens) still decode to the stored text."""
     from collections import Counter
 
-    from distillkit.generate.backends.hf import HFBackend
+    from distillkit.engines.hf import HFBackend
 
     sampled = {"n": 2, "temperature": 1.0, "max_tokens": 24, "topk_logprobs": 5}
     free = make_cfg(tiny_qwen2, tmp_path / "free", sampling=sampled)

@@ -29,7 +29,7 @@ def make_cfg(model, out, backend="vllm", **sampling):
 
 @pytest.fixture(scope="module")
 def engine(smollm2_dir, tmp_path_factory):
-    from distillkit.generate.backends.vllm import VllmBackend
+    from distillkit.engines.vllm import VllmBackend
 
     backend = VllmBackend.from_config(make_cfg(smollm2_dir, tmp_path_factory.mktemp("x")).generate)
     yield backend
@@ -102,7 +102,7 @@ def test_n4_top20_soft_labels_are_what_vllm_returned(engine, smollm2_dir, tmp_pa
 
 
 def test_greedy_agrees_with_transformers(engine, smollm2_dir, tmp_path):
-    from distillkit.generate.backends.hf import HFBackend
+    from distillkit.engines.hf import HFBackend
 
     v = make_cfg(smollm2_dir, tmp_path / "v", n=1, temperature=0.0, max_tokens=24, topk_logprobs=0)
     h = make_cfg(smollm2_dir, tmp_path / "h", backend="transformers", n=1, temperature=0.0, max_tokens=24,
@@ -127,7 +127,7 @@ def test_prescreen_and_resampling_on_the_real_model(engine, smollm2_dir, tmp_pat
     """The engine screens as the student (the path a real student takes) and samples as the teacher with one
     resampling round; every verdict stored in the records is checked by running the math verifier again."""
     from distillkit.config import load_recipe
-    from distillkit.filter.registry import build
+    from distillkit.registry import build
 
     quick = load_recipe(None)
     cfg = validate_recipe({"name": "t", "output_dir": str(tmp_path), "generate": {
@@ -170,7 +170,7 @@ def test_captured_soft_labels_land_on_the_right_tokens_of_another_tokenizer(engi
     from distillkit.testing.real_tokenizers import gemma3_tokenizer
     from distillkit.train.cross_tokenizer import AlignmentStats, CrossTokenizerMap
     from distillkit.train.data import tokenize_record
-    from distillkit.train.tokenizer import fix_tokenizer
+    from distillkit.student.tokenizer import fix_tokenizer
 
     try:
         student = AutoTokenizer.from_pretrained(gemma3_tokenizer())

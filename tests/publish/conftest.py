@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from distillkit.config import validate_recipe
-from distillkit.filter.stats import FilterStats
+from distillkit.schemas.filter import FilterStats
 from distillkit.records import StageOutput, make_record, record_features
-from distillkit.train.stats import TrainStats
+from distillkit.schemas.train import TrainStats
 
 FUNNEL = [
     {"step": "input", "in": 8, "rejected": 0, "out": 8},
@@ -58,7 +58,7 @@ def make_run(root: Path, model_dir: Path, **publish) -> object:
     tr.finish(stats=TrainStats(tokens_seen=12345, tokens_per_s=390.0, train_seconds=31.7, global_steps=3,
                                final_train_loss=0.52, method="lora", bf16=False, trainable_params=4096,
                                files={"adapter": "adapter", "model": "model"}).dump())  # as the train stage writes them
-    from distillkit.evaluate.results import EvalResults, ModelResult, Protocol, TaskScore
+    from distillkit.schemas.evaluate import EvalResults, ModelResult, Protocol, TaskScore
 
     def score(pass_at_1, stderr):
         return TaskScore(task="distillkit_arith", metric="pass@1", filter="all_samples", num_questions=100,

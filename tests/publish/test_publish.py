@@ -240,7 +240,7 @@ def test_push_needs_repo_ids_and_a_token(run_cfg, monkeypatch, tmp_path):
 def test_model_card_records_adopted_tokens_and_context_override(run_cfg):
     """What student_init changed in the student (its special tokens, its context) is on the card."""
     from distillkit.records import Manifest
-    from distillkit.train.stats import TrainStats
+    from distillkit.schemas.train import TrainStats
 
     cfg = run_cfg.model_copy(deep=True)
     cfg.train.student.max_position_embeddings, cfg.train.student.rope_theta = 32768, 300000.0

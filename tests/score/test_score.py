@@ -229,7 +229,7 @@ def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir
 
     from distillkit.config import TeacherConfig
     from distillkit.evaluate import harness
-    from distillkit.generate.backends.openai_http import open_endpoint
+    from distillkit.engines.openai_http import open_endpoint
 
     events = []
 
@@ -253,8 +253,8 @@ def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir
 
 def test_an_unreachable_server_is_named_with_the_key_to_fix(smollm2_dir):
     from distillkit.config import TeacherConfig
-    from distillkit.generate.backends.openai_http import EndpointError
-    from distillkit.score.scorers import ServerScorer
+    from distillkit.engines.openai_http import EndpointError
+    from distillkit.engines.scorers import ServerScorer
 
     teacher = TeacherConfig(model=str(smollm2_dir), backend="openai",
                             openai={"base_url": "http://127.0.0.1:9/v1", "timeout_s": 2})

@@ -33,7 +33,7 @@ class Recording:
 @pytest.fixture(scope="module")
 def run(smollm2_dir, tmp_path_factory):
     """One generate run in the default soft-label format: 16 arithmetic prompts x 4 samples x <= 96 tokens."""
-    from distillkit.generate.backends.vllm import VllmBackend
+    from distillkit.engines.vllm import VllmBackend
     from distillkit.generate.stage import run_generate
 
     cfg = validate_recipe({"name": "t", "output_dir": str(tmp_path_factory.mktemp("run")), "generate": {

@@ -15,7 +15,7 @@ def four_layers(tmp_path_factory, tiny_qwen2):
 def test_answer_positions_spell_the_gold_answer(tiny_qwen2):
     from transformers import AutoTokenizer
 
-    from distillkit.train.layers import answer_positions
+    from distillkit.student.layers import answer_positions
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     text = "first add 17 and 25. 17 + 25 = 42.</think> so the answer is \\boxed{42}"
@@ -29,8 +29,8 @@ def test_answer_nll_of_a_layer_subset_equals_the_pruned_model(four_layers, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distillkit.train.layers import AnswerBatch, answer_nll, answer_traces
-    from distillkit.train.student import prune_layers
+    from distillkit.student.layers import AnswerBatch, answer_nll, answer_traces
+    from distillkit.student.build import prune_layers
     from train_helpers import teacher_records
 
     tok = AutoTokenizer.from_pretrained(four_layers)
@@ -52,7 +52,7 @@ def test_choose_layers_drops_the_cheapest_layer_each_round(four_layers, tiny_qwe
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distillkit.errors import DistillkitError
-    from distillkit.train.layers import AnswerBatch, answer_nll, answer_traces, choose_layers
+    from distillkit.student.layers import AnswerBatch, answer_nll, answer_traces, choose_layers
     from train_helpers import teacher_records
 
     tok = AutoTokenizer.from_pretrained(four_layers)
@@ -78,7 +78,7 @@ def test_student_init_auto_keeps_the_chosen_layers(tmp_path, four_layers, tiny_q
     from transformers import AutoModelForCausalLM
 
     from distillkit.errors import DistillkitError
-    from distillkit.train.student import build_student_init
+    from distillkit.student.build import build_student_init
     from train_helpers import teacher_records
 
     cfg = type("S", (), {"model": str(four_layers), "keep_layers": "auto:3"})()

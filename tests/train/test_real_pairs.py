@@ -66,7 +66,7 @@ def recipe(teacher, student, **overrides) -> RecipeConfig:
 
 
 def test_qwen_student_adopts_r1_tokens_row_by_row():
-    from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
+    from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
 
     teacher, student = tok(rt.r1_distill_qwen_tokenizer()), tok(rt.qwen25_tokenizer("math-base"))
     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def test_qwen_student_adopts_r1_tokens_row_by_row():
 
 def test_own_tokenizer_gets_its_end_of_turn_as_eos():
     """Qwen2.5-Math base: EOS <|endoftext|>, its ChatML turns end with <|im_end|> (the recipe's stop)."""
-    from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
+    from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
 
     student = tok(rt.qwen25_tokenizer("math-base"))
     assert student.eos_token == "<|endoftext|>"
@@ -106,7 +106,7 @@ def test_own_tokenizer_gets_its_end_of_turn_as_eos():
 
 def test_r1_distill_as_student_gets_a_reasoning_keeping_template():
     from distillkit.preflight import check_reasoning_rendered
-    from distillkit.train.tokenizer import fix_tokenizer
+    from distillkit.student.tokenizer import fix_tokenizer
 
     student = tok(rt.r1_distill_qwen_tokenizer())
     assert check_reasoning_rendered(student, "r1").severity == "error"  # the shipped template drops it
@@ -115,7 +115,7 @@ def test_r1_distill_as_student_gets_a_reasoning_keeping_template():
 
 
 def test_llama_base_student_adopts_r1_llama_tokens():
-    from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
+    from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
 
     teacher, student = tok(rt.r1_distill_llama_tokenizer()), tok(rt.llama3_tokenizer("3.1-base"))
     chosen, rows, _ = choose_tokenizer("auto", student, teacher)
@@ -128,7 +128,7 @@ def test_llama_base_student_adopts_r1_llama_tokens():
 
 
 def test_llama_base_student_on_its_own_tokens_ends_turns_with_eot():
-    from distillkit.train.tokenizer import fix_tokenizer
+    from distillkit.student.tokenizer import fix_tokenizer
 
     student = tok(rt.llama3_tokenizer("3.1-base"))
     changes = fix_tokenizer(student)
@@ -150,7 +150,7 @@ def test_gemma3_student_gets_a_verbatim_turn_template(shipped):
 
     from distillkit.errors import DistillkitError
     from distillkit.train.data import split_template
-    from distillkit.train.tokenizer import fix_tokenizer
+    from distillkit.student.tokenizer import fix_tokenizer
 
     try:
         path = rt.gemma3_tokenizer()
@@ -200,7 +200,7 @@ def test_bos_is_written_once_on_every_path():
     prompts, training examples and lm-eval's encoding must each hold exactly one."""
     from distillkit.generate.prompts import render_prompt
     from distillkit.train.data import tokenize_record
-    from distillkit.train.tokenizer import choose_tokenizer, fix_tokenizer
+    from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
 
     teacher = tok(rt.r1_distill_llama_tokenizer())
     bos = teacher.bos_token_id
@@ -234,7 +234,7 @@ def test_student_init_adopts_tokens_and_sets_rows(models, tmp_path):
     from safetensors.torch import load_file
 
     from distillkit.config import StudentConfig
-    from distillkit.train.student import build_student_init
+    from distillkit.student.build import build_student_init
 
     source = models[QWEN_MATH_1_5B]
     before = load_file(str(source / "model.safetensors"))["model.embed_tokens.weight"]
@@ -268,7 +268,7 @@ def test_student_init_untied_and_pruned_sets_head_rows_too(models, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from distillkit.config import StudentConfig
-    from distillkit.train.student import build_student_init
+    from distillkit.student.build import build_student_init
 
     source = models[QWEN_MATH_7B]
     base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
@@ -287,7 +287,7 @@ def test_student_init_untied_and_pruned_sets_head_rows_too(models, tmp_path):
 def test_lora_trains_the_adopted_rows(models, tmp_path):
     from distillkit.config import RecipeConfig as Cfg
     from distillkit.config import StudentConfig
-    from distillkit.train.student import build_student_init, load_student
+    from distillkit.student.build import build_student_init, load_student
 
     build_student_init(StudentConfig(model=str(models[QWEN_MATH_1_5B])), tmp_path / "init",
                        teacher=str(models[R1_QWEN]))
@@ -341,7 +341,7 @@ def test_preflight_refuses_kd_across_bpes_and_sft_passes(models):
 def test_preflight_context_check_and_rope_override(models, tmp_path):
     from distillkit.config import StudentConfig
     from distillkit.preflight import preflight
-    from distillkit.train.student import build_student_init
+    from distillkit.student.build import build_student_init
 
     long = recipe(models[R1_QWEN], models[QWEN_MATH_1_5B], train__max_length=16384)
     errors = [f for f in preflight(long, stages=["train"]) if f.severity == "error"]

@@ -64,7 +64,7 @@ def served_recipe(tmp_path, records, student, teacher, **train):
 
 @pytest.fixture
 def stand_in(monkeypatch, tiny_qwen2):
-    from distillkit.score import scorers
+    from distillkit.engines import scorers
 
     made = []
 
@@ -87,7 +87,7 @@ def test_served_kl_is_the_topk_tail_divergence_of_the_students_samples(tmp_path,
 
     from distillkit.train.losses import kd_loss_from_logits
     from distillkit.train.stage import run_train
-    from distillkit.train.student import load_student
+    from distillkit.student.build import load_student
 
     made, _ = stand_in
     cfg = served_recipe(tmp_path, tiny_records[:2], tiny_llama, tiny_qwen2, per_device_train_batch_size=1)
@@ -130,7 +130,7 @@ def test_micro_batches_are_scored_while_the_student_trains(tmp_path, tiny_llama,
 
 
 def test_a_failing_server_stops_training_with_its_error(tmp_path, tiny_llama, tiny_qwen2, tiny_records, stand_in):
-    from distillkit.generate.backends.openai_http import EndpointError
+    from distillkit.engines.openai_http import EndpointError
     from distillkit.train.stage import run_train
 
     made, kwargs = stand_in

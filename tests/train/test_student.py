@@ -7,7 +7,7 @@ import pytest
 
 def test_parse_keep_layers():
     from distillkit.errors import DistillkitError
-    from distillkit.train.student import parse_keep_layers
+    from distillkit.student.build import parse_keep_layers
 
     assert parse_keep_layers("every_other", 6) == [0, 2, 4, 5]  # the last layer always stays
     assert parse_keep_layers("every_other", 5) == [0, 2, 4]
@@ -25,7 +25,7 @@ def test_pruned_student_copies_kept_layers_and_generates(tmp_path, tiny_qwen2):
     from transformers import AutoModelForCausalLM
 
     from distillkit.testing import build_tiny_model
-    from distillkit.train.student import build_student_init, prune_layers
+    from distillkit.student.build import build_student_init, prune_layers
 
     src = build_tiny_model(tmp_path / "four", num_layers=4, tokenizer_dir=tiny_qwen2)
     cfg = type("S", (), {"model": str(src), "keep_layers": "every_other"})()
@@ -57,7 +57,7 @@ def test_pruned_student_copies_kept_layers_and_generates(tmp_path, tiny_qwen2):
 def test_fix_tokenizer_separates_pad_from_eos_and_adds_markers(tiny_qwen2):
     from transformers import AutoTokenizer
 
-    from distillkit.train.student import fix_tokenizer
+    from distillkit.student.build import fix_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     tok.pad_token = tok.eos_token  # SmolLM2 ships like this
@@ -72,7 +72,7 @@ def test_qlora_student_is_nf4_double_quant_with_lora_on_top(tmp_path, tiny_qwen2
     import bitsandbytes as bnb
 
     from distillkit.config import TrainConfig
-    from distillkit.train.student import load_student
+    from distillkit.student.build import load_student
 
     cfg = TrainConfig(method="qlora", lora={"r": 4}, gradient_checkpointing=False)
     model, _ = load_student(cfg, tiny_qwen2)
@@ -90,7 +90,7 @@ def test_whole_student_links_its_weights_instead_of_loading_them(tmp_path, tiny_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distillkit.testing import build_tiny_model
-    from distillkit.train import student as student_mod
+    from distillkit.student import build as student_mod
 
     src = build_tiny_model(tmp_path / "src", num_layers=2, tokenizer_dir=tiny_qwen2)
     tok = AutoTokenizer.from_pretrained(src)
@@ -156,7 +156,7 @@ def test_bf16_null_follows_the_hardware(monkeypatch, cuda, cuda_bf16, cpu_bf16, 
     import torch
 
     from distillkit import hardware
-    from distillkit.train.student import resolve_bf16
+    from distillkit.student.build import resolve_bf16
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
@@ -171,7 +171,7 @@ def test_lora_base_is_bf16_when_training_in_bf16(tiny_qwen2, bf16):
     import torch
 
     from distillkit.config import RecipeConfig
-    from distillkit.train.student import load_student
+    from distillkit.student.build import load_student
 
     cfg = RecipeConfig.model_validate({"train": {"method": "lora", "bf16": bf16, "lora": {"r": 4}}})
     model, _ = load_student(cfg.train, tiny_qwen2)

@@ -17,7 +17,7 @@ def test_lora_gradients_reach_only_lora_params(tmp_path, tiny_qwen2, tiny_llama,
 
     from distillkit.train.data import DistillCollator, build_train_dataset
     from distillkit.train.stage import build_trainer, sft_config
-    from distillkit.train.student import build_student_init, load_student
+    from distillkit.student.build import build_student_init, load_student
 
     cfg = make_recipe(tmp_path, tiny_records, tiny_llama, method="lora", lora={"r": 4, "dropout": 0.0},
                       kd={"enabled": True, "alpha": 0.3})
@@ -176,7 +176,7 @@ def test_live_teacher_kd_first_step_matches_full_vocab_kl(tmp_path, tiny_llama, 
 
     from distillkit.train.data import IGNORE, build_train_dataset
     from distillkit.train.stage import run_train
-    from distillkit.train.student import load_student
+    from distillkit.student.build import load_student
 
     records = tiny_records[:4] if stored_labels else \
         [{k: v for k, v in r.items() if k not in ("topk_ids", "topk_logprobs")} for r in tiny_records[:4]]

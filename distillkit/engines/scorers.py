@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from distillkit.generate.backends import fixed_width
+from distillkit.engines.base import fixed_width
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class VllmScorer:
 
     @classmethod
     def from_config(cls, teacher, topk: int) -> "VllmScorer":
-        from distillkit.generate.backends.vllm import start_engine, teacher_engine_kwargs
+        from distillkit.engines.vllm import start_engine, teacher_engine_kwargs
         from distillkit.models import resolve_model
 
         kwargs = teacher_engine_kwargs(teacher, resolve_model(teacher.model), topk)
@@ -68,7 +68,7 @@ class VllmScorer:
         return [fixed_width(top_rows(o.prompt_logprobs[start:], k), k) for o, start in zip(outputs, starts)]
 
     def close(self) -> None:
-        from distillkit.vllm_cpu import shutdown_engine
+        from distillkit.engines.vllm_cpu import shutdown_engine
 
         llm, self.llm = self.llm, None
         shutdown_engine(llm)
@@ -102,7 +102,7 @@ class ServerScorer:
         from transformers import AutoTokenizer
 
         from distillkit.errors import DistillkitError
-        from distillkit.generate.backends.openai_http import check_reachable, open_endpoint
+        from distillkit.engines.openai_http import check_reachable, open_endpoint
         from distillkit.models import resolve_model
 
         o = teacher.openai
@@ -123,7 +123,7 @@ class ServerScorer:
         return scorer
 
     def _one(self, sequence: list[int], start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from distillkit.generate.backends.openai_http import EndpointError, post_json
+        from distillkit.engines.openai_http import EndpointError, post_json
 
         url = f"{self.base_url}/completions"
         body = {"model": self.model, "prompt": list(sequence), "max_tokens": 1, "temperature": 0.0,

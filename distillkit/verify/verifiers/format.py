@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from distillkit.filter.verifiers.base import Verdict, Verifier
-from distillkit.filter.verifiers.code import extract_code
-from distillkit.filter.verifiers.math import extract_boxed
+from distillkit.verify.verifiers.base import Verdict, Verifier
+from distillkit.verify.verifiers.code import extract_code
+from distillkit.verify.verifiers.math import extract_boxed
 
 
 class FormatParams(BaseModel):

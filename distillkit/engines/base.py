@@ -131,15 +131,15 @@ def make_backend(gen_cfg) -> Backend:
     """The backend a GenerateConfig asks for (heavy libraries are imported here, not at module import)."""
     kind = gen_cfg.teacher.backend
     if kind == "vllm":
-        from distillkit.generate.backends.vllm import VllmBackend
+        from distillkit.engines.vllm import VllmBackend
 
         return VllmBackend.from_config(gen_cfg)
     if kind == "openai":
-        from distillkit.generate.backends.openai_http import OpenAIBackend
+        from distillkit.engines.openai_http import OpenAIBackend
 
         return OpenAIBackend.from_config(gen_cfg)
     if kind == "transformers":
-        from distillkit.generate.backends.hf import HFBackend
+        from distillkit.engines.hf import HFBackend
 
         return HFBackend.from_config(gen_cfg)
     raise ValueError(f"unknown backend {kind!r}")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from distillkit.filter.verifiers.base import Verdict, Verifier, answer_text
+from distillkit.verify.verifiers.base import Verdict, Verifier, answer_text
 
 # With our outer timeout in place, math-verify warns on every call that its own one is off.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -214,7 +214,7 @@ class MathVerifier(Verifier):
     def _get_pool(self):
         if self._pool is None:
             from distillkit.errors import require
-            from distillkit.filter.workers import TimeoutPool
+            from distillkit.verify.workers import TimeoutPool
 
             require("math_verify", "filter", "the math verifier needs `math-verify`")
             self._pool = TimeoutPool(f"{__name__}:compare", num_workers=self.num_workers,

@@ -12,7 +12,7 @@ import hashlib
 import logging
 
 from distillkit.errors import DistillkitError, require
-from distillkit.generate.backends import GenRequest, PromptResult, Sample
+from distillkit.engines.base import GenRequest, PromptResult, Sample
 
 log = logging.getLogger(__name__)
 

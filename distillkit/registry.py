@@ -9,14 +9,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 # name -> "module:Class". Modules are imported only when a filter actually runs.
 VERIFIERS: dict[str, str] = {
-    "truncation": "distillkit.filter.verifiers.readability:TruncationVerifier",
-    "format": "distillkit.filter.verifiers.format:FormatVerifier",
-    "math": "distillkit.filter.verifiers.math:MathVerifier",
-    "code": "distillkit.filter.verifiers.code:CodeVerifier",
-    "language": "distillkit.filter.verifiers.readability:LanguageVerifier",
-    "repetition": "distillkit.filter.verifiers.readability:RepetitionVerifier",
-    "length": "distillkit.filter.verifiers.readability:LengthVerifier",
-    "judge": "distillkit.filter.verifiers.judge:JudgeVerifier",
+    "truncation": "distillkit.verify.verifiers.readability:TruncationVerifier",
+    "format": "distillkit.verify.verifiers.format:FormatVerifier",
+    "math": "distillkit.verify.verifiers.math:MathVerifier",
+    "code": "distillkit.verify.verifiers.code:CodeVerifier",
+    "language": "distillkit.verify.verifiers.readability:LanguageVerifier",
+    "repetition": "distillkit.verify.verifiers.readability:RepetitionVerifier",
+    "length": "distillkit.verify.verifiers.readability:LengthVerifier",
+    "judge": "distillkit.verify.verifiers.judge:JudgeVerifier",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from distillkit.filter.verifiers.base import Verdict, Verifier, answer_text
+from distillkit.verify.verifiers.base import Verdict, Verifier, answer_text
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)
 _PYTHON_TAGS = {"", "python", "py", "python3"}
@@ -57,7 +57,7 @@ class CodeVerifier(Verifier):
     Params = CodeParams
 
     def __init__(self, num_workers: int = 1, **params: Any):
-        from distillkit.filter.sandbox import require_isolation
+        from distillkit.verify.sandbox import require_isolation
 
         super().__init__(num_workers, **params)
         self.isolation = require_isolation(self.params.allow_unisolated)  # refuses before any code runs
@@ -67,7 +67,7 @@ class CodeVerifier(Verifier):
         return {"isolation": self.isolation}
 
     def _run(self, code: str, stdin: str = ""):
-        from distillkit.filter.sandbox import execute_code
+        from distillkit.verify.sandbox import execute_code
 
         p = self.params
         return execute_code(code, stdin=stdin, timeout_s=p.timeout_s, memory_mb=p.memory_mb,

@@ -35,7 +35,7 @@ def prepare_cpu_env() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("DISTILLKIT_VLLM_FAST_TOP_P", "1")  # read by the plugin in vLLM's processes
-    from distillkit.generate.backends import fast_top_p
+    from distillkit.engines import fast_top_p
 
     fast_top_p.install()
 

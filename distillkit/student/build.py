@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from distillkit.errors import DistillkitError, require
-from distillkit.train.tokenizer import fix_tokenizer  # noqa: F401  (re-exported: preflight and tests use it)
+from distillkit.student.tokenizer import fix_tokenizer  # noqa: F401  (re-exported: preflight and tests use it)
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     Written to a temporary folder and renamed, so an existing `out_dir` is always whole. With every
     layer kept the weights are linked, not rewritten (`_link_whole_student`; only a shard holding
     changed embedding rows is rewritten). `keep_layers: auto:N` chooses the layers on `records` (kept
-    traces; `distillkit.train.layers`). `teacher` (a model argument) is the source of special tokens
-    for `student.tokenizer` auto/teacher (`distillkit.train.tokenizer`). The context overrides
+    traces; `distillkit.student.layers`). `teacher` (a model argument) is the source of special tokens
+    for `student.tokenizer` auto/teacher (`distillkit.student.tokenizer`). The context overrides
     (`rope_theta`, `rope_scaling`, `max_position_embeddings`) go into the saved config. Returns {"path",
     "source", "num_layers", "kept_layers", "num_params", "tokenizer_changes", "weights": "linked" |
     "written", "adopted_rows", "context"} (+ "layer_choice": the rounds of an auto choice).
@@ -148,7 +148,7 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
                 raise DistillkitError("train.student.keep_layers=auto:N measures the layers on the filter stage's "
                                       "kept traces, which this run does not train on (train.sources); list the "
                                       "layers to keep instead")
-            from distillkit.train.layers import choose_layers
+            from distillkit.student.layers import choose_layers
 
             keep, choice = choose_layers(model, tokenizer, records, auto)
         else:
@@ -175,7 +175,7 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
 
 def student_tokenizer(student_cfg, original, teacher: str | None):
     """(tokenizer before the fix-ups, embedding rows to set, note) for `train.student.tokenizer`."""
-    from distillkit.train.tokenizer import choose_tokenizer
+    from distillkit.student.tokenizer import choose_tokenizer
 
     policy = getattr(student_cfg, "tokenizer", "own")
     teacher_tok = None
@@ -279,7 +279,7 @@ def _link_whole_student(source: str, tokenizer, rows, note: str, tmp: Path, stud
             os.link(target, tmp / f.name)
         except OSError:  # another filesystem: a symlink (the source must stay where it is)
             os.symlink(target, tmp / f.name)
-    from distillkit.train.tokenizer import update_model_config
+    from distillkit.student.tokenizer import update_model_config
 
     update_model_config(config, generation, tokenizer, old_eos)
     context = apply_context(config, student_cfg)

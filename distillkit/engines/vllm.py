@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 from distillkit.errors import DistillkitError, require
-from distillkit.generate.backends import GenRequest, PromptResult, Sample, fixed_width
-from distillkit.vllm_cpu import cpu_engine_in_process, cpu_engine_kwargs, is_cpu_platform, prepare_cpu_env, shutdown_engine
+from distillkit.engines.base import GenRequest, PromptResult, Sample, fixed_width
+from distillkit.engines.vllm_cpu import cpu_engine_in_process, cpu_engine_kwargs, is_cpu_platform, prepare_cpu_env, shutdown_engine
 
 log = logging.getLogger(__name__)
 
