@@ -37,8 +37,8 @@ def child(in_process: bool, block_size: int) -> dict:
     from vllm import LLM, SamplingParams
 
     from distillkit.data.arith import ONE_SHOT_TEMPLATE
-    from distillkit.evaluate.harness import LOCAL_TASKS_DIR
     from distillkit.engines.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
+    from distillkit.evaluate.harness import LOCAL_TASKS_DIR
     from distillkit.models import resolve_model
 
     prepare_cpu_env()

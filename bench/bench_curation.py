@@ -42,7 +42,7 @@ def arm(output_dir: str, overrides: list[str]) -> dict:
 
 def paired(a: dict, b: dict) -> tuple[float, float]:
     """a - b over shared questions and its paired standard error (tasks as results.json holds them)."""
-    from distillkit.evaluate.protocol import paired_difference
+    from distillkit.schemas.evaluate import paired_difference
     from distillkit.schemas.evaluate import TaskScore
 
     diff, se, _ = paired_difference(TaskScore.model_validate(a), TaskScore.model_validate(b))

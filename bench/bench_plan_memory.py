@@ -213,8 +213,8 @@ def _measure(args, cfg, work: Path, device: str, used_at_start: int) -> dict:
     from transformers import TrainerCallback
 
     from distillkit.plan import KNOWN_SHAPES
-    from distillkit.train.stage import build_trainer, sft_config
     from distillkit.student.build import load_student, resolve_bf16
+    from distillkit.train.stage import build_trainer, sft_config
 
     on_gpu = device == "cuda"
     init = work / "student_init"

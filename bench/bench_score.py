@@ -61,11 +61,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from distillkit.config import validate_recipe
+    from distillkit.engines.scorers import VllmScorer
     from distillkit.engines.vllm import VllmBackend
     from distillkit.generate.stage import run_generate
     from distillkit.models import resolve_model
     from distillkit.records import read_records
-    from distillkit.engines.scorers import VllmScorer
     from distillkit.score.stage import run_score
 
     model = str(resolve_model(args.model))

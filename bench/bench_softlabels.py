@@ -121,8 +121,8 @@ def train_ratio(folders: dict[str, Path], steps: int, layers: int) -> dict:
     from distillkit.config import KDConfig
     from distillkit.models import resolve_model
     from distillkit.records import StageRecords
-    from distillkit.train.data import DistillCollator, build_train_dataset
     from distillkit.student.build import build_student_init
+    from distillkit.train.data import DistillCollator, build_train_dataset
     from distillkit.train.trainer import DistillTrainer
 
     sys.path.insert(0, str(Path(__file__).parent))

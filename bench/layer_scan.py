@@ -30,8 +30,8 @@ def main() -> None:
 
     from distillkit.models import resolve_model
     from distillkit.records import read_records
-    from distillkit.student.layers import AnswerBatch, answer_traces
     from distillkit.student.build import prune_layers
+    from distillkit.student.layers import AnswerBatch, answer_traces
 
     torch.set_grad_enabled(False)
     path = resolve_model(args.model)

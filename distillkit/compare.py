@@ -120,7 +120,7 @@ def _trained(root: Path, arm: str, seed: int) -> Path:
 
 def _link_upstream(run: RecipeConfig, shared: Path) -> None:
     """Point the run's generate/filter/score folders at one shared folder per stage config (made on first use)."""
-    from distillkit.pipeline import stage_config_hash
+    from distillkit.stage_hash import stage_config_hash
 
     for stage in UPSTREAM:
         if stage not in run.stages:
@@ -205,8 +205,8 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
 
 def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareResults:
     """The table of every finished run: student_after per (arm, seed, question), intervals, references."""
-    from distillkit.schemas.evaluate import EvalResults
     from distillkit.evaluate.seeds import arm_interval, paired_interval, paired_table, seeds_needed
+    from distillkit.schemas.evaluate import EvalResults
 
     baseline = cfg.compare.baseline or next(iter(cfg.compare.arms))
     scores: dict[str, dict[str, dict[int, dict[str, float]]]] = {}  # arm -> task -> seed -> question -> pass@1

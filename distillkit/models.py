@@ -13,8 +13,10 @@ import os
 import shutil
 import struct
 from pathlib import Path
+from typing import Any, Optional
 
 from distillkit.errors import DistillkitError, require
+from distillkit.http import hub_offline, hub_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +295,55 @@ def resolve_model(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
         raise DistillkitError(f"model {spec!r}: no such folder or file")
     return spec  # a Hub id
+
+
+def load_tokenizer_and_config(spec: str) -> tuple[Any, Any]:
+    """(tokenizer, model config or None) for a model argument, without loading or converting weights.
+
+    Raises DistillkitError when the tokenizer cannot be loaded.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    gguf: Optional[Path] = None
+    if spec.startswith("builtin:"):
+        gguf = builtin_gguf(spec.split(":", 1)[1])
+    elif spec.endswith(".gguf"):
+        gguf = Path(spec).expanduser()
+        if not gguf.exists():
+            raise DistillkitError(f"{gguf}: no such GGUF file")
+    kwargs: dict[str, Any] = {}
+    if gguf is not None:
+        folder = converted_folder(gguf)
+        if (folder / ".complete").exists():
+            path = str(folder)
+        else:  # reading the GGUF metadata is slow but never touches the weights
+            path, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
+    else:
+        path = resolve_model(spec)
+    unreachable = None
+    if path == spec and not Path(spec).expanduser().exists() and not hub_offline():  # a Hub id
+        unreachable = hub_unreachable()
+        if unreachable:  # the cache may still have it; else fail now, not after the loaders' retries
+            kwargs["local_files_only"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except Exception as e:  # OSError (missing/offline), ValueError (unknown class), ...
+        from distillkit.faults import HUB_HINT, EnvironmentFault, network_reason
+
+        reason = (unreachable, None) if unreachable else network_reason(e)
+        if hub_offline():
+            raise EnvironmentFault("network", f"could not load the tokenizer of {spec!r}: HF_HUB_OFFLINE is set and "
+                                   "it is not in the local Hugging Face cache", "download it where there is network "
+                                   f"(`huggingface-cli download {spec}`) and copy ~/.cache/huggingface here, or give "
+                                   "a local folder instead of a Hub name") from e
+        if reason is not None or "couldn't connect" in str(e):
+            why = reason[0] if reason else "could not connect"
+            raise EnvironmentFault("network", f"could not load the tokenizer of {spec!r}: the Hugging Face Hub is "
+                                   f"not reachable ({why})", HUB_HINT) from e
+        raise DistillkitError(f"could not load the tokenizer of {spec!r}: {e}") from e
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except Exception as e:  # a tokenizer-only repo, or a hosted model name
+        log.info("no model config for %s (%s); vocab sizes are taken from the tokenizer", spec, e)
+        config = None
+    return tokenizer, config

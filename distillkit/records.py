@@ -149,6 +149,12 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def seeded_rank(seed: int, prompt_id: str) -> bytes:
+    """A prompt's place in a seeded random order that does not depend on record order, shards or machines
+    (which prompts a share keeps: filter's difficulty bins, generate's pre-screen)."""
+    return hashlib.blake2b(f"{seed}\0{prompt_id}".encode(), digest_size=8).digest()
+
+
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 

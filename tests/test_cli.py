@@ -183,19 +183,19 @@ def test_quiet_libraries_drops_only_the_listed_noise(caplog, monkeypatch):
     import logging
     import warnings
 
-    from distillkit import cli
+    from distillkit import logs
 
     monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
     monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file
     monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # a user's own setting wins
-    loggers = [logging.getLogger(name) for name, *_ in cli.QUIET_LOGS]
+    loggers = [logging.getLogger(name) for name, *_ in logs.QUIET_LOGS]
     before = [list(lg.filters) for lg in loggers]
     try:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            cli.quiet_libraries()
-            cli.quiet_libraries()  # idempotent: one filter per logger
+            logs.quiet_libraries()
+            logs.quiet_libraries()  # idempotent: one filter per logger
             warnings.warn("`torch.distributed.reduce_op` is deprecated, please use ReduceOp", FutureWarning)
             warnings.warn("something else is deprecated", FutureWarning)
         assert [str(w.message) for w in seen] == ["something else is deprecated"]
@@ -204,7 +204,7 @@ def test_quiet_libraries_drops_only_the_listed_noise(caplog, monkeypatch):
         logging.getLogger("lm_eval.evaluator").warning("Context length exceeded")  # a real problem stays
         logging.getLogger("lm_eval.api.task").warning("x: Custom kwargs can be passed to `--metadata` in console")
         assert [r.getMessage() for r in caplog.records] == ["Context length exceeded"]
-        assert all(sum(isinstance(f, cli._DropKnownNoise) for f in lg.filters) == 1 for lg in loggers)
+        assert all(sum(isinstance(f, logs._DropKnownNoise) for f in lg.filters) == 1 for lg in loggers)
         assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR" and os.environ["TORCH_CPP_LOG_LEVEL"] == "INFO"
         assert os.environ["TQDM_MININTERVAL"] == "30"
     finally:

@@ -51,7 +51,7 @@ def test_every_recipe_is_covered():
 def _scripted_teacher(teacher_id: str, prefill: str | None, out: Path) -> Path:
     from transformers import AutoTokenizer
 
-    from distillkit.generate.prompts import render_prompt
+    from distillkit.engines.base import render_prompt
     from distillkit.testing.scripted import build_scripted_model, chain_for
 
     spec = rt.REAL_MODELS[teacher_id]

@@ -9,10 +9,10 @@ import subprocess
 import pytest
 
 from distillkit.config import validate_recipe
-from distillkit.schemas.evaluate import Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
 from distillkit.filter.stage import run_filter
 from distillkit.publish.report import SECTIONS, build_report
 from distillkit.records import StageOutput, make_record, record_features
+from distillkit.schemas.evaluate import Baseline, EvalResults, ModelResult, Protocol, TaskInfo, TaskScore
 from distillkit.schemas.train import TrainStats
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

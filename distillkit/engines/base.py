@@ -1,4 +1,5 @@
-"""Teacher backends (vLLM engine, OpenAI-compatible HTTP, transformers) and the one result type they share.
+"""Teacher backends (vLLM engine, OpenAI-compatible HTTP, transformers), the one result type they share, and the
+prompt as the teacher's chat template renders it (`render_prompt`, for generation and for scoring).
 
 Every backend turns a list of `GenRequest` into a list of `PromptResult` (same order), so the stage
 maps one shape into records whatever produced it. Soft labels are always fixed-width arrays:
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+
+from distillkit.errors import DistillkitError
 
 PAD_LOGPROB = float("-inf")
 
@@ -127,19 +130,19 @@ def apply_stop(sample: Sample, stop: Sequence[str], tokenizer, eos_ids: Sequence
                    topk_logprobs=None if sample.topk_logprobs is None else sample.topk_logprobs[:n])
 
 
-def make_backend(gen_cfg) -> Backend:
-    """The backend a GenerateConfig asks for (heavy libraries are imported here, not at module import)."""
-    kind = gen_cfg.teacher.backend
-    if kind == "vllm":
-        from distillkit.engines.vllm import VllmBackend
+def render_prompt(tokenizer, messages: list[dict[str, str]], prefill: str) -> tuple[str, list[int], bool]:
+    """(prompt text, its token ids, whether the template already ended with `prefill`).
 
-        return VllmBackend.from_config(gen_cfg)
-    if kind == "openai":
-        from distillkit.engines.openai_http import OpenAIBackend
-
-        return OpenAIBackend.from_config(gen_cfg)
-    if kind == "transformers":
-        from distillkit.engines.hf import HFBackend
-
-        return HFBackend.from_config(gen_cfg)
-    raise ValueError(f"unknown backend {kind!r}")
+    R1-style templates end their generation prompt with "<think>\\n" themselves; others get the
+    prefill appended, so in both cases the completion starts inside the reasoning block.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DistillkitError("the teacher's tokenizer has no chat template; give a model with one "
+                              "(or use an OpenAI-compatible endpoint that applies its own)")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    in_template = bool(prefill) and text.endswith(prefill)
+    if prefill and not in_template:
+        text += prefill
+    # The template already holds the special tokens (BOS included where the model wants one).
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text, list(ids), in_template

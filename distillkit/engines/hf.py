@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from distillkit.errors import DistillkitError, require
 from distillkit.engines.base import GenRequest, PromptResult, Sample
+from distillkit.errors import DistillkitError, require
 
 log = logging.getLogger(__name__)
 

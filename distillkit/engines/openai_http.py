@@ -18,8 +18,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from distillkit.errors import DistillkitError
 from distillkit.engines.base import GenRequest, PromptResult, Sample, fixed_width
+from distillkit.errors import DistillkitError
 from distillkit.http import post_with_retries
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def open_endpoint(teacher, seed: int = 0, topk: int = 0) -> tuple[str, str, cont
     stack = contextlib.ExitStack()
     if not o.serve:
         return o.base_url, o.model or teacher.model, stack
-    from distillkit.evaluate.harness import vllm_server
+    from distillkit.engines.server import vllm_server
     from distillkit.models import resolve_model
 
     path = resolve_model(teacher.model)

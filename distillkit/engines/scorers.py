@@ -101,8 +101,8 @@ class ServerScorer:
         """`key`: where the teacher is configured in the recipe, for error messages."""
         from transformers import AutoTokenizer
 
-        from distillkit.errors import DistillkitError
         from distillkit.engines.openai_http import check_reachable, open_endpoint
+        from distillkit.errors import DistillkitError
         from distillkit.models import resolve_model
 
         o = teacher.openai

@@ -10,9 +10,15 @@ import contextlib
 import logging
 from typing import Any
 
-from distillkit.errors import DistillkitError, require
 from distillkit.engines.base import GenRequest, PromptResult, Sample, fixed_width
-from distillkit.engines.vllm_cpu import cpu_engine_in_process, cpu_engine_kwargs, is_cpu_platform, prepare_cpu_env, shutdown_engine
+from distillkit.engines.vllm_cpu import (
+    cpu_engine_in_process,
+    cpu_engine_kwargs,
+    is_cpu_platform,
+    prepare_cpu_env,
+    shutdown_engine,
+)
+from distillkit.errors import DistillkitError, require
 
 log = logging.getLogger(__name__)
 

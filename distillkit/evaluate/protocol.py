@@ -10,12 +10,11 @@ the sampled units: se = std(per-question pass rates, ddof=1) / sqrt(n). That is 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
-from statistics import fmean, stdev
+from statistics import fmean
 from typing import Any
 
-from distillkit.schemas.evaluate import TaskScore
+from distillkit.schemas.evaluate import TaskScore, mean_and_stderr
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +23,6 @@ def r1_gen_kwargs(temperature: float, top_p: float, max_gen_toks: int) -> dict[s
     """Generation kwargs merged into every generative task (stop sequences stay the task's own)."""
     return {"do_sample": temperature > 0, "temperature": temperature, "top_p": top_p,
             "max_gen_toks": max_gen_toks}
-
-
-def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
-    """Mean and its standard error std(ddof=1)/sqrt(n); stderr is None for n < 2."""
-    if not values:
-        return math.nan, None
-    mean = fmean(values)
-    return mean, (stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
 
 
 def _num_samples(sample: dict) -> int:
@@ -88,24 +79,6 @@ def constant_answer_baseline(samples: list[dict]) -> dict[str, Any] | None:
         return None
     answer, hits = Counter(targets.values()).most_common(1)[0]
     return {"answer": answer, "pass_at_1": hits / len(targets), "num_questions": len(targets)}
-
-
-def paired_difference(after: TaskScore, before: TaskScore) -> tuple[float, float | None, int]:
-    """Mean of per-question differences (after - before) over shared questions, its stderr, and n.
-
-    Pairing by question removes the between-question variance both models share, so this stderr
-    is usually much smaller than combining the two unpaired ones.
-    """
-    shared = sorted(set(after.per_question) & set(before.per_question))
-    diffs = [after.per_question[q] - before.per_question[q] for q in shared]
-    mean, se = mean_and_stderr(diffs)
-    return mean, se, len(diffs)
-
-
-def paired_text(after: TaskScore | None, before: TaskScore | None, pm: str = " ± ") -> str:
-    """after − before in points ± its paired standard error, or "–" without two scores on shared questions."""
-    diff, se, n = paired_difference(after, before) if before and after else (0.0, None, 0)
-    return "–" if not n else f"{100 * diff:+.1f}" + (f"{pm}{100 * se:.1f}" if se is not None else "")
 
 
 # ------------------------------------------------------------------------ k samples for any task

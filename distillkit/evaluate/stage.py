@@ -18,13 +18,20 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.schemas.evaluate import MODEL_LABELS, Baseline, EvalResults, ModelResult, Protocol, TaskInfo
 from distillkit.faults import operation
-from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, atomic_write_text, read_manifest
+from distillkit.schemas.evaluate import (
+    MODEL_LABELS,
+    Baseline,
+    EvalResults,
+    ModelResult,
+    Protocol,
+    paired_text,
+    task_lines,
+)
+from distillkit.stage_hash import stage_config_hash
 
 log = logging.getLogger(__name__)
-
 
 
 def model_paths(cfg: RecipeConfig) -> dict[str, str]:
@@ -63,8 +70,6 @@ def _prefix_note(prefix: str | None) -> str:
 
 def comparison_markdown(results: EvalResults) -> str:
     """The comparison table: pass@1 (%) ± standard error per task and model, and the paired change."""
-    from distillkit.evaluate.protocol import paired_text
-
     models = results.model_keys()
     proto = results.protocol
     lines = [
@@ -96,22 +101,6 @@ def comparison_markdown(results: EvalResults) -> str:
     lines += ["", "Models:"] + [f"- {MODEL_LABELS.get(m, m)}: `{results.models[m].model}`" for m in models]
     lines += task_lines(proto.task_info)
     return "\n".join(lines) + "\n"
-
-
-def task_lines(task_info: dict[str, TaskInfo]) -> list[str]:
-    """"Tasks:" and one line per task: version, data, shots, prompt, what was scored and how (Markdown)."""
-    if not task_info:
-        return []
-    lines = ["", "Tasks (two runs' numbers compare only where these lines are equal):"]
-    for name, t in task_info.items():
-        data = t.dataset or "?"
-        if t.dataset_config and t.dataset_config != "default":
-            data += f" ({t.dataset_config})"
-        if t.split:
-            data += f", split {t.split}"
-        lines.append(f"- `{name}` v{t.version} ({t.source}): {data}; {t.num_fewshot}-shot; prompt: {t.prompt}; "
-                     f"scored on {t.scored_text}; answer: {t.extraction}")
-    return lines
 
 
 def constant_baselines(folder: Path, model_keys: list[str], tasks: list[str]) -> dict[str, Baseline]:

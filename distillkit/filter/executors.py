@@ -20,7 +20,8 @@ from typing import Any
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.filter.verify import Judge, ShardError, is_judged, judged_path, verify_shard
+from distillkit.filter.verify import ShardError, is_judged, judged_path, verify_shard
+from distillkit.verify.chain import Judge
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +66,14 @@ class VerifyShards:
         return None
 
 
-class FinishFilter:
-    """A datatrove step for the scheduler's last job: dedup, selection and writing, once."""
+def records_progress():
+    """A transient progress bar counting records (shards judged, outputs written)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    def __init__(self, recipe: dict[str, Any]):
-        self.recipe = recipe
+    from distillkit.progress import progress_bar
 
-    def __repr__(self) -> str:
-        return "distillkit filter: dedup, selection and writing"
-
-    def __call__(self, data, rank: int = 0, world_size: int = 1):
-        cfg = RecipeConfig.model_validate(self.recipe)
-        cfg.filter.executor.kind = "inline"  # every shard is judged by now; this only checks and finishes
-        from distillkit.filter.stage import run_filter
-
-        run_filter(cfg, show_progress=False)
-        return None
+    return progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), transient=True, unit="records")
 
 
 def _watch(work: Path, todo: list[int], progress, task) -> threading.Event:
@@ -99,11 +92,12 @@ def _watch(work: Path, todo: list[int], progress, task) -> threading.Event:
     return stop
 
 
-def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: str,
+def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: str, finish: Any,
                show_progress: bool = True) -> list[int] | None:
     """Judge every shard that has no finished judged file; returns the shards done now.
 
-    None means the work was submitted to a scheduler (slurm) and goes on without us."""
+    None means the work was submitted to a scheduler (slurm) and goes on without us: `finish` (a datatrove
+    step, the filter stage's FinishFilter) then runs as the last job, once every shard is judged."""
     import pyarrow.parquet as pq
 
     ex = cfg.filter.executor
@@ -122,9 +116,7 @@ def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: s
     if not todo:
         return []
 
-    from distillkit.filter.stage import _progress
-
-    progress = _progress() if show_progress else None
+    progress = records_progress() if show_progress else None
     if ex.kind == "inline":
         total = 0
         for k in todo:
@@ -147,7 +139,7 @@ def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: s
         require("datatrove", "filter", f"filter.executor.kind={ex.kind} runs on datatrove")
         step = VerifyShards([str(s) for s in shards], todo, str(work), cfg.filter.model_dump(mode="json"), config_hash)
         if ex.kind == "slurm":  # default: a task per shard (array tasks are cheap to schedule)
-            _submit_slurm(cfg, step, min(ex.tasks or len(todo), len(todo)), work)
+            _submit_slurm(cfg, step, finish, min(ex.tasks or len(todo), len(todo)), work)
             return None
         from datatrove.executor import LocalPipelineExecutor
         from loguru import logger
@@ -192,7 +184,7 @@ def _raise_failures(shards: list[Path], todo: list[int], work: Path) -> None:
             "`distillkit generate` (it writes only the missing shards), then rerun `distillkit filter`.")
 
 
-def _submit_slurm(cfg: RecipeConfig, step: VerifyShards, tasks: int, work: Path) -> None:
+def _submit_slurm(cfg: RecipeConfig, step: VerifyShards, finish_step: Any, tasks: int, work: Path) -> None:
     from datatrove.executor import SlurmPipelineExecutor
 
     ex = cfg.filter.executor
@@ -200,7 +192,7 @@ def _submit_slurm(cfg: RecipeConfig, step: VerifyShards, tasks: int, work: Path)
               "slurm_logs_folder": str(work / "slurm"), **ex.slurm}
     verify = SlurmPipelineExecutor(pipeline=[step], tasks=tasks, workers=ex.workers,
                                    **{**common, "logging_dir": str(work / "datatrove")})
-    finish = SlurmPipelineExecutor(pipeline=[FinishFilter(cfg.model_dump(mode="json"))], tasks=1, depends=verify,
+    finish = SlurmPipelineExecutor(pipeline=[finish_step], tasks=1, depends=verify,
                                    **{**common, "logging_dir": str(work / "datatrove-finish"),
                                       "job_name": "distillkit-filter-finish"})
     finish.run()

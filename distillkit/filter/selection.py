@@ -4,13 +4,13 @@ passing trace."""
 from __future__ import annotations
 
 import bisect
-import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from distillkit.config import SelectionConfig
+from distillkit.records import seeded_rank
 from distillkit.verify.verifiers.base import Verdict
 
 
@@ -22,12 +22,6 @@ def pass_rates(records: Sequence[dict[str, Any]], passed: Sequence[bool]) -> dic
         total[rec["prompt_id"]] += 1
         good[rec["prompt_id"]] += int(ok)
     return {p: good[p] / total[p] for p in total}
-
-
-def seeded_rank(seed: int, prompt_id: str) -> bytes:
-    """A prompt's place in a seeded random order that does not depend on record order, shards or machines
-    (which prompts a share keeps: difficulty bins here, the student's pre-screen in generate)."""
-    return hashlib.blake2b(f"{seed}\0{prompt_id}".encode(), digest_size=8).digest()
 
 
 def _bin_choice(rates: dict[Any, float], cfg: SelectionConfig, name: Callable[[Any], str]) -> dict[Any, Verdict]:

@@ -32,11 +32,12 @@ import numpy as np
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.schemas.filter import FilterStats
-from distillkit.verify.verifiers.base import Verdict
-from distillkit.filter.verify import OUTCOME_OF, Judge, Judged, Tally, judged_path, read_judged_meta
-from distillkit.pipeline import stage_config_hash
+from distillkit.filter.verify import judged_path, read_judged_meta
 from distillkit.records import Manifest, StageOutput, list_shards, read_manifest
+from distillkit.schemas.filter import FilterStats
+from distillkit.stage_hash import stage_config_hash
+from distillkit.verify.chain import OUTCOME_OF, Judge, Judged, Tally
+from distillkit.verify.verifiers.base import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ def pass_rate_stats(good: np.ndarray, total: np.ndarray) -> dict[str, Any]:
 
 def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterConfig) -> list[str]:
     """One line per verifier that could not judge more than `filter.warn_cannot_judge` of the records it saw."""
+    from distillkit.verify.chain import step_names
     from distillkit.verify.verifiers.base import DEFERRED
-    from distillkit.filter.verify import step_names
 
     out = []
     for i, (step, spec) in enumerate(zip(step_names(cfg), cfg.verifiers)):
@@ -441,15 +442,6 @@ def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, off
 # ----------------------------------------------------------------------------------------- stage
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from distillkit.progress import progress_bar
-
-    return progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), transient=True, unit="records")
-
-
 def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool = True) -> Manifest | None:
     """Run the filter stage of `cfg`; returns the manifest (the existing one if already complete).
 
@@ -482,7 +474,8 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
 
     # 1. per shard, wherever the executor runs it; finished shards are skipped
     t0 = time.time()
-    redone = verify_all(cfg, shards, work, out.config_hash, show_progress=show_progress)
+    redone = verify_all(cfg, shards, work, out.config_hash, FinishFilter(cfg.model_dump(mode="json")),
+                        show_progress=show_progress)
     if redone is None:  # submitted to a scheduler
         return None
     verify_s = round(time.time() - t0, 3)
@@ -490,6 +483,22 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
         for p in [*list_shards(out_dir), *list_shards(out_dir / REJECTED), *work.glob("written-*")]:
             p.unlink()
     return finish_filter(cfg, out, shards, work, verify_s)
+
+
+class FinishFilter:
+    """A datatrove step for the scheduler's last job: dedup, selection and writing, once."""
+
+    def __init__(self, recipe: dict[str, Any]):
+        self.recipe = recipe
+
+    def __repr__(self) -> str:
+        return "distillkit filter: dedup, selection and writing"
+
+    def __call__(self, data, rank: int = 0, world_size: int = 1):
+        cfg = RecipeConfig.model_validate(self.recipe)
+        cfg.filter.executor.kind = "inline"  # every shard is judged by now; this only checks and finishes
+        run_filter(cfg, show_progress=False)
+        return None
 
 
 def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work: Path, verify_s: float = 0.0) -> Manifest:
@@ -511,9 +520,11 @@ def finish_filter(cfg: RecipeConfig, out: StageOutput, shards: list[Path], work:
     log.info("filter: %d records from %d shards", len(keys), len(shards))
     d = decide(keys, tally, fcfg)
 
+    from distillkit.filter.executors import records_progress
+
     t0 = time.time()
     offsets = np.cumsum([0] + [m["rows"] for m in metas])
-    progress = _progress() if len(shards) > 1 else None
+    progress = records_progress() if len(shards) > 1 else None
     task = progress.add_task("filter: write", total=len(shards)) if progress else None
     if progress:
         progress.start()

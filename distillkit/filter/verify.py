@@ -1,8 +1,8 @@
-"""The filter's per-record work, one shard at a time: decontamination, the verifier chain, dedup keys.
+"""The filter's per-shard work: read one input shard, run the Judge chain on it, write its judged file.
 
-`Judge` holds the built verifiers of one process and judges a batch of records; `verify_shard` reads
-one input shard in batches (text columns only: soft labels and token ids stay on disk) and writes a
-small *judged* file beside the output: per record its verdicts, whether it is still in, and the keys
+`Judge` (`distillkit.verify.chain`) holds the built verifiers of one process and judges a batch of records;
+`verify_shard` reads one input shard in batches (text columns only: soft labels and token ids stay on disk) and
+writes a small *judged* file beside the output: per record its verdicts, whether it is still in, and the keys
 the global steps need (prompt id, sample index, length, exact hash, MinHash bands and signature).
 Nothing in here looks across shards, so shards are verified in any order, in any process or machine
 (distillkit/filter/executors.py), and a finished shard is never verified again.
@@ -13,18 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distillkit.config import FilterConfig
 from distillkit.errors import DistillkitError
-from distillkit.verify.verifiers.base import Verdict
-from distillkit.verify.verifiers.base import fails as verdict_fails
+from distillkit.verify.chain import Judge, Judged, Tally, merge_numbers
 
 log = logging.getLogger(__name__)
 
@@ -34,192 +30,7 @@ VERIFY_COLUMNS = ["id", "prompt_id", "sample_index", "source", "problem", "gold_
 REQUIRED_COLUMNS = ("id", "prompt_id")
 _DERIVED = ("reasoning", "response", "reasoning_closed")  # from prefill + completion when a shard lacks them
 BATCH = 256
-OUTCOME_OF = {False: "rejected", True: "passed", None: "cannot_judge"}
 JUDGED_FORMAT = 1
-
-
-def step_names(cfg: FilterConfig) -> list[str]:
-    names, seen = [], Counter()
-    for spec in cfg.verifiers:
-        seen[spec.kind] += 1
-        names.append(spec.kind if seen[spec.kind] == 1 else f"{spec.kind}#{seen[spec.kind]}")
-    return names
-
-
-def merge_numbers(total: dict, part: dict, sign: int = 1) -> dict:
-    """`total` + sign * `part` for nested dicts of numbers (verifier usage stats); other values are taken."""
-    out = dict(total)
-    for k, v in part.items():
-        if isinstance(v, dict):
-            out[k] = merge_numbers(out.get(k, {}), v, sign)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = out.get(k, 0) + sign * v
-        else:
-            out[k] = v
-    return {k: v for k, v in out.items() if v != 0 and v != {}}
-
-
-@dataclass
-class Tally:
-    """The per-record steps' share of the funnel and outcome counts; tallies of shards add up."""
-
-    steps: list[str]
-    funnel: dict[str, list[int]] = field(default_factory=dict)  # step -> [in, rejected, out]
-    outcomes: dict[str, dict[str, Counter]] = field(default_factory=dict)
-    verifiers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def add(self, other: Tally) -> None:
-        for step, row in other.funnel.items():
-            mine = self.funnel.setdefault(step, [0, 0, 0])
-            for j in range(3):
-                mine[j] += row[j]
-        for step, outs in other.outcomes.items():
-            for outcome, counts in outs.items():
-                self.outcomes.setdefault(step, {}).setdefault(outcome, Counter()).update(counts)
-        for step, stats in other.verifiers.items():
-            self.verifiers[step] = merge_numbers(self.verifiers.get(step, {}), stats)
-        for k, v in other.timings.items():
-            self.timings[k] = round(self.timings.get(k, 0.0) + v, 3)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "funnel": self.funnel, "verifiers": self.verifiers, "timings": self.timings,
-                "outcomes": {s: {o: dict(c) for o, c in outs.items()} for s, outs in self.outcomes.items()}}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Tally:
-        return cls(steps=d["steps"], funnel=d["funnel"], verifiers=d["verifiers"], timings=d["timings"],
-                   outcomes={s: {o: Counter(c) for o, c in outs.items()} for s, outs in d["outcomes"].items()})
-
-
-@dataclass
-class Judged:
-    """Phase-one output for a list of records, in their order."""
-
-    verdicts: list[list[tuple[str, Verdict]]]
-    alive: np.ndarray           # bool: no per-record step rejected it
-    passed_verifiers: np.ndarray  # bool: no verifier rejected it (decontamination aside)
-    order_len: np.ndarray       # int64: completion tokens (or characters) for `shortest` selection
-    exact: np.ndarray           # (N, 2) uint64
-    bands: np.ndarray | None    # (N, bands) uint64
-    signatures: np.ndarray | None  # (N, num_perm) uint32
-
-
-class Judge:
-    """The per-record steps of one filter config, built once per process; `judge(records)` runs them."""
-
-    def __init__(self, cfg: FilterConfig):
-        from distillkit.verify.dedup import MinHasher
-        from distillkit.registry import build
-
-        self.cfg = cfg
-        self.steps = step_names(cfg)
-        self.deco = None
-        if cfg.decontaminate.enabled:
-            from distillkit.verify.decontaminate import Decontaminator
-
-            self.deco = Decontaminator(cfg.decontaminate.benchmarks, cfg.decontaminate.ngram)
-        self.rejects_unjudged = {step: spec.rejects_unjudged for step, spec in zip(self.steps, cfg.verifiers)}
-        self.chain = []
-        try:
-            for step, spec in zip(self.steps, cfg.verifiers):
-                self.chain.append((step, build(spec.kind, spec.params, num_workers=cfg.num_workers)))
-        except BaseException:
-            self.close()
-            raise
-        near = cfg.dedup.near
-        self.hasher = MinHasher(near.num_perm, near.ngram, near.threshold) if near.enabled else None
-
-    def all_steps(self) -> list[str]:
-        return (["decontaminate"] if self.deco else []) + self.steps
-
-    def usage(self) -> dict[str, dict[str, Any]]:
-        """Usage of verifiers that report it (the judge's requests, tokens), cumulative for this process."""
-        return {step: v.stats() for step, v in self.chain if hasattr(v, "stats")}
-
-    def judge(self, records: Sequence[dict[str, Any]], tally: Tally, on_done: Callable[[int], None] | None = None) -> Judged:
-        n = len(records)
-        verdicts: list[list[tuple[str, Verdict]]] = [[] for _ in range(n)]
-        alive = np.ones(n, dtype=bool)
-
-        def fails(step: str, v: Verdict) -> bool:
-            return verdict_fails(v, self.rejects_unjudged.get(step, False))
-
-        def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
-            before = int(alive.sum())
-            outs = tally.outcomes.setdefault(step, {o: Counter() for o in OUTCOME_OF.values()})
-            for i, v in judged.items():
-                verdicts[i].append((step, v))
-                outs[OUTCOME_OF[v.passed]][v.reason] += 1
-            for i in candidates:
-                if i in judged and fails(step, judged[i]):
-                    alive[i] = False
-            row = tally.funnel.setdefault(step, [0, 0, 0])
-            row[0] += before
-            row[1] += before - int(alive.sum())
-            row[2] += int(alive.sum())
-
-        if self.deco is not None:
-            t0 = time.time()
-            by_prompt: dict[str, Verdict] = {}
-            judged = {}
-            for i, rec in enumerate(records):
-                pid = rec["prompt_id"]
-                if pid not in by_prompt:
-                    hit = self.deco.match(rec.get("problem") or "")
-                    by_prompt[pid] = (Verdict(False, "contaminated", f"{hit[0]}: '{hit[1]}'") if hit
-                                      else Verdict(True, "clean"))
-                judged[i] = by_prompt[pid]
-            record_step("decontaminate", judged, range(n))
-            tally.timings["decontaminate_s"] = round(tally.timings.get("decontaminate_s", 0) + time.time() - t0, 3)
-
-        for step, verifier in self.chain:
-            t0 = time.time()
-            todo = [i for i in range(n) if alive[i] or not self.cfg.stop_at_first_rejection]
-            # The judge defers to this run's earlier rule verdicts, which live here, not in the records.
-            if getattr(verifier, "reads_prior_verdicts", False):
-                batch = [{**records[i], "prior_verdicts": [v.as_record_entry(s) for s, v in verdicts[i]]} for i in todo]
-            else:
-                batch = [records[i] for i in todo]
-            judged = dict(zip(todo, verifier.batch(batch)))
-            record_step(step, judged, todo)
-            tally.timings[f"{step}_s"] = round(tally.timings.get(f"{step}_s", 0) + time.time() - t0, 3)
-        if on_done:
-            on_done(n)
-
-        # The teacher's solve rate per prompt counts verifier passes only: a correct trace dropped later
-        # as a duplicate was still solved.
-        passed = np.array([not any(fails(s, v) for s, v in verdicts[i] if s != "decontaminate")
-                           for i in range(n)], dtype=bool)
-        order_len = np.array([r.get("completion_tokens") or len(r.get("completion") or "") for r in records],
-                             dtype=np.int64)
-        t0 = time.time()
-        from distillkit.verify.dedup import record_keys
-
-        dedup = self.cfg.dedup
-        live = np.flatnonzero(alive)  # only dedup candidates need keys
-        exact = np.zeros((n, 2), np.uint64)
-        bands = np.zeros((n, self.hasher.bands), np.uint64) if self.hasher else None
-        sigs = np.zeros((n, self.hasher.num_perm), np.uint32) if self.hasher else None
-        if (dedup.exact or dedup.near.enabled) and len(live):
-            e, s, b = record_keys([records[i].get("completion") or "" for i in live],
-                                  self.hasher if dedup.near.enabled else None)
-            exact[live] = e
-            if s is not None:
-                sigs[live], bands[live] = s, b
-        tally.timings["dedup_keys_s"] = round(tally.timings.get("dedup_keys_s", 0) + time.time() - t0, 3)
-        return Judged(verdicts, alive, passed, order_len, exact, bands, sigs)
-
-    def close(self) -> None:
-        for _, v in self.chain:
-            v.close()
-        self.chain = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ----------------------------------------------------------------------------------------- shard files

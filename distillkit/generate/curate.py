@@ -36,7 +36,7 @@ CORRECTNESS = ("math", "code", "judge")  # the verifiers that say whether an ans
 
 def verified(judge, rows: list[dict]) -> np.ndarray:
     """Per record: no verifier of `judge`'s chain rejected it (what the filter counts as a teacher pass)."""
-    from distillkit.filter.verify import Tally
+    from distillkit.verify.chain import Tally
 
     return judge.judge(rows, Tally(steps=judge.all_steps())).passed_verifiers
 
@@ -115,11 +115,10 @@ def _progress(total: int):
 
 
 def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, backend) -> dict:
-    from distillkit.filter.selection import seeded_rank
-    from distillkit.filter.verify import Judge
-    from distillkit.engines.base import make_backend
-    from distillkit.generate.stage import build_requests, to_records
-    from distillkit.records import atomic_write_text
+    from distillkit.engines import make_backend
+    from distillkit.generate.sampling import build_requests, to_records
+    from distillkit.records import atomic_write_text, seeded_rank
+    from distillkit.verify.chain import Judge
 
     p = cfg.generate.prescreen
     t0 = time.time()
@@ -185,7 +184,7 @@ def sample_until_verified(prompts: list, gen_cfg, backend, judge) -> list[dict]:
     """The records of one shard: n samples per prompt, then up to `resample.rounds` more rounds of n for the
     prompts with no verified sample yet (round r: seeds salted with r, sample indices from r * n); records
     carry their round and verdict in `meta`, grouped by prompt in prompt order."""
-    from distillkit.generate.stage import build_requests, to_records
+    from distillkit.generate.sampling import build_requests, to_records
 
     n, rounds = gen_cfg.sampling.n, gen_cfg.resample.rounds
     by_prompt: dict[str, list[dict]] = defaultdict(list)

@@ -176,21 +176,3 @@ def load_prompts(cfg, seed: int = 0) -> PromptSet:
         raise DistillkitError(f"no usable prompts in {origin} ({len(rows)} rows, {len(bad)} malformed, "
                               f"{duplicates} duplicates)")
     return PromptSet(prompts, bad, len(rows), duplicates, origin)
-
-
-def render_prompt(tokenizer, messages: list[dict[str, str]], prefill: str) -> tuple[str, list[int], bool]:
-    """(prompt text, its token ids, whether the template already ended with `prefill`).
-
-    R1-style templates end their generation prompt with "<think>\\n" themselves; others get the
-    prefill appended, so in both cases the completion starts inside the reasoning block.
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise DistillkitError("the teacher's tokenizer has no chat template; give a model with one "
-                              "(or use an OpenAI-compatible endpoint that applies its own)")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    in_template = bool(prefill) and text.endswith(prefill)
-    if prefill and not in_template:
-        text += prefill
-    # The template already holds the special tokens (BOS included where the model wants one).
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text, list(ids), in_template

@@ -19,9 +19,8 @@ from typing import Any
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.schemas.evaluate import EvalResults
-from distillkit.evaluate.stage import task_lines
 from distillkit.records import Manifest
+from distillkit.schemas.evaluate import EvalResults, task_lines
 from distillkit.schemas.train import TrainStats
 
 log = logging.getLogger(__name__)

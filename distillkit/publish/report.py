@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.protocol import paired_text
-from distillkit.schemas.evaluate import MODEL_LABELS, EvalResults
-from distillkit.schemas.filter import FilterStats
 from distillkit.records import atomic_write_text, iter_records, list_shards, read_manifest
+from distillkit.schemas.evaluate import MODEL_LABELS, EvalResults, paired_text
+from distillkit.schemas.filter import FilterStats
 from distillkit.schemas.train import TrainStats
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.pipeline import stage_config_hash
 from distillkit.publish import cards
 from distillkit.records import MANIFEST, STATE, Manifest, StageOutput, atomic_write_text, list_shards, read_manifest
+from distillkit.stage_hash import stage_config_hash
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ and a file in another shape fails loudly instead of showing "nothing" somewhere.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from statistics import fmean, stdev
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -132,3 +134,48 @@ class EvalResults(_Schema):
             raise DistillkitError(f"{path} is not an evaluate results file this distillkit reads ({e.error_count()} "
                                   f"problems, first: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}); rerun "
                                   "`distillkit evaluate --overwrite`") from e
+
+
+# ---------------------------------------- how every report reads them: comparison.md, the model card, the HTML report
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
+    """Mean and its standard error std(ddof=1)/sqrt(n); stderr is None for n < 2."""
+    if not values:
+        return math.nan, None
+    mean = fmean(values)
+    return mean, (stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+
+
+def paired_difference(after: TaskScore, before: TaskScore) -> tuple[float, float | None, int]:
+    """Mean of per-question differences (after - before) over shared questions, its stderr, and n.
+
+    Pairing by question removes the between-question variance both models share, so this stderr
+    is usually much smaller than combining the two unpaired ones.
+    """
+    shared = sorted(set(after.per_question) & set(before.per_question))
+    diffs = [after.per_question[q] - before.per_question[q] for q in shared]
+    mean, se = mean_and_stderr(diffs)
+    return mean, se, len(diffs)
+
+
+def paired_text(after: TaskScore | None, before: TaskScore | None, pm: str = " ± ") -> str:
+    """after − before in points ± its paired standard error, or "–" without two scores on shared questions."""
+    diff, se, n = paired_difference(after, before) if before and after else (0.0, None, 0)
+    return "–" if not n else f"{100 * diff:+.1f}" + (f"{pm}{100 * se:.1f}" if se is not None else "")
+
+
+def task_lines(task_info: dict[str, TaskInfo]) -> list[str]:
+    """"Tasks:" and one line per task: version, data, shots, prompt, what was scored and how (Markdown)."""
+    if not task_info:
+        return []
+    lines = ["", "Tasks (two runs' numbers compare only where these lines are equal):"]
+    for name, t in task_info.items():
+        data = t.dataset or "?"
+        if t.dataset_config and t.dataset_config != "default":
+            data += f" ({t.dataset_config})"
+        if t.split:
+            data += f", split {t.split}"
+        lines.append(f"- `{name}` v{t.version} ({t.source}): {data}; {t.num_fewshot}-shot; prompt: {t.prompt}; "
+                     f"scored on {t.scored_text}; answer: {t.extraction}")
+    return lines

@@ -57,7 +57,7 @@ class ScoreInput:
         if self.folder is not None:
             manifest = read_manifest(self.folder)
             return str(self.folder), manifest.config_hash if manifest else "unknown"
-        from distillkit.train.mixture import source_input
+        from distillkit.data.sources import source_input
 
         return source_input(self.source, None)
 
@@ -100,7 +100,7 @@ def iter_input(inp: ScoreInput, cfg: RecipeConfig) -> tuple[int, Iterator[dict]]
     if inp.folder is not None:
         records = StageRecords(inp.folder)
         return len(records), iter(records)
-    from distillkit.train.mixture import check_columns, column_names, is_trace, load_source, to_record
+    from distillkit.data.sources import check_columns, column_names, is_trace, load_source, to_record
 
     rows = load_source(inp.source, cfg)
     columns = column_names(rows)
@@ -146,7 +146,7 @@ class Prepared:
 def completion_ids(tokenizer, record: dict) -> tuple[list[int] | None, bool]:
     """(the teacher's ids of the completion, whether they were re-tokenized); None when the text does not
     round-trip through the teacher's tokenizer."""
-    from distillkit.train.data import ids_spell
+    from distillkit.tokenizer_checks import ids_spell
 
     eos = tokenizer.eos_token_id
     text = record.get("completion") or ""
@@ -163,7 +163,7 @@ def completion_ids(tokenizer, record: dict) -> tuple[list[int] | None, bool]:
 
 
 def prepare(tokenizer, record: dict, max_len: int | None) -> Prepared:
-    from distillkit.generate.prompts import render_prompt
+    from distillkit.engines.base import render_prompt
 
     if not (record.get("completion") or "") and not len(record.get("completion_ids") or []):
         return Prepared(record, skip="empty_completion")
@@ -239,7 +239,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
 
     `scorer` lets a caller reuse a started engine (tests, benchmarks); by default one is built from the
     recipe and closed at the end."""
-    from distillkit.pipeline import stage_config_hash
+    from distillkit.stage_hash import stage_config_hash
 
     s = cfg.score
     folder = cfg.stage_dir("score")

@@ -180,7 +180,7 @@ def student_tokenizer(student_cfg, original, teacher: str | None):
     policy = getattr(student_cfg, "tokenizer", "own")
     teacher_tok = None
     if teacher is not None and policy != "own":
-        from distillkit.preflight import load_tokenizer_and_config
+        from distillkit.models import load_tokenizer_and_config
 
         try:
             teacher_tok, _ = load_tokenizer_and_config(teacher)

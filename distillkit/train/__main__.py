@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from distillkit.cli import quiet_libraries
+    from distillkit.logs import quiet_libraries
 
     quiet_libraries()  # each process would print the libraries' import notices again (the parent's filters are not inherited)
     from distillkit.config import RecipeConfig

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from distillkit.errors import DistillkitError
+from distillkit.tokenizer_checks import ids_spell
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +109,6 @@ def check_same_tokenizer(tokenizer, records, num_checked: int = 64, min_match: f
         if checked >= num_checked:
             break
     return checked > 0 and matched / checked >= min_match
-
-
-def ids_spell(tokenizer, ids: list[int], text: str) -> bool:
-    """Whether token `ids` (a trailing EOS aside) decode to `text` with `tokenizer`: ids of another vocabulary
-    (beyond this one, or decoding to other text) do not. vLLM's detokenizer holds back the bytes of a
-    character cut by the end of a sample, where a full decode writes U+FFFD: trailing U+FFFD are ignored."""
-    if ids and ids[-1] == tokenizer.eos_token_id:
-        ids = ids[:-1]
-    if max(ids, default=0) >= len(tokenizer):
-        return False
-    out = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return out.rstrip("\ufffd") == text.rstrip("\ufffd")
 
 
 # ----------------------------------------------------------------------------------------- examples

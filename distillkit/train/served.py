@@ -131,7 +131,7 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     from trl import DistillationConfig
 
     from distillkit.engines.scorers import ServerScorer
-    from distillkit.train.stage import check_shared_vocabulary, on_policy_args
+    from distillkit.train.on_policy import check_shared_vocabulary, on_policy_args
 
     t = cfg.train
     teacher = served_teacher(cfg)

@@ -25,10 +25,11 @@ from typing import Any
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError, require
 from distillkit.faults import operation
-from distillkit.pipeline import stage_config_hash
 from distillkit.records import Manifest, StageOutput, StageRecords, read_manifest
-from distillkit.train.distributed import describe as describe_distributed
 from distillkit.schemas.train import TrainStats
+from distillkit.stage_hash import stage_config_hash
+from distillkit.train.distributed import describe as describe_distributed
+from distillkit.train.on_policy import build_on_policy_trainer, check_shared_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def open_stage(cfg: RecipeConfig, state, overwrite: bool) -> StageOutput:
     t = cfg.train
     out = cfg.stage_dir("train")
     if t.sources:
-        from distillkit.train.mixture import source_input
+        from distillkit.data.sources import source_input
 
         inputs = dict(source_input(s, cfg) for s in t.sources)
     else:
@@ -179,14 +180,15 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     """Read the training data, derive and load the student (and a live teacher), tokenize the examples."""
     import torch
 
-    from distillkit.train.data import build_train_dataset
     from distillkit.student.build import build_student_init, load_student, resolve_bf16
+    from distillkit.train.data import build_train_dataset
 
     t = cfg.train
     out = cfg.stage_dir("train")
     records = loaded = None
     if t.sources:
-        from distillkit.train.mixture import build_mixture, load_sources
+        from distillkit.data.sources import load_sources
+        from distillkit.train.mixture import build_mixture
 
         loaded = load_sources(cfg)  # reads every source and checks its columns before the model loads
     else:
@@ -212,7 +214,7 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     teacher = load_live_teacher(cfg, tokenizer, bf16) if t.kd.enabled and t.kd.teacher_probs == "live" else None
     teacher_tokenizer = None
     if t.kd.enabled and t.kd.cross_tokenizer:  # the soft labels' ids are the labelling teacher's
-        from distillkit.preflight import load_tokenizer_and_config
+        from distillkit.models import load_tokenizer_and_config
 
         teacher_tokenizer = load_tokenizer_and_config(cfg.label_teacher.model)[0]
     with state.main_process_first():
@@ -352,7 +354,7 @@ def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, tr
 
 def check_student_tokenizer(tokenizer, config) -> None:
     """Preflight on the *fixed* student tokenizer (after student_init's fix-ups): stop on fatal problems."""
-    from distillkit.preflight import check_tokenizer, raise_on_fatal
+    from distillkit.tokenizer_checks import check_tokenizer, raise_on_fatal
 
     findings = check_tokenizer(tokenizer, config, subject="student (student_init)", is_trained=True)
     for finding in findings:
@@ -374,19 +376,6 @@ def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=No
                           data_collator=collator, kd=cfg.train.kd, teacher=teacher, callbacks=callbacks)
 
 
-def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str) -> None:
-    """Refuse a live teacher whose token ids do not mean the student's (its probabilities index the student's).
-
-    One `get_vocab()` per side and one pass: linear in the vocabulary. (A check that rebuilt the teacher's
-    vocabulary per student token sat for 15 minutes on SmolLM2's 49k and would take hours at 152k;
-    tests/train/test_live_vocabulary.py runs this one on the real 152k and 128k tokenizers.)"""
-    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    if any(s_vocab.get(k) != v for k, v in t_vocab.items()) or len(teacher_tokenizer) > len(student_tokenizer):
-        raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
-                              f"{teacher_name} tokenizes differently. Use stored top-k soft labels "
-                              "from a compatible teacher, or kd.enabled: false")
-
-
 def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     """The generate stage's teacher, loaded for `kd.teacher_probs: live` (must share the student's
     vocabulary), in bf16 when the student trains in bf16, else in float32."""
@@ -406,57 +395,6 @@ def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
     finally:
         if saved is not None:
             os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = saved
-
-
-def on_policy_args(args, num_prompts: int | None = None) -> dict:
-    """The SFTConfig settings TRL's on-policy configs share; refuses a generation batch larger than the prompts
-    (TRL samples whole batches of per_device_train_batch_size x gradient_accumulation_steps x processes prompts,
-    and with fewer prompts transformers stops on an empty dataloader)."""
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-    if num_prompts is not None and num_prompts < batch:
-        raise DistillkitError(
-            f"train.on_policy samples batches of train.per_device_train_batch_size x gradient_accumulation_steps "
-            f"x processes = {batch} prompts, but the training data has {num_prompts}; lower "
-            "train.gradient_accumulation_steps or train.per_device_train_batch_size, or add prompts")
-    return {k: v for k, v in args.to_dict().items()
-            if k in ("output_dir", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "seed", "data_seed",
-                     "save_steps", "logging_steps", "report_to", "use_cpu", "include_num_input_tokens_seen",
-                     "disable_tqdm", "gradient_checkpointing_kwargs")}
-
-
-def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
-    """On-policy distillation: the student samples, a live teacher scores, per-token divergence.
-
-    `on_policy.lmbda == 1` (only student samples) uses TRL's DistillationTrainer; `lmbda < 1` mixes
-    student samples with the stored traces through TRL's GKDTrainer. The divergence is generalized JSD with `beta` = 1 for reverse KL, 0 for
-    forward KL and `kd.beta` for jsd, at `kd.temperature`.
-    """
-    from distillkit.models import resolve_model
-    from distillkit.train.data import record_to_messages
-
-    t = cfg.train
-    beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
-    teacher_path = resolve_model(cfg.generate.teacher.model)
-    common = on_policy_args(args, len(records) if t.on_policy.lmbda >= 1.0 else None)
-    from datasets import Dataset
-
-    if t.on_policy.lmbda >= 1.0:
-        from trl import DistillationConfig, DistillationTrainer
-
-        prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
-        dargs = DistillationConfig(**common, beta=beta, temperature=t.kd.temperature,
-                                   max_completion_length=t.on_policy.max_new_tokens)
-        return DistillationTrainer(model=model, teacher_model=teacher_path, args=dargs,
-                                   train_dataset=Dataset.from_list(prompts), processing_class=tokenizer)
-    from distillkit.train.trl_compat import gkd_classes
-
-    GKDConfig, GKDTrainer = gkd_classes()
-    chats = [{"messages": record_to_messages(r)} for r in records]
-    gargs = GKDConfig(**common, lmbda=t.on_policy.lmbda, beta=beta, temperature=t.kd.temperature,
-                      max_new_tokens=t.on_policy.max_new_tokens, max_length=t.max_length)
-    return GKDTrainer(model=model, teacher_model=teacher_path, args=gargs, train_dataset=Dataset.from_list(chats),
-                      processing_class=tokenizer)
 
 
 __all__ = ["run_train", "input_dir", "train_config_hash", "last_checkpoint", "sft_config", "build_trainer"]

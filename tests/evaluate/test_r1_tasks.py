@@ -278,8 +278,8 @@ def test_math_verdicts_equal_the_filters_on_closed_reasoning():
     """One implementation: on the answer section the generate stage stores, the filter's math verifier
     (worker pool) reaches the same verdict. Unclosed reasoning is where they differ on purpose: the filter
     leaves it to its truncation verifier, evaluation counts it wrong."""
-    from distillkit.verify.verifiers.math import MathVerifier
     from distillkit.records import split_reasoning
+    from distillkit.verify.verifiers.math import MathVerifier
 
     closed = [(r, g) for r, g, _, _ in MATH_CASES if "</think>" in r]
     records = []

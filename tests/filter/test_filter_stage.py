@@ -7,12 +7,12 @@ import yaml
 
 from distillkit.config import BenchmarkSource, DedupConfig, RecipeConfig, SelectionConfig, VerifierSpec
 from distillkit.errors import DistillkitError
-from distillkit.verify.decontaminate import Decontaminator
-from distillkit.verify.dedup import find_duplicates
 from distillkit.filter.selection import pass_rates, select
 from distillkit.filter.stage import funnel_table, run_filter
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import StageOutput, make_record, read_manifest, read_records, record_features, split_reasoning
+from distillkit.verify.decontaminate import Decontaminator
+from distillkit.verify.dedup import find_duplicates
 
 LONG = ("We compute the quantity step by step, checking every intermediate value before moving on to the "
         "next part of the problem so that no arithmetic slip survives into the final answer. ")

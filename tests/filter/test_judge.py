@@ -23,8 +23,8 @@ import pytest
 
 from distillkit.config import FilterConfig, VerifierSpec
 from distillkit.errors import DistillkitError
-from distillkit.registry import build, validate_spec
 from distillkit.filter.stage import filter_records
+from distillkit.registry import build, validate_spec
 from distillkit.verify.verifiers.judge import DEFAULT_PROMPT_TEMPLATE, parse_verdict
 
 PROMPT_TOKENS, COMPLETION_TOKENS = 100, 10

@@ -179,11 +179,11 @@ def test_forcing_an_unknown_mode_is_an_error(monkeypatch):
 def test_filter_stage_refuses_before_verifying_and_records_the_opt_in(tmp_path, monkeypatch):
     from distillkit.config import RecipeConfig
     from distillkit.errors import DistillkitError
-    from distillkit.verify.sandbox import FORCE_ENV
     from distillkit.filter.stage import run_filter
     from distillkit.publish.cards import render_dataset_card
     from distillkit.records import read_manifest
     from distillkit.testing.traces import write_synthetic_run
+    from distillkit.verify.sandbox import FORCE_ENV
 
     def cfg(**code):
         return RecipeConfig.model_validate({"name": "code", "output_dir": str(tmp_path / "run"),

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from distillkit.config import validate_recipe
-from distillkit.errors import ConfigError, DistillkitError
 from distillkit.engines.base import PromptResult, Sample, prompt_seed
+from distillkit.errors import ConfigError, DistillkitError
 from distillkit.generate.prompts import load_prompts
 from distillkit.generate.stage import run_generate
 from distillkit.records import read_manifest, read_records

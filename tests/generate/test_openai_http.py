@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from distillkit.errors import DistillkitError
+from distillkit.config import SamplingConfig
 from distillkit.engines.base import GenRequest
 from distillkit.engines.openai_http import EndpointError, OpenAIBackend
-from distillkit.config import SamplingConfig
+from distillkit.errors import DistillkitError
 
 
 def _choice(index, ids, text):

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from distillkit.config import PromptsConfig
+from distillkit.engines.base import render_prompt
 from distillkit.errors import DistillkitError
-from distillkit.generate.prompts import BadRowError, derive_prompt_id, load_prompts, render_prompt
+from distillkit.generate.prompts import BadRowError, derive_prompt_id, load_prompts
 
 
 def _jsonl(path, rows):

@@ -167,10 +167,10 @@ def test_captured_soft_labels_land_on_the_right_tokens_of_another_tokenizer(engi
     from transformers import AutoTokenizer
 
     from distillkit.errors import DistillkitError
+    from distillkit.student.tokenizer import fix_tokenizer
     from distillkit.testing.real_tokenizers import gemma3_tokenizer
     from distillkit.train.cross_tokenizer import AlignmentStats, CrossTokenizerMap
     from distillkit.train.data import tokenize_record
-    from distillkit.student.tokenizer import fix_tokenizer
 
     try:
         student = AutoTokenizer.from_pretrained(gemma3_tokenizer())

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from distillkit.config import validate_recipe
-from distillkit.schemas.filter import FilterStats
 from distillkit.records import StageOutput, make_record, record_features
+from distillkit.schemas.filter import FilterStats
 from distillkit.schemas.train import TrainStats
 
 FUNNEL = [

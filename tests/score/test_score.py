@@ -228,7 +228,7 @@ def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir
     import contextlib
 
     from distillkit.config import TeacherConfig
-    from distillkit.evaluate import harness
+    from distillkit.engines import server
     from distillkit.engines.openai_http import open_endpoint
 
     events = []
@@ -239,7 +239,7 @@ def test_serve_starts_a_local_server_and_close_stops_it(monkeypatch, smollm2_dir
         yield "http://127.0.0.1:1234"
         events.append(("stop",))
 
-    monkeypatch.setattr(harness, "vllm_server", fake_server)
+    monkeypatch.setattr(server, "vllm_server", fake_server)
     teacher = TeacherConfig(model=str(smollm2_dir), backend="openai", openai={"serve": True},
                             vllm={"max_model_len": 2048})
     url, model, stack = open_endpoint(teacher, seed=0, topk=32)

@@ -34,9 +34,9 @@ def make_cfg(model, out, **score):
 @pytest.fixture(scope="module")
 def generated(smollm2_dir, tmp_path_factory):
     """Traces generated with top-20, and the scorer on the very engine that generated them."""
+    from distillkit.engines.scorers import VllmScorer
     from distillkit.engines.vllm import VllmBackend
     from distillkit.generate.stage import run_generate
-    from distillkit.engines.scorers import VllmScorer
 
     cfg = make_cfg(smollm2_dir, tmp_path_factory.mktemp("run"))
     backend = VllmBackend.from_config(cfg.generate)

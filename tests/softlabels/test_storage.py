@@ -152,7 +152,7 @@ def test_a_damaged_packed_value_is_an_error_naming_the_shard(tmp_path):
 
 def test_a_packed_shard_given_to_train_as_a_parquet_file_is_decoded(tmp_path):
     from distillkit.config import MixtureSourceConfig
-    from distillkit.train.mixture import load_source
+    from distillkit.data.sources import load_source
 
     rows = traces(2)
     path = write_shard(tmp_path, 0, rows, record_features(K, "packed-v1"))

@@ -29,8 +29,8 @@ def test_answer_nll_of_a_layer_subset_equals_the_pruned_model(four_layers, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distillkit.student.layers import AnswerBatch, answer_nll, answer_traces
     from distillkit.student.build import prune_layers
+    from distillkit.student.layers import AnswerBatch, answer_nll, answer_traces
     from train_helpers import teacher_records
 
     tok = AutoTokenizer.from_pretrained(four_layers)

@@ -175,7 +175,7 @@ def test_bad_rows_name_the_source_and_row(tok):
 
 def test_a_bad_jsonl_line_names_the_file_and_line(tmp_path):
     from distillkit.config import RecipeConfig
-    from distillkit.train.mixture import load_source
+    from distillkit.data.sources import load_source
 
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps(chat_rows(1)[0]) + "\n\n{not json\n")

@@ -149,8 +149,8 @@ def test_gemma3_student_gets_a_verbatim_turn_template(shipped):
     import trl
 
     from distillkit.errors import DistillkitError
-    from distillkit.train.data import split_template
     from distillkit.student.tokenizer import fix_tokenizer
+    from distillkit.train.data import split_template
 
     try:
         path = rt.gemma3_tokenizer()
@@ -198,9 +198,9 @@ def test_gemma3_student_gets_a_verbatim_turn_template(shipped):
 def test_bos_is_written_once_on_every_path():
     """R1 and Llama templates write the BOS text and the Llama tokenizer adds one when asked: generation
     prompts, training examples and lm-eval's encoding must each hold exactly one."""
-    from distillkit.generate.prompts import render_prompt
-    from distillkit.train.data import tokenize_record
+    from distillkit.engines.base import render_prompt
     from distillkit.student.tokenizer import choose_tokenizer, fix_tokenizer
+    from distillkit.train.data import tokenize_record
 
     teacher = tok(rt.r1_distill_llama_tokenizer())
     bos = teacher.bos_token_id

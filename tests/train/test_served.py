@@ -85,9 +85,9 @@ def test_served_kl_is_the_topk_tail_divergence_of_the_students_samples(tmp_path,
     rows and the (unchanged) student, over the completion tokens the student sampled, computed here."""
     import torch
 
+    from distillkit.student.build import load_student
     from distillkit.train.losses import kd_loss_from_logits
     from distillkit.train.stage import run_train
-    from distillkit.student.build import load_student
 
     made, _ = stand_in
     cfg = served_recipe(tmp_path, tiny_records[:2], tiny_llama, tiny_qwen2, per_device_train_batch_size=1)

@@ -24,8 +24,8 @@ def test_pruned_student_copies_kept_layers_and_generates(tmp_path, tiny_qwen2):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distillkit.testing import build_tiny_model
     from distillkit.student.build import build_student_init, prune_layers
+    from distillkit.testing import build_tiny_model
 
     src = build_tiny_model(tmp_path / "four", num_layers=4, tokenizer_dir=tiny_qwen2)
     cfg = type("S", (), {"model": str(src), "keep_layers": "every_other"})()
@@ -89,8 +89,8 @@ def test_whole_student_links_its_weights_instead_of_loading_them(tmp_path, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distillkit.testing import build_tiny_model
     from distillkit.student import build as student_mod
+    from distillkit.testing import build_tiny_model
 
     src = build_tiny_model(tmp_path / "src", num_layers=2, tokenizer_dir=tiny_qwen2)
     tok = AutoTokenizer.from_pretrained(src)

@@ -15,9 +15,9 @@ def _curve(manifest, key="loss"):
 def test_lora_gradients_reach_only_lora_params(tmp_path, tiny_qwen2, tiny_llama, tiny_records):
     from datasets import Dataset
 
+    from distillkit.student.build import build_student_init, load_student
     from distillkit.train.data import DistillCollator, build_train_dataset
     from distillkit.train.stage import build_trainer, sft_config
-    from distillkit.student.build import build_student_init, load_student
 
     cfg = make_recipe(tmp_path, tiny_records, tiny_llama, method="lora", lora={"r": 4, "dropout": 0.0},
                       kd={"enabled": True, "alpha": 0.3})
@@ -174,9 +174,9 @@ def test_live_teacher_kd_first_step_matches_full_vocab_kl(tmp_path, tiny_llama, 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
+    from distillkit.student.build import load_student
     from distillkit.train.data import IGNORE, build_train_dataset
     from distillkit.train.stage import run_train
-    from distillkit.student.build import load_student
 
     records = tiny_records[:4] if stored_labels else \
         [{k: v for k, v in r.items() if k not in ("topk_ids", "topk_logprobs")} for r in tiny_records[:4]]

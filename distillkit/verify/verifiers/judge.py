@@ -56,8 +56,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 from pydantic import field_validator
 
 from distillkit.errors import DistillkitError
-from distillkit.verify.verifiers.base import Verdict, Verifier, answer_text
 from distillkit.http import post_with_retries
+from distillkit.verify.verifiers.base import Verdict, Verifier, answer_text
 
 log = logging.getLogger(__name__)
 

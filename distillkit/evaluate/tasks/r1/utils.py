@@ -30,9 +30,9 @@ from statistics import fmean
 from typing import Any
 
 from distillkit.config import R1_PROMPT
+from distillkit.records import split_reasoning
 from distillkit.verify.verifiers.base import Verdict
 from distillkit.verify.verifiers.math import extract_boxed, verify_math_answer
-from distillkit.records import split_reasoning
 
 log = logging.getLogger(__name__)
 
