@@ -20,7 +20,7 @@ from typing import Any
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.filter.verify import ShardError, is_judged, judged_path, verify_shard
+from distillkit.filter.shards import ShardError, is_judged, judged_path, verify_shard
 from distillkit.verify.chain import Judge
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Reads `<run>/generate`, writes kept records to `<run>/filter` and rejected ones 
 `<run>/filter/rejected` (same shard numbering as the input), in three passes that never hold more
 than one shard of records:
 
-  1. per shard (distillkit/filter/verify.py): decontamination and the verifier chain; each shard's
+  1. per shard (distillkit/filter/shards.py): decontamination and the verifier chain; each shard's
      verdicts and small keys go to `<run>/filter/.work/judged-NNNNN.parquet`. It runs in this process
      or on datatrove's executors (distillkit/filter/executors.py); finished shards are skipped on rerun.
   2. once, over the keys only: exact and near dedup, pass rates and selection per prompt.
@@ -32,7 +32,7 @@ import numpy as np
 
 from distillkit.config import FilterConfig, RecipeConfig
 from distillkit.errors import DistillkitError
-from distillkit.filter.verify import judged_path, read_judged_meta
+from distillkit.filter.shards import judged_path, read_judged_meta
 from distillkit.records import Manifest, StageOutput, list_shards, read_manifest
 from distillkit.schemas.filter import FilterStats
 from distillkit.stage_hash import stage_config_hash
@@ -406,7 +406,7 @@ def write_shard_outputs(source: Path, index: int, work: Path, out_dir: Path, off
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from distillkit.filter.verify import open_shard
+    from distillkit.filter.shards import open_shard
     from distillkit.records import rows_per_batch, shard_path
 
     pf = open_shard(source)
