@@ -330,6 +330,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     writer = None
     try:
         for rec in records:
+            if rec.get("special_map_unmatched"):  # a teacher special without a student counterpart: text only
+                info["special_map_unmatched"] = info.get("special_map_unmatched", 0) + 1
             ids = rec.get("completion_ids")
             ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk,
                                  cross=cross, cross_stats=cross_stats)
@@ -341,6 +343,10 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
             if all(x == IGNORE for x in ex["labels"]):
                 info["num_dropped"] += 1  # max_length cut the whole assistant turn
                 continue
+            if topk > 0 and not isinstance(ex["kd_ids"], np.ndarray):
+                # a record without stored labels among streamed ones (numpy rows): Arrow needs one type per batch
+                ex = {**ex, "kd_ids": np.asarray(ex["kd_ids"], np.int32),
+                      "kd_logprobs": np.asarray(ex["kd_logprobs"], np.float32), "kd_mask": np.asarray(ex["kd_mask"], np.int8)}
             if writer is None:  # ~64 MB of examples per Arrow record batch
                 batch = max(1, min(1000, (64 << 20) // max(1, len(ex["input_ids"]) * bytes_per_token)))
                 writer = ArrowWriter(features=Features(feats), path=str(path), writer_batch_size=batch)
