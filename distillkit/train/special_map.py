@@ -165,31 +165,31 @@ class SpecialMap:
     def __post_init__(self):
         self._special = {p.teacher_id: p.student_id for p in self.pairs}
         self._special.update({i: -1 for i, _ in self.unmatched})
-        self._luts: dict[int, object] = {}
+        self._lut = None
 
     # ---- ids
 
-    def lut(self, size: int):
-        """(size,) int64 array: teacher id -> student id, -1 where there is no counterpart."""
+    def lut(self):
+        """int64 array over the teacher's tokens: teacher id -> student id, -1 where there is no counterpart
+        (ids past its end, padded embedding rows, have none either)."""
         import numpy as np
 
-        if size not in self._luts:
-            lut = np.arange(size, dtype=np.int64)
-            lut[min(size, self.teacher_size):] = -1
+        if self._lut is None:
+            lut = np.arange(max(self.teacher_size, max(self._special, default=-1) + 1), dtype=np.int64)
+            lut[self.teacher_size:] = -1
             for t, s in self._special.items():
-                if t < size:
-                    lut[t] = s
-            self._luts[size] = lut
-        return self._luts[size]
+                lut[t] = s
+            self._lut = lut
+        return self._lut
 
     def map_ids(self, ids):
         """Teacher ids (any shape, list or array) -> student ids as an int64 array, -1 where unmatched."""
         import numpy as np
 
         ids = np.asarray(ids, dtype=np.int64)
-        top = int(ids.max(initial=-1)) + 1
-        lut = self.lut(max(top, self.teacher_size))
-        return lut[np.clip(ids, 0, None)]
+        lut = self.lut()
+        inside = (ids >= 0) & (ids < len(lut))
+        return np.where(inside, lut[np.where(inside, ids, 0)], -1)
 
     def map_topk(self, ids, logprobs):
         """Stored top-k rows (T, k) on the teacher's ids -> the same rows on the student's ids. A candidate without

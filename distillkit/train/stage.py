@@ -360,7 +360,7 @@ def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, tr
         data=p.data_info,
         mixture=p.mixture.composition if p.mixture else None,
         student_init={k: p.init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
-                                             "adopted_rows", "context", "layer_choice") if k in p.init},
+                                             "adopted_rows", "context", "layer_choice", "special_map") if k in p.init},
         method=t.method, bf16=p.bf16, kd=t.kd.model_dump(mode="json") if t.kd.enabled else None,
         num_processes=state.num_processes,
         distributed=describe_distributed(trainer),
