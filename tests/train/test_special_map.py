@@ -359,3 +359,50 @@ def test_run_refuses_an_unmatched_pair_before_generation(models, tmp_path):
     assert str(models[R1_LLAMA]) in proc.stderr and str(models[LLAMA32_1B]) in proc.stderr
     assert "train.student.tokenizer: teacher" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_live_teacher_kd_through_the_map_matches_its_definition(models, toks, tmp_path):
+    """`kd.teacher_probs: live` for the Qwen3 student of R1-Distill-Qwen (real-shaped tiny models): the train stage
+    maps the trained ids (the student's </think>, its EOS), feeds the teacher its own ids and compares the
+    student with the teacher's logits moved onto the student's ids. The first logged KL equals that divergence
+    computed here over every assistant token (forward KL, T=1, vocabulary min(152064, 151936))."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distillkit.train.data import IGNORE, build_train_dataset
+    from distillkit.train.stage import run_train
+    from distillkit.train.student import load_student
+
+    from train_helpers import make_recipe
+
+    records = [{k: v for k, v in r.items() if k not in ("topk_ids", "topk_logprobs")}
+               for r in _records(toks["r1_qwen"], n=2)]
+    cfg = make_recipe(tmp_path, records, models[QWEN3_06B], topk=0, max_length=256, per_device_train_batch_size=2,
+                      kd={"enabled": True, "alpha": 0.0, "teacher_probs": "live"})
+    cfg.generate.teacher.model = str(models[R1_QWEN])
+    m = run_train(cfg)
+    assert "'</think>' 151649->151668" in m.stats["data"]["special_map"]["summary"]
+    first = m.stats["loss_curve"][0]
+
+    student, tok = load_student(cfg.train, cfg.stage_dir("train") / "student_init")
+    teacher = AutoModelForCausalLM.from_pretrained(models[R1_QWEN], dtype=torch.float32).eval()
+    from distillkit.train.special_map import MappedRecords, build_special_map
+
+    special_map = build_special_map(toks["r1_qwen"], tok)
+    size = 151936
+    inverse = np.empty(size, dtype=np.int64)
+    inverse[special_map.permutation(size)] = np.arange(size)
+    ds, _ = build_train_dataset(MappedRecords(records, special_map), tok, 256, use_kd=False, packing=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in ds:
+            ids = torch.tensor([ex["input_ids"]])
+            assert 151668 in ex["input_ids"] and ex["input_ids"].count(151645) >= 1
+            labels = torch.tensor(ex["labels"][1:])
+            s = student(ids).logits[0, :-1, :size].log_softmax(-1)
+            t_ids = torch.as_tensor(inverse)[ids]  # the teacher reads its own </think> 151649, EOS 151643
+            assert 151649 in t_ids.tolist()[0] and 151668 not in t_ids.tolist()[0]
+            t = teacher(t_ids).logits[0, :-1][:, torch.as_tensor(inverse)].log_softmax(-1)
+            kl = (t.exp() * (t - s)).sum(-1)[labels != IGNORE]
+            total, count = total + kl.sum().item(), count + kl.numel()
+    assert first["kl"] == pytest.approx(total / count, rel=1e-4)
