@@ -458,12 +458,15 @@ class StudentConfig(StrictModel):
     absence costs the gold-answer tokens of kept traces least (distillkit/student/layers.py). A heuristic:
     on the quickstart auto:24 gave 19.2% after training vs 4.2% for first:24 and 40.0% for the
     hand-picked list (BENCHMARKS.md, Quickstart)."""
-    tokenizer: Literal["auto", "own", "teacher"] = "auto"
+    tokenizer: Literal["auto", "own", "teacher", "map"] = "auto"
     """Whose special tokens the student trains with. teacher: the teacher's tokenizer and a reasoning-keeping
     template of its family (as DeepSeek gave its Qwen/Llama students R1's), embedding rows of the ids whose
-    token changes re-initialised (distillkit/student/tokenizer.py); needs the same BPE. own: the student's.
-    auto: teacher when both share a BPE and differ in special tokens (R1-Distill -> Qwen2.5 / Llama 3),
-    else own."""
+    token changes re-initialised (distillkit/student/tokenizer.py); needs the same BPE. map: the student's own
+    tokens and template, the teacher's special ids (think open/close, end of turn, BOS, pad) moved onto the
+    student's by role in soft labels and trained ids (distillkit/student/special_map.py); needs the same BPE.
+    own: the student's, nothing mapped. auto: map when both share a BPE, differ in special tokens and the
+    student has reasoning tokens of its own (R1-Distill-Qwen -> Qwen3); teacher when it has none (R1-Distill ->
+    Qwen2.5 / Llama 3.x); else own."""
     rope_theta: Optional[PositiveFloat] = None
     """RoPE base frequency override for training at a longer context than the student was made for
     (open-r1 trained Qwen2.5-Math-7B, 4,096 positions, with rope_theta 300000 at 32k). Saved in

@@ -83,6 +83,9 @@ _QWEN_14B = ModelShape(5120, 48, 40, 8, 13824, 152064, tied=False)
 _QWEN_32B = ModelShape(5120, 64, 40, 8, 27648, 152064, tied=False)
 _LLAMA_8B = ModelShape(4096, 32, 32, 8, 14336, 128256, tied=False)
 _LLAMA_70B = ModelShape(8192, 80, 64, 8, 28672, 128256, tied=False)
+# Qwen3 sets head_dim 128 whatever hidden / heads is (0.6B: 1024 / 16 = 64); Llama 3.2 ties its embeddings.
+_QWEN3_8B = ModelShape(4096, 36, 32, 8, 12288, 151936, tied=False, head_dim=128)
+_QWEN3_32B = ModelShape(5120, 64, 64, 8, 25600, 151936, tied=False, head_dim=128)
 KNOWN_SHAPES: dict[str, ModelShape] = {
     "qwen/qwen2.5-math-1.5b": _QWEN_1_5B,
     "qwen/qwen2.5-1.5b-instruct": _QWEN_1_5B,
@@ -101,6 +104,13 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
     "meta-llama/llama-3.3-70b-instruct": _LLAMA_70B,
     "deepseek-ai/deepseek-r1-distill-llama-70b": _LLAMA_70B,
     "builtin:smollm2-135m-instruct": ModelShape(576, 30, 9, 3, 1536, 49152, tied=True),
+    "qwen/qwen3-0.6b": ModelShape(1024, 28, 16, 8, 3072, 151936, tied=True, head_dim=128),
+    "qwen/qwen3-1.7b": ModelShape(2048, 28, 16, 8, 6144, 151936, tied=True, head_dim=128),
+    "qwen/qwen3-4b": ModelShape(2560, 36, 32, 8, 9728, 151936, tied=True, head_dim=128),
+    "qwen/qwen3-8b": _QWEN3_8B,
+    "qwen/qwen3-32b": _QWEN3_32B,
+    "meta-llama/llama-3.2-1b": ModelShape(2048, 16, 32, 8, 8192, 128256, tied=True, head_dim=64),
+    "meta-llama/llama-3.2-3b": ModelShape(3072, 28, 24, 8, 8192, 128256, tied=True, head_dim=128),
 }
 
 

@@ -283,24 +283,34 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
             if isinstance(loaded[label_spec], tuple):
                 t_tok, t_config = loaded[label_spec]
         fixed = None
+        mapped = False  # the student keeps its special tokens; the teacher's are mapped onto them by role
         if s_tok is not None:
             raw = check_tokenizer(s_tok, s_config, subject=subject, is_trained=True)
             try:
                 fixed, changes = student_after_init(cfg.train.student, s_tok, t_tok)
             except DistillkitError as e:
-                findings.append(Finding("student_tokens", "error", f"{subject}: {e}",
-                                        "train.student.tokenizer: own", "student"))
+                if cfg.train.student.tokenizer == "map" and t_tok is not None:
+                    findings += check_tokenizer_mode(cfg, t_tok, s_tok, None, label_spec, student_spec)
+                else:
+                    findings.append(Finding("student_tokens", "error", f"{subject}: {e}",
+                                            "train.student.tokenizer: own", "student"))
             else:
+                if t_tok is not None:
+                    from distillkit.student.tokenizer import MAP_NOTE
+
+                    mapped = any(c.startswith(MAP_NOTE) for c in changes)
+                    findings += check_tokenizer_mode(cfg, t_tok, s_tok, fixed, label_spec, student_spec, mapped)
                 findings += [replace(f, subject="student") for f in _after_train_fixes(raw, fixed, changes, subject)]
                 adopted = [c for c in changes if c.startswith("adopted")]
                 if adopted:
                     findings.append(Finding("student_tokens", "warning", f"{subject} {adopted[0]}.",
                                             "nothing to do (train.student.tokenizer: own keeps the student's "
                                             "tokens, with train.kd.enabled: false)", "student"))
-        if needs_teacher and fixed is not None and t_tok is not None:
+        if needs_teacher and fixed is not None and t_tok is not None and not mapped:
             pair = f"teacher {label_spec} and student {student_spec}"
             fix = ("train.student.tokenizer: teacher (or auto) lets a student with the teacher's BPE adopt its "
-                   "special tokens; with another BPE set train.kd.cross_tokenizer: true (stored top-k mapped onto "
+                   "special tokens, or map keeps the student's own and maps the teacher's onto them by role; with "
+                   "another BPE set train.kd.cross_tokenizer: true (stored top-k mapped onto "
                    "the student's tokens by spelling) or train.kd.enabled: false (SFT on the teacher's text "
                    "works across tokenizers)")
             finding, _shared = check_pair(t_tok, fixed, t_config, s_config, subject=pair,
@@ -327,6 +337,70 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
         # the caller shows the findings (the CLI prints them once); the debug log keeps a record
         log.debug("preflight %s", f)
     return findings
+
+
+def check_tokenizer_mode(cfg, teacher, student, fixed, teacher_spec: str, student_spec: str,
+                         mapping: bool = False) -> list[Finding]:
+    """Which `train.student.tokenizer` mode the pair needs (`tokenizer_mode`, ok), and, when the student keeps its
+    tokens with the teacher's mapped by role (`mapping`: `map`, or `auto` for a Qwen3-like student), whether every
+    role matches and a sample trace survives the map (`special_roles`). `fixed`: the student as student_init/ will
+    hold it; None when `map` was refused. Both tokenizers are read from their files and templates.
+
+        same BPE, same special tokens         exact KD on the teacher's ids (nothing to do)
+        same BPE, other specials, the student
+          has reasoning tokens of its own     map (auto picks it): its <think>/</think> and end of turn are kept
+        same BPE, other specials, none of
+          its own                             teacher (auto picks it): the student adopts the teacher's
+        other BPE                             train.kd.cross_tokenizer: true (or SFT only)
+    """
+    from distillkit.student.special_map import build_special_map, role_problems
+    from distillkit.student.tokenizer import keeps_own_specials, shares_bpe, special_differences
+
+    pair = f"teacher {teacher_spec} and student {student_spec}"
+    if not shares_bpe(student, teacher):
+        need = ("they split text differently (another BPE): token-level KD needs train.kd.cross_tokenizer: true "
+                "(stored top-k mapped by spelling); SFT works on the text")
+    elif not special_differences(student, teacher):
+        need = "same BPE and the same special tokens: exact KD on the teacher's ids, nothing to map"
+    elif keeps_own_specials(student, teacher):
+        need = ("same BPE, other special tokens, and the student has reasoning tokens of its own: "
+                "train.student.tokenizer: map (auto picks it) keeps them and maps the teacher's special ids by role")
+    else:
+        need = ("same BPE, other special tokens, none of the student's own to keep: train.student.tokenizer: "
+                "teacher (auto picks it) adopts the teacher's")
+    findings = [Finding("tokenizer_mode", "ok", f"{pair}: {need}. The recipe says train.student.tokenizer: "
+                        f"{cfg.train.student.tokenizer}.", subject="teacher/student")]
+    if fixed is None:  # `map` refused by student_init's choice: say why, with the fix
+        problems = role_problems(teacher, student, teacher_spec, student_spec)
+        if not problems:  # another BPE: student_after_init's message says so
+            return findings
+        return findings + [Finding("special_roles", "error",
+                                   f"train.student.tokenizer=map: {'; '.join(p for p, _ in problems)}.",
+                                   "; or ".join(dict.fromkeys(f for _, f in problems)), "teacher/student")]
+    if not mapping:
+        return findings
+    try:
+        special_map = build_special_map(teacher, fixed, teacher_spec, student_spec)
+    except DistillkitError as e:
+        return findings + [Finding("special_roles", "error", str(e), "train.student.tokenizer: teacher",
+                                   "teacher/student")]
+    text, ids = sample_trace(teacher, cfg.generate.prompts.prefill)
+    mapped = special_map.map_ids(ids)
+    decoded = fixed.decode(mapped[:-1].tolist(), skip_special_tokens=False) if (mapped >= 0).all() else None
+    if decoded != text or int(mapped[-1]) != fixed.eos_token_id:
+        return findings + [Finding("special_roles", "error",
+                                   f"{pair}: a sample trace mapped onto the student's ids does not read back as its "
+                                   f"text ending with the student's EOS {fixed.eos_token!r} (got {decoded!r}, last id "
+                                   f"{int(mapped[-1])}).", "train.student.tokenizer: teacher", "teacher/student")]
+    if cfg.train.on_policy.enabled and cfg.train.kd.teacher_probs != "served":
+        return findings + [Finding("special_roles", "error",
+                                   f"{pair}: on-policy training with a live teacher (TRL's trainers) compares logits id "
+                                   "by id, and this student keeps its own special tokens.",
+                                   "train.kd.teacher_probs: served (its top-k is mapped onto the student's ids), or "
+                                   "train.student.tokenizer: teacher", "teacher/student")]
+    return findings + [Finding("special_roles", "ok", f"{pair}: the student keeps its special tokens; "
+                               f"{special_map.summary()}. A sample trace maps onto the student's ids and ends with "
+                               f"its EOS {fixed.eos_token!r}.", subject="teacher/student")]
 
 
 def check_eval_tasks(ecfg) -> list[Finding]:

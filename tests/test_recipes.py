@@ -36,13 +36,23 @@ def test_recipe_fits_its_hardware(path):
     assert plan.train is None or plan.train["total"] <= plan.gpu_memory_gib
 
 
-def test_every_size_has_a_multi_gpu_recipe_and_single_gpu_where_it_fits():
+def test_every_size_has_a_single_gpu_recipe_where_it_fits_and_multi_gpu_where_it_needs_it():
+    """One folder per student size. A single-GPU QLoRA recipe wherever the student fits one GPU, a multi-GPU one
+    wherever full fine-tuning needs sharding (the R1 sizes have both; Qwen3 0.6B/1.7B and Llama 3.2 fine-tune
+    fully on one 80 GB GPU); each recipe without a sibling says why."""
     sizes = {p.parent.name: {q.stem for q in p.parent.glob("*.yaml")} for p in RECIPES
              if p.parent.name not in ("recipes", "lab")}  # lab: the CPU experiments of `distillkit compare`
+    single_only = {"qwen3-0.6b", "qwen3-1.7b", "llama-3.2-1b", "llama-3.2-3b"}
+    multi_only = {"qwen2.5-32b", "llama-3.3-70b-instruct"}
     assert set(sizes) == {"qwen2.5-math-1.5b", "qwen2.5-math-7b", "llama-3.1-8b", "qwen2.5-14b", "qwen2.5-32b",
-                          "llama-3.3-70b-instruct"}
-    assert all("multi_gpu" in v for v in sizes.values())
-    assert {k for k, v in sizes.items() if "qlora_single_gpu" in v} == {
-        "qwen2.5-math-1.5b", "qwen2.5-math-7b", "llama-3.1-8b", "qwen2.5-14b"}
-    for name in ("qwen2.5-32b", "llama-3.3-70b-instruct"):  # and say why not
+                          "llama-3.3-70b-instruct", "qwen3-4b", "qwen3-8b"} | single_only
+    assert {k for k, v in sizes.items() if "multi_gpu" in v} == set(sizes) - single_only
+    assert {k for k, v in sizes.items() if "qlora_single_gpu" in v} == set(sizes) - multi_only
+    for name in multi_only:  # and say why not
         assert "No single-GPU variant" in (ROOT / "recipes" / name / "multi_gpu.yaml").read_text()
+    for name in single_only:
+        assert "No multi-GPU variant" in (ROOT / "recipes" / name / "qlora_single_gpu.yaml").read_text()
+    for path in RECIPES:  # every new-pair recipe names its teacher and says why it is the teacher
+        if path.parent.name.startswith(("qwen3", "llama-3.2")):
+            text = path.read_text()
+            assert "# Teacher:" in text and "Why:" in text, path

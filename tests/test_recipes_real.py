@@ -44,8 +44,17 @@ SCRIPTED_CONFIG_KEYS = ("vocab_size", "max_position_embeddings", "rope_theta", "
                         "tie_word_embeddings", "bos_token_id", "eos_token_id")
 
 
+# What student_init does with each recipe's pair (README, "Real teacher/student pairs"): adopt the teacher's special
+# tokens (a student without reasoning tokens of its own), map them by role onto the student's own (Qwen3 student,
+# R1 teacher), nothing (the same tokenizer), or nothing with another BPE (SFT only).
+PAIR_MODE = {"qwen2.5-math-1.5b": "adopt", "qwen2.5-math-7b": "adopt", "llama-3.1-8b": "adopt", "qwen2.5-14b": "adopt",
+             "qwen2.5-32b": "adopt", "llama-3.3-70b-instruct": "other_bpe", "qwen3-0.6b": "map", "qwen3-1.7b": "same",
+             "qwen3-4b": "same", "qwen3-8b": "same", "llama-3.2-1b": "adopt", "llama-3.2-3b": "adopt"}
+
+
 def test_every_recipe_is_covered():
-    assert len(RECIPES) >= 11 and all(p.exists() for p in RECIPES)
+    assert len(RECIPES) >= 19 and all(p.exists() for p in RECIPES)
+    assert {p.parent.name for p in RECIPES if p.name != "quickstart.yaml"} == set(PAIR_MODE)
 
 
 def _scripted_teacher(teacher_id: str, prefill: str | None, out: Path) -> Path:
@@ -167,6 +176,8 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
     from distillkit.preflight import preflight, raise_on_fatal
     from distillkit.records import read_records
     from distillkit.train.data import record_to_messages, tokenize_record
+    from distillkit.student.special_map import build_special_map, turn_end
+    from distillkit.student.tokenizer import MAP_NOTE
 
     monkeypatch.setenv("OPENAI_API_KEY", "local")
     original = yaml.safe_load(recipe.read_text())
@@ -201,13 +212,22 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
     if kd_on:
         assert stats["data"]["num_kd_tokens"] > 0 and stats["data"]["teacher_ids_used"]
     changes = " ".join(stats["student_init"]["tokenizer_changes"])
-    shares = rt.REAL_MODELS[teacher_id]["config"]["model_type"] == rt.REAL_MODELS[student_id]["config"]["model_type"]
-    assert ("adopted the teacher's special tokens" in changes) == shares
+    mode = PAIR_MODE[recipe.parent.name]
+    assert ("adopted the teacher's special tokens" in changes) == (mode == "adopt")
+    assert (MAP_NOTE in changes) == (mode == "map") == ("special_map" in stats["data"])
 
     saved_dir = cfg.stage_dir("train") / "model"
     saved = AutoTokenizer.from_pretrained(saved_dir)
+    teacher_tok = AutoTokenizer.from_pretrained(data["generate"]["teacher"]["model"])
+    own = AutoTokenizer.from_pretrained(rt.REAL_MODELS[student_id]["tokenizer"]())  # the student as released
     config = json.loads((saved_dir / "config.json").read_text())
+    if mode in ("map", "same"):  # the student keeps its own <think>/</think> ids (Qwen3: 151667/151668)
+        assert saved.convert_tokens_to_ids(["<think>", "</think>"]) == own.convert_tokens_to_ids(["<think>", "</think>"])
     record = kept[0]
+    if mode == "map":  # the records hold the teacher's ids: moved onto the student's as the train stage does
+        special_map = build_special_map(teacher_tok, saved)
+        assert teacher_tok.convert_tokens_to_ids("</think>") != saved.convert_tokens_to_ids("</think>")
+        teacher_record, record = record, special_map.map_record(record)
     topk = len(record["topk_ids"][0]) if kd_on else 0
     ex = tokenize_record(saved, record, use_teacher_ids=stats["data"]["teacher_ids_used"], topk=topk)
     # the chat template saved with the student renders exactly what it was trained on
@@ -215,13 +235,25 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
     trained = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
     text = saved.decode(trained)
     assert "Two plus three makes five." in text and "</think>" in text  # the reasoning is trained
-    assert trained[-1] == saved.eos_token_id == config["eos_token_id"]  # and the EOS that ends it
+    assert trained[-1] == saved.eos_token_id == config["eos_token_id"]  # and the EOS that ends it,
+    assert saved.eos_token == turn_end(saved)  # which is the student's end of turn in its saved template
     if kd_on:  # the soft label at </think> is the teacher's distribution over that very token
         think_end = saved.convert_tokens_to_ids("</think>")
         at = ex["input_ids"].index(think_end)
         assert ex["kd_mask"][at] == 1 and ex["kd_ids"][at][0] == think_end
+        if mode == "map":  # ... stored on the teacher's own </think> id, 151649 for R1 (Qwen3's <|box_end|>)
+            t_at = list(teacher_record["completion_ids"]).index(teacher_tok.convert_tokens_to_ids("</think>"))
+            assert teacher_record["topk_ids"][t_at][0] == teacher_tok.convert_tokens_to_ids("</think>") != think_end
+    if own.chat_template and "enable_thinking" in own.chat_template:  # Qwen3: thinking on at evaluation, switch kept
+        question = record_to_messages(record)[:1]
+        prompt = saved.apply_chat_template(question, add_generation_prompt=True, tokenize=False)  # as lm-eval renders it
+        assert prompt == own.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+        assert prompt.endswith("<|im_start|>assistant\n") and "</think>" not in prompt
+        assert saved.apply_chat_template(question, add_generation_prompt=True, tokenize=False,
+                                         enable_thinking=False).endswith("<think>\n\n</think>\n\n")
     if "evaluate" in cfg.stages:
         from distillkit.schemas.evaluate import EvalResults
 
         results = EvalResults.read(cfg.stage_dir("evaluate"))
         assert results.model_keys() == ["student_after"] and results.score("student_after", "distillkit_arith")
+        assert results.protocol.gen_prefix == "<think>\n"  # every answer opens the reasoning block

@@ -70,7 +70,7 @@ def test_build_refuses_bad_chains_and_overrides(tok_dir, chain, tmp_path):
         build_scripted_model(tmp_path, tok_dir, chain, config_overrides={"intermediate_size": 256})
     with pytest.raises(ValueError, match="multiple of 64"):
         build_scripted_model(tmp_path, tok_dir, chain, config_overrides={"hidden_size": 96})
-    with pytest.raises(ValueError, match="qwen2 or llama"):
+    with pytest.raises(ValueError, match=r"one of \['llama', 'qwen2', 'qwen3'\]"):
         build_scripted_model(tmp_path, tok_dir, chain, arch="gpt2")
 
 
@@ -104,7 +104,7 @@ def check_writes_chain(model_dir, chain, questions=QUESTIONS, sampled: int = 2) 
 
 @pytest.mark.parametrize("vocab_size", [None, REAL_VOCAB], ids=["tiny_vocab", "vocab_152064"])
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
 def test_greedy_and_sampled_generation_write_the_chain(tok_dir, chain, tmp_path, arch, tied, vocab_size):
     from safetensors import safe_open
 

@@ -162,6 +162,12 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         if adopted:
             moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)
             rows.append(("special tokens", f"the teacher's, adopted as DeepSeek's distilled students did: {moved}"))
+        mapped = [m for m in (train_stats.student_init.get("special_map") or {}).get("pairs", [])
+                  if m["teacher_id"] != m["student_id"]]
+        if mapped:
+            moved = "; ".join(f"`{m['teacher']}` {m['teacher_id']} -> `{m['student']}` {m['student_id']} ({m['how']})"
+                              for m in mapped)
+            rows.append(("special tokens", f"the student's own; the teacher's mapped onto them by role: {moved}"))
     mixture = _mixture_rows(train_stats)
     data_summary = ""
     if filter_manifest is not None:

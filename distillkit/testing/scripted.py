@@ -8,12 +8,12 @@ filter keeps it and the trainer sees real traces with soft labels. `build_script
 Construction (a bigram table over a chain of distinct tokens)
 -------------------------------------------------------------
 Let ``chain = [t0, t1, ..., tn]``: t0 is the last prompt token (e.g. the ``"\\n"`` of a pre-filled
-``"<think>\\n"``), t1..t(n-1) the completion, tn the EOS. The model is a Qwen2 or Llama with hidden size
+``"<think>\\n"``), t1..t(n-1) the completion, tn the EOS. The model is a Qwen2, Qwen3 or Llama with hidden size
 d = 64 (one head of head_dim 64; 64*k with k heads for chains longer than 64), intermediate size d, one
 decoder layer (more layers, if asked for, are made to add nothing), every weight zero except:
 
 * embeddings: row t_i = s * e_i (e_i the i-th basis vector of R^d); every other row 0;
-* all RMSNorm weights 1;
+* all RMSNorm weights 1 (Qwen3's per-head q/k norms too: they act on zero queries and keys);
 * attention: everything 0 (q/k/v weights and Qwen2's q/k/v biases, o_proj). With o_proj = 0 the
   attention block adds exactly 0 to the residual whatever RoPE and the other positions do, so each
   position's output depends on its own token only: a prompt *ending* in t0 is all that matters;
@@ -125,7 +125,8 @@ def build_scripted_model(out_dir, tokenizer_dir, chain: list[int], arch: str = "
     `dtype`: the saved weights' dtype ("float32" or "bfloat16").
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM)
 
     chain = [int(t) for t in chain]
     if len(chain) < 2:
@@ -134,8 +135,10 @@ def build_scripted_model(out_dir, tokenizer_dir, chain: list[int], arch: str = "
         raise ValueError(f"scripted chain tokens must be distinct; repeated: {_describe_repeats(chain)}")
     if margin <= 0:
         raise ValueError(f"margin must be positive, got {margin}")
-    if arch not in ("qwen2", "llama"):
-        raise ValueError(f"arch must be qwen2 or llama, got {arch!r}")
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+               "llama": (LlamaConfig, LlamaForCausalLM)}
+    if arch not in classes:
+        raise ValueError(f"arch must be one of {sorted(classes)}, got {arch!r}")
     overrides = dict(config_overrides or {})
     reserved = sorted(_RESERVED_KEYS & overrides.keys())
     if reserved:
@@ -157,8 +160,9 @@ def build_scripted_model(out_dir, tokenizer_dir, chain: list[int], arch: str = "
                   max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     common.update(overrides)
-    config = (Qwen2Config if arch == "qwen2" else LlamaConfig)(**common)
-    model = (Qwen2ForCausalLM if arch == "qwen2" else LlamaForCausalLM)(config)
+    config_class, model_class = classes[arch]
+    config = config_class(**common)
+    model = model_class(config)
 
     # s such that the gap sqrt(d) s (M - s) / sqrt(s^2 + M^2) with M = RESIDUAL_RATIO s is `margin`.
     r = RESIDUAL_RATIO

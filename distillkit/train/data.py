@@ -38,10 +38,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillkit.errors import DistillkitError
 from distillkit.tokenizer_checks import ids_spell
+
+if TYPE_CHECKING:
+    from distillkit.student.special_map import SpecialMap
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +322,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     writer = None
     try:
         for rec in records:
+            if rec.get("special_map_unmatched"):  # a teacher special without a student counterpart: text only
+                info["special_map_unmatched"] = info.get("special_map_unmatched", 0) + 1
             ids = rec.get("completion_ids")
             ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk,
                                  cross=cross, cross_stats=cross_stats)
@@ -330,6 +335,10 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
             if all(x == IGNORE for x in ex["labels"]):
                 info["num_dropped"] += 1  # max_length cut the whole assistant turn
                 continue
+            if topk > 0 and not isinstance(ex["kd_ids"], np.ndarray):
+                # a record without stored labels among streamed ones (numpy rows): Arrow needs one type per batch
+                ex = {**ex, "kd_ids": np.asarray(ex["kd_ids"], np.int32),
+                      "kd_logprobs": np.asarray(ex["kd_logprobs"], np.float32), "kd_mask": np.asarray(ex["kd_mask"], np.int8)}
             if writer is None:  # ~64 MB of examples per Arrow record batch
                 batch = max(1, min(1000, (64 << 20) // max(1, len(ex["input_ids"]) * bytes_per_token)))
                 writer = ArrowWriter(features=Features(feats), path=str(path), writer_batch_size=batch)
@@ -441,3 +450,37 @@ def format_batch_check(batch: dict, tokenizer, row: int = 0) -> str:
         text = tok["text"]
         out.append(f"[{text}{'*' if tok['kd'] else ''}]" if tok["loss"] else text)
     return "".join(out)
+
+
+class MappedRecords:
+    """A view of training records (a list, a `datasets.Dataset` or a `StageRecords`) whose records come out through
+    `SpecialMap.map_record`; length, `head` and the stage attributes (`soft_label_format`, ...) pass through."""
+
+    def __init__(self, records, special_map: SpecialMap):
+        self.records, self.special_map = records, special_map
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def topk(self) -> int:
+        """Width of the stored soft labels (mapping keeps it)."""
+        return record_topk(self.records)
+
+    def __iter__(self):
+        for rec in self.records:
+            yield self.special_map.map_record(rec)
+
+    def head(self, n: int) -> list[dict]:
+        if hasattr(self.records, "head"):
+            first = self.records.head(n)
+        elif isinstance(self.records, list):
+            first = self.records[:n]
+        else:
+            first = list(self.records.select(range(min(n, len(self.records)))))
+        return [self.special_map.map_record(r) for r in first]
+
+    def __getattr__(self, name):
+        if name in ("records", "special_map"):
+            raise AttributeError(name)
+        return getattr(self.records, name)

@@ -125,8 +125,10 @@ def served_teacher(cfg: RecipeConfig) -> TeacherConfig:
                          vllm=cfg.generate.teacher.vllm)
 
 
-def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
-    """On-policy training against a served teacher (see the module docstring)."""
+def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args, special_map=None):
+    """On-policy training against a served teacher (see the module docstring). With `special_map` (a student that
+    keeps its own special tokens) the server reads the student's samples with the student's specials moved to the
+    teacher's ids, and its top-k comes back on the student's ids (`distillkit.student.special_map.MappedScorer`)."""
     from datasets import Dataset
     from trl import DistillationConfig
 
@@ -137,7 +139,13 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     teacher = served_teacher(cfg)
     scorer = ServerScorer.from_config(teacher, t.kd.teacher_server.topk, cfg.seed, key="train.kd.teacher_server")
     try:
-        check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model)
+        if special_map is None:
+            check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model)
+        else:
+            from distillkit.student.special_map import MappedScorer, build_special_map
+
+            served_map = build_special_map(scorer.tokenizer, tokenizer, teacher.model, cfg.train.student.model)
+            scorer = MappedScorer(scorer, served_map, max(len(scorer.tokenizer), len(tokenizer)))
         beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
         prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
         dargs = DistillationConfig(**on_policy_args(args, len(prompts)), beta=beta, temperature=t.kd.temperature,

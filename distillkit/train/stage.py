@@ -108,6 +108,8 @@ class Prepared:
     bf16: bool
     mixture: Any = None
     teacher: Any = None
+    special_map: Any = None
+    """The teacher->student special-id map when the student keeps its own tokens (`train.student.tokenizer: map`)."""
 
 
 @dataclass
@@ -203,6 +205,14 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
         init = build_student_init(t.student, out / "student_init", records=records, teacher=cfg.label_teacher.model)
     model, tokenizer = load_student(t, out / "student_init")
     check_student_tokenizer(tokenizer, model.config)
+    special_map = None
+    if "special_map" in init:  # the student kept its tokens: the labelling teacher's special ids move onto them
+        from distillkit.models import load_tokenizer_and_config
+        from distillkit.student.special_map import build_special_map
+
+        special_map = build_special_map(load_tokenizer_and_config(cfg.label_teacher.model)[0], tokenizer,
+                                        cfg.label_teacher.model, t.student.model)
+        log.info("train: %s", special_map.summary())
     mixture = None
     if t.sources:
         mixture = build_mixture(loaded, t.seed, tokenizer, t.mixture_size)
@@ -211,20 +221,30 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
             log.info("train: mixture %s (%s): %d samples of %d, %.1f%% of tokens", name, part["kind"],
                      part["samples"], part["available"], 100 * part["token_share"])
     bf16 = resolve_bf16(t.bf16)
-    teacher = load_live_teacher(cfg, tokenizer, bf16) if t.kd.enabled and t.kd.teacher_probs == "live" else None
+    teacher = (load_live_teacher(cfg, tokenizer, bf16, special_map) if t.kd.enabled and t.kd.teacher_probs == "live"
+               else None)
     teacher_tokenizer = None
     if t.kd.enabled and t.kd.cross_tokenizer:  # the soft labels' ids are the labelling teacher's
         from distillkit.models import load_tokenizer_and_config
 
         teacher_tokenizer = load_tokenizer_and_config(cfg.label_teacher.model)[0]
+    if special_map is not None:
+        from distillkit.train.data import MappedRecords
+
+        records_in = MappedRecords(records, special_map)
+    else:
+        records_in = records
     with state.main_process_first():
-        dataset, data_info = build_train_dataset(records, tokenizer, t.max_length, use_kd=t.kd.enabled,
+        dataset, data_info = build_train_dataset(records_in, tokenizer, t.max_length, use_kd=t.kd.enabled,
                                                  packing=t.packing, seed=t.seed,
                                                  require_topk=t.kd.teacher_probs.startswith("topk"),
                                                  cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}",
                                                  teacher_tokenizer=teacher_tokenizer)
+    if special_map is not None:
+        data_info["special_map"] = {"records_unmatched": data_info.pop("special_map_unmatched", 0),
+                                    "summary": special_map.summary()}
     return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
-                    data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher)
+                    data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher, special_map=special_map)
 
 
 def make_trainer(cfg: RecipeConfig, p: Prepared, callbacks: list | None = None):
@@ -238,11 +258,16 @@ def make_trainer(cfg: RecipeConfig, p: Prepared, callbacks: list | None = None):
     if cfg.train.on_policy.enabled and cfg.train.kd.teacher_probs == "served":
         from distillkit.train.served import build_served_trainer
 
-        trainer = build_served_trainer(cfg, p.model, p.tokenizer, p.records, args)
+        trainer = build_served_trainer(cfg, p.model, p.tokenizer, p.records, args, p.special_map)
     elif cfg.train.on_policy.enabled:
+        if p.special_map is not None:
+            raise DistillkitError("train.on_policy with a live teacher (TRL's trainers) compares the teacher's and the "
+                                  "student's logits id by id, and this student keeps its own special tokens "
+                                  "(train.student.tokenizer: map). Use train.kd.teacher_probs: served (its top-k is "
+                                  "mapped onto the student's ids), or train.student.tokenizer: teacher")
         trainer = build_on_policy_trainer(cfg, p.model, p.tokenizer, p.records, args)
     else:
-        trainer = build_trainer(cfg, p.model, p.tokenizer, p.dataset, args, p.teacher, callbacks)
+        trainer = build_trainer(cfg, p.model, p.tokenizer, p.dataset, args, p.teacher, callbacks, p.special_map)
     trainer.add_callback(LossCurveCallback())
     for cb in callbacks or []:
         if cb not in trainer.callback_handler.callbacks:
@@ -337,7 +362,7 @@ def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, tr
         data=p.data_info,
         mixture=p.mixture.composition if p.mixture else None,
         student_init={k: p.init[k] for k in ("num_layers", "kept_layers", "num_params", "tokenizer_changes",
-                                             "adopted_rows", "context", "layer_choice") if k in p.init},
+                                             "adopted_rows", "context", "layer_choice", "special_map") if k in p.init},
         method=t.method, bf16=p.bf16, kd=t.kd.model_dump(mode="json") if t.kd.enabled else None,
         num_processes=state.num_processes,
         distributed=describe_distributed(trainer),
@@ -366,26 +391,29 @@ def check_student_tokenizer(tokenizer, config) -> None:
 # ----------------------------------------------------------------------------------------- trainers
 
 
-def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=None, callbacks=None):
-    """The off-policy trainer: SFT on the traces plus the chunked soft-label KD term when `kd.enabled`."""
+def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=None, callbacks=None, special_map=None):
+    """The off-policy trainer: SFT on the traces plus the chunked soft-label KD term when `kd.enabled`
+    (`special_map`: a live teacher's ids are moved onto the student's, see `distillkit.student.special_map`)."""
     from distillkit.train.data import DistillCollator
     from distillkit.train.trainer import DistillTrainer
 
     collator = DistillCollator(pad_token_id=tokenizer.pad_token_id, padding_free=cfg.train.packing)
     return DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          data_collator=collator, kd=cfg.train.kd, teacher=teacher, callbacks=callbacks)
+                          data_collator=collator, kd=cfg.train.kd, teacher=teacher, callbacks=callbacks,
+                          teacher_map=special_map if teacher is not None else None)
 
 
-def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool):
+def load_live_teacher(cfg: RecipeConfig, student_tokenizer, bf16: bool, special_map=None):
     """The generate stage's teacher, loaded for `kd.teacher_probs: live` (must share the student's
-    vocabulary), in bf16 when the student trains in bf16, else in float32."""
+    vocabulary, or with `special_map` its BPE), in bf16 when the student trains in bf16, else in float32."""
     torch = require("torch", "train")
     transformers = require("transformers", "train")
     from distillkit.models import resolve_model
 
     path = resolve_model(cfg.generate.teacher.model)
-    check_shared_vocabulary(transformers.AutoTokenizer.from_pretrained(path), student_tokenizer,
-                            cfg.generate.teacher.model)
+    if special_map is None:
+        check_shared_vocabulary(transformers.AutoTokenizer.from_pretrained(path), student_tokenizer,
+                                cfg.generate.teacher.model)
     dtype = torch.bfloat16 if bf16 else torch.float32
     # Under FSDP with fsdp_cpu_ram_efficient_loading, from_pretrained fills only rank 0's weights and leaves the
     # others to FSDP's broadcast, which the teacher (not wrapped by FSDP) never gets: every rank loads it whole.

@@ -102,13 +102,16 @@ class DistillTrainer(SFTTrainer):
     Extra arguments:
         kd: a `KDConfig` (enabled, alpha, temperature, divergence, beta, teacher_probs, chunk_size).
         teacher: a loaded teacher model for `kd.teacher_probs == "live"` (same tokenizer), else None.
+        teacher_map: a `SpecialMap` when the student keeps its own special tokens (`train.student.tokenizer: map`):
+            the live teacher reads the student's ids moved to its own, and its logits come back on the student's.
     The train dataset must be built by `distillkit.train.data.build_train_dataset` (it carries the
     soft-label columns), with `dataset_kwargs={"skip_prepare_dataset": True}` and `DistillCollator`.
     """
 
-    def __init__(self, *args, kd=None, teacher=None, **kwargs):
+    def __init__(self, *args, kd=None, teacher=None, teacher_map=None, **kwargs):
         self.kd = kd
         self.teacher = teacher
+        self.teacher_map = teacher_map
         self._num_kd_items = None
         check_class_hooks()
         super().__init__(*args, **kwargs)
@@ -166,9 +169,14 @@ class DistillTrainer(SFTTrainer):
         mask = targets != IGNORE
         teacher_kwargs: dict[str, Any] = {}
         if kd.teacher_probs == "live":
+            t_inputs, projection = model_inputs, output_projection(self.teacher)
+            if self.teacher_map is not None:  # the student's specials -> the teacher's, its logits -> the student's ids
+                size = min(self.teacher.config.vocab_size, _unwrap(model).config.vocab_size)
+                t_inputs = {**model_inputs, "input_ids": self.teacher_map.teacher_ids(model_inputs["input_ids"], size)}
+                projection = self.teacher_map.live_projection(projection, size)
             with torch.no_grad():
-                t_hidden = self.teacher(**model_inputs, return_hidden=True)[:, :-1]
-            teacher_kwargs = {"teacher_hidden": t_hidden, "teacher_weight": output_projection(self.teacher)}
+                t_hidden = self.teacher(**t_inputs, return_hidden=True)[:, :-1]
+            teacher_kwargs = {"teacher_hidden": t_hidden, "teacher_weight": projection}
             kd_mask = mask
         else:
             kd_mask = kd_inputs["kd_mask"][:, 1:] & mask

@@ -254,6 +254,26 @@ def test_model_card_records_adopted_tokens_and_context_override(run_cfg):
     assert "context was extended before training" in text
 
 
+def test_model_card_records_special_tokens_mapped_by_role(run_cfg):
+    """A student that kept its own special tokens (train.student.tokenizer: map): the card says which of the
+    teacher's ids were moved onto which of the student's, and nothing about adopted rows."""
+    from distillkit.records import Manifest
+    from distillkit.train.stats import TrainStats
+
+    pairs = [{"teacher_id": 151649, "teacher": "</think>", "student_id": 151668, "student": "</think>",
+              "how": "think_close"},
+             {"teacher_id": 151650, "teacher": "<|quad_start|>", "student_id": 151650, "student": "<|quad_start|>",
+              "how": "same text"}]
+    stats = TrainStats(tokens_seen=10, tokens_per_s=1.0, train_seconds=10.0, global_steps=1, final_train_loss=1.0,
+                       method="lora", bf16=False, trainable_params=1,
+                       student_init={"adopted_rows": [], "special_map": {"pairs": pairs}})
+    text = cards.render_model_card(run_cfg, train_manifest=Manifest(stage="train", config_hash="x", counts={},
+                                                                    stats=stats.dump())).text
+    assert "the student's own; the teacher's mapped onto them by role: `</think>` 151649 -> `</think>` 151668 " \
+           "(think_close)" in text
+    assert "quad_start" not in text and "adopted as DeepSeek" not in text
+
+
 def test_model_card_names_each_tasks_version_prompt_and_extraction(run_cfg):
     """The card carries what the evaluate stage records per task (harness.describe_task on the real task)."""
     from distillkit.evaluate.harness import describe_task, make_task_manager

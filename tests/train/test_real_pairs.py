@@ -195,6 +195,37 @@ def test_gemma3_student_gets_a_verbatim_turn_template(shipped):
     assert tokenize_record(student, record, use_teacher_ids=False, topk=0)["input_ids"].count(2) == 1
 
 
+def test_qwen3_student_keeps_its_template_behaviour_and_trains_the_trace_verbatim():
+    """Qwen3 (its real tokenizer and template): fix_tokenizer installs distillkit's Qwen3 template, which renders every
+    chat as Qwen3's own does when the trace is spaced as Qwen3 writes it (system turns, earlier turns' reasoning
+    dropped, enable_thinking), but keeps the trained turn as the trace has it; generation markers cover it."""
+    from distillkit.models import QWEN3_REASONING_TEMPLATE
+    from distillkit.preflight import check_reasoning_rendered, check_trained_turn
+    from distillkit.train.data import split_template
+    from distillkit.student.tokenizer import fix_tokenizer, render_turn
+
+    student, reference = tok(rt.qwen3_tokenizer()), tok(rt.qwen3_tokenizer())
+    assert not render_turn(reference)[0]  # the shipped one re-spaces a trace with outer whitespace
+    assert fix_tokenizer(student) == ["chat_template: installed a template with generation markers that keeps reasoning"]
+    assert student.chat_template == QWEN3_REASONING_TEMPLATE and fix_tokenizer(student) == []
+    assert (student.eos_token_id, student.pad_token_id) == (151645, 151643)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\nThe answer is 4."},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "<think>\nThree and three.\n</think>\n\n6"}]
+    for n in (2, 3, 4, 5):
+        for prompt in (True, False):
+            for thinking in ({}, {"enable_thinking": True}, {"enable_thinking": False}):
+                kw = {"tokenize": False, "add_generation_prompt": prompt, **thinking}
+                assert student.apply_chat_template(chat[:n], **kw) == reference.apply_chat_template(chat[:n], **kw)
+    assert "Two and two" not in student.apply_chat_template(chat, tokenize=False)  # history rewritten, as Qwen3 does
+    record = {"id": "r", "messages": chat[1:2], "prefill": "<think>\n",
+              "completion": "so 4.\n\n</think>\n\n4\n", "finish_reason": "stop"}
+    parts = split_template(student, record)
+    assert parts.prefix.endswith("<|im_start|>assistant\n<think>\n") and parts.suffix == "<|im_end|>\n"
+    assert check_reasoning_rendered(student, "s").severity == check_trained_turn(student, "s").severity == "ok"
+
+
 def test_bos_is_written_once_on_every_path():
     """R1 and Llama templates write the BOS text and the Llama tokenizer adds one when asked: generation
     prompts, training examples and lm-eval's encoding must each hold exactly one."""
