@@ -377,7 +377,7 @@ def build_special_map(teacher, student, teacher_name: str | None = None,
 
 
 class MappedScorer:
-    """A teacher scorer (`distillkit.score.scorers`) seen through a SpecialMap: it is sent the student's sequences
+    """A teacher scorer (`distillkit.engines.scorers`) seen through a SpecialMap: it is sent the student's sequences
     with the student's specials moved to the teacher's ids, and its top-k rows come back on the student's ids."""
 
     def __init__(self, scorer, special_map: SpecialMap, size: int):

@@ -258,7 +258,7 @@ def test_model_card_records_special_tokens_mapped_by_role(run_cfg):
     """A student that kept its own special tokens (train.student.tokenizer: map): the card says which of the
     teacher's ids were moved onto which of the student's, and nothing about adopted rows."""
     from distillkit.records import Manifest
-    from distillkit.train.stats import TrainStats
+    from distillkit.schemas.train import TrainStats
 
     pairs = [{"teacher_id": 151649, "teacher": "</think>", "student_id": 151668, "student": "</think>",
               "how": "think_close"},
