@@ -20,6 +20,16 @@ def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: 
                               "from a compatible teacher, or kd.enabled: false")
 
 
+def trl_beta(kd) -> float:
+    """TRL's generalized-JSD beta for `kd.divergence`: 1 is reverse KL, 0 forward KL, `kd.beta` for jsd."""
+    return {"reverse_kl": 1.0, "forward_kl": 0.0}.get(kd.divergence, kd.beta)
+
+
+def prompt_rows(records) -> list[dict]:
+    """The records' chats without the trained turn, as TRL's on-policy trainers read prompts."""
+    return [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
+
+
 def on_policy_args(args, num_prompts: int | None = None) -> dict:
     """The SFTConfig settings TRL's on-policy configs share; refuses a generation batch larger than the prompts
     (TRL samples whole batches of per_device_train_batch_size x gradient_accumulation_steps x processes prompts,
@@ -48,7 +58,7 @@ def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     from distillkit.train.data import record_to_messages
 
     t = cfg.train
-    beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
+    beta = trl_beta(t.kd)
     teacher_path = resolve_model(cfg.generate.teacher.model)
     common = on_policy_args(args, len(records) if t.on_policy.lmbda >= 1.0 else None)
     from datasets import Dataset
@@ -56,7 +66,7 @@ def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     if t.on_policy.lmbda >= 1.0:
         from trl import DistillationConfig, DistillationTrainer
 
-        prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
+        prompts = prompt_rows(records)
         dargs = DistillationConfig(**common, beta=beta, temperature=t.kd.temperature,
                                    max_completion_length=t.on_policy.max_new_tokens)
         return DistillationTrainer(model=model, teacher_model=teacher_path, args=dargs,

@@ -133,7 +133,7 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args, spe
     from trl import DistillationConfig
 
     from distillkit.engines.scorers import ServerScorer
-    from distillkit.train.on_policy import check_shared_vocabulary, on_policy_args
+    from distillkit.train.on_policy import check_shared_vocabulary, on_policy_args, prompt_rows, trl_beta
 
     t = cfg.train
     teacher = served_teacher(cfg)
@@ -146,9 +146,8 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args, spe
 
             served_map = build_special_map(scorer.tokenizer, tokenizer, teacher.model, cfg.train.student.model)
             scorer = MappedScorer(scorer, served_map, max(len(scorer.tokenizer), len(tokenizer)))
-        beta = {"reverse_kl": 1.0, "forward_kl": 0.0}.get(t.kd.divergence, t.kd.beta)
-        prompts = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records]
-        dargs = DistillationConfig(**on_policy_args(args, len(prompts)), beta=beta, temperature=t.kd.temperature,
+        prompts = prompt_rows(records)
+        dargs = DistillationConfig(**on_policy_args(args, len(prompts)), beta=trl_beta(t.kd), temperature=t.kd.temperature,
                                    max_completion_length=t.on_policy.max_new_tokens)
         return served_trainer_class()(model=model, args=dargs, train_dataset=Dataset.from_list(prompts),
                                       processing_class=tokenizer, scorer=scorer, kd=t.kd)
