@@ -92,12 +92,14 @@ ONE_SHOT_TEMPLATE = (
 )
 
 
-def _problem(rng: random.Random, templates: list = TEMPLATES, names: list = NAMES) -> tuple[str, int]:
+def _problem(rng: random.Random, templates: list = TEMPLATES, names: list = NAMES) -> tuple[str, int, str]:
+    """(problem text, answer, gold worked solution "a op b = answer.")."""
     template, fn = rng.choice(templates)
     a, b = rng.randint(2, 12), rng.randint(2, 12)
     if fn(a, b) < 0:
         a, b = b, a
-    return template.format(name=rng.choice(names), a=a, b=b), fn(a, b)
+    op = {8: "+", 2: "-", 15: "*"}[fn(5, 3)]  # every template is one of the three operations
+    return template.format(name=rng.choice(names), a=a, b=b), fn(a, b), f"{a} {op} {b} = {fn(a, b)}."
 
 
 def split_of(text: str) -> str:
@@ -105,11 +107,13 @@ def split_of(text: str) -> str:
     return "test" if int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % TEST_FRACTION_DENOM == 0 else "train"
 
 
-def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0, templates: str = "base") -> list[dict]:
+def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0, templates: str = "base",
+                        with_solution: bool = False) -> list[dict]:
     """`num` distinct problems of one split: [{"id", "problem", "answer", "source"}].
 
     The split of a problem is a function of its text (`split_of`), so train and held-out never overlap;
-    `seed` changes which problems are drawn and their order; `templates` picks the template set (module doc).
+    `seed` changes which problems are drawn and their order; `templates` picks the template set (module doc);
+    `with_solution` adds "solution", a gold worked solution ("3 + 4 = 7. The answer is \\boxed{7}.").
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -129,10 +133,54 @@ def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0, tem
         attempts += 1
         if attempts > num * 200:
             raise ValueError(f"cannot make {num} distinct {split} problems from the templates")
-        text, answer = _problem(rng, pool, names)
+        text, answer, solution = _problem(rng, pool, names)
         if text in seen or (templates != "unseen" and split_of(text) != split):
             continue
         seen.add(text)
         pid = f"{prefix}-{split}-" + hashlib.sha1(text.encode()).hexdigest()[:10]
-        out.append({"id": pid, "problem": text, "answer": str(answer), "source": "arith"})
+        row = {"id": pid, "problem": text, "answer": str(answer), "source": "arith"}
+        if with_solution:
+            row["solution"] = f"{solution} The answer is \\boxed{{{answer}}}."
+        out.append(row)
     return out
+
+
+def write_gold_chats(path, num: int, split: str = "train", seed: int = 0, templates: str = "varied",
+                     template: str = ONE_SHOT_TEMPLATE) -> int:
+    """Write `num` problems with gold worked solutions as prompt/response JSONL (a `train.sources` file).
+
+    The lab's stronger teacher is SmolLM2-135M after SFT on these (recipes/lab/gold_teacher.yaml): the
+    prompt is `template` filled with the problem (the lab's generation prompt), the response the
+    solution in the worked example's shape, "a + b = c. The answer is \\boxed{c}."
+    """
+    import json
+    from pathlib import Path
+
+    rows = make_arith_problems(num, split, seed, templates, with_solution=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"id": r["id"], "prompt": template.replace("{problem}", r["problem"]),
+                                "response": r["solution"], "answer": r["answer"]}) + "\n")
+    return len(rows)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m distillkit.data.arith",
+                                 description="Write arithmetic problems with gold worked solutions (prompt/response "
+                                             "JSONL) for train.sources, e.g. the CPU lab's gold teacher.")
+    ap.add_argument("out", help="output .jsonl file")
+    ap.add_argument("--num", type=int, default=400)
+    ap.add_argument("--split", default="train", choices=["train", "test"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--templates", default="varied", choices=list(TEMPLATE_SETS))
+    a = ap.parse_args(argv)
+    n = write_gold_chats(a.out, a.num, a.split, a.seed, a.templates)
+    print(f"wrote {n} problems with gold solutions to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
