@@ -8,7 +8,7 @@ quickstart: setup
 	.venv/bin/distillkit run
 
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=30
 
 # Everything except the slow real-model tests (SmolLM2, vLLM engines).
 test-fast: setup
