@@ -51,6 +51,38 @@ PAIR_MODE = {"qwen2.5-math-1.5b": "adopt", "qwen2.5-math-7b": "adopt", "llama-3.
              "qwen2.5-32b": "adopt", "llama-3.3-70b-instruct": "other_bpe", "qwen3-0.6b": "map", "qwen3-1.7b": "same",
              "qwen3-4b": "same", "qwen3-8b": "same", "llama-3.2-1b": "adopt", "llama-3.2-3b": "adopt"}
 
+# A recipe that differs from a sibling only in its name, its student's size and its publish repos (the same teacher,
+# student tokenizer and chat template, method, KD, filters and parallelism) would run the sibling's pipeline again:
+# it is checked on its own as shipped (validation, its model's context limits, preflight of its shrunk form) and
+# shown to be that twin (test_twins_are_twins); its pipeline is the sibling's run. Keeps the suite in its budget.
+TWINS = {"qwen3-8b/qlora_single_gpu.yaml": "qwen3-4b/qlora_single_gpu.yaml",
+         "qwen3-8b/multi_gpu.yaml": "qwen3-4b/multi_gpu.yaml",
+         "qwen2.5-math-7b/qlora_single_gpu.yaml": "qwen2.5-math-1.5b/qlora_single_gpu.yaml",
+         "qwen2.5-math-7b/multi_gpu.yaml": "qwen2.5-math-1.5b/multi_gpu.yaml",
+         "llama-3.2-3b/qlora_single_gpu.yaml": "llama-3.2-1b/qlora_single_gpu.yaml"}
+
+
+def _without_size(recipe: dict) -> dict:
+    """The recipe less what may differ between twins: its name, the student's id and the publish repos."""
+    out = json.loads(json.dumps(recipe))
+    out.pop("name", None)
+    out["train"]["student"].pop("model")
+    out.pop("publish", None)
+    return out
+
+
+def _tokenizer_files(hub_id: str) -> dict:
+    folder = Path(rt.REAL_MODELS[hub_id]["tokenizer"]())
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_twins_are_twins():
+    for twin, sibling in TWINS.items():
+        a, b = (yaml.safe_load((ROOT / "recipes" / r).read_text()) for r in (twin, sibling))
+        assert _without_size(a) == _without_size(b), f"{twin} is no longer {sibling}'s twin: run it (drop it from TWINS)"
+        student_a, student_b = a["train"]["student"]["model"], b["train"]["student"]["model"]
+        assert student_a != student_b and _tokenizer_files(student_a) == _tokenizer_files(student_b), twin
+
 
 def test_every_recipe_is_covered():
     assert len(RECIPES) >= 19 and all(p.exists() for p in RECIPES)
@@ -182,6 +214,7 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
     monkeypatch.setenv("OPENAI_API_KEY", "local")
     original = yaml.safe_load(recipe.read_text())
     data, teacher_id, student_id = shrink(recipe, tmp_path, built)
+    twin = TWINS.get(str(recipe.relative_to(ROOT / "recipes")))
     # As shipped (16-32k tokens), the lengths fit the real models' positions (RoPE overrides included).
     from transformers import AutoConfig
 
@@ -195,6 +228,8 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
         cfg = validate_recipe(data, source=str(recipe))
         findings = preflight(cfg)
         raise_on_fatal(findings)  # the pair passes preflight as shipped
+        if twin:  # its pipeline is its twin's run (TWINS)
+            return
         manifests = run_pipeline(cfg)
     assert set(manifests) == set(cfg.stages) >= {"generate", "filter", "train"}
     if cfg.generate.prescreen.enabled:  # the student screened every prompt with vLLM before the teacher ran
