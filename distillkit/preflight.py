@@ -39,6 +39,7 @@ from typing import Any, Iterable, Optional
 
 from distillkit.errors import DistillkitError
 from distillkit.models import load_tokenizer_and_config
+from distillkit.registry import load_backend
 # the single-model checks live with their Finding type, below the stages (train runs them on student_init);
 # they stay importable from here, as preflight's checks
 from distillkit.tokenizer_checks import (  # noqa: F401
@@ -140,9 +141,9 @@ def check_pair(teacher, student, teacher_config=None, student_config=None,
 
 
 def _teacher_needs_tokenizer(cfg) -> bool:
-    """vLLM/transformers backends and the OpenAI `completions` api render prompts locally."""
+    """Whether the generate teacher's backend renders prompts here (vLLM, transformers, an OpenAI `completions` api)."""
     teacher = cfg.generate.teacher
-    return teacher.backend != "openai" or teacher.openai.api == "completions"
+    return load_backend(teacher.backend).renders_prompt_locally(teacher)
 
 
 def student_after_init(student_cfg, tokenizer, teacher=None):
@@ -249,9 +250,9 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
         if tok is not None:
             subject = f"teacher {teacher_spec}"
             own = [check_chat_template(tok, subject), check_eos(tok, config, is_eos_trained=False, subject=subject),
-                   # the hf backend decodes with skip_special_tokens=False, vLLM and servers with True
-                   check_think_tokens(tok, subject, "warning" if cfg.generate.teacher.backend == "transformers"
-                                      else "error")]
+                   # a special <think> vanishes from text decoded with skip_special_tokens (vLLM, servers)
+                   check_think_tokens(tok, subject, "error" if load_backend(cfg.generate.teacher.backend)
+                                      .skips_special_tokens else "warning")]
             if not needs:  # the server renders the prompt: a missing local template does not matter
                 own = [Finding(f.check, "warning", f.message, f.fix, f.subject) if f.severity == "error"
                        and f.check == "chat_template" else f for f in own]
@@ -528,7 +529,7 @@ def check_context(cfg, stages: list[str], s_config, t_config) -> list[Finding]:
                 f"{st.model}'s {student_positions:,} positions (with the prompt).",
                 rope_fix + f"evaluate.max_gen_toks below {student_positions:,}", "student"))
     teacher_positions = _positions(t_config)
-    if "generate" in stages and teacher_positions and cfg.generate.teacher.backend == "vllm":
+    if "generate" in stages and teacher_positions and load_backend(cfg.generate.teacher.backend).uses_vllm_engine:
         asked = cfg.generate.teacher.vllm.max_model_len
         if asked and asked > teacher_positions:
             findings.append(Finding(
