@@ -244,7 +244,7 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
     teacher_spec = cfg.generate.teacher.model
     if "generate" in stages:
         needs = _teacher_needs_tokenizer(cfg)
-        why = "" if needs else ("The OpenAI endpoint applies its own template, so the teacher's template and "
+        why = "" if needs else ("The teacher's endpoint applies its own template, so the teacher's template and "
                                 "think-token checks are skipped.")
         tok, config = load(teacher_spec, "teacher", "error" if needs else "warning", why)
         if tok is not None:
