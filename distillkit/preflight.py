@@ -140,12 +140,6 @@ def check_pair(teacher, student, teacher_config=None, student_config=None,
 # ----------------------------------------------------------------------------------------- recipe
 
 
-def _teacher_needs_tokenizer(cfg) -> bool:
-    """Whether the generate teacher's backend renders prompts here (vLLM, transformers, an OpenAI `completions` api)."""
-    teacher = cfg.generate.teacher
-    return load_backend(teacher.backend).renders_prompt_locally(teacher)
-
-
 def student_after_init(student_cfg, tokenizer, teacher=None):
     """(tokenizer, changes) as student_init/ will hold them: the teacher's special tokens when
     `train.student.tokenizer` adopts them, then `fix_tokenizer`. Raises DistillkitError when the policy
@@ -243,7 +237,10 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
 
     teacher_spec = cfg.generate.teacher.model
     if "generate" in stages:
-        needs = _teacher_needs_tokenizer(cfg)
+        # the backend class says what it needs: the teacher's tokenizer where it renders prompts here (vLLM,
+        # transformers, an OpenAI `completions` api); how its text treats special tokens
+        backend = load_backend(cfg.generate.teacher.backend)
+        needs = backend.renders_prompt_locally(cfg.generate.teacher)
         why = "" if needs else ("The teacher's endpoint applies its own template, so the teacher's template and "
                                 "think-token checks are skipped.")
         tok, config = load(teacher_spec, "teacher", "error" if needs else "warning", why)
@@ -251,8 +248,7 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
             subject = f"teacher {teacher_spec}"
             own = [check_chat_template(tok, subject), check_eos(tok, config, is_eos_trained=False, subject=subject),
                    # a special <think> vanishes from text decoded with skip_special_tokens (vLLM, servers)
-                   check_think_tokens(tok, subject, "error" if load_backend(cfg.generate.teacher.backend)
-                                      .skips_special_tokens else "warning")]
+                   check_think_tokens(tok, subject, "error" if backend.skips_special_tokens else "warning")]
             if not needs:  # the server renders the prompt: a missing local template does not matter
                 own = [Finding(f.check, "warning", f.message, f.fix, f.subject) if f.severity == "error"
                        and f.check == "chat_template" else f for f in own]

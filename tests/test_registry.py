@@ -73,9 +73,9 @@ class EchoBackend:
         return cls()
 
     def generate(self, requests, sampling):
-        return [PromptResult(prompt_tokens=3, samples=[
-            Sample(text=r.messages[-1]["content"], token_ids=[1, 2, i], finish_reason="stop") for i in range(sampling.n)])
-            for r in requests]
+        return [PromptResult(prompt_tokens=3, samples=[Sample(text=r.messages[-1]["content"], token_ids=[1, 2, i],
+                                                              finish_reason="stop") for i in range(sampling.n)])
+                for r in requests]
 
     def close(self) -> None:
         pass

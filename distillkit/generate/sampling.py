@@ -33,13 +33,14 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
     k = gen_cfg.sampling.topk_logprobs
     tokenizer = backend.tokenizer
     eos_ids = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
+    skip_special = backend.skips_special_tokens  # cut stop strings on text decoded as the backend decoded it
     rows = []
     for p, req, res in zip(prompts, requests, results, strict=True):
         if len(res.samples) != gen_cfg.sampling.n:
             raise DistillkitError(f"the {backend.name} backend returned {len(res.samples)} samples for prompt "
                                   f"{p.prompt_id!r}, expected sampling.n={gen_cfg.sampling.n}")
         for j, s in enumerate(res.samples):
-            s = apply_stop(s, gen_cfg.sampling.stop, tokenizer, eos_ids, skip_special_tokens=backend.skips_special_tokens)
+            s = apply_stop(s, gen_cfg.sampling.stop, tokenizer, eos_ids, skip_special_tokens=skip_special)
             reasoning, response, closed = split_reasoning(s.text, req.prefill)
             rec = make_record(
                 prompt_id=p.prompt_id, sample_index=first_index + j, source=p.source, problem=p.problem, gold_answer=p.answer,
