@@ -481,6 +481,18 @@ def test_a_registered_divergence_is_what_the_losses_compute(monkeypatch):
     assert not torch.isclose(tv, chunked_kd_loss(b["hidden"], b["weight"], b["labels"], **kw)[2])
 
 
+def test_live_on_policy_refuses_a_divergence_that_trl_does_not_have():
+    """TRL's trainers compute their own generalized JSD: a registered divergence would silently become jsd there."""
+    from distillkit.config import validate_recipe
+    from distillkit.errors import DistillkitError
+    from distillkit.train.on_policy import build_on_policy_trainer
+
+    cfg = validate_recipe({"train": {"kd": {"enabled": True}, "on_policy": {"enabled": True}}})
+    cfg.train.kd = cfg.train.kd.model_copy(update={"divergence": "total_variation"})  # registered, not in TRL
+    with pytest.raises(DistillkitError, match="train.kd.divergence='total_variation': on-policy training with a live"):
+        build_on_policy_trainer(cfg, model=None, tokenizer=None, records=[], args=None)
+
+
 def test_unknown_options_name_the_key_and_choices():
     b = make_batch()
     with pytest.raises(ValueError, match=r"divergence='kl' is unknown; choose one of"):
