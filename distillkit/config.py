@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from distillkit.errors import ConfigError, DistillkitError
+from distillkit.registry import DIVERGENCES, SCORERS, TEACHER_BACKENDS
 from distillkit.softlabels.codec import MAX_K  # packed-v1 holds k <= MAX_K (the sampled rank is a byte)
 
 STAGES = ("generate", "filter", "score", "train", "evaluate", "publish")
@@ -39,6 +40,11 @@ DEFAULT_STAGES = ("generate", "filter", "train", "evaluate", "publish")
 # The user turn of the R1 evaluation protocol. "{problem}" is substituted with str.replace, so
 # literal braces such as \boxed{} need no escaping in recipes.
 R1_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+# The choices of registered names are the registries' keys (distillkit/registry.py), so registering one there makes
+# it a valid value here; a Literal keeps the choices in the schema and in pydantic's error for an unknown name.
+TeacherBackendName = Literal[tuple(TEACHER_BACKENDS)]
+DivergenceName = Literal[tuple(DIVERGENCES)]
 
 
 class StrictModel(BaseModel):
@@ -103,7 +109,7 @@ class OpenAIEndpointConfig(StrictModel):
 class TeacherConfig(StrictModel):
     model: str = "builtin:smollm2-135m-instruct"
     """Hub id, local folder, .gguf file, or builtin:smollm2-135m-instruct (shipped in a PyPI package)."""
-    backend: Literal["vllm", "openai", "transformers"] = "vllm"
+    backend: TeacherBackendName = "vllm"
     """vllm: offline engine (default); openai: an OpenAI-compatible endpoint; transformers: generate()."""
     vllm: VllmConfig = Field(default_factory=VllmConfig)
     openai: OpenAIEndpointConfig = Field(default_factory=OpenAIEndpointConfig)
@@ -518,7 +524,7 @@ class KDConfig(StrictModel):
     alpha: float = Field(0.5, ge=0, le=1)
     """Weight of cross-entropy; 1 - alpha weights the divergence."""
     temperature: PositiveFloat = 1.0
-    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    divergence: DivergenceName = "forward_kl"
     beta: float = Field(0.5, ge=0, le=1)
     """Generalized JSD interpolation (jsd only)."""
     teacher_probs: Literal["topk_renorm", "topk_tail", "live", "served"] = "topk_tail"
@@ -866,9 +872,9 @@ class ScoreConfig(StrictModel):
     @field_validator("teacher")
     @classmethod
     def _backend(cls, teacher: TeacherConfig) -> TeacherConfig:
-        if teacher.backend == "transformers":
-            raise ValueError("backend: scoring runs on vllm (in-process) or openai (a vLLM server); set "
-                             "score.teacher.backend to one of them")
+        if teacher.backend not in SCORERS:
+            raise ValueError(f"backend: {teacher.backend!r} has no scorer; scoring runs on {' or '.join(SCORERS)}; "
+                             "set score.teacher.backend to one of them")
         return teacher
 
     @model_validator(mode="after")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
+from distillkit.registry import load_backend
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def plan_recipe(cfg: RecipeConfig) -> Plan:
                 f"train: ~{est.total / GiB:.1f} GiB per GPU exceeds {gpu_gib:g} GiB; lower train.max_length "
                 f"or per_device_train_batch_size, enable gradient_checkpointing or kd (chunked loss), "
                 f"use method: qlora, or shard with an FSDP/ZeRO-3 accelerate config")
-    if "generate" in cfg.stages and cfg.generate.teacher.backend == "vllm":
+    if "generate" in cfg.stages and load_backend(cfg.generate.teacher.backend).uses_vllm_engine:
         g = cfg.generate
         shape = model_shape(g.teacher.model)
         seq = g.teacher.vllm.max_model_len or g.sampling.max_tokens + 1024  # + room for the prompt

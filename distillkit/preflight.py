@@ -39,6 +39,7 @@ from typing import Any, Iterable, Optional
 
 from distillkit.errors import DistillkitError
 from distillkit.models import load_tokenizer_and_config
+from distillkit.registry import load_backend
 # the single-model checks live with their Finding type, below the stages (train runs them on student_init);
 # they stay importable from here, as preflight's checks
 from distillkit.tokenizer_checks import (  # noqa: F401
@@ -139,12 +140,6 @@ def check_pair(teacher, student, teacher_config=None, student_config=None,
 # ----------------------------------------------------------------------------------------- recipe
 
 
-def _teacher_needs_tokenizer(cfg) -> bool:
-    """vLLM/transformers backends and the OpenAI `completions` api render prompts locally."""
-    teacher = cfg.generate.teacher
-    return teacher.backend != "openai" or teacher.openai.api == "completions"
-
-
 def student_after_init(student_cfg, tokenizer, teacher=None):
     """(tokenizer, changes) as student_init/ will hold them: the teacher's special tokens when
     `train.student.tokenizer` adopts them, then `fix_tokenizer`. Raises DistillkitError when the policy
@@ -242,16 +237,18 @@ def preflight(cfg, stages: Optional[Iterable[str]] = None) -> list[Finding]:
 
     teacher_spec = cfg.generate.teacher.model
     if "generate" in stages:
-        needs = _teacher_needs_tokenizer(cfg)
-        why = "" if needs else ("The OpenAI endpoint applies its own template, so the teacher's template and "
+        # the backend class says what it needs: the teacher's tokenizer where it renders prompts here (vLLM,
+        # transformers, an OpenAI `completions` api); how its text treats special tokens
+        backend = load_backend(cfg.generate.teacher.backend)
+        needs = backend.renders_prompt_locally(cfg.generate.teacher)
+        why = "" if needs else ("The teacher's endpoint applies its own template, so the teacher's template and "
                                 "think-token checks are skipped.")
         tok, config = load(teacher_spec, "teacher", "error" if needs else "warning", why)
         if tok is not None:
             subject = f"teacher {teacher_spec}"
             own = [check_chat_template(tok, subject), check_eos(tok, config, is_eos_trained=False, subject=subject),
-                   # the hf backend decodes with skip_special_tokens=False, vLLM and servers with True
-                   check_think_tokens(tok, subject, "warning" if cfg.generate.teacher.backend == "transformers"
-                                      else "error")]
+                   # a special <think> vanishes from text decoded with skip_special_tokens (vLLM, servers)
+                   check_think_tokens(tok, subject, "error" if backend.skips_special_tokens else "warning")]
             if not needs:  # the server renders the prompt: a missing local template does not matter
                 own = [Finding(f.check, "warning", f.message, f.fix, f.subject) if f.severity == "error"
                        and f.check == "chat_template" else f for f in own]
@@ -528,7 +525,7 @@ def check_context(cfg, stages: list[str], s_config, t_config) -> list[Finding]:
                 f"{st.model}'s {student_positions:,} positions (with the prompt).",
                 rope_fix + f"evaluate.max_gen_toks below {student_positions:,}", "student"))
     teacher_positions = _positions(t_config)
-    if "generate" in stages and teacher_positions and cfg.generate.teacher.backend == "vllm":
+    if "generate" in stages and teacher_positions and load_backend(cfg.generate.teacher.backend).uses_vllm_engine:
         asked = cfg.generate.teacher.vllm.max_model_len
         if asked and asked > teacher_positions:
             findings.append(Finding(

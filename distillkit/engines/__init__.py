@@ -1,25 +1,13 @@
 """Teacher engines every stage may use: backends that sample (vLLM, an OpenAI-compatible server, transformers),
 scorers that prefill text for soft labels, vLLM's server and its settings on CPU. `make_backend` builds the backend
-a recipe's `teacher.backend` names."""
+a recipe's `teacher.backend` names (the names are registered in `distillkit.registry.TEACHER_BACKENDS`)."""
 
 from __future__ import annotations
 
 from distillkit.engines.base import Backend
+from distillkit.registry import load_backend
 
 
 def make_backend(gen_cfg) -> Backend:
-    """The backend a GenerateConfig asks for (heavy libraries are imported here, not at module import)."""
-    kind = gen_cfg.teacher.backend
-    if kind == "vllm":
-        from distillkit.engines.vllm import VllmBackend
-
-        return VllmBackend.from_config(gen_cfg)
-    if kind == "openai":
-        from distillkit.engines.openai_http import OpenAIBackend
-
-        return OpenAIBackend.from_config(gen_cfg)
-    if kind == "transformers":
-        from distillkit.engines.hf import HFBackend
-
-        return HFBackend.from_config(gen_cfg)
-    raise ValueError(f"unknown backend {kind!r}")
+    """The backend a GenerateConfig asks for (heavy libraries are imported by its `from_config`, not here)."""
+    return load_backend(gen_cfg.teacher.backend).from_config(gen_cfg)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -56,11 +56,38 @@ class PromptResult:
 
 
 class Backend(Protocol):
+    """A teacher that samples, registered by name in `distillkit.registry.TEACHER_BACKENDS`.
+
+    preflight, plan and generate ask the class what it needs before one is built (no model is loaded to
+    answer), through the class attributes and `renders_prompt_locally`; the stage then calls `from_config`.
+    """
+
     name: str
+    """Its name in the registry (written into every record's meta)."""
+    skips_special_tokens: ClassVar[bool]
+    """Its completion text leaves special tokens out (vLLM, a server) or keeps them (transformers' decode): a
+    `<think>` registered as special vanishes from the first (preflight: fatal), and stop strings are cut on
+    text decoded the same way."""
+    uses_vllm_engine: ClassVar[bool]
+    """It starts vLLM's engine here from `teacher.vllm`: preflight checks `max_model_len` against the teacher's
+    positions (vLLM refuses a longer one) and plan estimates the engine's GPU memory."""
+    supports_data_parallel: ClassVar[bool]
+    """generate may run `teacher.vllm.data_parallel_size` replicas of it, one process and engine each."""
     model_id: str
     tokenizer: Any | None
     """A transformers-style tokenizer when the backend has one (used to render chat + prefill)."""
     logprobs_mode: str
+
+    @classmethod
+    def renders_prompt_locally(cls, teacher) -> bool:
+        """Whether prompts go through the teacher's chat template here (`teacher`: a TeacherConfig), so
+        preflight needs its tokenizer; False when the server applies its own template."""
+        ...
+
+    @classmethod
+    def from_config(cls, gen_cfg) -> "Backend":
+        """A started backend for a GenerateConfig (heavy libraries are imported here)."""
+        ...
 
     def generate(self, requests: list[GenRequest], sampling) -> list[PromptResult]: ...
 

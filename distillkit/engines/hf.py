@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 class HFBackend:
     name = "transformers"
+    skips_special_tokens = False  # decodes with skip_special_tokens=False (vLLM leaves them out)
+    uses_vllm_engine = False
+    supports_data_parallel = False
+
+    @classmethod
+    def renders_prompt_locally(cls, teacher) -> bool:
+        return True
 
     def __init__(self, model, tokenizer, model_id: str, logprobs_mode: str = "raw_logprobs", batch_size: int = 8):
         self.model = model

@@ -84,6 +84,13 @@ def _token_id(token: str) -> int | None:
 
 class OpenAIBackend:
     name = "openai"
+    skips_special_tokens = True  # vLLM's server, like its engine
+    uses_vllm_engine = False  # `openai.serve` runs vLLM in a server process, which plan does not estimate
+    supports_data_parallel = False  # the server scales itself; `max_concurrency` requests are in flight
+
+    @classmethod
+    def renders_prompt_locally(cls, teacher) -> bool:
+        return teacher.openai.api == "completions"  # chat: the server applies its own template
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 16,
                  timeout_s: float = 600.0, max_retries: int = 5, api: str = "chat",

@@ -18,15 +18,23 @@ from typing import Any, Protocol
 import numpy as np
 
 from distillkit.engines.base import fixed_width
+from distillkit.registry import load_scorer
 
 log = logging.getLogger(__name__)
 
 
 class Scorer(Protocol):
+    """Registered in `distillkit.registry.SCORERS` under the teacher backend it scores with."""
+
     name: str
     tokenizer: Any
     max_len: int | None
     """Longest sequence (prompt + completion) the teacher takes; None when unknown (a remote server)."""
+
+    @classmethod
+    def from_config(cls, teacher, topk: int, seed: int = 0) -> "Scorer":
+        """A started scorer for a TeacherConfig returning `topk` candidates per position."""
+        ...
 
     def score(self, sequences: list[list[int]], starts: list[int], k: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
@@ -50,7 +58,8 @@ class VllmScorer:
         self.max_len = max_len
 
     @classmethod
-    def from_config(cls, teacher, topk: int) -> "VllmScorer":
+    def from_config(cls, teacher, topk: int, seed: int = 0) -> "VllmScorer":
+        """`seed` is unused: a prefill samples nothing."""
         from distillkit.engines.vllm import start_engine, teacher_engine_kwargs
         from distillkit.models import resolve_model
 
@@ -151,6 +160,5 @@ class ServerScorer:
 
 
 def make_scorer(score_cfg, seed: int = 0) -> Scorer:
-    if score_cfg.teacher.backend == "openai":
-        return ServerScorer.from_config(score_cfg.teacher, score_cfg.topk, seed)
-    return VllmScorer.from_config(score_cfg.teacher, score_cfg.topk)
+    """The scorer registered for `score.teacher.backend` (`distillkit.registry.SCORERS`), started."""
+    return load_scorer(score_cfg.teacher.backend).from_config(score_cfg.teacher, score_cfg.topk, seed)

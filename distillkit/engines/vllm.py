@@ -73,6 +73,13 @@ def start_engine(teacher, kwargs: dict[str, Any], where: str = "generate.teacher
 
 class VllmBackend:
     name = "vllm"
+    skips_special_tokens = True
+    uses_vllm_engine = True
+    supports_data_parallel = True  # one process per replica (see the module docstring)
+
+    @classmethod
+    def renders_prompt_locally(cls, teacher) -> bool:
+        return True  # the engine takes token ids, rendered by the stage
 
     def __init__(self, llm, model_id: str, logprobs_mode: str = "raw_logprobs"):
         self.llm = llm

@@ -33,7 +33,7 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
     k = gen_cfg.sampling.topk_logprobs
     tokenizer = backend.tokenizer
     eos_ids = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
-    skip_special = backend.name != "transformers"  # vLLM's text leaves special tokens out, ours keeps them
+    skip_special = backend.skips_special_tokens  # cut stop strings on text decoded as the backend decoded it
     rows = []
     for p, req, res in zip(prompts, requests, results, strict=True):
         if len(res.samples) != gen_cfg.sampling.n:

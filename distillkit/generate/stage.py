@@ -25,6 +25,7 @@ from distillkit.errors import DistillkitError
 from distillkit.generate.prompts import Prompt, load_prompts
 from distillkit.generate.sampling import build_requests, to_records
 from distillkit.records import Manifest, StageOutput, list_shards, record_features, soft_label_bytes
+from distillkit.registry import load_backend
 from distillkit.stage_hash import stage_config_hash
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,8 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
     if committed:
         log.info("generate: resuming, %d of %d shards already committed", len(committed), len(shards))
     features = record_features(gen.sampling.topk_logprobs, gen.soft_label_format)
-    num_replicas = gen.teacher.vllm.data_parallel_size if gen.teacher.backend == "vllm" and backend is None else 1
+    parallel = backend is None and load_backend(gen.teacher.backend).supports_data_parallel
+    num_replicas = gen.teacher.vllm.data_parallel_size if parallel else 1
 
     done_prompts = sum(len(shards[i]) for i in committed)
     progress, task = _progress(len(prompts), done_prompts)

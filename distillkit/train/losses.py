@@ -46,7 +46,8 @@ Divergences (`divergence`, `beta`) follow TRL's `GKDTrainer.generalized_jsd_loss
 ``forward_kl`` = KL(p_teacher || q_student), ``reverse_kl`` = KL(q || p), and ``jsd`` =
 beta * KL(p || M) + (1 - beta) * KL(q || M) with M = beta * p + (1 - beta) * q, where beta = 0 is
 *defined* as forward KL and beta = 1 as reverse KL (TRL special-cases both ends; the formula itself
-tends to 0 at either end, so the family is not continuous at 0 and 1).
+tends to 0 at either end, so the family is not continuous at 0 and 1). Each is a function here, registered by
+name in `distillkit.registry.DIVERGENCES`; another one is a function of the same shape plus one line there.
 
 Memory: `chunked_kd_loss` takes the student's final hidden states and its output projection and
 works on `chunk_size` tokens at a time, in a custom autograd Function that keeps nothing of size
@@ -68,15 +69,17 @@ from typing import Callable, Literal, Union
 import torch
 import torch.nn.functional as F
 
+from distillkit.registry import DIVERGENCES, load_divergence
+
 IGNORE_INDEX = -100
 TAIL_FLOOR = 1e-6
 """Smallest teacher tail probability in `topk_tail`: fp16 logprobs can sum to >= 1 over the top-k, and a
 zero tail would make reverse KL infinite wherever the student has any mass outside the top-k."""
 
-Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+Divergence = str
+"""A name registered in `distillkit.registry.DIVERGENCES` (forward_kl, reverse_kl and jsd are defined below)."""
 TeacherProbs = Literal["topk_renorm", "topk_tail", "live"]
 Projection = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 TEACHER_PROBS = ("topk_renorm", "topk_tail", "live")
 
 
@@ -95,20 +98,23 @@ def _kl(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:
     return (a * diff).sum(-1)
 
 
-def divergence_from_logprobs(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
-                             divergence: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
-    """D(teacher || student) per row: (..., K), (..., K) -> (...), both normalized log-probabilities.
+def forward_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(p || q), p the teacher and q the student: (..., K), (..., K) -> (...). `beta` is unused."""
+    return _kl(teacher_logp, student_logp)
 
-    forward_kl = KL(p || q); reverse_kl = KL(q || p); jsd = beta KL(p||M) + (1-beta) KL(q||M),
-    M = beta p + (1-beta) q, with beta 0 -> forward KL and 1 -> reverse KL (TRL's convention).
-    -inf entries are zero probabilities.
-    """
-    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0):
-        return _kl(teacher_logp, student_logp)
-    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1):
-        return _kl(student_logp, teacher_logp)
-    if divergence != "jsd":
-        raise ValueError(f"divergence={divergence!r} is unknown; choose one of {list(DIVERGENCES)}")
+
+def reverse_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(q || p), q the student and p the teacher: (..., K), (..., K) -> (...). `beta` is unused."""
+    return _kl(student_logp, teacher_logp)
+
+
+def jsd(teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """beta KL(p||M) + (1-beta) KL(q||M), M = beta p + (1-beta) q: (..., K), (..., K) -> (...), with beta 0 ->
+    forward KL and 1 -> reverse KL (TRL's convention)."""
+    if beta == 0:
+        return forward_kl(teacher_logp, student_logp)
+    if beta == 1:
+        return reverse_kl(teacher_logp, student_logp)
     if not 0 <= beta <= 1:
         raise ValueError(f"beta={beta!r} must lie in [0, 1] (TRL's generalized JSD)")
     p, q = teacher_logp.exp(), student_logp.exp()
@@ -116,6 +122,16 @@ def divergence_from_logprobs(teacher_logp: torch.Tensor, student_logp: torch.Ten
     # log(0) would be -inf with an inf gradient; M is only read where p > 0 or q > 0, where it is > 0.
     logm = torch.where(m > 0, m, torch.ones((), dtype=m.dtype, device=m.device)).log()
     return beta * _kl(teacher_logp, logm) + (1 - beta) * _kl(student_logp, logm)
+
+
+def divergence_from_logprobs(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
+                             divergence: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
+    """D(teacher || student) per row: (..., K), (..., K) -> (...), both normalized log-probabilities, D the
+    function registered as `divergence` in `distillkit.registry.DIVERGENCES`. -inf entries are zero probabilities.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence={divergence!r} is unknown; choose one of {list(DIVERGENCES)}")
+    return load_divergence(divergence)(teacher_logp, student_logp, beta)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ def build_on_policy_trainer(cfg: RecipeConfig, model, tokenizer, records, args):
     from distillkit.train.data import record_to_messages
 
     t = cfg.train
+    if t.kd.divergence not in ("forward_kl", "reverse_kl", "jsd"):  # registered in distillkit.registry, not in TRL
+        raise DistillkitError(f"train.kd.divergence={t.kd.divergence!r}: on-policy training with a live teacher runs "
+                              "TRL's generalized JSD, which has forward_kl, reverse_kl and jsd; choose one of them, "
+                              "or kd.teacher_probs: served (distillkit's loss)")
     beta = trl_beta(t.kd)
     teacher_path = resolve_model(cfg.generate.teacher.model)
     common = on_policy_args(args, len(records) if t.on_policy.lmbda >= 1.0 else None)

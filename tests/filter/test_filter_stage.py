@@ -11,8 +11,10 @@ from distillkit.filter.selection import pass_rates, select
 from distillkit.filter.stage import funnel_table, run_filter
 from distillkit.pipeline import stage_config_hash
 from distillkit.records import StageOutput, make_record, read_manifest, read_records, record_features, split_reasoning
+from distillkit.registry import VERIFIERS
 from distillkit.verify.decontaminate import Decontaminator
 from distillkit.verify.dedup import find_duplicates
+from distillkit.verify.verifiers.base import Verdict, Verifier
 
 LONG = ("We compute the quantity step by step, checking every intermediate value before moving on to the "
         "next part of the problem so that no arithmetic slip survives into the final answer. ")
@@ -230,6 +232,26 @@ def test_filter_stage_end_to_end(run_cfg):
     assert {r["teacher_pass_rate"] for r in everything} > {0.0}  # some prompt solved, some not
     # Complete: a second call returns the same manifest without redoing the work.
     assert run_filter(run_cfg, show_progress=False).finished_at == m.finished_at
+
+
+class NoSevens(Verifier):
+    """A verifier the test below registers: rejects a completion that mentions seven."""
+
+    name = "no_sevens"
+
+    def __call__(self, record):
+        seven = "seven" in record["completion"].lower()
+        return Verdict(not seven, "mentions_seven" if seven else "no_seven")
+
+
+def test_a_registered_verifier_is_a_valid_kind_and_runs_in_the_filter_stage(run_cfg, monkeypatch):
+    monkeypatch.setitem(VERIFIERS, "no_sevens", f"{__name__}:NoSevens")  # the registration line
+    cfg = run_cfg.model_copy(deep=True)
+    cfg.filter.verifiers = [VerifierSpec(kind="no_sevens")]  # validated: the kind is known now
+    m = run_filter(cfg, show_progress=False)
+    assert [(s["step"], s["in"], s["rejected"], s["out"]) for s in m.stats["funnel"]][:2] == [
+        ("input", 11, 0, 11), ("no_sevens", 11, 2, 9)]
+    assert m.stats["reasons"]["no_sevens"] == {"mentions_seven": 2, "no_seven": 9}
 
 
 def test_filter_stage_with_decontamination_and_early_stop(run_cfg, tmp_path):

@@ -19,6 +19,7 @@ class Scripted:
     """A Backend whose sample i of a request is right when `right(prompt_id, seed, i)` says so."""
 
     name, logprobs_mode, tokenizer = "scripted", "raw_logprobs", None
+    skips_special_tokens = True
 
     def __init__(self, model_id, gold, right):
         self.model_id, self.gold, self.right = model_id, gold, right

@@ -457,6 +457,42 @@ def test_bf16_head_and_fp16_logprobs_run_and_stay_close_to_fp32():
     assert torch.isfinite(w16.grad.float()).all()
 
 
+def total_variation(teacher_logp, student_logp, beta=0.5):
+    """A divergence the test below registers: half the L1 distance, (..., K), (..., K) -> (...)."""
+    return 0.5 * (teacher_logp.exp() - student_logp.exp()).abs().sum(-1)
+
+
+def test_a_registered_divergence_is_what_the_losses_compute(monkeypatch):
+    from distillkit.registry import DIVERGENCES
+
+    monkeypatch.setitem(DIVERGENCES, "total_variation", f"{__name__}:total_variation")  # the registration line
+    b = make_batch(seed=3)
+    logits = b["hidden"].detach() @ b["weight"].detach().t()
+    ref = masked_mean(total_variation(b["teacher_logits"].log_softmax(-1), logits.log_softmax(-1)), b["kd_mask"])
+    _, _, kd = kd_loss_from_logits(logits, b["labels"], teacher_logits=b["teacher_logits"], kd_mask=b["kd_mask"],
+                                   teacher_probs="live", divergence="total_variation")
+    torch.testing.assert_close(kd, ref)
+    # the chunked loss (topk_tail soft labels) takes it too, and its value is not forward KL's
+    kw = dict(topk_ids=b["ids"], topk_logprobs=b["lp"], kd_mask=b["kd_mask"], chunk_size=4)
+    tv = chunked_kd_loss(b["hidden"], b["weight"], b["labels"], divergence="total_variation", **kw)[2]
+    tv_ref = kd_loss_from_logits(b["hidden"] @ b["weight"].t(), b["labels"], divergence="total_variation",
+                                 **{k: v for k, v in kw.items() if k != "chunk_size"})[2]
+    torch.testing.assert_close(tv, tv_ref)
+    assert not torch.isclose(tv, chunked_kd_loss(b["hidden"], b["weight"], b["labels"], **kw)[2])
+
+
+def test_live_on_policy_refuses_a_divergence_that_trl_does_not_have():
+    """TRL's trainers compute their own generalized JSD: a registered divergence would silently become jsd there."""
+    from distillkit.config import validate_recipe
+    from distillkit.errors import DistillkitError
+    from distillkit.train.on_policy import build_on_policy_trainer
+
+    cfg = validate_recipe({"train": {"kd": {"enabled": True}, "on_policy": {"enabled": True}}})
+    cfg.train.kd = cfg.train.kd.model_copy(update={"divergence": "total_variation"})  # registered, not in TRL
+    with pytest.raises(DistillkitError, match="train.kd.divergence='total_variation': on-policy training with a live"):
+        build_on_policy_trainer(cfg, model=None, tokenizer=None, records=[], args=None)
+
+
 def test_unknown_options_name_the_key_and_choices():
     b = make_batch()
     with pytest.raises(ValueError, match=r"divergence='kl' is unknown; choose one of"):
