@@ -157,7 +157,7 @@ def test_r1_think_prefill_template_is_the_current_hub_one(r1_qwen_dir):
                                                           "<｜Assistant｜><think>\\n'}}{% endif %}") == template
     assert (think_dir / "tokenizer.json").read_bytes() == (r1_qwen_dir / "tokenizer.json").read_bytes()
     if importlib.util.find_spec("trl") is not None:  # TRL identifies the R1-Distill template by exact text
-        assert template == rt._trl_template("deepseek_r1_distill")
+        assert template == rt.sources._trl_template("deepseek_r1_distill")
 
 
 def test_real_llama_tokenizer_class_breaks_r1_under_transformers5(r1_qwen_dir, r1_qwen, tmp_path):
@@ -371,7 +371,7 @@ def test_failed_build_leaves_no_folder(monkeypatch, tmp_path, r1_qwen_dir):
         (out / "tokenizer.json").write_text('{"version": "1.0", "added_tok', encoding="utf-8")
         raise RuntimeError("killed mid-build")
 
-    monkeypatch.setattr(rt, "_write_tokenizer_json", half_written)
+    monkeypatch.setattr(rt.builders, "_write_tokenizer_json", half_written)
     with pytest.raises(RuntimeError, match="killed mid-build"):
         rt.qwen25_tokenizer("base")
     assert [p.name for p in rt.tokenizers_root().iterdir() if not p.name.endswith(".lock")] == []
