@@ -140,7 +140,7 @@ def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verb
     """Verify traces and keep the correct, readable ones; print the funnel of rejection reasons."""
     _run_stage("filter", args, overwrite, verbose)
     try:
-        from distillkit.filter.stage import funnel_table
+        from distillkit.filter.funnel import funnel_table
 
         cfg = _load(args)
         from distillkit.records import read_manifest
@@ -152,7 +152,7 @@ def filter_(args: RecipeArgs = None, overwrite: Overwrite = False, verbose: Verb
     except (ImportError, AttributeError):
         return
     if manifest is not None:
-        from distillkit.filter.stage import check_kept
+        from distillkit.filter.funnel import check_kept
 
         check_kept(manifest)
 

@@ -91,6 +91,6 @@ def run_pipeline(cfg: RecipeConfig, from_stage: str | None = None, overwrite: bo
 def _check_output(stage: str, manifest: Manifest, selected: list[str]) -> None:
     """Stop between stages when one left the next nothing to work on (a filter that kept no record)."""
     if stage == "filter" and any(s in selected for s in ("score", "train")):
-        from distillkit.filter.stage import check_kept
+        from distillkit.filter.funnel import check_kept
 
         check_kept(manifest)
