@@ -188,62 +188,73 @@ def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterCo
     return out
 
 
-def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
-    """Dedup and selection over all records' keys, and the funnel/reasons/sources stats."""
-    from distillkit.filter.selection import rule_counts, select
+@dataclass
+class _Funnel:
+    """Which records are still in, and the funnel rows and outcome counts of the steps so far."""
 
-    n = len(keys)
-    alive = keys.alive.copy()
-    funnel = [{"step": "input", "in": n, "rejected": 0, "out": n}]
-    funnel += [{"step": s, "in": row[0], "rejected": row[1], "out": row[2]}
-               for s in tally.steps if (row := tally.funnel.get(s)) is not None]
-    outcomes = {s: tally.outcomes[s] for s in tally.steps if s in tally.outcomes}
-    timings = dict(tally.timings)
+    alive: np.ndarray
+    rows: list[dict[str, Any]]
+    outcomes: dict[str, dict[str, Counter]]
 
-    def record_step(step: str, rejected: np.ndarray, reasons: Counter, passes: Counter) -> None:
+    @classmethod
+    def after_shards(cls, keys: Keys, tally: Tally) -> "_Funnel":
+        """The funnel as pass 1 (the per-record steps of every shard) left it."""
+        n = len(keys)
+        rows = [{"step": "input", "in": n, "rejected": 0, "out": n}]
+        rows += [{"step": s, "in": row[0], "rejected": row[1], "out": row[2]}
+                 for s in tally.steps if (row := tally.funnel.get(s)) is not None]
+        return cls(keys.alive.copy(), rows, {s: tally.outcomes[s] for s in tally.steps if s in tally.outcomes})
+
+    def record(self, step: str, rejected: np.ndarray, reasons: Counter, passes: Counter) -> None:
+        alive = self.alive
         before = int(alive.sum())
         alive[rejected] = False
-        funnel.append({"step": step, "in": before, "rejected": before - int(alive.sum()), "out": int(alive.sum())})
-        outcomes[step] = {"rejected": reasons, "passed": passes, "cannot_judge": Counter()}
+        self.rows.append({"step": step, "in": before, "rejected": before - int(alive.sum()), "out": int(alive.sum())})
+        self.outcomes[step] = {"rejected": reasons, "passed": passes, "cannot_judge": Counter()}
 
+
+def _dedup(keys: Keys, cfg: FilterConfig, funnel: _Funnel) -> tuple[np.ndarray, np.ndarray]:
+    """Exact and near duplicates among the records still in: (per record: -1 not compared, 0 unique, 1 exact,
+    2 near duplicate; the kept copy's index)."""
+    from distillkit.verify.dedup import DedupKeys, duplicates
+
+    n = len(keys)
     dedup = np.full(n, -1, dtype=np.int8)
     dup_of = np.full(n, -1, dtype=np.int64)
-    if cfg.dedup.exact or cfg.dedup.near.enabled:
-        from distillkit.verify.dedup import DedupKeys, duplicates
+    candidates = np.flatnonzero(funnel.alive)
+    group = keys.prompt if cfg.dedup.scope == "prompt" else np.zeros(n, dtype=np.int64)
+    found = duplicates(DedupKeys(group=group, exact=keys.exact, bands=keys.bands), candidates, cfg.dedup,
+                       keys.signatures)
+    dedup[candidates] = 0
+    for i, (reason, j) in found.items():
+        dedup[i], dup_of[i] = _DEDUP_CODE[reason], j
+    rejected = np.array(sorted(found), dtype=np.int64)
+    funnel.record("dedup", rejected, Counter(r for r, _ in found.values()),
+                  Counter({"unique": len(candidates) - len(found)} if len(candidates) > len(found) else {}))
+    return dedup, dup_of
 
-        t0 = time.time()
-        candidates = np.flatnonzero(alive)
-        group = keys.prompt if cfg.dedup.scope == "prompt" else np.zeros(n, dtype=np.int64)
-        found = duplicates(DedupKeys(group=group, exact=keys.exact, bands=keys.bands), candidates, cfg.dedup,
-                           keys.signatures)
-        dedup[candidates] = 0
-        for i, (reason, j) in found.items():
-            dedup[i], dup_of[i] = _DEDUP_CODE[reason], j
-        rejected = np.array(sorted(found), dtype=np.int64)
-        record_step("dedup", rejected, Counter(r for r, _ in found.values()),
-                    Counter({"unique": len(candidates) - len(found)} if len(candidates) > len(found) else {}))
-        timings["dedup_s"] = round(time.time() - t0, 3)
 
-    t0 = time.time()
-    total = np.bincount(keys.prompt, minlength=len(keys.prompt_names)) if n else np.zeros(0)
-    good = np.bincount(keys.prompt, weights=keys.passed_verifiers, minlength=len(keys.prompt_names)) if n else np.zeros(0)
-    prompt_rate = np.divide(good, total, out=np.zeros(len(total)), where=total > 0)
-    rates = {p: prompt_rate[p] for p in np.flatnonzero(total)}
-    record_rate = prompt_rate[keys.prompt].astype(np.float32) if n else np.zeros(0, np.float32)
-    candidates = np.flatnonzero(alive)
+def _select(keys: Keys, cfg: FilterConfig, funnel: _Funnel, rates: dict) -> tuple[np.ndarray, list[Verdict], dict]:
+    """The selection per prompt over the records still in: (per record an index into the verdict table, -1: not a
+    candidate; the table; the counts per selection rule)."""
+    from distillkit.filter.selection import rule_counts, select
+
+    candidates = np.flatnonzero(funnel.alive)
     rows = _Rows(keys)
     dropped = select(rows, candidates.tolist(), rates, cfg.selection, name=lambda p: keys.prompt_names[p].as_py())
     table: dict[Verdict, int] = {}
-    selection = np.full(n, -1, dtype=np.int32)
+    selection = np.full(len(keys), -1, dtype=np.int32)
     selected = Verdict(True, "selected")
     for i in candidates:
         v = dropped.get(int(i), selected)
         selection[i] = table.setdefault(v, len(table))
-    record_step("selection", np.array(sorted(dropped), dtype=np.int64), Counter(v.reason for v in dropped.values()),
-                Counter({"selected": len(candidates) - len(dropped)} if len(candidates) > len(dropped) else {}))
-    by_rule = rule_counts(rows, candidates.tolist(), dropped)
-    timings["selection_s"] = round(time.time() - t0, 3)
+    funnel.record("selection", np.array(sorted(dropped), dtype=np.int64), Counter(v.reason for v in dropped.values()),
+                  Counter({"selected": len(candidates) - len(dropped)} if len(candidates) > len(dropped) else {}))
+    return selection, list(table), rule_counts(rows, candidates.tolist(), dropped)
 
+
+def _source_stats(keys: Keys, alive: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per source: records, verifier passes, kept records, pass rate, prompts and prompts kept."""
     sources = {}
     for s, name in enumerate(keys.source_names):
         mine = keys.source == s
@@ -253,13 +264,39 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
                          "pass_rate": round(passed / records, 4) if records else 0.0,
                          "prompts": len(np.unique(keys.prompt[mine])),
                          "prompts_kept": len(np.unique(keys.prompt[mine & alive]))}
+    return dict(sorted(sources.items()))
+
+
+def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
+    """Dedup and selection over all records' keys, and the funnel/reasons/sources stats."""
+    n = len(keys)
+    funnel = _Funnel.after_shards(keys, tally)
+    timings = dict(tally.timings)
+    if cfg.dedup.exact or cfg.dedup.near.enabled:
+        t0 = time.time()
+        dedup, dup_of = _dedup(keys, cfg, funnel)
+        timings["dedup_s"] = round(time.time() - t0, 3)
+    else:
+        dedup, dup_of = np.full(n, -1, dtype=np.int8), np.full(n, -1, dtype=np.int64)
+
+    t0 = time.time()
+    total = np.bincount(keys.prompt, minlength=len(keys.prompt_names)) if n else np.zeros(0)
+    good = np.bincount(keys.prompt, weights=keys.passed_verifiers, minlength=len(keys.prompt_names)) if n else np.zeros(0)
+    prompt_rate = np.divide(good, total, out=np.zeros(len(total)), where=total > 0)
+    rates = {p: prompt_rate[p] for p in np.flatnonzero(total)}
+    record_rate = prompt_rate[keys.prompt].astype(np.float32) if n else np.zeros(0, np.float32)
+    selection, selection_verdicts, by_rule = _select(keys, cfg, funnel, rates)
+    timings["selection_s"] = round(time.time() - t0, 3)
+
+    outcomes = funnel.outcomes
     warnings = cannot_judge_warnings(outcomes, cfg)
     for w in warnings:
         log.warning("filter: %s", w)
-    stats = FilterStats(funnel=funnel, warnings=warnings, pass_rates=pass_rate_stats(good, total), selection=by_rule,
+    stats = FilterStats(funnel=funnel.rows, warnings=warnings, pass_rates=pass_rate_stats(good, total),
+                        selection=by_rule,
                         reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
                         outcomes={k: {o: dict(sorted(v.get(o, Counter()).items())) for o in OUTCOME_OF.values()}
                                   for k, v in outcomes.items()},
-                        sources=dict(sorted(sources.items())), verifiers=tally.verifiers).dump()
-    return Decisions(kept=alive, dedup=dedup, dup_of=dup_of, selection=selection,
-                     selection_verdicts=list(table), stats=stats, timings=timings, pass_rate=record_rate)
+                        sources=_source_stats(keys, funnel.alive), verifiers=tally.verifiers).dump()
+    return Decisions(kept=funnel.alive, dedup=dedup, dup_of=dup_of, selection=selection,
+                     selection_verdicts=selection_verdicts, stats=stats, timings=timings, pass_rate=record_rate)

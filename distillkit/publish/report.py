@@ -248,6 +248,40 @@ def _difficulty_section(fstats, gstats: dict | None = None) -> str:
             + _curation_notes(gstats or {}))
 
 
+def _summary_section(stages: dict) -> str:
+    """One row per stage: its counts, time and config hash, or "not run"."""
+    rows = []
+    for stage, m in stages.items():
+        if m is None:
+            rows.append([stage, "<span class='empty'>not run</span>", "", ""])
+            continue
+        counts = ", ".join(f"{k}: {v}" for k, v in list(m.counts.items())[:6])
+        rows.append([stage, _esc(counts), f"{m.timings.get('total_s', 0):.0f}\u00a0s",
+                     f"<code>{_esc(m.config_hash)}</code>"])
+    return _table(["stage", "counts", "time", "config hash"], rows)
+
+
+def _funnel_section(fstats: FilterStats) -> str:
+    """The filter's warnings, then records remaining after each step (a bar each, with how many it removed)."""
+    return "".join(f"<p class='warning'>warning: {_esc(w)}</p>" for w in fstats.warnings) + svg_bars(
+        [(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else "")) for r in fstats.funnel])
+
+
+def _samples_browser(kept: list[dict], rejected: list[dict]) -> str:
+    """The sampled records as embedded JSON, with the controls the page's script filters them by."""
+    samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",
+                "completion": (r.get("prefill") or "") + (r.get("completion") or ""),
+                "tokens": r.get("completion_tokens") or 0, "finish": r.get("finish_reason") or "",
+                "reasons": _reasons_of(r)}
+               for status, recs in (("kept", kept), ("rejected", rejected)) for r in recs]
+    sample_json = json.dumps(samples).replace("</", "<\\/")  # no early </script>
+    return ("<div id='controls'><select id='kind'><option value='all'>kept and rejected</option>"
+            "<option value='kept'>kept</option><option value='rejected'>rejected</option></select> "
+            "<select id='reason'><option value='any'>any reason</option></select> "
+            "<input id='query' placeholder='search text'> <span id='shown'></span></div>"
+            f"<div id='sample-list'></div><script type='application/json' id='sample-data'>{sample_json}</script>")
+
+
 def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_samples: int = 60) -> Path:
     """Write RUN_DIR/report.html (or out_path) and return its path."""
     run_dir = Path(run_dir)
@@ -258,16 +292,6 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
     if not any(stages.values()):
         raise DistillkitError(f"{run_dir} holds no finished stage (no */manifest.json); run a stage first")
 
-    rows = []
-    for stage, m in stages.items():
-        if m is None:
-            rows.append([stage, "<span class='empty'>not run</span>", "", ""])
-            continue
-        counts = ", ".join(f"{k}: {v}" for k, v in list(m.counts.items())[:6])
-        rows.append([stage, _esc(counts), f"{m.timings.get('total_s', 0):.0f}\u00a0s",
-                     f"<code>{_esc(m.config_hash)}</code>"])
-    summary = _table(["stage", "counts", "time", "config hash"], rows)
-
     verdicts: Counter = Counter()
     kept, kept_len = _sample(run_dir / "filter", num_samples // 2, verdicts)
     rejected, rej_len = _sample(run_dir / "filter" / "rejected", num_samples // 2, verdicts, seed=1)
@@ -276,30 +300,16 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
     lengths = svg_histogram({"kept": kept_len, "rejected": rej_len} if rej_len else {"generated": kept_len})
 
     fm = stages["filter"]
+    fstats = FilterStats.of(fm) if fm is not None else None
     if fm is None:
         funnel = reasons = _empty("filter has not run")
     else:
-        fstats = FilterStats.of(fm)
-        funnel = "".join(f"<p class='warning'>warning: {_esc(w)}</p>" for w in fstats.warnings) + svg_bars(
-            [(r.step, r.out, f"{r.out}" + (f" (−{r.rejected})" if r.rejected else "")) for r in fstats.funnel])
+        funnel = _funnel_section(fstats)
         reasons = _reasons_section(_reason_counts(verdicts, fstats, bool(rej_len) or not fm.counts.get("rejected")))
-    difficulty = _difficulty_section(fstats if fm is not None else None,
-                                     stages["generate"].stats if stages["generate"] is not None else None)
-
-    samples = [{"id": r["id"], "status": status, "problem": r.get("problem") or "", "gold": r.get("gold_answer") or "",
-                "completion": (r.get("prefill") or "") + (r.get("completion") or ""),
-                "tokens": r.get("completion_tokens") or 0, "finish": r.get("finish_reason") or "",
-                "reasons": _reasons_of(r)}
-               for status, recs in (("kept", kept), ("rejected", rejected)) for r in recs]
-    sample_json = json.dumps(samples).replace("</", "<\\/")  # no early </script>
-    browser = ("<div id='controls'><select id='kind'><option value='all'>kept and rejected</option>"
-               "<option value='kept'>kept</option><option value='rejected'>rejected</option></select> "
-               "<select id='reason'><option value='any'>any reason</option></select> "
-               "<input id='query' placeholder='search text'> <span id='shown'></span></div>"
-               f"<div id='sample-list'></div><script type='application/json' id='sample-data'>{sample_json}</script>")
+    difficulty = _difficulty_section(fstats, stages["generate"].stats if stages["generate"] is not None else None)
 
     body = "".join([
-        _section("summary", "Run summary", summary),
+        _section("summary", "Run summary", _summary_section(stages)),
         _section("funnel", "Filter funnel (records remaining after each step)", funnel),
         _section("reasons", "Rejection reasons", reasons),
         _section("difficulty", "Teacher pass rate per prompt (prompts at each rate)", difficulty),
@@ -309,7 +319,7 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
                  _evaluation_section(run_dir / "evaluate")),
         *([_section("compare", "Which arm helps: pass@1 over training seeds (95% intervals)", compare)]
           if (compare := compare_section(run_dir / "compare")) else []),
-        _section("samples", "Samples", browser),
+        _section("samples", "Samples", _samples_browser(kept, rejected)),
     ])
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'><title>distillkit report: "

@@ -355,41 +355,38 @@ class CrossTokenizerMap:
             out[q[found >= 0]] = found[found >= 0]
         return out
 
+    def _condition_on_written(self, lay: "_Layout", text: _ByteHashes, teacher: "_TeacherRows", u: np.ndarray,
+                              r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For span positions starting r > 0 bytes into teacher token u: log(1/Z), Z being row u's mass on the
+        candidates that agree with those r bytes (on their common length), and which of row u's slots agree.
+        Positions with r = 0 get log(1/Z) = 0 and no agreeing slot."""
+        t_hash, t_off, textless, _, _ = self._span_tables()
+        cond = np.zeros(len(u))
+        mid = np.flatnonzero(r > 0)
+        consistent = np.zeros((len(u), teacher.cand.shape[1]), dtype=bool)
+        if len(mid):
+            cu, ru, su = teacher.cand[u[mid]], r[mid][:, None], lay.t_start[u[mid]][:, None]
+            m = np.minimum(self.t_len[cu], ru)
+            agree = t_hash.sub(t_off[cu], t_off[cu] + m) == text.sub(np.broadcast_to(su, m.shape), su + m)
+            consistent[mid] = (teacher.present[u[mid]] & ~textless[cu] & agree) | teacher.own_hit[u[mid]]
+            z = np.where(consistent[mid], np.exp(np.where(consistent[mid], teacher.lp[u[mid]], 0.0)), 0.0).sum(axis=1)
+            cond[mid] = np.where(z > 0, -np.log(np.where(z > 0, z, 1.0)), -np.inf)
+        return cond, consistent
+
     def _span_labels(self, lay: "_Layout", j: np.ndarray, topk_ids, topk_logprobs, k: int):
         """Span labels of student positions `j` (module docstring): ((J, k) ids, (J, k) logprobs, (J,) mask,
         stats). All positions' rows are expanded into one (N, k) table of (position, teacher row) pairs."""
-        t_hash, t_off, textless, _, _ = self._span_tables()
+        _, t_off, textless, _, _ = self._span_tables()
         text = _ByteHashes(lay.t_stream[:lay.common])
-        R = np.asarray(topk_ids, dtype=np.int64)
-        lp = np.asarray(topk_logprobs, dtype=np.float64)
-        present = np.isfinite(lp) & (R >= 0) & (R < len(self.t_len))
-        C = np.where(present, R, 0)
-        own_hit = present & (R == lay.t_ids[:, None])
-        own_lp = np.where(own_hit, lp, -np.inf).max(axis=1)  # the sampled token's logprob, -inf: not in the top-k
-        known = np.isfinite(own_lp)
-        chain = np.r_[0.0, np.cumsum(np.where(known, own_lp, 0.0))]
-        unknown = np.r_[0, np.cumsum(~known)]
-
-        def path(first, stop):  # log prod of the sampled tokens' probabilities on rows [first, stop)
-            return np.where(unknown[stop] == unknown[first], chain[stop] - chain[first], -np.inf)
-
+        teacher = _TeacherRows.of(lay, topk_ids, topk_logprobs, len(self.t_len))
+        C, lp, present, own_hit = teacher.cand, teacher.lp, teacher.present, teacher.own_hit
         a, b = lay.s_start[j], lay.s_end[j]
         u = np.searchsorted(lay.t_end, a, side="right")  # the teacher token holding byte a
         v = np.searchsorted(lay.t_end, b - 1, side="right")  # ... and byte b - 1
         r = a - lay.t_start[u]
         J = len(j)
-        # Z: row u's mass on candidates agreeing with the r bytes of t_u already written (on their common length)
-        cond = np.zeros(J)
-        mid = np.flatnonzero(r > 0)
-        consistent = np.zeros((J, R.shape[1]), dtype=bool)
-        if len(mid):
-            cu, ru, su = C[u[mid]], r[mid][:, None], lay.t_start[u[mid]][:, None]
-            m = np.minimum(self.t_len[cu], ru)
-            agree = t_hash.sub(t_off[cu], t_off[cu] + m) == text.sub(np.broadcast_to(su, m.shape), su + m)
-            consistent[mid] = (present[u[mid]] & ~textless[cu] & agree) | own_hit[u[mid]]
-            z = np.where(consistent[mid], np.exp(np.where(consistent[mid], lp[u[mid]], 0.0)), 0.0).sum(axis=1)
-            cond[mid] = np.where(z > 0, -np.log(np.where(z > 0, z, 1.0)), -np.inf)
-        own_chain = cond + path(u, v + 1)
+        cond, consistent = self._condition_on_written(lay, text, teacher, u, r)
+        own_chain = cond + teacher.path(u, v + 1)
 
         # one flat row per (position, teacher row on its span)
         num_rows = v - u + 1
@@ -398,7 +395,7 @@ class CrossTokenizerMap:
         ii = u[jj] + np.arange(len(jj)) - row_start[jj]
         is_first, is_last = ii == u[jj], ii == v[jj]
         cand, own = C[ii], own_hit[ii]
-        mass = (cond[jj] + path(u[jj], ii))[:, None] + np.where(present[ii], lp[ii], -np.inf)
+        mass = (cond[jj] + teacher.path(u[jj], ii))[:, None] + np.where(present[ii], lp[ii], -np.inf)
         use = present[ii] & np.isfinite(mass) & (~own | is_last[:, None])  # an own token inside the span: chained
         target = np.full(cand.shape, -1, dtype=np.int64)
         target[own & is_last[:, None]] = np.broadcast_to(lay.s_ids[j][jj][:, None], cand.shape)[own & is_last[:, None]]
@@ -434,6 +431,35 @@ class CrossTokenizerMap:
                                span_label_mass=float(np.exp(out_lp[on_ids]).sum()),
                                num_slots_used=num_groups, num_span_ids_cut=num_cut)
         return out_ids, out_lp, labelled.astype(np.int8), stats
+
+
+@dataclass
+class _TeacherRows:
+    """One trace's teacher rows as span labels read them, (T, k) each: candidate ids (0 where a slot is empty or
+    out of the vocabulary), logprobs, which slots hold a candidate, which slot is the token the teacher sampled;
+    and the running sums that give the sampled path's probability over any run of rows."""
+
+    cand: np.ndarray
+    lp: np.ndarray
+    present: np.ndarray
+    own_hit: np.ndarray
+    chain: np.ndarray  # (T + 1,): sum of the sampled tokens' logprobs on rows before i (unknown ones as 0)
+    unknown: np.ndarray  # (T + 1,): how many rows before i hold no sampled token in their top-k
+
+    @classmethod
+    def of(cls, lay: "_Layout", topk_ids, topk_logprobs, vocab_size: int) -> "_TeacherRows":
+        R = np.asarray(topk_ids, dtype=np.int64)
+        lp = np.asarray(topk_logprobs, dtype=np.float64)
+        present = np.isfinite(lp) & (R >= 0) & (R < vocab_size)
+        own_hit = present & (R == lay.t_ids[:, None])
+        own_lp = np.where(own_hit, lp, -np.inf).max(axis=1)  # the sampled token's logprob, -inf: not in the top-k
+        known = np.isfinite(own_lp)
+        return cls(np.where(present, R, 0), lp, present, own_hit, np.r_[0.0, np.cumsum(np.where(known, own_lp, 0.0))],
+                   np.r_[0, np.cumsum(~known)])
+
+    def path(self, first, stop) -> np.ndarray:
+        """log prod of the sampled tokens' probabilities on rows [first, stop); -inf where one is not in its top-k."""
+        return np.where(self.unknown[stop] == self.unknown[first], self.chain[stop] - self.chain[first], -np.inf)
 
 
 @dataclass
