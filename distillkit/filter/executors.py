@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +97,30 @@ def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: s
 
     None means the work was submitted to a scheduler (slurm) and goes on without us: `finish` (a datatrove
     step, the filter stage's FinishFilter) then runs as the last job, once every shard is judged."""
-    import pyarrow.parquet as pq
-
     ex = cfg.filter.executor
+    todo = _shards_to_judge(shards, work, config_hash)
+    if not todo:
+        return []
+
+    progress = records_progress() if show_progress else None
+    if ex.kind == "inline":
+        _verify_inline(cfg, shards, todo, work, config_hash, progress)
+    else:
+        from distillkit.errors import require
+
+        require("datatrove", "filter", f"filter.executor.kind={ex.kind} runs on datatrove")
+        step = VerifyShards([str(s) for s in shards], todo, str(work), cfg.filter.model_dump(mode="json"), config_hash)
+        if ex.kind == "slurm":  # default: a task per shard (array tasks are cheap to schedule)
+            _submit_slurm(cfg, step, finish, min(ex.tasks or len(todo), len(todo)), work)
+            return None
+        _run_datatrove_locally(cfg, step, todo, work, progress)
+    _raise_failures(shards, todo, work)
+    return todo
+
+
+def _shards_to_judge(shards: list[Path], work: Path, config_hash: str) -> list[int]:
+    """The shards without a finished judged file of this config, after clearing what a killed or longer run left
+    in `work` (half-written files, judged files past the input's last shard, failure notes of the shards to redo)."""
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob(".tmp-*"):  # half-written judged files of a killed task
         stale.unlink(missing_ok=True)
@@ -113,58 +133,56 @@ def verify_all(cfg: RecipeConfig, shards: list[Path], work: Path, config_hash: s
                  len(shards), len(todo))
     for k in todo:
         _failure_path(work, k).unlink(missing_ok=True)
-    if not todo:
-        return []
-
-    progress = records_progress() if show_progress else None
-    if ex.kind == "inline":
-        total = 0
-        for k in todo:
-            try:
-                total += pq.ParquetFile(shards[k]).metadata.num_rows
-            except Exception:  # reported by name when its turn comes
-                pass
-        task = progress.add_task("filter: verify", total=total) if progress else None
-        if progress:
-            progress.start()
-        try:
-            _verify_many(shards, todo, work, cfg.filter, config_hash,
-                         on_done=(lambda n: progress.advance(task, n)) if progress else None)
-        finally:
-            if progress:
-                progress.stop()
-    else:
-        from distillkit.errors import require
-
-        require("datatrove", "filter", f"filter.executor.kind={ex.kind} runs on datatrove")
-        step = VerifyShards([str(s) for s in shards], todo, str(work), cfg.filter.model_dump(mode="json"), config_hash)
-        if ex.kind == "slurm":  # default: a task per shard (array tasks are cheap to schedule)
-            _submit_slurm(cfg, step, finish, min(ex.tasks or len(todo), len(todo)), work)
-            return None
-        from datatrove.executor import LocalPipelineExecutor
-        from loguru import logger
-
-        # default: a task per worker; each builds its verifiers (math-verify workers) once for its shards
-        tasks = min(ex.tasks or ex.workers, len(todo))
-        executor = LocalPipelineExecutor(pipeline=[step], tasks=tasks, workers=min(ex.workers, tasks),
-                                         logging_dir=str(work / "datatrove"), skip_completed=False)
-        if progress:  # the bar says how far it is; datatrove's per-task lines go to its log folder
-            logger.remove()
-            logger.add(sys.stderr, level="WARNING")
-        task = progress.add_task(f"filter: verify ({min(ex.workers, tasks)} datatrove workers)",
-                                 total=len(todo), unit="shards") if progress else None
-        stop = _watch(work, todo, progress, task) if progress else None
-        if progress:
-            progress.start()
-        try:
-            executor.run()
-        finally:
-            if stop:
-                stop.set()
-            if progress:
-                progress.stop()
-    _raise_failures(shards, todo, work)
     return todo
+
+
+def _verify_inline(cfg: RecipeConfig, shards: list[Path], todo: list[int], work: Path, config_hash: str,
+                   progress) -> None:
+    """Judge the `todo` shards in this process, the bar counting records."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for k in todo:
+        try:
+            total += pq.ParquetFile(shards[k]).metadata.num_rows
+        except Exception:  # reported by name when its turn comes
+            pass
+    task = progress.add_task("filter: verify", total=total) if progress else None
+    if progress:
+        progress.start()
+    try:
+        _verify_many(shards, todo, work, cfg.filter, config_hash,
+                     on_done=(lambda n: progress.advance(task, n)) if progress else None)
+    finally:
+        if progress:
+            progress.stop()
+
+
+def _run_datatrove_locally(cfg: RecipeConfig, step: VerifyShards, todo: list[int], work: Path, progress) -> None:
+    """Judge the `todo` shards on datatrove's LocalPipelineExecutor, the bar counting finished shards."""
+    from datatrove.executor import LocalPipelineExecutor
+    from loguru import logger
+
+    ex = cfg.filter.executor
+    # default: a task per worker; each builds its verifiers (math-verify workers) once for its shards
+    tasks = min(ex.tasks or ex.workers, len(todo))
+    executor = LocalPipelineExecutor(pipeline=[step], tasks=tasks, workers=min(ex.workers, tasks),
+                                     logging_dir=str(work / "datatrove"), skip_completed=False)
+    if progress:  # the bar says how far it is; datatrove's per-task lines go to its log folder
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+    task = progress.add_task(f"filter: verify ({min(ex.workers, tasks)} datatrove workers)",
+                             total=len(todo), unit="shards") if progress else None
+    stop = _watch(work, todo, progress, task) if progress else None
+    if progress:
+        progress.start()
+    try:
+        executor.run()
+    finally:
+        if stop:
+            stop.set()
+        if progress:
+            progress.stop()
 
 
 def _raise_failures(shards: list[Path], todo: list[int], work: Path) -> None:

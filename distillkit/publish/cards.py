@@ -104,6 +104,45 @@ def _mixture_rows(train_stats: TrainStats | None) -> list[dict[str, Any]]:
             for name, part in mixture.items()]
 
 
+def _teacher_probs_text(cfg: RecipeConfig) -> str:
+    """Where the KD soft labels came from, as the card's objective row says it."""
+    t = cfg.train
+    teacher_probs = {"topk_tail": "stored top-{k} + tail bucket", "topk_renorm": "stored top-{k}, renormalized",
+                     "live": "live teacher, full vocabulary",
+                     "served": "served teacher's top-{k} + tail bucket"}[t.kd.teacher_probs]
+    if "score" in cfg.stages and t.kd.teacher_probs.startswith("topk"):
+        return teacher_probs.format(k=cfg.score.topk) + f", scored by {cfg.score.teacher.model}"
+    k = t.kd.teacher_server.topk if t.kd.teacher_probs == "served" else cfg.generate.sampling.topk_logprobs
+    return teacher_probs.format(k=k)
+
+
+def _train_stats_rows(train_stats: TrainStats, processes: int) -> list[tuple[str, Any]]:
+    """The training table's rows read from the train manifest: throughput, how it ran, special-token changes."""
+    rows = []
+    for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
+        rows.append((key.replace("_", " "), getattr(train_stats, key)))
+    d = train_stats.distributed or {}
+    kind = {"NO": "one process", "MULTI_CPU": "DDP (gloo)", "MULTI_GPU": "DDP", "FSDP": "FSDP",
+            "DEEPSPEED": "DeepSpeed"}.get(d.get("type"), d.get("type", "one process"))
+    if d.get("fsdp_version"):
+        kind += f"{d['fsdp_version']}"
+    rows.append(("ran as", f"{kind} over {processes} process{'es' if processes != 1 else ''}, "
+                           f"{'bf16 autocast' if train_stats.bf16 else 'fp32'}"
+                           + (f", mixed precision {d['mixed_precision']}" if d.get("mixed_precision") not in
+                              (None, "no") else "")))
+    adopted = train_stats.student_init.get("adopted_rows") or []
+    if adopted:
+        moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)
+        rows.append(("special tokens", f"the teacher's, adopted as DeepSeek's distilled students did: {moved}"))
+    mapped = [m for m in (train_stats.student_init.get("special_map") or {}).get("pairs", [])
+              if m["teacher_id"] != m["student_id"]]
+    if mapped:
+        moved = "; ".join(f"`{m['teacher']}` {m['teacher_id']} -> `{m['student']}` {m['student_id']} ({m['how']})"
+                          for m in mapped)
+        rows.append(("special tokens", f"the student's own; the teacher's mapped onto them by role: {moved}"))
+    return rows
+
+
 def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, repo_id: str | None = None,
                       files_summary: str = "", train_manifest: Manifest | None = None,
                       filter_manifest: Manifest | None = None):
@@ -120,15 +159,7 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
     if t.student.keep_layers is not None:
         limitations.append(f"The student kept only some of its base model's layers ({t.student.keep_layers}); "
                            "it is a new architecture size, not a fine-tune of the full base model.")
-    teacher_probs = {"topk_tail": "stored top-{k} + tail bucket", "topk_renorm": "stored top-{k}, renormalized",
-                     "live": "live teacher, full vocabulary",
-                     "served": "served teacher's top-{k} + tail bucket"}[t.kd.teacher_probs]
-    if "score" in cfg.stages and t.kd.teacher_probs.startswith("topk"):
-        teacher_probs = teacher_probs.format(k=cfg.score.topk) + f", scored by {cfg.score.teacher.model}"
-    else:
-        k = t.kd.teacher_server.topk if t.kd.teacher_probs == "served" else cfg.generate.sampling.topk_logprobs
-        teacher_probs = teacher_probs.format(k=k)
-    kd = (f"soft-label KD ({t.kd.divergence}, {teacher_probs}, alpha={t.kd.alpha}, T={t.kd.temperature}) "
+    kd = (f"soft-label KD ({t.kd.divergence}, {_teacher_probs_text(cfg)}, alpha={t.kd.alpha}, T={t.kd.temperature}) "
           "+ cross-entropy" if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
     method_summary = f"{t.method} training, {kd}" + (", on-policy" if t.on_policy.enabled else "")
     train_stats = TrainStats.of(train_manifest)
@@ -147,27 +178,7 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         limitations.append(f"The student's context was extended before training ({what}); its base model was "
                            "made for a shorter one.")
     if train_stats is not None:
-        for key in ("tokens_seen", "tokens_per_s", "train_seconds", "final_train_loss"):
-            rows.append((key.replace("_", " "), getattr(train_stats, key)))
-        d = train_stats.distributed or {}
-        kind = {"NO": "one process", "MULTI_CPU": "DDP (gloo)", "MULTI_GPU": "DDP", "FSDP": "FSDP",
-                "DEEPSPEED": "DeepSpeed"}.get(d.get("type"), d.get("type", "one process"))
-        if d.get("fsdp_version"):
-            kind += f"{d['fsdp_version']}"
-        rows.append(("ran as", f"{kind} over {processes} process{'es' if processes != 1 else ''}, "
-                               f"{'bf16 autocast' if train_stats.bf16 else 'fp32'}"
-                               + (f", mixed precision {d['mixed_precision']}" if d.get("mixed_precision") not in
-                                  (None, "no") else "")))
-        adopted = train_stats.student_init.get("adopted_rows") or []
-        if adopted:
-            moved = "; ".join(f"{r['id']} `{r['was']}` -> `{r['now']}` ({r['init']})" for r in adopted)
-            rows.append(("special tokens", f"the teacher's, adopted as DeepSeek's distilled students did: {moved}"))
-        mapped = [m for m in (train_stats.student_init.get("special_map") or {}).get("pairs", [])
-                  if m["teacher_id"] != m["student_id"]]
-        if mapped:
-            moved = "; ".join(f"`{m['teacher']}` {m['teacher_id']} -> `{m['student']}` {m['student_id']} ({m['how']})"
-                              for m in mapped)
-            rows.append(("special tokens", f"the student's own; the teacher's mapped onto them by role: {moved}"))
+        rows += _train_stats_rows(train_stats, processes)
     mixture = _mixture_rows(train_stats)
     data_summary = ""
     if filter_manifest is not None:

@@ -122,7 +122,7 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     "written", "adopted_rows", "context"} (+ "layer_choice": the rounds of an auto choice; "special_map": the
     teacher->student pairs when the student keeps its tokens and the teacher's are mapped, `special_map.py`).
     """
-    torch = require("torch", "train")
+    require("torch", "train")  # the install hint now, before the tokenizer work
     transformers = require("transformers", "train")
     from distillkit.models import resolve_model
 
@@ -140,31 +140,7 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
     info = None if auto else _link_whole_student(source, tokenizer, rows, note, tmp, student_cfg)
     if info is None:
         tokenizer = chosen  # unfixed: the fix below may resize the model
-        # An auto choice runs the model: in float32 where bf16 is not native (and slow), cast when saved.
-        load_dtype = torch.float32 if auto and not resolve_bf16(None) else getattr(torch, dtype)
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype)
-        num_layers = model.config.num_hidden_layers
-        set_embedding_rows(model, rows, len(tokenizer))
-        choice = None
-        if auto:
-            if records is None:
-                raise DistillkitError("train.student.keep_layers=auto:N measures the layers on the filter stage's "
-                                      "kept traces, which this run does not train on (train.sources); list the "
-                                      "layers to keep instead")
-            from distillkit.student.layers import choose_layers
-
-            keep, choice = choose_layers(model, tokenizer, records, auto)
-        else:
-            keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
-        model = prune_layers(model, keep).to(getattr(torch, dtype))
-        changes = ([note] if note else []) + fix_tokenizer(tokenizer, model)
-        context = apply_context(model.config, student_cfg)
-        info = {"num_layers": num_layers, "kept_layers": keep,
-                "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes,
-                "weights": "written", "adopted_rows": [r.to_json() for r in rows], "context": context,
-                **({"layer_choice": choice} if choice else {})}
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        info = _write_pruned_student(source, tokenizer, rows, note, tmp, student_cfg, dtype, records, auto)
     info = {"path": str(out_dir), "source": source, **info}
     if note.startswith(MAP_NOTE):  # the pairs as the fixed student sees them (its EOS is its end of turn now)
         from distillkit.models import load_tokenizer_and_config
@@ -180,6 +156,42 @@ def build_student_init(student_cfg, out_dir: str | Path, dtype: str = "bfloat16"
              info["num_layers"], info["num_params"] / 1e6, info["weights"], out_dir)
     for change in info["tokenizer_changes"]:
         log.info("student_init: %s", change)
+    return info
+
+
+def _write_pruned_student(source: str, tokenizer, rows, note: str, tmp: Path, student_cfg, dtype: str, records,
+                          auto: int | None) -> dict:
+    """Load the student, set the adopted embedding rows, keep the asked layers (chosen on `records` for auto:N),
+    fix `tokenizer` in place, apply the context overrides, and save model and tokenizer to `tmp`; returns the
+    init info without "path" and "source"."""
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+
+    # An auto choice runs the model: in float32 where bf16 is not native (and slow), cast when saved.
+    load_dtype = torch.float32 if auto and not resolve_bf16(None) else getattr(torch, dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype)
+    num_layers = model.config.num_hidden_layers
+    set_embedding_rows(model, rows, len(tokenizer))
+    choice = None
+    if auto:
+        if records is None:
+            raise DistillkitError("train.student.keep_layers=auto:N measures the layers on the filter stage's "
+                                  "kept traces, which this run does not train on (train.sources); list the "
+                                  "layers to keep instead")
+        from distillkit.student.layers import choose_layers
+
+        keep, choice = choose_layers(model, tokenizer, records, auto)
+    else:
+        keep = parse_keep_layers(student_cfg.keep_layers, num_layers)
+    model = prune_layers(model, keep).to(getattr(torch, dtype))
+    changes = ([note] if note else []) + fix_tokenizer(tokenizer, model)
+    context = apply_context(model.config, student_cfg)
+    info = {"num_layers": num_layers, "kept_layers": keep,
+            "num_params": sum(p.numel() for p in model.parameters()), "tokenizer_changes": changes,
+            "weights": "written", "adopted_rows": [r.to_json() for r in rows], "context": context,
+            **({"layer_choice": choice} if choice else {})}
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     return info
 
 

@@ -129,20 +129,10 @@ def build_scripted_model(out_dir, tokenizer_dir, chain: list[int], arch: str = "
                               Qwen3Config, Qwen3ForCausalLM)
 
     chain = [int(t) for t in chain]
-    if len(chain) < 2:
-        raise ValueError("a chain needs at least the prompt's last token and one token to write")
-    if _repeats(chain):
-        raise ValueError(f"scripted chain tokens must be distinct; repeated: {_describe_repeats(chain)}")
-    if margin <= 0:
-        raise ValueError(f"margin must be positive, got {margin}")
     classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
                "llama": (LlamaConfig, LlamaForCausalLM)}
-    if arch not in classes:
-        raise ValueError(f"arch must be one of {sorted(classes)}, got {arch!r}")
     overrides = dict(config_overrides or {})
-    reserved = sorted(_RESERVED_KEYS & overrides.keys())
-    if reserved:
-        raise ValueError(f"config_overrides may not set {reserved}: the construction fixes them")
+    _check_arguments(chain, margin, arch, sorted(classes), overrides)
 
     tokenizer_dir = Path(tokenizer_dir)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -163,6 +153,43 @@ def build_scripted_model(out_dir, tokenizer_dir, chain: list[int], arch: str = "
     config_class, model_class = classes[arch]
     config = config_class(**common)
     model = model_class(config)
+
+    _set_scripted_weights(model, chain, d, margin)
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    model = model.to(getattr(torch, dtype))
+    eos = config.eos_token_id
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.bos_token_id = config.bos_token_id
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _copy_tokenizer_files(tokenizer_dir, out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def _check_arguments(chain: list[int], margin: float, arch: str, archs: list[str], overrides: dict) -> None:
+    """The argument errors `build_scripted_model` can tell before loading the tokenizer."""
+    if len(chain) < 2:
+        raise ValueError("a chain needs at least the prompt's last token and one token to write")
+    if _repeats(chain):
+        raise ValueError(f"scripted chain tokens must be distinct; repeated: {_describe_repeats(chain)}")
+    if margin <= 0:
+        raise ValueError(f"margin must be positive, got {margin}")
+    if arch not in archs:
+        raise ValueError(f"arch must be one of {archs}, got {arch!r}")
+    reserved = sorted(_RESERVED_KEYS & overrides.keys())
+    if reserved:
+        raise ValueError(f"config_overrides may not set {reserved}: the construction fixes them")
+
+
+def _set_scripted_weights(model, chain: list[int], d: int, margin: float) -> None:
+    """The bigram table of the module docstring: every weight 0 except the norms, the chain's embedding rows, the MLP's
+    shift e_i -> e_(i+1) and the head (the embeddings, tied or copied)."""
+    import torch
 
     # s such that the gap sqrt(d) s (M - s) / sqrt(s^2 + M^2) with M = RESIDUAL_RATIO s is `margin`.
     r = RESIDUAL_RATIO
@@ -191,19 +218,10 @@ def build_scripted_model(out_dir, tokenizer_dir, chain: list[int], arch: str = "
         if head.data_ptr() != emb.data_ptr():  # untied: the same matrix, copied
             head.copy_(emb)
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    model = model.to(getattr(torch, dtype))
-    eos = config.eos_token_id
-    model.generation_config.eos_token_id = eos
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.generation_config.bos_token_id = config.bos_token_id
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _copy_tokenizer_files(tokenizer_dir: Path, out_dir: Path) -> None:
+    """Every file of the tokenizer folder except weights, model configs and hidden files."""
     for f in tokenizer_dir.iterdir():
         if (f.is_file() and f.name not in _NOT_TOKENIZER_NAMES
                 and not f.name.endswith(_NOT_TOKENIZER_SUFFIXES) and not f.name.startswith(".")):
             shutil.copy2(f, out_dir / f.name)
-    model.save_pretrained(out_dir)
-    return out_dir

@@ -143,16 +143,7 @@ class Judge:
 
         if self.deco is not None:
             t0 = time.time()
-            by_prompt: dict[str, Verdict] = {}
-            judged = {}
-            for i, rec in enumerate(records):
-                pid = rec["prompt_id"]
-                if pid not in by_prompt:
-                    hit = self.deco.match(rec.get("problem") or "")
-                    by_prompt[pid] = (Verdict(False, "contaminated", f"{hit[0]}: '{hit[1]}'") if hit
-                                      else Verdict(True, "clean"))
-                judged[i] = by_prompt[pid]
-            record_step("decontaminate", judged, range(n))
+            record_step("decontaminate", self._decontaminate(records), range(n))
             tally.timings["decontaminate_s"] = round(tally.timings.get("decontaminate_s", 0) + time.time() - t0, 3)
 
         for step, verifier in self.chain:
@@ -176,8 +167,29 @@ class Judge:
         order_len = np.array([r.get("completion_tokens") or len(r.get("completion") or "") for r in records],
                              dtype=np.int64)
         t0 = time.time()
+        exact, bands, sigs = self._dedup_keys(records, alive)
+        tally.timings["dedup_keys_s"] = round(tally.timings.get("dedup_keys_s", 0) + time.time() - t0, 3)
+        return Judged(verdicts, alive, passed, order_len, exact, bands, sigs)
+
+    def _decontaminate(self, records: Sequence[dict[str, Any]]) -> dict[int, Verdict]:
+        """Every record's decontamination verdict, its problem matched once per prompt."""
+        by_prompt: dict[str, Verdict] = {}
+        judged = {}
+        for i, rec in enumerate(records):
+            pid = rec["prompt_id"]
+            if pid not in by_prompt:
+                hit = self.deco.match(rec.get("problem") or "")
+                by_prompt[pid] = (Verdict(False, "contaminated", f"{hit[0]}: '{hit[1]}'") if hit
+                                  else Verdict(True, "clean"))
+            judged[i] = by_prompt[pid]
+        return judged
+
+    def _dedup_keys(self, records: Sequence[dict[str, Any]], alive: np.ndarray):
+        """(exact (N, 2) uint64, bands (N, bands) uint64 | None, signatures (N, num_perm) uint32 | None) of the
+        completions: zeros for records already rejected (only dedup candidates need keys)."""
         from distillkit.verify.dedup import record_keys
 
+        n = len(records)
         dedup = self.cfg.dedup
         live = np.flatnonzero(alive)  # only dedup candidates need keys
         exact = np.zeros((n, 2), np.uint64)
@@ -189,8 +201,7 @@ class Judge:
             exact[live] = e
             if s is not None:
                 sigs[live], bands[live] = s, b
-        tally.timings["dedup_keys_s"] = round(tally.timings.get("dedup_keys_s", 0) + time.time() - t0, 3)
-        return Judged(verdicts, alive, passed, order_len, exact, bands, sigs)
+        return exact, bands, sigs
 
     def close(self) -> None:
         for _, v in self.chain:

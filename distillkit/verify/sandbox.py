@@ -259,6 +259,45 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def _run_as(mode: str, python: str, workdir: str, max_processes: int) -> tuple[bool, int]:
+    """(whether the code runs as nobody, the RLIMIT_NPROC to set). As root the code drops to nobody where it can
+    (bwrap, or an interpreter nobody may run), and the work folder is handed to nobody."""
+    is_root = os.getuid() == 0
+    drop = is_root and (mode == "bwrap" or _nobody_can_run(python))
+    if drop:
+        os.chown(workdir, NOBODY, NOBODY)
+        return drop, max_processes
+    if is_root:
+        return drop, 0  # RLIMIT_NPROC never binds root; the wall timeout and pid namespace must do
+    # The limit counts every process of our uid, not only the sandbox's.
+    return drop, _own_process_count() + max_processes
+
+
+def _isolated_command(mode: str, python: str, workdir: str, launcher: list[str]) -> tuple[list[str], str]:
+    """(command, working folder): the launcher inside bwrap, inside unshare's namespaces, or bare."""
+    if mode == "bwrap":
+        return _bwrap_prefix(python, workdir) + launcher, workdir
+    if mode in ("unshare", "unshare-user"):
+        extra = ["--map-root-user"] if mode == "unshare-user" else []
+        return ["unshare", *extra, "--net", "--pid", "--fork", "--kill-child", *launcher], workdir
+    return launcher, workdir
+
+
+def _error_of(rc: int, stderr: str, timed_out: bool, truncated: bool, memory: bool) -> str | None:
+    """ExecutionResult.error from how the process ended; the first that applies, in this order."""
+    if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "timeout"
+    if truncated:
+        return "output_limit_exceeded"
+    if memory:
+        return "memory_exceeded"
+    if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr:
+        return "file_size_exceeded"
+    if rc != 0:
+        return f"killed_by_signal_{-rc}" if rc < 0 else f"exit_code_{rc}"
+    return None
+
+
 def execute_code(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 1024,
                  max_processes: int = 16, max_output_bytes: int = 1 << 20, max_file_mb: int = 16,
                  python: str | None = None, isolation: str | None = None) -> ExecutionResult:
@@ -276,27 +315,10 @@ def execute_code(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: 
             f.write(code)
         with open(os.path.join(workdir, "stdin.txt"), "w", encoding="utf-8") as f:
             f.write(stdin)
-        is_root = os.getuid() == 0
-        drop = is_root and (mode == "bwrap" or _nobody_can_run(python))
-        if drop:
-            os.chown(workdir, NOBODY, NOBODY)
-            nproc = max_processes
-        elif is_root:
-            nproc = 0  # RLIMIT_NPROC never binds root; the wall timeout and pid namespace must do
-        else:
-            # The limit counts every process of our uid, not only the sandbox's.
-            nproc = _own_process_count() + max_processes
+        drop, nproc = _run_as(mode, python, workdir, max_processes)
         launcher = [python, "-I", "-c", _LAUNCHER, str(math.ceil(timeout_s) + 1),
                     str(memory_mb << 20), str(nproc), str(max_file_mb << 20), str(int(drop))]
-        if mode == "bwrap":
-            cmd = _bwrap_prefix(python, workdir) + launcher
-            cwd = workdir
-        elif mode in ("unshare", "unshare-user"):
-            extra = ["--map-root-user"] if mode == "unshare-user" else []
-            cmd = ["unshare", *extra, "--net", "--pid", "--fork", "--kill-child", *launcher]
-            cwd = workdir
-        else:
-            cmd, cwd = launcher, workdir
+        cmd, cwd = _isolated_command(mode, python, workdir, launcher)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/sandbox" if mode == "bwrap" else workdir,
                "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"}
         with open(os.path.join(workdir, "stdin.txt"), "rb") as stdin_file:
@@ -314,18 +336,8 @@ def execute_code(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: 
         rc = proc.returncode
         stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
         memory = not timed_out and ("MemoryError" in stderr or "Cannot allocate memory" in stderr)
-        if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-            error, timed_out = "timeout", True
-        elif truncated:
-            error = "output_limit_exceeded"
-        elif memory:
-            error = "memory_exceeded"
-        elif rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr:
-            error = "file_size_exceeded"
-        elif rc != 0:
-            error = f"killed_by_signal_{-rc}" if rc < 0 else f"exit_code_{rc}"
-        else:
-            error = None
+        error = _error_of(rc, stderr, timed_out, truncated, memory)
+        timed_out = timed_out or error == "timeout"
         return ExecutionResult(success=error is None, stdout=stdout, stderr=stderr, error=error,
                                timeout=timed_out, memory_exceeded=memory, output_truncated=truncated,
                                returncode=rc, isolation=mode)
