@@ -117,6 +117,34 @@ def r1_distill_qwen_tokenizer(think_prefill: bool = False) -> Path:
     return _build_cached(name, build)
 
 
+def _qwen_config(added: list[tuple[int, str, bool]], template: str, eos: str) -> tuple[dict, dict]:
+    """tokenizer_config.json / special_tokens_map.json of Qwen's repos (Qwen2.5 and Qwen3 alike): no BOS, pad
+    <|endoftext|>, Qwen2.5's 13 additional special tokens, 131072 context."""
+    config = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": {str(tid): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
+                                            "single_word": False, "special": s} for tid, c, s in added},
+        "additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
+        "bos_token": None,
+        "chat_template": template,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": eos,
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    special_map = {"additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
+                   "eos_token": {"content": eos, "lstrip": False, "normalized": False, "rstrip": False,
+                                 "single_word": False},
+                   "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False,
+                                 "rstrip": False, "single_word": False}}
+    return config, special_map
+
+
 def qwen25_tokenizer(variant: str) -> Path:
     """Tokenizer folder of Qwen2.5 models (151,665 tokens, no BOS).
 
@@ -133,28 +161,7 @@ def qwen25_tokenizer(variant: str) -> Path:
     eos = "<|im_end|>" if variant.endswith("instruct") else "<|endoftext|>"
 
     def build(out: Path) -> None:
-        config = {
-            "add_bos_token": False,
-            "add_prefix_space": False,
-            "added_tokens_decoder": {str(tid): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
-                                                "single_word": False, "special": s} for tid, c, s in _QWEN25_ADDED},
-            "additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
-            "bos_token": None,
-            "chat_template": _qwen25_template(system),
-            "clean_up_tokenization_spaces": False,
-            "eos_token": eos,
-            "errors": "replace",
-            "model_max_length": 131072,
-            "pad_token": "<|endoftext|>",
-            "split_special_tokens": False,
-            "tokenizer_class": "Qwen2Tokenizer",
-            "unk_token": None,
-        }
-        special_map = {"additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
-                       "eos_token": {"content": eos, "lstrip": False, "normalized": False, "rstrip": False,
-                                     "single_word": False},
-                       "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False,
-                                     "rstrip": False, "single_word": False}}
+        config, special_map = _qwen_config(_QWEN25_ADDED, _qwen25_template(system), eos)
         _write_folder(out, "qwen2.5", config, special_map)
 
     return _build_cached(f"qwen2.5-{variant}", build)
@@ -173,29 +180,7 @@ def qwen3_tokenizer() -> Path:
     """
 
     def build(out: Path) -> None:
-        added = _qwen3_added()
-        config = {
-            "add_bos_token": False,
-            "add_prefix_space": False,
-            "added_tokens_decoder": {str(tid): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
-                                                "single_word": False, "special": s} for tid, c, s in added},
-            "additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
-            "bos_token": None,
-            "chat_template": _trl_template("qwen3"),
-            "clean_up_tokenization_spaces": False,
-            "eos_token": "<|im_end|>",
-            "errors": "replace",
-            "model_max_length": 131072,
-            "pad_token": "<|endoftext|>",
-            "split_special_tokens": False,
-            "tokenizer_class": "Qwen2Tokenizer",
-            "unk_token": None,
-        }
-        special_map = {"additional_special_tokens": _QWEN25_ADDITIONAL_SPECIAL,
-                       "eos_token": {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False,
-                                     "single_word": False},
-                       "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False,
-                                     "rstrip": False, "single_word": False}}
+        config, special_map = _qwen_config(_qwen3_added(), _trl_template("qwen3"), "<|im_end|>")
         _write_folder(out, "qwen3", config, special_map)
 
     return _build_cached("qwen3", build)
