@@ -2,7 +2,7 @@
 teacher's special ids moved onto the student's in stored soft labels (packed-v1 and fp16), in the trained ids, for
 live and served teachers, and preflight's verdict on a pair before anything is generated.
 
-Facts the assertions rest on (distillkit/testing/real_tokenizers.py cites their sources): Qwen3 has <think> 151667,
+Facts the assertions rest on (distillkit/testing/real_tokenizers/ cites their sources): Qwen3 has <think> 151667,
 </think> 151668, <|im_end|> 151645 (its EOS and end of turn), <|box_end|> at 151649 and no BOS; R1-Distill-Qwen has
 <think> 151648, </think> 151649, <｜end▁of▁sentence｜> 151643 (EOS), <｜begin▁of▁sentence｜> 151646, <｜User｜> 151644;
 both share Qwen2.5's BPE ("Hello world" -> [9707, 1879]). R1-Distill-Llama has <think>/</think> at 128013/128014
