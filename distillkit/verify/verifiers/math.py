@@ -116,8 +116,9 @@ def _as_latex(text: str) -> str:
     return f"${stripped}$"
 
 
+@functools.cache
 def warm_up() -> None:
-    """Import math-verify and run one comparison, so the first real task is not charged for it."""
+    """Import math-verify and run one comparison, so the first real task is not charged for it (once per process)."""
     from math_verify import parse, verify
 
     verify(parse("$1$"), parse("$1$"))
@@ -186,6 +187,7 @@ def verify_math_answer(answer_section: str, gold: str, fallbacks: Sequence[str] 
         return verdict
     limit = timeout_s if threading.current_thread() is threading.main_thread() else None
     try:
+        warm_up()  # the first call's imports (seconds on a loaded box) must not eat the first answer's time limit
         ok, why = _compare_cached(gold, answer, limit)
     except Exception as e:  # math-verify raised: cannot judge, but never silently pass
         return Verdict(False, "verify_error", f"{type(e).__name__}: {e}")
