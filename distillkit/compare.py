@@ -179,7 +179,10 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
     if cfg.compare.seeds == 1:
         log.warning("compare.seeds=1: the intervals cover question sampling only, not seed-to-seed variance; use "
                     ">= 3 seeds before calling a difference an effect")
-    todo = [(arm, seed, run) for arm, seeds in runs.items() for seed, run in enumerate(seeds)]
+    # Seed-major (every arm's seed 0, then every arm's seed 1, ...; arms in dependency order within a seed): a sweep
+    # stopped early still holds paired runs, and `--seeds` lower than planned collects them.
+    todo = [(arm, seed, runs[arm][seed]) for seed in range(max(map(len, runs.values()), default=0))
+            for arm in runs if seed < len(runs[arm])]
     t0, ran = time.time(), 0
     for done, (arm, seed, run) in enumerate(todo):
         run.stages = stages

@@ -4,6 +4,7 @@ intervals from distillkit.evaluate.seeds, resume, and clear errors for arms that
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -71,6 +72,29 @@ def test_an_arm_can_start_from_another_arms_student_of_the_same_seed(tmp_path, t
     with pytest.raises(DistillkitError, match="starts from arm sft's student of seed 0, which has not finished"):
         run_compare(cfg)
 
+
+
+def test_runs_go_seed_by_seed_so_a_stopped_sweep_is_paired(tmp_path, tiny_qwen2, tiny_llama, monkeypatch):
+    """Every arm's seed 0 before any seed 1 (arms in dependency order within a seed): stopped after 4 of 6 runs,
+    the sweep holds seeds 0-1 of every arm, which `--seeds 2` collects."""
+    import distillkit.compare
+    import distillkit.pipeline
+
+    cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, seeds=3, arms={"kd": {}, "sft": {"train.kd.enabled": False}})
+    order = []
+
+    class Stop(Exception):
+        pass
+
+    def record(run, *a, **k):
+        order.append((Path(run.output_dir).parent.name, run.train.seed))  # runs/<arm>/seed-<n>
+        if len(order) == 4:
+            raise Stop
+    monkeypatch.setattr(distillkit.pipeline, "run_pipeline", record)
+    monkeypatch.setattr(distillkit.pipeline, "stage_is_done", lambda run, stage: False)
+    with pytest.raises(Stop):
+        distillkit.compare.run_compare(cfg)
+    assert order == [("kd", 0), ("sft", 0), ("kd", 1), ("sft", 1)]
 
 @pytest.mark.slow
 def test_an_after_arm_trains_on_from_the_other_arms_weights(tmp_path, tiny_qwen2, tiny_llama):
