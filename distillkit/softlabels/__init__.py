@@ -29,6 +29,7 @@ from distillkit.softlabels.sampled import (
     encode_sampled_records,
 )
 
-__all__ = ["FORMATS", "FP16", "PACKED", "SOFT_LABELS", "decode_column", "decode_record", "decode_struct_array",
-           "encode_record", "encode_records", "kl_topk", "soft_labels_feature", "soft_labels_type", "SAMPLED", "SAMPLED_LABELS", "decode_sampled_column",
-           "decode_sampled_record", "draw_sampled_labels", "encode_sampled_record", "encode_sampled_records"]
+__all__ = ["FORMATS", "FP16", "PACKED", "SAMPLED", "SAMPLED_LABELS", "SOFT_LABELS", "decode_column", "decode_record",
+           "decode_sampled_column", "decode_sampled_record", "decode_struct_array", "draw_sampled_labels",
+           "encode_record", "encode_records", "encode_sampled_record", "encode_sampled_records", "kl_topk",
+           "soft_labels_feature", "soft_labels_type"]
