@@ -151,6 +151,10 @@ class ServerScorer:
 
 
 def make_scorer(score_cfg, seed: int = 0) -> Scorer:
+    if score_cfg.teacher.backend == "transformers":  # full logits: the scorer of sampled soft labels
+        from distillkit.engines.hf_scorer import TransformersScorer
+
+        return TransformersScorer.from_config(score_cfg, seed)
     if score_cfg.teacher.backend == "openai":
         return ServerScorer.from_config(score_cfg.teacher, score_cfg.topk, seed)
     return VllmScorer.from_config(score_cfg.teacher, score_cfg.topk)

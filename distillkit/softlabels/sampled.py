@@ -364,30 +364,39 @@ def draw_sampled_labels(logits, num_samples: int, temperature: float = 1.0, seed
                         rows_per_pass: int = 256):
     """Exact draws from softmax(logits / temperature), N per position -> sampled labels.
 
-    logits (T, V) torch tensor (any device and dtype), tokens (T,) the record's token at each position or None ->
+    logits: a (T, V) torch tensor (any device and dtype), or a list of (rows, V) tensors that stack to it (a scorer's
+    chunks: the whole (T, V) never needs to exist); tokens (T,) the record's token at each position or None ->
     (ids int32 (T, N), counts int32 (T, N), token_logprobs float32 (T,) or None), as `counts_from_draws`.
 
     Inverse-CDF sampling in float64 (a float32 cumulative sum over 152k entries drifts by ~1e-5, which would move the
     rare tokens' chances): u ~ U[0, 1) from a CPU generator seeded with `seed`, all T x N of them drawn before any
-    chunk, so the draws do not depend on `rows_per_pass` nor on the device; an id of probability 0 is never drawn.
+    chunk, so the draws do not depend on the chunking nor on the device; an id of probability 0 is never drawn.
     `rows_per_pass` bounds the (rows, V) float64 temporaries (256 x 152k: 311 MB)."""
     import torch
 
-    t, v = logits.shape
+    if isinstance(logits, torch.Tensor):
+        logits = [logits[a:a + rows_per_pass] for a in range(0, logits.shape[0], rows_per_pass)]
+    t = sum(int(z.shape[0]) for z in logits)
     g = torch.Generator().manual_seed(int(seed))
     u = torch.rand((t, num_samples), generator=g, dtype=torch.float64)
     draws = torch.empty((t, num_samples), dtype=torch.long)
     tlp = torch.empty(t, dtype=torch.float32) if tokens is not None else None
     tok = torch.as_tensor(np.asarray(tokens), dtype=torch.long) if tokens is not None else None
+    if tok is not None and len(tok) != t:
+        raise ValueError(f"{len(tok)} tokens for {t} rows of logits")
+    a = 0
     with torch.no_grad():
-        for a in range(0, t, rows_per_pass):
-            z = logits[a:a + rows_per_pass].float()
-            logp = (z / temperature if temperature != 1 else z).log_softmax(-1)
-            cdf = logp.double().exp_().cumsum_(-1)
-            x = (u[a:a + rows_per_pass].to(cdf.device) * cdf[:, -1:]).contiguous()
-            draws[a:a + rows_per_pass] = torch.searchsorted(cdf, x, right=True).clamp_(max=v - 1).cpu()
-            if tok is not None:
-                tlp[a:a + rows_per_pass] = logp.gather(-1, tok[a:a + rows_per_pass, None].to(logp.device))[:, 0].cpu()
-            del logp, cdf, x
+        for chunk in logits:
+            for c in range(0, chunk.shape[0], rows_per_pass):
+                z = chunk[c:c + rows_per_pass].float()
+                b = a + z.shape[0]
+                logp = (z / temperature if temperature != 1 else z).log_softmax(-1)
+                cdf = logp.double().exp_().cumsum_(-1)
+                x = (u[a:b].to(cdf.device) * cdf[:, -1:]).contiguous()
+                draws[a:b] = torch.searchsorted(cdf, x, right=True).clamp_(max=z.shape[-1] - 1).cpu()
+                if tok is not None:
+                    tlp[a:b] = logp.gather(-1, tok[a:b, None].to(logp.device))[:, 0].cpu()
+                del logp, cdf, x
+                a = b
     ids, counts = counts_from_draws(draws.numpy())
     return ids, counts, None if tlp is None else tlp.numpy()
