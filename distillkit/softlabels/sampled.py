@@ -225,6 +225,7 @@ def decode_sampled_struct_array(column, tokens: np.ndarray | None, token_offsets
         return _decode_per_record(column, tokens, token_offsets)
     n, id_bits = int(ns[0]), int(bits[0])
     m, row_offsets = _buffer(fields["num_distinct"])
+    m = m.astype(np.int64)  # uint8: m - 1 would wrap at an empty row
     lengths = np.diff(row_offsets)
     rows = len(m)
     rank_buf, rank_offsets = _buffer(fields["token_rank"])
