@@ -206,7 +206,8 @@ class SamplingConfig(StrictModel):
         if self.soft_labels == "sampled" and self.topk_logprobs:
             raise ValueError(f"soft_labels: sampled stores draws, not top-k rows; topk_logprobs={self.topk_logprobs} "
                              "would be ignored: set topk_logprobs: 0 (the draws per token are soft_label_samples)")
-        if "soft_label_samples" in self.model_fields_set and self.soft_labels != "sampled":
+        # Checked on values, not on the keys given: a dumped config (replicas, manifests) gives every key.
+        if self.soft_label_samples != SOFT_LABEL_SAMPLES and self.soft_labels != "sampled":
             raise ValueError("soft_label_samples sets the draws of soft_labels: sampled; with soft_labels: topk set "
                              "topk_logprobs instead (or set soft_labels: sampled)")
         return self
@@ -300,9 +301,9 @@ class GenerateConfig(StrictModel):
                 "the tail: a biased label). Generate with teacher.backend: transformers, or generate without labels "
                 "and add the `score` stage with score.soft_labels: sampled (its transformers backend computes full "
                 "logits)")
-        if "soft_label_format" in self.model_fields_set:
-            raise ValueError("soft_label_format chooses how top-k labels are stored; sampled labels are always "
-                             "written as sampled-v1: remove soft_label_format")
+        if self.soft_label_format != "packed-v1":
+            raise ValueError(f"soft_label_format={self.soft_label_format} chooses how top-k labels are stored; sampled "
+                             "labels are always written as sampled-v1: remove soft_label_format")
         return self
 
     @property
@@ -944,8 +945,10 @@ class ScoreConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sampled_labels(self):
+        # Checked on values, not on the keys given: a dumped config (replicas, manifests) gives every key.
         if self.soft_labels == "topk":
-            extra = sorted({"soft_label_samples", "soft_label_temperature"} & self.model_fields_set)
+            extra = [k for k, default in (("soft_label_samples", SOFT_LABEL_SAMPLES), ("soft_label_temperature", 1.0))
+                     if getattr(self, k) != default]
             if extra:
                 raise ValueError(f"{', '.join(extra)} set the draws of soft_labels: sampled, and soft_labels is topk; "
                                  "set soft_labels: sampled, or remove them (top-k's width is `topk`)")
@@ -954,10 +957,10 @@ class ScoreConfig(StrictModel):
             raise ValueError(f"soft_labels: sampled draws from the teacher's whole distribution, and "
                              f"teacher.backend={self.teacher.backend} returns only its top-k logprobs; set "
                              "score.teacher.backend: transformers (one forward per trace, full logits)")
-        extra = sorted({"topk", "soft_label_format"} & self.model_fields_set)
+        extra = [k for k, default in (("topk", 20), ("soft_label_format", "packed-v1")) if getattr(self, k) != default]
         if extra:
-            raise ValueError(f"{', '.join(extra)} configure top-k labels, and soft_labels is sampled (written as "
-                             "sampled-v1, soft_label_samples draws per token); remove them")
+            raise ValueError(f"{', '.join(extra)} only configure top-k labels, and soft_labels is sampled (written "
+                             "as sampled-v1, soft_label_samples draws per token); remove them")
         return self
 
     @property

@@ -151,12 +151,18 @@ def test_transformers_scorer_topk_is_the_forward_pass(tiny_qwen2):
 
 
 def test_config_errors_name_the_key_and_the_fix(tmp_path, tiny_qwen2):
+    from distillkit.config import RecipeConfig
+
     base = {"name": "s", "output_dir": str(tmp_path), "stages": ["score"]}
+    hf = {"model": str(tiny_qwen2), "backend": "transformers"}
+    for cfg in (validate_recipe({**base, "generate": {"teacher": hf, "sampling": {"topk_logprobs": 5}}}),
+                validate_recipe({**base, "score": {"teacher": hf, "soft_labels": "sampled", "soft_label_samples": 8},
+                                 "generate": {"teacher": hf, "sampling": {"soft_labels": "sampled"}}})):
+        assert RecipeConfig.model_validate_json(cfg.model_dump_json()) == cfg  # as replicas and manifests reload it
     with pytest.raises(ConfigError, match="soft_labels: sampled .*teacher.backend=vllm returns only its top-k.*"
                                           "score.teacher.backend: transformers"):
         validate_recipe({**base, "score": {"soft_labels": "sampled"}})
-    hf = {"model": str(tiny_qwen2), "backend": "transformers"}
-    with pytest.raises(ConfigError, match="topk configure top-k labels, and soft_labels is sampled"):
+    with pytest.raises(ConfigError, match="topk only configure top-k labels, and soft_labels is sampled"):
         validate_recipe({**base, "score": {"soft_labels": "sampled", "teacher": hf, "topk": 8}})
     with pytest.raises(ConfigError, match="soft_label_samples set the draws of soft_labels: sampled"):
         validate_recipe({**base, "score": {"soft_label_samples": 8}})
