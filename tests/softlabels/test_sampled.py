@@ -220,3 +220,46 @@ def test_chunked_equals_unchunked_and_other_divergences_are_refused():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="estimates the forward KL only"):
         kd_loss_from_logits(hidden @ weight.t(), labels, **{**kw, "divergence": "reverse_kl"})
+
+
+def test_the_filter_keeps_sampled_labels_and_train_builds_them_as_rows(tmp_path, tiny_qwen2):
+    """Filter copies the sampled-v1 column as it is; the training examples carry the drawn ids and log(count / N)
+    exactly, at the completion's positions, and the label kind check passes for teacher_probs: sampled."""
+    from transformers import AutoTokenizer
+
+    from distillkit.config import RecipeConfig
+    from distillkit.filter.stage import run_filter
+    from distillkit.pipeline import stage_config_hash
+    from distillkit.records import StageOutput, StageRecords, make_record, record_features, split_reasoning
+    from distillkit.train.data import build_train_dataset
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    rows = []
+    for i in range(4):
+        completion = f"{i} + {i} = {2 * i}.</think> so the answer is \\boxed{{{2 * i}}}"
+        ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        z, _ = lm_logits(len(ids), len(tok), seed=i)
+        top, counts, tlp = draw_sampled_labels(z, 8, seed=i, tokens=ids)
+        messages = [{"role": "user", "content": f"{i} + {i}?"}]
+        reasoning, response, closed = split_reasoning(completion, "<think>\n")
+        rows.append(make_record(prompt_id=f"p{i}", problem=messages[0]["content"], messages=messages,
+                                prefill="<think>\n", completion=completion, reasoning=reasoning, response=response,
+                                reasoning_closed=closed, completion_ids=np.asarray(ids, np.int32),
+                                completion_tokens=len(ids), topk_ids=top, topk_logprobs=log_weights(counts, 8),
+                                token_logprobs=tlp))
+    cfg = RecipeConfig.model_validate({"name": "t", "output_dir": str(tmp_path), "filter": {
+        "verifiers": [{"kind": "truncation"}], "num_workers": 1}})
+    out = StageOutput(cfg.stage_dir("generate"), "generate", stage_config_hash(cfg, "generate"))
+    out.begin()
+    out.write_shard(0, rows, record_features(8, "sampled-v1"))
+    out.finish(counts={"records": 4}, versions=["distillkit"])
+    run_filter(cfg, show_progress=False)
+    kept = StageRecords(cfg.stage_dir("filter"))
+    assert kept.soft_label_format == "sampled-v1" and len(kept) == 4
+    ds, info = build_train_dataset(kept, tok, max_length=None, use_kd=True, packing=False,
+                                   cache_dir=tmp_path / "cache", teacher_probs="sampled")
+    assert info["topk"] == 8 and info["num_kd_tokens"] == sum(len(r["completion_ids"]) for r in rows)
+    for ex, rec in zip(ds, rows):
+        on = np.asarray(ex["kd_mask"], bool)
+        assert np.array_equal(np.asarray(ex["kd_ids"])[on], rec["topk_ids"])
+        np.testing.assert_allclose(np.asarray(ex["kd_logprobs"])[on], rec["topk_logprobs"], rtol=1e-6)
