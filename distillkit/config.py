@@ -958,7 +958,7 @@ class ScoreConfig(StrictModel):
             raise ValueError(f"soft_labels: sampled draws from the teacher's whole distribution, and "
                              f"teacher.backend={self.teacher.backend} returns only its top-k logprobs; set "
                              "score.teacher.backend: transformers (one forward per trace, full logits)")
-        extra = [k for k, default in (("topk", 20), ("soft_label_format", "packed-v1")) if getattr(self, k) != default]
+        extra = [k for k in ("topk", "soft_label_format") if getattr(self, k) != type(self).model_fields[k].default]
         if extra:
             raise ValueError(f"{', '.join(extra)} only configure top-k labels, and soft_labels is sampled (written "
                              "as sampled-v1, soft_label_samples draws per token); remove them")
