@@ -2,7 +2,7 @@
 
 Run (CPU; with --real an existing stage folder of SmolLM2 top-20 labels, e.g. runs/quickstart/generate, else it
 generates one with vLLM first, ~2 minutes on 2 cores):
-    .venv/bin/python bench/bench_softlabels.py [--real FOLDER] [--steps 8] [--layers 8]
+    .venv/bin/python bench/bench_softlabels.py [--real FOLDER] [--steps 8] [--layers 8] [--sampled 8,16,32,64]
 
 Prints one JSON object:
   bytes_per_token   soft-label bytes on disk per generated token, each format written by distillkit's writer from
@@ -14,6 +14,10 @@ Prints one JSON object:
   train             DistillTrainer (SmolLM2's first --layers layers, top-k tail KD, alpha 0.5) on the real records
                     from an fp16 folder and a packed folder, in the order fp16, packed, packed, fp16; tokens/s per run,
                     the packed/fp16 ratio of the means, and the ratio of dataset-build times (decoding happens there)
+  sampled           with --sampled N,...: the real records scored again by SmolLM2 on transformers (the `score`
+                    stage's scorer, bf16), as sampled labels of N draws (sampled-v1) and as top-k at k = N
+                    (packed-v1), each written by the writer: bytes per token of both, and per position the mean
+                    number of distinct ids drawn and the share where the trace's own token was drawn
 """
 
 from __future__ import annotations
@@ -162,6 +166,42 @@ def train_ratio(folders: dict[str, Path], steps: int, layers: int) -> dict:
             "steps_timed": steps, "layers": layers}
 
 
+def sampled_vs_topk(real_folder: Path, sizes: list[int], folder: Path) -> dict:
+    """Bytes per token of sampled labels (N draws) and top-k labels (k = N) on the same real records and positions."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillkit.engines.hf_scorer import TransformersScorer
+    from distillkit.models import resolve_model
+    from distillkit.records import StageRecords, record_features, soft_label_bytes, write_shard
+    from distillkit.score.stage import score_shard
+
+    path = resolve_model("builtin:smollm2-135m-instruct")
+    scorer = TransformersScorer(AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval(),
+                                AutoTokenizer.from_pretrained(path), seed=0)
+    records = list(StageRecords(real_folder))
+    out: dict = {}
+    for n in sizes:
+        row = {}
+        for kind, fmt, draws in (("sampled", "sampled-v1", n), ("topk", "packed-v1", 0)):
+            features = record_features(n, fmt)
+            rows, _ = score_shard(records, scorer, n, "smollm2", features, num_samples=draws)
+            tokens = sum(int(r["completion_tokens"]) for r in rows)
+            shard = write_shard(folder / f"{kind}-{n}", 0, rows, features)
+            row[f"{kind}_bytes_per_token"] = round(soft_label_bytes(shard) / tokens, 2)
+            if kind == "sampled":
+                counts = np.concatenate([np.isfinite(r["topk_logprobs"]).sum(1) for r in rows])
+                own = np.concatenate([(r["topk_ids"] == np.asarray(r["completion_ids"])[:, None]).any(1)
+                                      & np.isfinite(r["topk_logprobs"]).any(1) for r in rows])
+                row["mean_distinct_ids"] = round(float(counts.mean()), 2)
+                row["share_own_token_drawn"] = round(float(own.mean()), 3)
+        row["ratio_sampled_vs_topk"] = round(row["sampled_bytes_per_token"] / row["topk_bytes_per_token"], 3)
+        out[f"N={n}"] = row
+    out["tokens"] = tokens
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", help="a stage folder with top-20 SmolLM2 soft labels (default: generate one)")
@@ -170,6 +210,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-train", action="store_true", help="skip the trainer comparison")
+    ap.add_argument("--sampled", help="comma-separated draws per position N: sampled vs top-k (k = N) bytes per token")
     args = ap.parse_args()
 
     from distillkit.records import StageRecords
@@ -184,6 +225,8 @@ def main() -> None:
     for name, records in (("smollm2_49152", real), ("synthetic_152064", synthetic)):
         report["bytes_per_token"][name], report["kl"][name] = bytes_and_error(records, work / name)
     report["ns_per_token"] = codec_cost(synthetic, args.reps)
+    if args.sampled:
+        report["sampled"] = sampled_vs_topk(real_folder, [int(x) for x in args.sampled.split(",")], work / "sampled")
     if not args.no_train:
         report["train"] = train_ratio({"fp16": work / "smollm2_49152" / "fp16",
                                        "packed-v1": work / "smollm2_49152" / "packed-v1"}, args.steps, args.layers)

@@ -290,7 +290,8 @@ def inspect(folder: Annotated[str, typer.Argument(help="A stage output folder, e
         table.add_row(f"completion tokens {key}", str(value))
     if summary.get("soft_labels"):
         labels = summary["soft_labels"]
-        table.add_row("soft labels", f"top-{labels['k']}, {labels['format']}")
+        kind = f"{labels['k']} draws per token" if labels["format"] == "sampled-v1" else f"top-{labels['k']}"
+        table.add_row("soft labels", f"{kind}, {labels['format']}")
         table.add_row("soft-label bytes per token", str(labels["bytes_per_token"]))
     for name in ("finish_reasons", "sources", "counts"):
         for key, value in summary[name].items():

@@ -32,6 +32,7 @@ from pydantic import (
 from distillkit.errors import ConfigError, DistillkitError
 from distillkit.registry import DIVERGENCES, SCORERS, TEACHER_BACKENDS
 from distillkit.softlabels.codec import MAX_K  # packed-v1 holds k <= MAX_K (the sampled rank is a byte)
+from distillkit.softlabels.sampled import MAX_SAMPLES  # sampled-v1 holds N <= MAX_SAMPLES draws (counts are bytes)
 
 STAGES = ("generate", "filter", "score", "train", "evaluate", "publish")
 DEFAULT_STAGES = ("generate", "filter", "train", "evaluate", "publish")
@@ -55,6 +56,10 @@ class StrictModel(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------- generate
+
+SOFT_LABEL_SAMPLES = 32
+"""Default draws per position of sampled soft labels: ~13 bytes per token on real traces, a third of top-20's
+(see `ScoreConfig.soft_label_samples`)."""
 
 
 class VllmConfig(StrictModel):
@@ -185,6 +190,13 @@ class SamplingConfig(StrictModel):
     """Keep the teacher's top-k logprobs of every generated token as soft labels; 0 = off."""
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
     """raw: before temperature/top-p (the model's distribution); processed: after them."""
+    soft_labels: Literal["topk", "sampled"] = "topk"
+    """Which soft labels to keep: topk (the `topk_logprobs` most likely tokens, on when topk_logprobs > 0) or sampled
+    (`soft_label_samples` draws per token from the distribution `logprobs_mode` names, stored as distinct ids with
+    counts: an unbiased estimate for `train.kd.teacher_probs: sampled`). sampled needs the teacher's full distribution
+    at every step, which only `teacher.backend: transformers` has (vLLM and OpenAI servers return the top-k only)."""
+    soft_label_samples: int = Field(SOFT_LABEL_SAMPLES, ge=1, le=MAX_SAMPLES)
+    """Draws per token for `soft_labels: sampled` (N; see `score.soft_label_samples` for its cost)."""
     stop: list[str] = Field(default_factory=list)
     """Strings that end a sample, left out of the text (e.g. "Question:" for a model that goes on to
     invent the next few-shot example). Token ids and soft labels are trimmed to match the text."""
@@ -195,6 +207,17 @@ class SamplingConfig(StrictModel):
         if any(not s for s in v):
             raise ValueError("an empty stop string would end every sample at once; remove it")
         return v
+
+    @model_validator(mode="after")
+    def _sampled_is_not_topk(self):
+        if self.soft_labels == "sampled" and self.topk_logprobs:
+            raise ValueError(f"soft_labels: sampled stores draws, not top-k rows; topk_logprobs={self.topk_logprobs} "
+                             "would be ignored: set topk_logprobs: 0 (the draws per token are soft_label_samples)")
+        # Checked on values, not on the keys given: a dumped config (replicas, manifests) gives every key.
+        if self.soft_label_samples != SOFT_LABEL_SAMPLES and self.soft_labels != "sampled":
+            raise ValueError("soft_label_samples sets the draws of soft_labels: sampled; with soft_labels: topk set "
+                             "topk_logprobs instead (or set soft_labels: sampled)")
+        return self
 
     @model_validator(mode="after")
     def _greedy_needs_one_sample(self):
@@ -273,6 +296,35 @@ class GenerateConfig(StrictModel):
                              f"stores at most {MAX_K} candidates per token; lower it or set "
                              "soft_label_format: fp16")
         return self
+
+    @model_validator(mode="after")
+    def _sampled_needs_full_logits(self):
+        if self.sampling.soft_labels != "sampled":
+            return self
+        if self.teacher.backend != "transformers":
+            raise ValueError(
+                f"sampling.soft_labels: sampled draws from the teacher's whole distribution at every step, and "
+                f"teacher.backend={self.teacher.backend} returns only its top-k logprobs (drawing from those would drop "
+                "the tail: a biased label). Generate with teacher.backend: transformers, or generate without labels "
+                "and add the `score` stage with score.soft_labels: sampled (its transformers backend computes full "
+                "logits)")
+        if self.soft_label_format != "packed-v1":
+            raise ValueError(f"soft_label_format={self.soft_label_format} chooses how top-k labels are stored; sampled "
+                             "labels are always written as sampled-v1: remove soft_label_format")
+        return self
+
+    @property
+    def label_format(self) -> str | None:
+        """How this stage stores its soft labels: "sampled-v1", `soft_label_format` for top-k, None without labels."""
+        if self.sampling.soft_labels == "sampled":
+            return "sampled-v1"
+        return self.soft_label_format if self.sampling.topk_logprobs else None
+
+    @property
+    def label_width(self) -> int:
+        """Width of the stored rows: k for top-k, N draws for sampled labels, 0 without labels."""
+        s = self.sampling
+        return s.soft_label_samples if s.soft_labels == "sampled" else s.topk_logprobs
 
 
 # ----------------------------------------------------------------------------------------- filter
@@ -527,9 +579,11 @@ class KDConfig(StrictModel):
     divergence: DivergenceName = "forward_kl"
     beta: float = Field(0.5, ge=0, le=1)
     """Generalized JSD interpolation (jsd only)."""
-    teacher_probs: Literal["topk_renorm", "topk_tail", "live", "served"] = "topk_tail"
-    """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; live: run the teacher
-    beside the student; served: a vLLM server scores the student's samples (on-policy; top-k with a tail bucket)."""
+    teacher_probs: Literal["topk_renorm", "topk_tail", "sampled", "live", "served"] = "topk_tail"
+    """topk_renorm: renormalize over stored top-k; topk_tail: keep the rest as one bucket; sampled: stored sampled
+    labels (`soft_labels: sampled` in score or generate), forward KL to counts / N, unbiased in expectation; live: run
+    the teacher beside the student; served: a vLLM server scores the student's samples (on-policy; top-k with a tail
+    bucket)."""
     teacher_server: ServedTeacherConfig = Field(default_factory=ServedTeacherConfig)
     """The teacher's server for `teacher_probs: served`."""
     chunk_size: PositiveInt = 256
@@ -539,6 +593,14 @@ class KDConfig(StrictModel):
     bytes get its candidates mapped by spelling, the others a label chained from the teacher's rows along their
     bytes (distillkit.train.cross_tokenizer). Explicit, not automatic: the labels become an approximation, and
     preflight reports how good."""
+
+    @model_validator(mode="after")
+    def _sampled_is_forward_kl(self):
+        if self.teacher_probs == "sampled" and self.divergence != "forward_kl":
+            raise ValueError(f"kd.teacher_probs: sampled estimates the forward KL only (draws from the teacher do not "
+                             f"give its probability at the student's tokens, which divergence={self.divergence} "
+                             "needs); set kd.divergence: forward_kl, or use top-k labels")
+        return self
 
     @model_validator(mode="after")
     def _cross_tokenizer_is_stored(self):
@@ -839,15 +901,18 @@ class HardwareConfig(StrictModel):
 
 
 class ScoreConfig(StrictModel):
-    """Teacher scoring: the teacher's top-k logprobs at every completion token of existing traces.
+    """Teacher scoring: the teacher's top-k logprobs (or sampled soft labels) at every completion token of existing
+    traces.
 
-    One prefill pass per trace (vLLM `prompt_logprobs`, no sampling), written in the trace schema with the
-    same soft labels as generate captures (`soft_label_format`). The logprobs are raw (the model's
-    distribution before temperature and top-p), as generate's default `logprobs_mode: raw_logprobs`."""
+    One prefill pass per trace (vLLM `prompt_logprobs`, or a transformers forward), written in the trace schema with
+    the same soft labels as generate captures (`soft_label_format`). The logprobs are raw (the model's
+    distribution before temperature and top-p), as generate's default `logprobs_mode: raw_logprobs`; sampled labels
+    (`soft_labels: sampled`) are drawn from the raw distribution tempered by `soft_label_temperature`."""
 
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    """The scoring teacher; backend vllm (in-process) or openai (a vLLM server: at base_url, or started
-    with `openai.serve: true`). Its tokenizer and chat template tokenize the traces."""
+    """The scoring teacher; backend vllm (in-process), openai (a vLLM server: at base_url, or started
+    with `openai.serve: true`) or transformers (one forward per trace in this process: full logits, the backend of
+    `soft_labels: sampled`). Its tokenizer and chat template tokenize the traces."""
     input: str = "auto"
     """auto: this run's filter output (its generate output without a filter stage); stage:generate or
     stage:filter; another run's stage folder; a .jsonl/.json/.parquet chat file; or a Hub dataset name."""
@@ -864,6 +929,22 @@ class ScoreConfig(StrictModel):
     """Candidates kept per token (k of the stored soft labels)."""
     soft_label_format: Literal["packed-v1", "fp16"] = "packed-v1"
     """How the soft labels are stored, as `generate.soft_label_format` (packed-v1 holds k <= 254)."""
+    soft_labels: Literal["topk", "sampled"] = "topk"
+    """topk: the teacher's `topk` most likely tokens with their logprobs (the tail lumped in one bucket by the loss);
+    sampled: `soft_label_samples` tokens drawn from the teacher's distribution softmax(logits / soft_label_temperature)
+    at each position, stored as the distinct ids with their counts plus the trace token's own logprob (`sampled-v1`,
+    distillkit/softlabels/sampled.py). counts / N is an unbiased estimate of the whole distribution, so the
+    `train.kd.teacher_probs: sampled` loss has the full forward-KL gradient as its expectation, which top-k does not
+    (Anshumann et al. 2025). Needs teacher.backend: transformers (full logits); draws are seeded by `seed` and each
+    trace's tokens, so reruns and resumed runs draw the same."""
+    soft_label_samples: int = Field(SOFT_LABEL_SAMPLES, ge=1, le=MAX_SAMPLES)
+    """Draws per position N for soft_labels: sampled. Measured on SmolLM2-135M traces (BENCHMARKS.md, "Sampled soft
+    labels"): 5.7 / 8.4 / 12.9 / 19.3 bytes per token at N = 8 / 16 / 32 / 64 (2.9 / 4.3 / 6.4 / 9.4 distinct ids per
+    position), against 14.7 / 29.8 / 60.5 / 116 for top-k at k = N and ~36 for top-20. The default 32 costs a third of
+    top-20's bytes; each estimated probability's standard error is sqrt(p(1-p)/N), halved by 4x the draws."""
+    soft_label_temperature: PositiveFloat = 1.0
+    """The draws come from softmax(logits / this): 1 is the model's raw distribution, as top-k labels store; set it
+    to `train.kd.temperature` for tempered KD (the loss then tempers the student only)."""
     shard_size: PositiveInt = 256
     """Records per output shard; a killed run redoes at most one shard."""
     limit: Optional[PositiveInt] = None
@@ -876,6 +957,36 @@ class ScoreConfig(StrictModel):
             raise ValueError(f"backend: {teacher.backend!r} has no scorer; scoring runs on {' or '.join(SCORERS)}; "
                              "set score.teacher.backend to one of them")
         return teacher
+
+    @model_validator(mode="after")
+    def _sampled_labels(self):
+        # Checked on values, not on the keys given: a dumped config (replicas, manifests) gives every key.
+        if self.soft_labels == "topk":
+            extra = [k for k, default in (("soft_label_samples", SOFT_LABEL_SAMPLES), ("soft_label_temperature", 1.0))
+                     if getattr(self, k) != default]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} set the draws of soft_labels: sampled, and soft_labels is topk; "
+                                 "set soft_labels: sampled, or remove them (top-k's width is `topk`)")
+            return self
+        if self.teacher.backend != "transformers":
+            raise ValueError(f"soft_labels: sampled draws from the teacher's whole distribution, and "
+                             f"teacher.backend={self.teacher.backend} returns only its top-k logprobs; set "
+                             "score.teacher.backend: transformers (one forward per trace, full logits)")
+        extra = [k for k in ("topk", "soft_label_format") if getattr(self, k) != type(self).model_fields[k].default]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} only configure top-k labels, and soft_labels is sampled (written "
+                             "as sampled-v1, soft_label_samples draws per token); remove them")
+        return self
+
+    @property
+    def label_format(self) -> str:
+        """How this stage stores its soft labels: "sampled-v1" or `soft_label_format`."""
+        return "sampled-v1" if self.soft_labels == "sampled" else self.soft_label_format
+
+    @property
+    def label_width(self) -> int:
+        """Width of the stored rows: `topk`, or `soft_label_samples` for sampled labels."""
+        return self.soft_label_samples if self.soft_labels == "sampled" else self.topk
 
     @model_validator(mode="after")
     def _packed_width(self):

@@ -474,21 +474,36 @@ def check_cross_tokenizer(cfg, teacher, student, subject: str) -> Finding:
 
 
 def check_soft_labels(cfg, stages: list[str]) -> Optional[Finding]:
-    """KD on stored soft labels needs this run's generation to store them (the train stage refuses
-    records without top-k, after generation). None when it does not apply."""
+    """KD on stored soft labels needs this run's generation (or scoring) to store them, of the kind the loss reads
+    (the train stage refuses records without them, or of the other kind, after generation). None when it does not
+    apply."""
     t = cfg.train
-    if not (t.kd.enabled and t.kd.teacher_probs.startswith("topk") and not t.sources and "generate" in stages):
+    stored = ("topk_renorm", "topk_tail", "sampled")
+    if not (t.kd.enabled and t.kd.teacher_probs in stored and not t.sources
+            and ("generate" in stages or "score" in stages)):
         return None
+    want = "sampled" if t.kd.teacher_probs == "sampled" else "topk"
     if "score" in cfg.stages:
-        return Finding("soft_labels", "ok", f"the score stage adds {cfg.score.teacher.model}'s top-{cfg.score.topk} "
-                       "logprobs for train.kd.", subject="train")
-    if cfg.generate.sampling.topk_logprobs > 0:
-        return Finding("soft_labels", "ok", f"the teacher's top-{cfg.generate.sampling.topk_logprobs} logprobs "
-                       "are stored for train.kd.", subject="train")
-    return Finding("soft_labels", "error", "train.kd is enabled on stored soft labels (kd.teacher_probs="
-                   f"{t.kd.teacher_probs}) but generate.sampling.topk_logprobs is 0: the traces would carry none.",
-                   "set generate.sampling.topk_logprobs: 20, or add the `score` stage, or "
-                   "train.kd.teacher_probs: live, or train.kd.enabled: false", "train")
+        s = cfg.score
+        kind, what = s.soft_labels, (f"{s.soft_label_samples} sampled draws per token" if s.soft_labels == "sampled"
+                                     else f"top-{s.topk} logprobs")
+        where, key = f"the score stage adds {s.teacher.model}'s {what}", "score.soft_labels"
+    else:
+        g = cfg.generate.sampling
+        if g.soft_labels == "topk" and g.topk_logprobs == 0:
+            return Finding("soft_labels", "error", "train.kd is enabled on stored soft labels (kd.teacher_probs="
+                           f"{t.kd.teacher_probs}) but generate.sampling.topk_logprobs is 0: the traces would carry "
+                           "none.", "set generate.sampling.topk_logprobs: 20, or add the `score` stage, or "
+                           "train.kd.teacher_probs: live, or train.kd.enabled: false", "train")
+        kind, what = g.soft_labels, (f"{g.soft_label_samples} sampled draws per token" if g.soft_labels == "sampled"
+                                     else f"top-{g.topk_logprobs} logprobs")
+        where, key = f"the teacher's {what} are stored", "generate.sampling.soft_labels"
+    if kind != want:
+        return Finding("soft_labels", "error", f"{where}, and train.kd.teacher_probs={t.kd.teacher_probs} reads "
+                       f"{'sampled' if want == 'sampled' else 'top-k'} labels.",
+                       f"set {key}: {want}, or train.kd.teacher_probs: "
+                       f"{'sampled' if kind == 'sampled' else 'topk_tail'}", "train")
+    return Finding("soft_labels", "ok", f"{where} for train.kd.", subject="train")
 
 
 def _config_only(loaded: dict, spec: str):

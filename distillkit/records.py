@@ -37,6 +37,11 @@ Record fields (one row per teacher sample):
                               it by default; distillkit/softlabels/codec.py), in place of the two columns above.
                               Every reader here decodes it back into `topk_ids` / `topk_logprobs`, so a stage
                               sees one record shape whichever format a shard holds
+    sampled_labels     struct? sampled soft labels (`sampled-v1`, distillkit/softlabels/sampled.py): N draws from
+                              the teacher's distribution per token, in place of top-k. Readers decode them into
+                              `topk_ids` (the distinct ids drawn, (T, N)), `topk_logprobs` (log(count / N), float32)
+                              and `token_logprobs` ((T,) the teacher's logprob of each completion token); a record
+                              carrying `token_logprobs` holds sampled labels, never top-k
     verdicts           list   filter verdicts [{"verifier", "passed" (bool or null), "reason"}]
     meta               str    JSON of anything else (backend details, timings)
 
@@ -182,14 +187,16 @@ def content_digest(path: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------------------- schema
 
 
-SOFT_LABEL_COLUMNS = ("topk_ids", "topk_logprobs", "soft_labels")
-"""Columns that hold soft labels, in either format (`soft_labels` is packed-v1's)."""
+SOFT_LABEL_COLUMNS = ("topk_ids", "topk_logprobs", "soft_labels", "sampled_labels")
+"""Columns that hold soft labels, in any format (`soft_labels` is packed-v1's, `sampled_labels` sampled-v1's)."""
+SOFT_LABEL_FORMATS = ("packed-v1", "fp16", "sampled-v1")
 
 
 def record_features(topk: int = 0, soft_labels: str = "fp16"):
     """`datasets.Features` of a trace record; with `topk` > 0, soft-label columns: `topk_ids`/`topk_logprobs` of fixed
     width `topk` (soft_labels="fp16"), or the `soft_labels` struct (soft_labels="packed-v1", which `write_shard`
-    fills from rows that carry `topk_ids`/`topk_logprobs`)."""
+    fills from rows that carry `topk_ids`/`topk_logprobs`), or the `sampled_labels` struct (soft_labels="sampled-v1",
+    `topk` the draws per position N; filled from rows carrying (T, N) `topk_ids`/`topk_logprobs` and `token_logprobs`)."""
     from datasets import Features, List, Value
 
     features = {
@@ -219,9 +226,13 @@ def record_features(topk: int = 0, soft_labels: str = "fp16"):
         from distillkit.softlabels.codec import soft_labels_feature
 
         features["soft_labels"] = soft_labels_feature()
+    elif topk > 0 and soft_labels == "sampled-v1":
+        from distillkit.softlabels.sampled import sampled_labels_feature
+
+        features["sampled_labels"] = sampled_labels_feature()
     elif topk > 0:
         if soft_labels != "fp16":
-            raise ValueError(f"soft_labels={soft_labels!r} is unknown; choose 'packed-v1' or 'fp16'")
+            raise ValueError(f"soft_labels={soft_labels!r} is unknown; choose one of {list(SOFT_LABEL_FORMATS)}")
         # Fixed-size inner lists: Arrow stores them as one flat buffer, no per-token offsets.
         features["topk_ids"] = List(List(Value("int32"), length=topk))
         features["topk_logprobs"] = List(List(Value("float16"), length=topk))
@@ -303,6 +314,8 @@ def _rows_to_table(rows: list[dict], features):
         column = [r.get(name) for r in rows]
         if name == "soft_labels" and any(r.get("topk_ids") is not None for r in rows):
             arrays.append(_packed_column(rows, typ))
+        elif name == "sampled_labels" and any(r.get("topk_ids") is not None for r in rows):
+            arrays.append(_sampled_column(rows, typ))
         elif column and all(_is_ndarray(v) for v in column) and pa.types.is_list(typ) \
                 and pa.types.is_fixed_size_list(typ.value_type):
             k = typ.value_type.list_size
@@ -339,6 +352,33 @@ def _packed_column(rows: list[dict], typ):
     return pa.array(values, type=typ)
 
 
+def _sampled_column(rows: list[dict], typ):
+    """The `sampled_labels` column of rows carrying sampled labels in memory: `topk_ids` (T, N) distinct ids,
+    `topk_logprobs` (T, N) log(count / N) (the width is N) and `token_logprobs` (T,); rows without labels get null."""
+    import numpy as np
+    import pyarrow as pa
+
+    from distillkit.softlabels.sampled import counts_from_log_weights, encode_sampled_records
+
+    labelled = [i for i, r in enumerate(rows) if r.get("topk_ids") is not None]
+    ids = [np.asarray(rows[i]["topk_ids"]) for i in labelled]
+    n = next((a.shape[1] for a in ids if a.ndim == 2), None)
+    if n is None:
+        return pa.nulls(len(rows), typ)
+    parts = []
+    for i, a in zip(labelled, ids):
+        r = rows[i]
+        tokens = r.get("completion_ids")
+        tlp = r.get("token_logprobs")
+        parts.append((a.reshape(-1, n), counts_from_log_weights(np.asarray(r["topk_logprobs"]).reshape(-1, n), n),
+                      None if tlp is None else np.asarray(tlp, dtype=np.float32).reshape(-1),
+                      None if tokens is None else np.asarray(tokens).reshape(-1)))
+    values: list = [None] * len(rows)
+    for i, value in zip(labelled, encode_sampled_records(parts, num_samples=n)):
+        values[i] = value
+    return pa.array(values, type=typ)
+
+
 def _is_number_list(typ) -> bool:
     import pyarrow as pa
 
@@ -354,7 +394,8 @@ def parquet_options(schema) -> dict[str, Any]:
     percent of size (measured on 8k-token traces with top-20 soft labels: 1.78 s vs 0.51 s per 64 records,
     720 vs 769 KB per record)."""
     return {"compression": "zstd",  # packed soft labels: one binary value per record, nothing for a dictionary
-            "use_dictionary": [f.name for f in schema if not _is_number_list(f.type) and f.name != "soft_labels"]
+            "use_dictionary": [f.name for f in schema if not _is_number_list(f.type)
+                               and f.name not in ("soft_labels", "sampled_labels")]
             or False}
 
 
@@ -383,7 +424,8 @@ def write_shard(folder: str | os.PathLike, index: int, rows: list[dict], feature
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if rows and features is not None and (any(_is_ndarray(v) for v in rows[0].values()) or "soft_labels" in features):
+    if rows and features is not None and (any(_is_ndarray(v) for v in rows[0].values()) or "soft_labels" in features
+                                          or "sampled_labels" in features):
         table = _rows_to_table(rows, features)
     elif features is not None or not rows:
         features = features or record_features()
@@ -483,22 +525,32 @@ def _check_columns(path: Path, names: list[str], wanted: Iterable[str] | None) -
 
 
 _UNPACKED = ("topk_ids", "topk_logprobs")
+_UNPACKED_SAMPLED = (*_UNPACKED, "token_logprobs")
+
+
+def _encoded_column(names) -> tuple[str | None, tuple[str, ...]]:
+    """(the encoded soft-label column of a shard, or None; the columns readers decode it into)."""
+    if "soft_labels" in names:
+        return "soft_labels", _UNPACKED
+    if "sampled_labels" in names:
+        return "sampled_labels", _UNPACKED_SAMPLED
+    return None, ()
 
 
 def _read_table(path: Path, columns: list[str] | None = None):
-    """One whole shard (or some of its columns) as an Arrow table, errors naming the file; packed soft labels come
-    back as `topk_ids` / `topk_logprobs` columns (`unpack_soft_labels`)."""
+    """One whole shard (or some of its columns) as an Arrow table, errors naming the file; packed or sampled soft
+    labels come back as `topk_ids` / `topk_logprobs` (/ `token_logprobs`) columns (`unpack_soft_labels`)."""
     import pyarrow.parquet as pq
 
     with reading_shard(path):
         names = pq.read_schema(path).names
-        packed = "soft_labels" in names
+        encoded, unpacked = _encoded_column(names)
         if columns is not None:
-            _check_columns(path, names + list(_UNPACKED) if packed else names, columns)
-        if not packed or (columns is not None and not set(_UNPACKED) & set(columns)):
+            _check_columns(path, names + list(unpacked), columns)
+        if encoded is None or (columns is not None and not set(unpacked) & set(columns)):
             return pq.read_table(path, columns=columns)
         wanted = None if columns is None else list(dict.fromkeys(
-            [c for c in columns if c not in _UNPACKED] + ["soft_labels"]
+            [c for c in columns if c not in unpacked] + [encoded]
             + (["completion_ids"] if "completion_ids" in names else [])))
         table = pq.read_table(path, columns=wanted)
     try:
@@ -510,17 +562,27 @@ def _read_table(path: Path, columns: list[str] | None = None):
 
 def unpack_soft_labels(table):
     """An Arrow table whose `soft_labels` column (packed-v1) is replaced by `topk_ids` (int32) and `topk_logprobs`
-    (float16) columns of fixed width k, as fp16-format shards hold them; other tables are returned as they are.
-    Decoding needs the table's `completion_ids` (the sampled token is stored by its rank)."""
+    (float16) columns of fixed width k, as fp16-format shards hold them, or whose `sampled_labels` column
+    (sampled-v1) is replaced by `topk_ids`, `topk_logprobs` (float32 log(count / N), exact) and `token_logprobs`;
+    other tables are returned as they are. Decoding needs the table's `completion_ids` (the record's token is stored
+    by its rank)."""
     import numpy as np
     import pyarrow as pa
 
-    from distillkit.softlabels.codec import decode_column
-
-    if "soft_labels" not in table.column_names:
+    encoded, _ = _encoded_column(table.column_names)
+    if encoded is None:
         return table
     completion = table.column("completion_ids") if "completion_ids" in table.column_names else None
-    ids, lps, offsets, valid = decode_column(table.column("soft_labels"), completion)
+    tlp = None
+    if encoded == "soft_labels":
+        from distillkit.softlabels.codec import decode_column
+
+        ids, lps, offsets, valid = decode_column(table.column(encoded), completion)
+        lps = lps.astype(np.float16)
+    else:
+        from distillkit.softlabels.sampled import decode_sampled_column
+
+        ids, lps, tlp, offsets, valid = decode_sampled_column(table.column(encoded), completion)
     k = ids.shape[1] or 1  # no record with labels: all-null columns, of some width
     mask = pa.array(~valid) if not valid.all() else None
     offsets = pa.array(offsets.astype(np.int32))
@@ -528,9 +590,11 @@ def unpack_soft_labels(table):
         "topk_ids": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(
             pa.array(ids.reshape(-1)), k), mask=mask),
         "topk_logprobs": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(
-            pa.array(lps.reshape(-1).astype(np.float16)), k), mask=mask),
+            pa.array(lps.reshape(-1)), k), mask=mask),
     }
-    at = table.column_names.index("soft_labels")
+    if tlp is not None:
+        columns["token_logprobs"] = pa.ListArray.from_arrays(offsets, pa.array(tlp), mask=mask)
+    at = table.column_names.index(encoded)
     table = table.remove_column(at)
     for j, (name, column) in enumerate(columns.items()):
         table = table.add_column(at + j, name, column)
@@ -586,31 +650,36 @@ class StageRecords:
 
     @property
     def column_names(self) -> list[str]:
-        """The columns of the records as iterated (packed soft labels as `topk_ids` and `topk_logprobs`)."""
+        """The columns of the records as iterated (packed soft labels as `topk_ids` and `topk_logprobs`, sampled ones
+        with `token_logprobs` too)."""
         names = list(self.schema.names) if self.shards else []
-        if "soft_labels" in names:
-            at = names.index("soft_labels")
-            names[at:at + 1] = list(_UNPACKED)
+        encoded, unpacked = _encoded_column(names)
+        if encoded is not None:
+            at = names.index(encoded)
+            names[at:at + 1] = list(unpacked)
         return names
 
     @property
     def soft_label_format(self) -> str | None:
-        """How the first shard stores soft labels: "packed-v1", "fp16", or None without them."""
+        """How the first shard stores soft labels: "packed-v1", "fp16", "sampled-v1", or None without them."""
         return soft_label_format(self.schema) if self.shards else None
 
     @property
     def topk(self) -> int:
-        """Width of the stored soft labels (0 without them), from the schema (fp16) or the first records (packed)."""
+        """Width of the stored soft labels (0 without them), from the schema (fp16) or the first records (packed; for
+        sampled labels the draws per position N, the width they decode to)."""
         import pyarrow as pa
 
         if not self.shards:
             return 0
-        if "soft_labels" in self.schema.names:
+        encoded, _ = _encoded_column(self.schema.names)
+        if encoded is not None:
+            field = "k" if encoded == "soft_labels" else "num_samples"
             pf = _parquet_file(self.shards[0])
             if pf.metadata.num_row_groups == 0:
                 return 0
             with reading_shard(self.shards[0]):
-                ks = pf.read_row_group(0, columns=["soft_labels.k"]).column(0).combine_chunks().field("k")
+                ks = pf.read_row_group(0, columns=[f"{encoded}.{field}"]).column(0).combine_chunks().field(field)
             return max((k for k in ks.to_pylist() if k is not None), default=0)
         if "topk_ids" not in self.schema.names:
             return 0
@@ -659,6 +728,16 @@ def _batch_records(batch) -> Iterator[dict]:
             spans = list(zip(offsets[:-1], offsets[1:], valid))
             columns["topk_ids"] = [ids[a:b] if ok else None for a, b, ok in spans]
             columns["topk_logprobs"] = [lps[a:b] if ok else None for a, b, ok in spans]
+        elif name == "sampled_labels":
+            from distillkit.softlabels.sampled import decode_sampled_column
+
+            names = batch.schema.names
+            completion = batch.column(names.index("completion_ids")) if "completion_ids" in names else None
+            ids, lws, tlp, offsets, valid = decode_sampled_column(col, completion)
+            spans = list(zip(offsets[:-1], offsets[1:], valid))
+            columns["topk_ids"] = [ids[a:b] if ok else None for a, b, ok in spans]
+            columns["topk_logprobs"] = [lws[a:b] if ok else None for a, b, ok in spans]
+            columns["token_logprobs"] = [tlp[a:b] if ok else None for a, b, ok in spans]
         elif pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type) and col.null_count == 0:
             k = typ.value_type.list_size
             offsets = np.asarray(col.offsets)
@@ -673,9 +752,11 @@ def _batch_records(batch) -> Iterator[dict]:
 
 
 def soft_label_format(schema) -> str | None:
-    """The soft-label format of a shard's Arrow schema: "packed-v1", "fp16", or None when it holds none."""
+    """The soft-label format of a shard's Arrow schema: "packed-v1", "fp16", "sampled-v1", or None when it holds none."""
     if "soft_labels" in schema.names:
         return "packed-v1"
+    if "sampled_labels" in schema.names:
+        return "sampled-v1"
     return "fp16" if "topk_ids" in schema.names else None
 
 

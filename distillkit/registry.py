@@ -27,6 +27,7 @@ TEACHER_BACKENDS: dict[str, str] = {
 SCORERS: dict[str, str] = {
     "vllm": "distillkit.engines.scorers:VllmScorer",
     "openai": "distillkit.engines.scorers:ServerScorer",
+    "transformers": "distillkit.engines.hf_scorer:TransformersScorer",  # full logits: the scorer of sampled labels
 }
 
 # train.kd.divergence: a function (teacher_logp, student_logp, beta) -> divergence per row, (..., K), (..., K) -> (...),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillkit.config import STAGES, PrescreenConfig, RecipeConfig, ResampleConfig
+from distillkit.config import SOFT_LABEL_SAMPLES, STAGES, PrescreenConfig, RecipeConfig, ResampleConfig
 from distillkit.records import content_digest, stable_hash
 
 
@@ -36,6 +36,12 @@ _ADDED_LATER = [
     # shards packed (readers take both formats shard by shard)
     ("generate", ("soft_label_format",), lambda: "packed-v1"),
     ("score", ("soft_label_format",), lambda: "packed-v1"),
+    # sampled soft labels (issue 33): top-k runs keep their hashes
+    ("generate", ("sampling", "soft_labels"), lambda: "topk"),
+    ("generate", ("sampling", "soft_label_samples"), lambda: SOFT_LABEL_SAMPLES),
+    ("score", ("soft_labels",), lambda: "topk"),
+    ("score", ("soft_label_samples",), lambda: SOFT_LABEL_SAMPLES),
+    ("score", ("soft_label_temperature",), lambda: 1.0),
 ]
 
 

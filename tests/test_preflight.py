@@ -491,6 +491,17 @@ def test_stored_kd_without_stored_soft_labels_stops_before_generation(folders):
                               score__teacher__model=folders["good"]), stages=["generate", "score", "train"])
     assert [f for f in scored if f.severity == "error"] == []
     assert any(f.check == "soft_labels" and "score stage adds" in f.message for f in scored)
+    # sampled labels need the sampled loss, and the reverse: the kind is checked before any generation
+    sampled = dict(stages=["generate", "score", "train"], score__teacher__model=folders["good"],
+                   score__teacher__backend="transformers", score__soft_labels="sampled")
+    wrong = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True, **sampled),
+                      stages=["generate", "score", "train"])
+    errors = [f for f in wrong if f.severity == "error"]
+    assert [f.check for f in errors] == ["soft_labels"] and "teacher_probs: sampled" in errors[0].fix
+    right = preflight(recipe(folders["good"], folders["good"], train__kd__enabled=True,
+                             train__kd__teacher_probs="sampled", **sampled), stages=["generate", "score", "train"])
+    assert [f for f in right if f.severity == "error"] == []
+    assert any(f.check == "soft_labels" and "32 sampled draws per token" in f.message for f in right)
 
 
 def test_findings_print_one_entry_each_within_80_columns():

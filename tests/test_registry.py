@@ -88,8 +88,8 @@ class EchoScorer:
         self.topk, self.seed = topk, seed
 
     @classmethod
-    def from_config(cls, teacher, topk: int, seed: int = 0) -> "EchoScorer":
-        return cls(topk, seed)
+    def for_score(cls, score_cfg, seed: int = 0) -> "EchoScorer":
+        return cls(score_cfg.topk, seed)
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ prompt as the teacher's chat template renders it (`render_prompt`, for generatio
 Every backend turns a list of `GenRequest` into a list of `PromptResult` (same order), so the stage
 maps one shape into records whatever produced it. Soft labels are always fixed-width arrays:
 `topk_ids` (T, k) int32 and `topk_logprobs` (T, k) float32, sorted by rank; a step that offered
-fewer than k candidates is padded with id 0 and logprob -inf.
+fewer than k candidates is padded with id 0 and logprob -inf. Sampled soft labels (the transformers
+backend with `sampling.soft_labels: sampled`) use the same two arrays, (T, N): the distinct ids drawn
+and log(count / N) (distillkit/softlabels/sampled.py), plus `token_logprobs` (T,).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Sample:
     """"stop" or "length"."""
     topk_ids: np.ndarray | None = None
     topk_logprobs: np.ndarray | None = None
+    token_logprobs: np.ndarray | None = None
+    """Sampled soft labels only: the teacher's logprob of each generated token (T,)."""
 
 
 @dataclass
@@ -154,7 +158,8 @@ def apply_stop(sample: Sample, stop: Sequence[str], tokenizer, eos_ids: Sequence
         n -= 1
     return replace(sample, text=decode(n), token_ids=ids[:n], finish_reason="stop",
                    topk_ids=None if sample.topk_ids is None else sample.topk_ids[:n],
-                   topk_logprobs=None if sample.topk_logprobs is None else sample.topk_logprobs[:n])
+                   topk_logprobs=None if sample.topk_logprobs is None else sample.topk_logprobs[:n],
+                   token_logprobs=None if sample.token_logprobs is None else sample.token_logprobs[:n])
 
 
 def render_prompt(tokenizer, messages: list[dict[str, str]], prefill: str) -> tuple[str, list[int], bool]:

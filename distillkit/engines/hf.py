@@ -1,5 +1,8 @@
 """Fallback backend: transformers `generate`, with top-k logprobs taken from the per-step logits.
 
+It sees every step's whole distribution, so it is also the generate backend that draws sampled soft labels
+(`sampling.soft_labels: sampled`: N exact draws per step, seeded by the request's seed and the sample's tokens).
+
 Slower than vLLM (about half on CPU) and meant for machines without it. Sampling is seeded once per
 call from the requests' seeds, so the same list of requests (one shard) gives the same samples.
 `sampling.stop` is applied afterwards by the stage (`apply_stop`): this backend still decodes each
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+
+from dataclasses import replace
 
 from distillkit.engines.base import GenRequest, PromptResult, Sample
 from distillkit.errors import DistillkitError, require
@@ -71,7 +76,10 @@ class HFBackend:
     def _generate_batch(self, requests: list[GenRequest], sampling) -> list[PromptResult]:
         import torch
 
-        tok, k, n = self.tokenizer, sampling.topk_logprobs, sampling.n
+        tok, n = self.tokenizer, sampling.n
+        sampled = getattr(sampling, "soft_labels", "topk") == "sampled"
+        k = 0 if sampled else sampling.topk_logprobs
+        keep_steps = bool(k) or sampled
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         width = max(len(r.prompt_ids) for r in requests)
         # Left padding: every prompt ends at the same column, so new tokens line up.
@@ -85,13 +93,15 @@ class HFBackend:
                 do_sample=not greedy, temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p, top_k=0, num_return_sequences=n,
                 pad_token_id=pad_id, return_dict_in_generate=True,
-                output_logits=bool(k) and raw, output_scores=bool(k) and not raw,
+                output_logits=keep_steps and raw, output_scores=keep_steps and not raw,
             )
         new = out.sequences[:, width:]
-        topk_ids = topk_lps = None
-        if k:
+        topk_ids = topk_lps = stacked = None
+        if keep_steps:
             steps = out.logits if raw else out.scores  # tuple over steps of (B*n, V)
-            logprobs = torch.log_softmax(torch.stack(steps, dim=1).float(), dim=-1)
+            stacked = torch.stack(steps, dim=1)
+        if k:
+            logprobs = torch.log_softmax(stacked.float(), dim=-1)
             top = logprobs.topk(k, dim=-1)
             topk_ids, topk_lps = top.indices.int().numpy(), top.values.numpy()
         eos = self.model.generation_config.eos_token_id
@@ -107,13 +117,30 @@ class HFBackend:
                 length = end + 1 if end is not None else len(ids)
                 ids = ids[:length]
                 text = tok.decode(ids[:-1] if end is not None else ids, skip_special_tokens=False)
-                samples.append(Sample(
+                sample = Sample(
                     text=text, token_ids=ids, finish_reason="stop" if end is not None else "length",
                     topk_ids=topk_ids[row, :length].copy() if k else None,
                     topk_logprobs=topk_lps[row, :length].copy() if k else None,
-                ))
+                )
+                if sampled:
+                    sample = _with_sampled_labels(sample, stacked[row, :length], req, sampling.soft_label_samples)
+                samples.append(sample)
             results.append(PromptResult(prompt_tokens=len(req.prompt_ids), samples=samples))
         return results
 
     def close(self) -> None:
         self.model = None
+
+
+def _with_sampled_labels(sample: Sample, logits, request: GenRequest, num_samples: int) -> Sample:
+    """The sample with N exact draws per step from the distribution it was generated under (`logits` (T, V): raw, or
+    processed by temperature/top-p with `logprobs_mode: processed_logprobs`), seeded by the request's seed and the
+    prompt and sample tokens (`sample_seed`), so the same sample always carries the same draws."""
+    import numpy as np
+
+    from distillkit.softlabels.sampled import draw_sampled_labels, log_weights, sample_seed
+
+    seed = sample_seed(request.seed or 0, list(request.prompt_ids or []) + list(sample.token_ids))
+    ids, counts, tlp = draw_sampled_labels(logits, num_samples, seed=seed,
+                                           tokens=np.asarray(sample.token_ids, dtype=np.int64))
+    return replace(sample, topk_ids=ids, topk_logprobs=log_weights(counts, num_samples), token_logprobs=tlp)

@@ -32,8 +32,8 @@ class Scorer(Protocol):
     """Longest sequence (prompt + completion) the teacher takes; None when unknown (a remote server)."""
 
     @classmethod
-    def from_config(cls, teacher, topk: int, seed: int = 0) -> "Scorer":
-        """A started scorer for a TeacherConfig returning `topk` candidates per position."""
+    def for_score(cls, score_cfg, seed: int = 0) -> "Scorer":
+        """A started scorer for the score stage's config (`make_scorer` calls this)."""
         ...
 
     def score(self, sequences: list[list[int]], starts: list[int], k: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
@@ -56,6 +56,10 @@ class VllmScorer:
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
         self.max_len = max_len
+
+    @classmethod
+    def for_score(cls, score_cfg, seed: int = 0) -> "VllmScorer":
+        return cls.from_config(score_cfg.teacher, score_cfg.topk, seed)
 
     @classmethod
     def from_config(cls, teacher, topk: int, seed: int = 0) -> "VllmScorer":
@@ -106,8 +110,13 @@ class ServerScorer:
         self.client = http_client(api_key, timeout_s, max_concurrency)
 
     @classmethod
+    def for_score(cls, score_cfg, seed: int = 0) -> "ServerScorer":
+        return cls.from_config(score_cfg.teacher, score_cfg.topk, seed)
+
+    @classmethod
     def from_config(cls, teacher, topk: int, seed: int = 0, key: str = "score.teacher") -> "ServerScorer":
-        """`key`: where the teacher is configured in the recipe, for error messages."""
+        """A started scorer for a TeacherConfig returning `topk` candidates per position (also the served teacher of
+        on-policy training); `key`: where the teacher is configured in the recipe, for error messages."""
         from transformers import AutoTokenizer
 
         from distillkit.engines.openai_http import check_reachable, open_endpoint
@@ -161,4 +170,4 @@ class ServerScorer:
 
 def make_scorer(score_cfg, seed: int = 0) -> Scorer:
     """The scorer registered for `score.teacher.backend` (`distillkit.registry.SCORERS`), started."""
-    return load_scorer(score_cfg.teacher.backend).from_config(score_cfg.teacher, score_cfg.topk, seed)
+    return load_scorer(score_cfg.teacher.backend).for_score(score_cfg, seed)

@@ -87,7 +87,7 @@ def student_generate_config(cfg: RecipeConfig, model: str):
         "prompts": gen.prompts.model_copy(update={"prefill": None}),
         "sampling": gen.sampling.model_copy(update={
             "n": p.samples, "temperature": p.temperature, "top_p": p.top_p,
-            "max_tokens": p.max_tokens or gen.sampling.max_tokens, "topk_logprobs": 0})})
+            "max_tokens": p.max_tokens or gen.sampling.max_tokens, "topk_logprobs": 0, "soft_labels": "topk"})})
 
 
 def prescreen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str,

@@ -30,7 +30,7 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
     """One record per sample, soft labels as numpy arrays (the writer turns them into Arrow buffers); sample
     indices start at `first_index` (a resampling round continues after the earlier rounds' samples)."""
     sampling_json = json.dumps(gen_cfg.sampling.model_dump(mode="json"), sort_keys=True)
-    k = gen_cfg.sampling.topk_logprobs
+    k = gen_cfg.label_width
     tokenizer = backend.tokenizer
     eos_ids = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
     skip_special = backend.skips_special_tokens  # cut stop strings on text decoded as the backend decoded it
@@ -56,5 +56,7 @@ def to_records(prompts: list[Prompt], requests: list[GenRequest], results: list[
                                           f"{0 if s.topk_ids is None else len(s.topk_ids)} of {len(s.token_ids)} "
                                           f"tokens (prompt {p.prompt_id!r}, sample {j})")
                 rec["topk_ids"], rec["topk_logprobs"] = s.topk_ids, s.topk_logprobs
+                if s.token_logprobs is not None:  # sampled labels
+                    rec["token_logprobs"] = s.token_logprobs
             rows.append(rec)
     return rows

@@ -117,7 +117,7 @@ def _replica_work(cfg_json: str, rank: int, todo: list[int], devices: str | None
     judge = _resample_judge(cfg)
     try:
         _run_shards(_shards(prompts, gen.shard_size), todo, gen, backend, out,
-                    record_features(gen.sampling.topk_logprobs, gen.soft_label_format), judge=judge)
+                    record_features(gen.label_width, gen.label_format or "fp16"), judge=judge)
     finally:
         backend.close()
         if judge is not None:
@@ -211,7 +211,7 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
     todo = [i for i in range(len(shards)) if i not in committed]
     if committed:
         log.info("generate: resuming, %d of %d shards already committed", len(committed), len(shards))
-    features = record_features(gen.sampling.topk_logprobs, gen.soft_label_format)
+    features = record_features(gen.label_width, gen.label_format or "fp16")
     parallel = backend is None and load_backend(gen.teacher.backend).supports_data_parallel
     num_replicas = gen.teacher.vllm.data_parallel_size if parallel else 1
 
@@ -241,10 +241,12 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
                     judge.close()
     gen_seconds = time.time() - t0
 
-    stats = output_stats(folder, todo, gen_seconds, gen.sampling.topk_logprobs)
-    stats.update(logprobs_mode=gen.sampling.logprobs_mode if gen.sampling.topk_logprobs else None,
+    stats = output_stats(folder, todo, gen_seconds, gen.label_width)
+    stats.update(logprobs_mode=gen.sampling.logprobs_mode if gen.label_width else None,
                  topk_logprobs=gen.sampling.topk_logprobs,
-                 soft_label_format=gen.soft_label_format if gen.sampling.topk_logprobs else None,
+                 soft_label_format=gen.label_format,
+                 **({"soft_labels": "sampled", "soft_label_samples": gen.sampling.soft_label_samples}
+                    if gen.sampling.soft_labels == "sampled" else {}),
                  backend=gen.teacher.backend,
                  bad_rows=[str(b) for b in prompt_set.bad_rows[:100]])
     if screened is not None:

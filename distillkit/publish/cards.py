@@ -108,11 +108,11 @@ def _teacher_probs_text(cfg: RecipeConfig) -> str:
     """Where the KD soft labels came from, as the card's objective row says it."""
     t = cfg.train
     teacher_probs = {"topk_tail": "stored top-{k} + tail bucket", "topk_renorm": "stored top-{k}, renormalized",
-                     "live": "live teacher, full vocabulary",
+                     "sampled": "stored sampled labels, {k} draws per token", "live": "live teacher, full vocabulary",
                      "served": "served teacher's top-{k} + tail bucket"}[t.kd.teacher_probs]
-    if "score" in cfg.stages and t.kd.teacher_probs.startswith("topk"):
-        return teacher_probs.format(k=cfg.score.topk) + f", scored by {cfg.score.teacher.model}"
-    k = t.kd.teacher_server.topk if t.kd.teacher_probs == "served" else cfg.generate.sampling.topk_logprobs
+    if "score" in cfg.stages and t.kd.teacher_probs in ("topk_tail", "topk_renorm", "sampled"):
+        return teacher_probs.format(k=cfg.score.label_width) + f", scored by {cfg.score.teacher.model}"
+    k = t.kd.teacher_server.topk if t.kd.teacher_probs == "served" else cfg.generate.label_width
     return teacher_probs.format(k=k)
 
 
@@ -323,7 +323,8 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
     s = g.sampling
     sampling_rows = [("samples per prompt (n)", s.n), ("temperature", s.temperature), ("top-p", s.top_p),
                      ("max new tokens", s.max_tokens), ("seed", s.seed),
-                     ("soft labels (top-k logprobs)", s.topk_logprobs or "none")]
+                     ("soft labels", f"{s.soft_label_samples} sampled draws per token" if s.soft_labels == "sampled"
+                      else f"top-{s.topk_logprobs} logprobs" if s.topk_logprobs else "none")]
     sampling_rows += _curation_rows(g, (generate_manifest.stats if generate_manifest else {}) or {})
     return DatasetCard.from_template(
         data, template_path=str(DATASET_TEMPLATE),
@@ -333,8 +334,8 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
         num_generated=num_generated, num_prompts=fc.get("prompts_input", gc.get("prompts", "?")),
         num_kept=num_kept, num_prompts_kept=fc.get("prompts_kept", "?"), num_rejected=fc.get("rejected", 0),
         has_rejected=has_rejected, funnel=funnel, selection=selection,
-        decontamination=_decontamination_text(cfg, funnel), has_soft_labels=s.topk_logprobs > 0,
-        packed_soft_labels=g.soft_label_format == "packed-v1",
+        decontamination=_decontamination_text(cfg, funnel), has_soft_labels=g.label_width > 0,
+        packed_soft_labels=g.label_format == "packed-v1", sampled_soft_labels=g.label_format == "sampled-v1",
         code_sandbox=_code_sandbox_text(filter_manifest),
     )
 

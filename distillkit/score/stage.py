@@ -1,4 +1,5 @@
-"""The score stage: existing traces -> the teacher's top-k logprobs at every completion token, resumable.
+"""The score stage: existing traces -> the teacher's top-k logprobs (or sampled soft labels) at every completion
+token, resumable.
 
     run_score(cfg) -> Manifest          (writes cfg.stage_dir("score"): trace records with soft labels)
 
@@ -188,21 +189,37 @@ def _batches(prepared: list[Prepared]) -> Iterator[list[Prepared]]:
         yield batch
 
 
-def score_shard(records: list[dict], scorer, k: int, teacher: str, features) -> tuple[list[dict], list[Prepared]]:
-    """Score one shard's records: (scored records in the trace schema, the skipped ones)."""
+def label_batch(scorer, sequences: list[list[int]], starts: list[int], k: int, num_samples: int = 0) -> list[tuple]:
+    """The scorer's labels for one batch: top-k (ids, logprobs) per sequence, or with `num_samples` sampled labels
+    (ids, log(count / N), token_logprobs), which only a scorer with full logits draws (`sample`)."""
+    if not num_samples:
+        return scorer.score(sequences, starts, k)
+    if not hasattr(scorer, "sample"):
+        raise DistillkitError(f"score.soft_labels: sampled needs a scorer that sees the teacher's whole distribution; "
+                              f"the {scorer.name} scorer returns top-k logprobs only. Set score.teacher.backend: "
+                              "transformers")
+    return scorer.sample(sequences, starts, num_samples)
+
+
+def score_shard(records: list[dict], scorer, k: int, teacher: str, features,
+                num_samples: int = 0) -> tuple[list[dict], list[Prepared]]:
+    """Score one shard's records: (scored records in the trace schema, the skipped ones). `num_samples` > 0:
+    sampled soft labels with that many draws per token instead of the top-k."""
     prepared = [prepare(scorer.tokenizer, r, scorer.max_len) for r in records]
     todo = [p for p in prepared if p.skip is None]
     defaults = make_record(prompt_id="", problem="")
     rows = []
     for batch in _batches(todo):
-        labels = scorer.score([p.sequence for p in batch], [p.start for p in batch], k)
-        for p, (ids, lps) in zip(batch, labels):
+        labels = label_batch(scorer, [p.sequence for p in batch], [p.start for p in batch], k, num_samples)
+        for p, (ids, lps, *tlp) in zip(batch, labels):
             rec = {name: defaults.get(name) if p.record.get(name) is None else p.record[name] for name in features}
             comp = p.sequence[p.start:]
             meta = json.loads(rec.get("meta") or "{}")
             meta.update(scored_by=teacher, score_backend=scorer.name, retokenized=p.retokenized)
             rec.update(completion_ids=comp, completion_tokens=len(comp), prompt_tokens=p.start,
                        topk_ids=ids, topk_logprobs=lps, meta=json.dumps(meta, sort_keys=True))
+            if tlp:
+                rec["token_logprobs"] = tlp[0]
             rows.append(rec)
     return rows, [p for p in prepared if p.skip is not None]
 
@@ -262,7 +279,8 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
     if stray:
         raise DistillkitError(f"{folder} holds shards {sorted(stray)} that this input does not make; "
                               "rerun with --overwrite to start over")
-    features = record_features(s.topk, s.soft_label_format)
+    features = record_features(s.label_width, s.label_format)
+    num_samples = s.soft_label_samples if s.soft_labels == "sampled" else 0
     own = scorer is None
     seconds = 0.0  # scoring only: not the engine's start
     tokens = 0
@@ -277,7 +295,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
 
                     scorer = make_scorer(s, cfg.seed)
                 t_shard = time.time()
-                rows, skipped = score_shard(chunk, scorer, s.topk, s.teacher.model, features)
+                rows, skipped = score_shard(chunk, scorer, s.topk, s.teacher.model, features, num_samples)
                 seconds += time.time() - t_shard
                 atomic_write_json(skipped_dir / f"{i:05d}.json",
                                   {"records": len(chunk), "retokenized": sum(json.loads(r["meta"])["retokenized"]
@@ -290,8 +308,11 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
         if own and scorer is not None:
             scorer.close()
     counts, stats = _summary(folder, num_shards)
-    stats.update(teacher=s.teacher.model, backend=s.teacher.backend, topk=s.topk, logprobs_mode="raw_logprobs",
-                 soft_label_format=s.soft_label_format,
+    stats.update(teacher=s.teacher.model, backend=s.teacher.backend, logprobs_mode="raw_logprobs",
+                 **({"topk": s.topk} if not num_samples else
+                    {"soft_labels": "sampled", "soft_label_samples": num_samples,
+                     "soft_label_temperature": s.soft_label_temperature}),
+                 soft_label_format=s.label_format,
                  tokens_scored_this_run=tokens,
                  tokens_per_s=round(tokens / seconds, 2) if tokens and seconds > 0 else None)
     counts["shards_resumed"] = len(committed)

@@ -252,6 +252,41 @@ def record_topk(records) -> int:
     return 0
 
 
+def soft_label_kind(records) -> str | None:
+    """"sampled" when the records carry sampled soft labels, "topk" for top-k ones, None when none carries any.
+
+    A stage folder says it by its format (sampled-v1); records in memory by `token_logprobs`, which only sampled
+    labels carry (distillkit/softlabels/sampled.py). A list mixing both kinds (a training mixture of two runs) is an
+    error: one loss reads one kind."""
+    fmt = getattr(records, "soft_label_format", None)
+    if isinstance(fmt, str):
+        return "sampled" if fmt == "sampled-v1" else "topk"
+    if not isinstance(records, list):
+        names = getattr(records, "column_names", [])
+        return ("sampled" if "token_logprobs" in names else "topk") if "topk_ids" in names else None
+    kinds = {"sampled" if r.get("token_logprobs") is not None else "topk" for r in records
+             if r.get("topk_ids") is not None}
+    if len(kinds) > 1:
+        raise DistillkitError("the training records mix sampled and top-k soft labels (sources scored or generated "
+                              "with different soft_labels); one KD loss reads one kind: label every source the same "
+                              "way, or train the others without soft labels")
+    return kinds.pop() if kinds else None
+
+
+def check_label_kind(records, teacher_probs: str) -> None:
+    """Refuse soft labels of the other kind than `train.kd.teacher_probs` reads: top-k rows read as sampled ones (or
+    the reverse) would give a loss that runs and means something else."""
+    kind = soft_label_kind(records)
+    if kind == "sampled" and teacher_probs != "sampled":
+        raise DistillkitError(f"the records carry sampled soft labels (draws, stored as sampled-v1), and "
+                              f"train.kd.teacher_probs={teacher_probs} reads top-k ones; set train.kd.teacher_probs: "
+                              "sampled")
+    if kind == "topk" and teacher_probs == "sampled":
+        raise DistillkitError("train.kd.teacher_probs: sampled reads sampled soft labels, and the records carry top-k "
+                              "ones; set train.kd.teacher_probs: topk_tail, or score the traces with "
+                              "score.soft_labels: sampled (score.teacher.backend: transformers)")
+
+
 def _first(records, n: int):
     if hasattr(records, "head"):  # StageRecords
         return records.head(n)
@@ -260,7 +295,7 @@ def _first(records, n: int):
 
 def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool, packing: bool,
                         seed: int = 0, require_topk: bool = True, cache_dir: str | Path | None = None,
-                        teacher_tokenizer=None):
+                        teacher_tokenizer=None, teacher_probs: str | None = None):
     """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
 
     `records` is a `datasets.Dataset`, a list of records, or a `StageRecords` view streaming a stage
@@ -272,6 +307,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
 
     `teacher_tokenizer` (set with `train.kd.cross_tokenizer`) is the tokenizer of the soft labels' ids: when
     the student's differs, the labels are mapped onto the student's tokens instead of refused.
+    `teacher_probs` (`train.kd.teacher_probs`): the stored labels must be of the kind it reads (`check_label_kind`).
+    Sampled labels travel as top-k rows do: `kd_ids` the ids drawn, `kd_logprobs` log(count / N), width N.
 
     Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
     tokens, soft-labelled tokens, dropped examples, examples cut at `max_length` (keeping their start)
@@ -286,9 +323,12 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
 
     topk = record_topk(records) if use_kd else 0
     if use_kd and require_topk and topk == 0:
-        raise DistillkitError("train.kd is enabled with stored soft labels (kd.teacher_probs=topk_*), but the "
-                              "records have no topk_ids; regenerate with generate.sampling.topk_logprobs > 0 "
-                              "or add the `score` stage, or set train.kd.teacher_probs: live")
+        raise DistillkitError(f"train.kd is enabled with stored soft labels (kd.teacher_probs="
+                              f"{teacher_probs or 'topk_*'}), but the records have no topk_ids; regenerate with "
+                              "generate.sampling.topk_logprobs > 0 or add the `score` stage, or set "
+                              "train.kd.teacher_probs: live")
+    if topk > 0 and teacher_probs is not None:
+        check_label_kind(records, teacher_probs)
     same = check_same_tokenizer(tokenizer, records)
     cross = cross_stats = None
     if topk > 0 and not same and teacher_tokenizer is None:

@@ -30,6 +30,16 @@ Stored soft labels give, per position, the teacher's top-k token ids `(B, T, k)`
   buckets (so it lower-bounds the full KL, by the data-processing inequality). The temperature applies
   to the student only: the teacher's tempered tail mass depends on how the tail is spread over the
   vocabulary, which stored top-k logprobs do not say, so the stored distribution is used as is.
+* ``sampled`` -- sampled soft labels (`distillkit/softlabels/sampled.py`): per position the distinct ids of N
+  draws from the teacher's distribution p and log(count / N), passed as `topk_ids` / `topk_logprobs`. The
+  target is the empirical distribution p_hat = counts / N, an unbiased estimate of p (Anshumann et al. 2025,
+  "Sparse Logit Sampling"), and D = KL(p_hat || q) = sum_i p_hat_i (log p_hat_i - log q(x_i)) with the
+  student's full softmax q, gathered at the drawn ids only (`sampled_row_divergence`). Its gradient in the
+  student's logits, q - p_hat at T = 1, has expectation q - p: the full-vocabulary forward-KL gradient, which
+  the top-k modes do not give (tests/softlabels/test_sampled_bias.py). The value is an upper-biased estimate of
+  KL(p || q) (E[-H(p_hat)] >= -H(p)), the gradient unbiased. Forward KL only: reverse KL and JSD need p at the
+  student's tokens, which draws do not give. The temperature applies to the student only, as in
+  ``topk_tail``; draw the labels at the temperature wanted (`score.soft_label_temperature`).
 * ``live`` -- full teacher logits (from a live teacher's hidden states and projection, or passed as
   logits to the reference function). Temperature applies to both sides, like TRL.
 
@@ -78,9 +88,9 @@ zero tail would make reverse KL infinite wherever the student has any mass outsi
 
 Divergence = str
 """A name registered in `distillkit.registry.DIVERGENCES` (forward_kl, reverse_kl and jsd are defined below)."""
-TeacherProbs = Literal["topk_renorm", "topk_tail", "live"]
+TeacherProbs = Literal["topk_renorm", "topk_tail", "sampled", "live"]
 Projection = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
-TEACHER_PROBS = ("topk_renorm", "topk_tail", "live")
+TEACHER_PROBS = ("topk_renorm", "topk_tail", "sampled", "live")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,6 +153,10 @@ def _check_options(divergence: str, teacher_probs: str, temperature: float, alph
         raise ValueError(f"divergence={divergence!r} is unknown; choose one of {list(DIVERGENCES)}")
     if teacher_probs not in TEACHER_PROBS:
         raise ValueError(f"teacher_probs={teacher_probs!r} is unknown; choose one of {list(TEACHER_PROBS)}")
+    if teacher_probs == "sampled" and divergence != "forward_kl":
+        raise ValueError(f"teacher_probs='sampled' estimates the forward KL only, not divergence={divergence!r}: "
+                         "reverse KL and JSD need the teacher's probability at the student's tokens; use "
+                         "divergence='forward_kl' or top-k labels")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} must be > 0")
     if not 0 <= alpha <= 1:
@@ -228,6 +242,34 @@ def topk_row_divergence(student_logits: torch.Tensor, topk_ids: torch.Tensor, to
     return divergence_from_logprobs(t_logp, s_logp, divergence, beta), torch.ones_like(has_valid)
 
 
+def sampled_row_divergence(student_logits: torch.Tensor, sample_ids: torch.Tensor, log_weights: torch.Tensor,
+                           temperature: float = 1.0, student_lse: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row KL(p_hat || q) from sampled soft labels: (N, V), (N, W) int, (N, W) -> (N,).
+
+    `sample_ids`: the distinct ids drawn at each row, `log_weights`: log(count / num_draws) of each (-inf padding).
+    q = softmax(student_logits / T), read only at the W drawn ids (a gather and the row's logsumexp: nothing of size
+    (N, V) beyond what the student's logsumexp needs, as the top-k modes). Ids outside [0, V) or with a -inf weight
+    are dropped and the others renormalized (the estimate conditioned on the student's vocabulary); a row without
+    any gives 0. `student_lse` (N,): logsumexp of the tempered student logits when the caller has it.
+    """
+    V = student_logits.shape[-1]
+    lw = log_weights.float()
+    valid = (sample_ids >= 0) & (sample_ids < V) & torch.isfinite(lw)
+    has_valid = valid.any(-1)
+    idx = torch.where(valid, sample_ids, torch.zeros_like(sample_ids)).long()
+    s = student_logits.float() / temperature if temperature != 1 else student_logits.float()
+    lse = torch.logsumexp(s, -1) if student_lse is None else student_lse
+    log_q = s.gather(-1, idx) - lse[:, None]
+    # A row without a valid id: a dummy one-point target on slot 0 keeps log_softmax finite; it is zeroed below.
+    dummy = (~has_valid)[:, None] & (torch.arange(lw.shape[-1], device=lw.device) == 0)
+    neg_inf = torch.full((), float("-inf"), dtype=lw.dtype, device=lw.device)
+    log_p = torch.where(valid | dummy, torch.where(valid, lw, 0.0), neg_inf).log_softmax(-1)
+    p = log_p.exp()
+    # `where` before the product: 0 * (-inf) would be nan on padding, in forward and backward.
+    terms = torch.where(valid, p * (log_p - log_q), torch.zeros((), dtype=p.dtype, device=p.device))
+    return torch.where(has_valid, terms.sum(-1), 0.0)
+
+
 def live_row_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                         divergence: Divergence = "forward_kl", beta: float = 0.5,
                         temperature: float = 1.0) -> torch.Tensor:
@@ -254,6 +296,9 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor | None, ce_mask: torc
         ce = z.new_zeros(z.shape[0])
     if teacher_probs == "live":
         kd = live_row_divergence(z, teacher["logits"], divergence, beta, temperature)
+    elif teacher_probs == "sampled":
+        kd = sampled_row_divergence(z, teacher["ids"], teacher["logprobs"], temperature,
+                                    student_lse=lse if temperature == 1 else None)
     else:
         # Rows off the KD mask may hold padding (ids 0, logprobs 0 -> "p = 1" k times): make them a
         # harmless valid row so nothing is nan, then zero them.
@@ -479,8 +524,8 @@ def chunked_kd_loss(hidden: torch.Tensor, weight: Projection, labels: torch.Tens
     Shapes: hidden (B,T,H); weight (V,H) tensor (any dtype, trained or frozen, tied or not) or a callable
     `project(h (n,H)) -> logits (n,V)` (a PEFT-wrapped or 4-bit head; its parameters with
     requires_grad get gradients); bias (V,); labels (B,T) with -100 ignored; topk_ids/topk_logprobs
-    (B,T,k) for the stored modes, or teacher_hidden (B,T,Ht) with teacher_weight (Vt,Ht)/callable for
-    `live`; mask, kd_mask (B,T) bool -> (loss (), ce (), kd ()).
+    (B,T,k) for the stored modes (`sampled`: the drawn ids and log(count/N), k = N), or teacher_hidden (B,T,Ht)
+    with teacher_weight (Vt,Ht)/callable for `live`; mask, kd_mask (B,T) bool -> (loss (), ce (), kd ()).
 
     Same values and gradients as `kd_loss_from_logits(hidden @ weight.T + bias, ...)` but the (B*T, V)
     logits never exist: only positions on either mask are computed, in chunks, and backward recomputes

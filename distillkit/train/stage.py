@@ -237,9 +237,11 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     with state.main_process_first():
         dataset, data_info = build_train_dataset(records_in, tokenizer, t.max_length, use_kd=t.kd.enabled,
                                                  packing=t.packing, seed=t.seed,
-                                                 require_topk=t.kd.teacher_probs.startswith("topk"),
+                                                 require_topk=t.kd.teacher_probs in ("topk_renorm", "topk_tail",
+                                                                                     "sampled"),
                                                  cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}",
-                                                 teacher_tokenizer=teacher_tokenizer)
+                                                 teacher_tokenizer=teacher_tokenizer,
+                                                 teacher_probs=t.kd.teacher_probs if t.kd.enabled else None)
     if special_map is not None:
         data_info["special_map"] = {"records_unmatched": data_info.pop("special_map_unmatched", 0),
                                     "summary": special_map.summary()}

@@ -191,8 +191,10 @@ def test_input_and_config_errors(tmp_path, smol_tok):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DistillkitError, match="without shard-\\*.parquet"):
         run_score(recipe(tmp_path, input=str(tmp_path / "empty")), scorer=FakeScorer(smol_tok))
-    with pytest.raises(ConfigError, match="score.teacher.*scoring runs on vllm or openai"):
-        recipe(tmp_path, teacher={"backend": "transformers"})
+    # transformers scores too (full logits: the backend of sampled labels, tests/score/test_score_sampled.py)
+    assert recipe(tmp_path, teacher={"backend": "transformers"}).score.teacher.backend == "transformers"
+    with pytest.raises(ConfigError, match="soft_labels: sampled .* teacher.backend=vllm returns only its top-k"):
+        recipe(tmp_path, soft_labels="sampled")
 
 
 def test_training_reads_the_scored_records_and_hashes_stay(tmp_path):
