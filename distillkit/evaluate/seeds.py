@@ -7,12 +7,17 @@ question: the mean of its k samples). What a user wants to know is the arm's pas
     y[s][q] = mu + a[s] + b[q] + e[s][q]        a: seed effect, b: question effect, e: the rest
 
 and the grand mean's variance is  var_a / S + var_b / Q + var_e / (S Q).  The variance components come from the
-two-way ANOVA mean squares (method of moments, without negative components being clipped, which keeps the
-estimate unbiased):
+two-way ANOVA mean squares (method of moments), each clipped at zero:
 
-    Var(mean) = (MS_seed + MS_question - MS_residual) / (S Q)
+    Var(mean) = (max(MS_seed - MS_residual, 0) + max(MS_question - MS_residual, 0) + MS_residual) / (S Q)
 
-with Satterthwaite's degrees of freedom for the t quantile. A paired comparison of two arms is the same
+(= (MS_seed + MS_question - MS_residual) / (S Q) where neither is clipped), with Satterthwaite's degrees of
+freedom for that combination of mean squares. Unclipped, the combination can carry a negative coefficient on a
+mean square of similar size, and Satterthwaite's df then collapses towards 0: three KD - SFT seeds whose paired
+means agreed to within a point (a seed term below the residual) read "+0.5 ± 947 points". Clipped, every
+coefficient is 0 or 1 apart from the residual's -1 next to two larger terms, so df stays >= about S - 1, and a
+seed term the data cannot see (MS_seed <= MS_residual) leaves the question and residual terms, as a zero
+estimate should. Clipping can only widen the unbiased estimate, never narrow it. A paired comparison of two arms is the same
 computation on the per-(seed, question) differences: seed s of arm A is paired with seed s of the baseline (the
 same data order and initialisation seed) and question q with question q, which removes the variance both share.
 
@@ -77,12 +82,15 @@ def _mean_squares(table: list[list[float]]) -> tuple[int, int, float, list[float
 
 
 def _half_width(S: int, Q: int, ms_seed: float, ms_q: float, ms_e: float, p: float) -> tuple[float, float, float]:
-    """(half-width, df, Var(mean)) of the crossed design's grand mean from its mean squares (module doc)."""
-    combined = ms_seed + ms_q - ms_e
-    if combined <= 0:  # sampling noise can push it below zero: fall back to the largest single term
-        combined = max(ms_seed, ms_q, ms_e)
+    """(half-width, df, Var(mean)) of the crossed design's grand mean from its mean squares (module doc: the
+    variance components clipped at zero, Satterthwaite's df for the mean squares they combine)."""
+    c_seed = 1.0 if ms_seed > ms_e else 0.0  # the seed component is estimated > 0
+    c_q = 1.0 if ms_q > ms_e else 0.0
+    c_e = 1.0 - c_seed - c_q
+    combined = c_seed * ms_seed + c_q * ms_q + c_e * ms_e  # = S Q Var(mean)
     var = combined / (S * Q)
-    denominator = ms_seed ** 2 / (S - 1) + (ms_q ** 2 / (Q - 1) + ms_e ** 2 / ((S - 1) * (Q - 1)) if Q > 1 else 0.0)
+    terms = [(c_seed * ms_seed, S - 1), (c_q * ms_q, Q - 1), (c_e * ms_e, (S - 1) * (Q - 1))]
+    denominator = sum(value ** 2 / dof for value, dof in terms if value != 0 and dof > 0)
     df = combined ** 2 / denominator if denominator > 0 else math.inf
     return (t_quantile(df, p) * math.sqrt(var) if var > 0 else 0.0), df, var
 

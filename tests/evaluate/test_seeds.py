@@ -31,6 +31,35 @@ def test_two_way_interval_by_hand():
     assert iv.seed_variance_included and iv.per_seed == pytest.approx((0.625, 0.5, 0.75))
 
 
+
+def test_seeds_that_agree_better_than_the_noise_give_a_sane_interval():
+    """A seed term below the residual (the seeds' means agree more closely than the per-question noise predicts, as
+    three KD - SFT differences of +0.4, +0.1, +1.0 points did in the lab) is estimated as zero, not as a negative
+    variance: unclipped, Satterthwaite's df fell to 0.47 here and the half-width to 19.2 (1,920 points)."""
+    table = [[0.0, 1.0, 0.5, 0.5],
+             [0.0, 1.0, 0.5, 0.0],
+             [1.0, 0.5, 0.5, 0.5]]
+    # grand mean 0.5; seed means 0.5, 0.375, 0.625 -> MS_seed = 4 * 0.03125 / 2 = 0.0625
+    # question means 1/3, 5/6, 1/2, 1/3 -> MS_question = 3 * 0.1666667 / 3 = 0.1666667
+    # SS_residual = 0.875 -> MS_e = 0.1458333 > MS_seed: the seed component is clipped to 0, the question one is
+    # (0.1666667 - 0.1458333) / 3 > 0, so Var(mean) = (0 + 0.0208333 + 0.1458333) / 12 = 0.1666667 / 12 = 0.0138889,
+    # a combination of MS_question alone: df = Q - 1 = 3, half-width t(3) * 0.1178511 = 3.1824 * 0.1178511 = 0.37505
+    iv = crossed_interval(table)
+    assert iv.mean == pytest.approx(0.5) and iv.df == pytest.approx(3.0)
+    assert iv.half_width == pytest.approx(0.37505, abs=1e-4)
+    # with both components below the residual, only the residual remains: df (S - 1)(Q - 1)
+    flat = [[0.0, 1.0, 0.5, 0.5], [1.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 0.0]]  # MS_seed 0, MS_q 0.0556, MS_e 0.2222
+    iv = crossed_interval(flat)
+    assert iv.df == pytest.approx(6.0) and iv.half_width == pytest.approx(t_quantile(6) * math.sqrt(0.2222222 / 12), rel=1e-4)
+    # on any table the df stays >= 1 / (1/(S-1) + 1/(Q-1) + 1/((S-1)(Q-1))), 1.0 for 3 seeds x 4 questions (the
+    # unclipped one went down to 0.0496 on these tables: a half-width of 8.6e23)
+    rng = random.Random(0)
+    dfs = []
+    for _ in range(2000):
+        t = [[rng.choice((0.0, 0.25, 0.5, 0.75, 1.0)) for _ in range(4)] for _ in range(3)]
+        dfs.append(crossed_interval(t).df)
+    assert min(dfs) >= 1.0 - 1e-9
+
 def test_t_quantiles_are_the_textbook_ones():
     assert t_quantile(2) == pytest.approx(4.3027, abs=1e-4)
     assert t_quantile(10) == pytest.approx(2.2281, abs=1e-4)

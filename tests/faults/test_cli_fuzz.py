@@ -403,7 +403,7 @@ def _build_cases(seed: int) -> list[Case]:
          "more than train.mixture_size=5"),
         (["train.mixture_size=5", "train.sources=[{path: 'stage:filter', count: 3}]"], "cannot be met"),
         (["train.sources=[{path: 'stage:filter', count: 0}]"], "every count is 0"),
-        (["score.teacher.backend=transformers"], "scoring runs on vllm"),
+        (["score.soft_labels=sampled"], "set score.teacher.backend: transformers"),
         (["stages=[generate, filtre]"], "stages[1]"),
         (["output_dir=runs/{nme}"], "only {name} may appear in braces"),
         (["output_dir=runs/{name}-{"], "only {name} may appear in braces"),
