@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from distillkit.errors import ConfigError, DistillkitError
-from distillkit.registry import DIVERGENCES, SCORERS, TEACHER_BACKENDS
+from distillkit.registry import DIVERGENCES, SCORERS, TEACHER_BACKENDS, load_backend, load_scorer
 from distillkit.softlabels.codec import MAX_K  # packed-v1 holds k <= MAX_K (the sampled rank is a byte)
 from distillkit.softlabels.sampled import MAX_SAMPLES  # sampled-v1 holds N <= MAX_SAMPLES draws (counts are bytes)
 
@@ -301,11 +301,12 @@ class GenerateConfig(StrictModel):
     def _sampled_needs_full_logits(self):
         if self.sampling.soft_labels != "sampled":
             return self
-        if self.teacher.backend != "transformers":
+        if not load_backend(self.teacher.backend).draws_sampled_labels:
+            able = [name for name in TEACHER_BACKENDS if load_backend(name).draws_sampled_labels]
             raise ValueError(
                 f"sampling.soft_labels: sampled draws from the teacher's whole distribution at every step, and "
                 f"teacher.backend={self.teacher.backend} returns only its top-k logprobs (drawing from those would drop "
-                "the tail: a biased label). Generate with teacher.backend: transformers, or generate without labels "
+                f"the tail: a biased label). Generate with teacher.backend: {' or '.join(able)}, or generate without labels "
                 "and add the `score` stage with score.soft_labels: sampled (its transformers backend computes full "
                 "logits)")
         if self.soft_label_format != "packed-v1":
@@ -968,10 +969,11 @@ class ScoreConfig(StrictModel):
                 raise ValueError(f"{', '.join(extra)} set the draws of soft_labels: sampled, and soft_labels is topk; "
                                  "set soft_labels: sampled, or remove them (top-k's width is `topk`)")
             return self
-        if self.teacher.backend != "transformers":
+        if not load_scorer(self.teacher.backend).draws_sampled_labels:
+            able = [name for name in SCORERS if load_scorer(name).draws_sampled_labels]
             raise ValueError(f"soft_labels: sampled draws from the teacher's whole distribution, and "
                              f"teacher.backend={self.teacher.backend} returns only its top-k logprobs; set "
-                             "score.teacher.backend: transformers (one forward per trace, full logits)")
+                             f"score.teacher.backend: {' or '.join(able)} (one forward per trace, full logits)")
         extra = [k for k in ("topk", "soft_label_format") if getattr(self, k) != type(self).model_fields[k].default]
         if extra:
             raise ValueError(f"{', '.join(extra)} only configure top-k labels, and soft_labels is sampled (written "

@@ -45,8 +45,9 @@ def test_asking_every_backend_and_scorer_class_imports_no_engine():
             "for name in TEACHER_BACKENDS:\n"
             "    c = load_backend(name)\n"
             "    c.skips_special_tokens, c.uses_vllm_engine, c.supports_data_parallel, c.renders_prompt_locally\n"
+            "    c.draws_sampled_labels\n"
             "for name in SCORERS:\n"
-            "    load_scorer(name)\n"
+            "    load_scorer(name).draws_sampled_labels\n"
             "print(sorted(m for m in ('vllm', 'torch', 'transformers', 'httpx') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
@@ -62,6 +63,7 @@ class EchoBackend:
     skips_special_tokens = True
     uses_vllm_engine = True
     supports_data_parallel = False
+    draws_sampled_labels = False
     model_id, tokenizer, logprobs_mode = "echo", None, "raw_logprobs"
 
     @classmethod
@@ -164,3 +166,27 @@ def test_make_scorer_builds_the_scorer_registered_for_the_backend(monkeypatch):
     score = cfg.score.model_copy(update={"teacher": cfg.score.teacher.model_copy(update={"backend": "echo"})})
     scorer = make_scorer(score, seed=3)
     assert isinstance(scorer, EchoScorer) and (scorer.topk, scorer.seed) == (7, 3)
+
+
+def test_sampled_labels_ask_the_backend_and_the_scorer_whether_they_see_full_logits(tmp_path, monkeypatch):
+    """The config asks the registered classes (`draws_sampled_labels`), not the backend's name."""
+    from distillkit.config import validate_recipe
+    from distillkit.engines.hf import HFBackend
+    from distillkit.engines.hf_scorer import TransformersScorer
+    from distillkit.engines.scorers import VllmScorer
+    from distillkit.engines.vllm import VllmBackend
+    from distillkit.errors import ConfigError
+
+    base = {"name": "s", "output_dir": str(tmp_path), "stages": ["score"]}
+    vllm_sampled = {**base, "generate": {"sampling": {"soft_labels": "sampled"}},
+                    "score": {"soft_labels": "sampled"}}
+    with pytest.raises(ConfigError, match="returns only its top-k"):
+        validate_recipe(vllm_sampled)
+    monkeypatch.setattr(VllmBackend, "draws_sampled_labels", True)
+    monkeypatch.setattr(VllmScorer, "draws_sampled_labels", True)
+    assert validate_recipe(vllm_sampled).score.soft_labels == "sampled"  # vLLM said yes: accepted
+    monkeypatch.setattr(HFBackend, "draws_sampled_labels", False)
+    monkeypatch.setattr(TransformersScorer, "draws_sampled_labels", False)
+    hf = {"model": "x", "backend": "transformers"}
+    with pytest.raises(ConfigError, match="teacher.backend=transformers returns only its top-k"):
+        validate_recipe({**base, "score": {"teacher": hf, "soft_labels": "sampled"}})

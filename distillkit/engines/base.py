@@ -77,6 +77,9 @@ class Backend(Protocol):
     positions (vLLM refuses a longer one) and plan estimates the engine's GPU memory."""
     supports_data_parallel: ClassVar[bool]
     """generate may run `teacher.vllm.data_parallel_size` replicas of it, one process and engine each."""
+    draws_sampled_labels: ClassVar[bool]
+    """Sees the full next-token distribution at every step, so it can draw sampled soft labels
+    (`sampling.soft_labels: sampled`); backends that return top-k logprobs only cannot."""
     model_id: str
     tokenizer: Any | None
     """A transformers-style tokenizer when the backend has one (used to render chat + prefill)."""

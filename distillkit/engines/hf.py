@@ -27,6 +27,7 @@ class HFBackend:
     skips_special_tokens = False  # decodes with skip_special_tokens=False (vLLM leaves them out)
     uses_vllm_engine = False
     supports_data_parallel = False
+    draws_sampled_labels = True  # full logits at every step
 
     @classmethod
     def renders_prompt_locally(cls, teacher) -> bool:

@@ -29,6 +29,7 @@ class TransformersScorer:
     """The teacher as a transformers causal LM in this process; `seed` and `temperature` set the sampled draws."""
 
     name = "transformers"
+    draws_sampled_labels = True  # full logits: `sample` draws soft labels exactly
 
     def __init__(self, model, tokenizer, max_len: int | None = None, seed: int = 0, temperature: float = 1.0,
                  batch_size: int = 8, rows_per_pass: int = 256):

@@ -86,6 +86,7 @@ class OpenAIBackend:
     name = "openai"
     skips_special_tokens = True  # vLLM's server, like its engine
     uses_vllm_engine = False  # `openai.serve` runs vLLM in a server process, which plan does not estimate
+    draws_sampled_labels = False  # top-k logprobs only
     supports_data_parallel = False  # the server scales itself; `max_concurrency` requests are in flight
 
     @classmethod

@@ -51,6 +51,7 @@ class VllmScorer:
     """vLLM's offline engine in this process: one `generate(max_tokens=1, prompt_logprobs=k)` per batch."""
 
     name = "vllm"
+    draws_sampled_labels = False  # prompt logprobs: top-k only
 
     def __init__(self, llm, max_len: int | None):
         self.llm = llm
@@ -92,6 +93,7 @@ class ServerScorer:
     `prompt_logprobs` extra; `max_concurrency` requests in flight, retries with backoff (distillkit.http)."""
 
     name = "openai"
+    draws_sampled_labels = False
 
     def __init__(self, base_url: str, model: str, tokenizer, api_key: str | None = None, max_concurrency: int = 16,
                  timeout_s: float = 600.0, max_retries: int = 5, server=None, backoff_s: float = 1.0):

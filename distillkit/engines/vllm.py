@@ -75,6 +75,7 @@ class VllmBackend:
     name = "vllm"
     skips_special_tokens = True
     uses_vllm_engine = True
+    draws_sampled_labels = False  # top-k logprobs only
     supports_data_parallel = True  # one process per replica (see the module docstring)
 
     @classmethod
