@@ -22,6 +22,28 @@ from distillkit.errors import DistillkitError, require
 log = logging.getLogger(__name__)
 
 
+def load_teacher(teacher, path: str | None = None, key: str = "teacher"):
+    """(model, tokenizer) of a TeacherConfig on transformers (the generate backend and the scorer share it).
+
+    `teacher.vllm.dtype` doubles as this backend's dtype; "auto" means bf16 (fp32 runs ~10x slower on CPU through
+    denormals unless they are flushed). `key` names the recipe key in the error."""
+    torch = require("torch", "train", "the transformers backend needs torch")
+    transformers = require("transformers", "train", "the transformers backend needs transformers")
+    from distillkit.models import resolve_model
+
+    path = path or resolve_model(teacher.model)
+    name = teacher.vllm.dtype
+    dtype = torch.bfloat16 if name == "auto" else getattr(torch, name)
+    if dtype == torch.float32:
+        torch.set_flush_denormal(True)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise DistillkitError(f"transformers could not load {key} {teacher.model!r} ({path}): {e}") from e
+    return model, tok
+
+
 class HFBackend:
     name = "transformers"
     skips_special_tokens = False  # decodes with skip_special_tokens=False (vLLM leaves them out)
@@ -42,22 +64,7 @@ class HFBackend:
 
     @classmethod
     def from_config(cls, gen_cfg, model_path: str | None = None) -> "HFBackend":
-        torch = require("torch", "train", "the transformers backend needs torch")
-        transformers = require("transformers", "train", "the transformers backend needs transformers")
-        from distillkit.models import resolve_model
-
-        path = model_path or resolve_model(gen_cfg.teacher.model)
-        # teacher.vllm.dtype doubles as this backend's dtype; "auto" means bf16 (fp32 decodes ~10x
-        # slower on CPU through denormals).
-        name = gen_cfg.teacher.vllm.dtype
-        dtype = torch.bfloat16 if name == "auto" else getattr(torch, name)
-        if dtype == torch.float32:
-            torch.set_flush_denormal(True)
-        try:
-            tok = transformers.AutoTokenizer.from_pretrained(path)
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        except OSError as e:
-            raise DistillkitError(f"transformers could not load teacher {gen_cfg.teacher.model!r} ({path}): {e}") from e
+        model, tok = load_teacher(gen_cfg.teacher, model_path, key="teacher")
         model.eval()
         return cls(model, tok, gen_cfg.teacher.model, gen_cfg.sampling.logprobs_mode)
 

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from distillkit.errors import DistillkitError, require
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +42,12 @@ class TransformersScorer:
 
     @classmethod
     def for_score(cls, score_cfg, seed: int = 0) -> "TransformersScorer":
-        torch = require("torch", "train", "the transformers scorer needs torch")
-        transformers = require("transformers", "train", "the transformers scorer needs transformers")
-        from distillkit.models import resolve_model
+        import torch
+
+        from distillkit.engines.hf import load_teacher
 
         teacher = score_cfg.teacher
-        path = resolve_model(teacher.model)
-        # teacher.vllm.dtype doubles as this backend's dtype, as for the transformers generate backend: "auto" is
-        # bf16 (fp32 runs ~10x slower on CPU through denormals unless they are flushed).
-        name = teacher.vllm.dtype
-        dtype = torch.bfloat16 if name == "auto" else getattr(torch, name)
-        if dtype == torch.float32:
-            torch.set_flush_denormal(True)
-        try:
-            tok = transformers.AutoTokenizer.from_pretrained(path)
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        except OSError as e:
-            raise DistillkitError(f"transformers could not load score.teacher {teacher.model!r} ({path}): {e}") from e
+        model, tok = load_teacher(teacher, key="score.teacher")
         if torch.cuda.is_available():
             model.to("cuda")
         model.eval()
