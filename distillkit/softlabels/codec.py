@@ -76,20 +76,32 @@ _FIELDS = ("codec", "k", "id_bits", "sampled_rank", "ids_0", "ids_1", "ids_2", "
            "tail")
 
 
-def soft_labels_type():
-    """The Arrow type of the `soft_labels` column."""
+def struct_type(fields: tuple[str, ...]):
+    """The Arrow struct of a packed label column: `fields` = (codec, its width's name, id_bits, *binary planes)."""
     import pyarrow as pa
 
-    return pa.struct([("codec", pa.int8()), ("k", pa.int16()), ("id_bits", pa.int8())]
-                     + [(name, pa.binary()) for name in _FIELDS[3:]])
+    codec, width, id_bits, *planes = fields
+    return pa.struct([(codec, pa.int8()), (width, pa.int16()), (id_bits, pa.int8())]
+                     + [(name, pa.binary()) for name in planes])
+
+
+def struct_feature(fields: tuple[str, ...]) -> dict:
+    """The `datasets` feature of the same struct."""
+    from datasets import Value
+
+    codec, width, id_bits, *planes = fields
+    return {codec: Value("int8"), width: Value("int16"), id_bits: Value("int8"),
+            **{name: Value("binary") for name in planes}}
+
+
+def soft_labels_type():
+    """The Arrow type of the `soft_labels` column."""
+    return struct_type(_FIELDS)
 
 
 def soft_labels_feature():
     """The `datasets` feature of the `soft_labels` column."""
-    from datasets import Value
-
-    return {"codec": Value("int8"), "k": Value("int16"), "id_bits": Value("int8"),
-            **{name: Value("binary") for name in _FIELDS[3:]}}
+    return struct_feature(_FIELDS)
 
 
 @lru_cache(maxsize=1)

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillkit.softlabels.codec import _buffer, _join_planes, _planes, _unpack, id_bits_for
+from distillkit.softlabels.codec import (_buffer, _join_planes, _planes, _unpack, id_bits_for, struct_feature,
+                                         struct_type)
 
 SAMPLED = "sampled-v1"
 SAMPLED_LABELS = "sampled_labels"
@@ -66,18 +67,12 @@ _FIELDS = ("codec", "num_samples", "id_bits", "num_distinct", "token_rank", "ids
 
 def sampled_labels_type():
     """The Arrow type of the `sampled_labels` column."""
-    import pyarrow as pa
-
-    return pa.struct([("codec", pa.int8()), ("num_samples", pa.int16()), ("id_bits", pa.int8())]
-                     + [(name, pa.binary()) for name in _FIELDS[3:]])
+    return struct_type(_FIELDS)
 
 
 def sampled_labels_feature():
     """The `datasets` feature of the `sampled_labels` column."""
-    from datasets import Value
-
-    return {"codec": Value("int8"), "num_samples": Value("int16"), "id_bits": Value("int8"),
-            **{name: Value("binary") for name in _FIELDS[3:]}}
+    return struct_feature(_FIELDS)
 
 
 # ----------------------------------------------------------------------------------------- draws -> rows
