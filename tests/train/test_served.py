@@ -22,13 +22,13 @@ K = 4
 class ModelScorer:
     name = "stand-in"
 
-    def __init__(self, model_dir, delay_s: float = 0.0, fail: Exception | None = None):
+    def __init__(self, model_dir, delay_s: float = 0.0, fail: Exception | None = None, sharpen: float = 1.0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.delay_s, self.fail = delay_s, fail
+        self.delay_s, self.fail, self.sharpen = delay_s, fail, sharpen
         self.calls, self.events, self.closed = [], [], False
         self.lock = threading.Lock()
 
@@ -45,7 +45,7 @@ class ModelScorer:
         with torch.no_grad():
             for seq, start in zip(sequences, starts):
                 logits = self.model(torch.tensor([seq])).logits[0, start - 1:-1]
-                values, index = logits.log_softmax(-1).topk(k, dim=-1)
+                values, index = (self.sharpen * logits).log_softmax(-1).topk(k, dim=-1)
                 out.append((index.numpy().astype(np.int32), values.numpy().astype(np.float32)))
         return out
 
@@ -172,3 +172,28 @@ def test_served_needs_on_policy(tmp_path):
     with pytest.raises(ConfigError, match="on_policy.lmbda: 1"):
         validate_recipe({"train": {"kd": {"enabled": True, "teacher_probs": "served"},
                                    "on_policy": {"enabled": True, "lmbda": 0.5}}})
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl"])
+def test_training_against_the_served_teacher_lowers_the_students_kl(tmp_path, tiny_llama, tiny_qwen2, tiny_records,
+                                                                   stand_in, divergence):
+    """The property the unit checks above do not cover: optimising the served loss moves the student toward the
+    teacher. A peaked teacher (the tiny teacher's logits x 30: far from the near-uniform random student), the same two
+    prompts for 24 steps at a learning rate that moves a tiny model: the logged KL (on the student's own fresh samples
+    each step) falls (measured: reverse KL 13.7 -> 0.01, forward 4.8 -> 0.01 with one late 1.6). A wrong sign, a
+    shifted row or a dropped mask would not. (The CPU lab's on-policy arm saw its KL rise from a student already close
+    to the teacher, 0.06, at lr 1e-4: BENCHMARKS.md, "A stronger teacher".)"""
+    from distillkit.train.stage import run_train
+
+    made, made_kwargs = stand_in
+    made_kwargs["sharpen"] = 30.0
+
+    cfg = served_recipe(tmp_path, tiny_records[:2], tiny_llama, tiny_qwen2, per_device_train_batch_size=2,
+                        num_train_epochs=24)
+    cfg.train.learning_rate = 1e-2
+    cfg.train.kd.divergence = divergence
+    kls = [p["kl"] for p in run_train(cfg).stats["loss_curve"]]
+    assert len(kls) == 24
+    first, last = sum(kls[:4]) / 4, sum(kls[-4:]) / 4
+    assert first > 0.5  # the teacher is far from the student at the start
+    assert last < 0.5 * first, kls
