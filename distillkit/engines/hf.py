@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-
 from dataclasses import replace
 
 from distillkit.engines.base import GenRequest, PromptResult, Sample
