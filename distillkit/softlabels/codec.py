@@ -468,6 +468,14 @@ def decode_column(column, completion_ids=None):
     (Arrow arrays of the same length) -> (ids int32 (N, k), logprobs float32 (N, k), row offsets (R+1,), valid (R,)).
 
     Record r's rows are [offsets[r], offsets[r+1]); a record whose `soft_labels` is null has none (valid[r] False)."""
+    column, valid, tokens, token_offsets = valid_rows(column, completion_ids)
+    ids, lps, offsets = decode_struct_array(column, tokens, token_offsets)
+    return ids, lps, offsets_with_nulls(offsets, valid), valid
+
+
+def valid_rows(column, completion_ids=None):
+    """A label column's non-null rows, which ones they are (valid (R,)), and their records' completion tokens
+    (int64, flat) with their offsets, or (None, None) without `completion_ids`. Shared by the column decoders."""
     import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray):
@@ -479,15 +487,17 @@ def decode_column(column, completion_ids=None):
         mask = pa.array(valid)
         column = column.filter(mask)
         completion_ids = completion_ids.filter(mask) if completion_ids is not None else None
-    tokens = token_offsets = None
-    if completion_ids is not None:
-        flat = completion_ids.flatten()
-        tokens = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int64)
-        raw = np.asarray(completion_ids.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
-        token_offsets = raw - raw[0]
-    ids, lps, offsets = decode_struct_array(column, tokens, token_offsets)
+    if completion_ids is None:
+        return column, valid, None, None
+    tokens = np.asarray(completion_ids.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+    raw = np.asarray(completion_ids.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return column, valid, tokens, raw - raw[0]
+
+
+def offsets_with_nulls(offsets: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Row offsets of the non-null records -> offsets over every record (a null record holds no rows)."""
     if valid.all():
-        return ids, lps, offsets, valid
+        return offsets
     lengths = np.zeros(len(valid), dtype=np.int64)
     lengths[valid] = np.diff(offsets)
-    return ids, lps, np.concatenate([[0], np.cumsum(lengths)]), valid
+    return np.concatenate([[0], np.cumsum(lengths)])

@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillkit.softlabels.codec import (_buffer, _join_planes, _planes, _unpack, id_bits_for, struct_feature,
-                                         struct_type)
+from distillkit.softlabels.codec import (_buffer, _join_planes, _planes, _unpack, id_bits_for, offsets_with_nulls,
+                                         struct_feature, struct_type, valid_rows)
 
 SAMPLED = "sampled-v1"
 SAMPLED_LABELS = "sampled_labels"
@@ -305,28 +305,9 @@ def _decode_per_record(column, tokens, token_offsets):
 def decode_sampled_column(column, completion_ids=None):
     """A `sampled_labels` column (nulls allowed) and the records' `completion_ids` column -> (ids int32 (N, W), log
     weights float32 (N, W), token_logprobs float32 (N,), row offsets (R+1,), valid (R,)); as `codec.decode_column`."""
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if isinstance(completion_ids, pa.ChunkedArray):
-        completion_ids = completion_ids.combine_chunks()
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    if not valid.all():
-        mask = pa.array(valid)
-        column = column.filter(mask)
-        completion_ids = completion_ids.filter(mask) if completion_ids is not None else None
-    tokens = token_offsets = None
-    if completion_ids is not None:
-        tokens = np.asarray(completion_ids.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-        raw = np.asarray(completion_ids.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
-        token_offsets = raw - raw[0]
+    column, valid, tokens, token_offsets = valid_rows(column, completion_ids)
     ids, lws, tlp, offsets = decode_sampled_struct_array(column, tokens, token_offsets)
-    if valid.all():
-        return ids, lws, tlp, offsets, valid
-    lengths = np.zeros(len(valid), dtype=np.int64)
-    lengths[valid] = np.diff(offsets)
-    return ids, lws, tlp, np.concatenate([[0], np.cumsum(lengths)]), valid
+    return ids, lws, tlp, offsets_with_nulls(offsets, valid), valid
 
 
 def encode_sampled_record(ids, counts, token_logprobs=None, tokens=None) -> dict:
