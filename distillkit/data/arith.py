@@ -4,7 +4,10 @@ Three template sets, one skill each per template (one-step addition, subtraction
 - "base": the quickstart's 8 templates (TEMPLATES).
 - "varied": base plus 16 more phrasings (VARIED_TEMPLATES): the lab's training prompts and its in-template
   held-out set. More wordings per skill, so that a student learns the arithmetic rather than 8 sentences.
-- "unseen": 12 phrasings and 8 names that "varied" never uses (UNSEEN_TEMPLATES, UNSEEN_NAMES): the lab's
+- "wide": varied plus 24 more phrasings (WIDE_TEMPLATES), 48 in all: the lab's larger training set, for a
+  student that should beat its teacher off the training wordings too. Its held-out problems in the varied
+  phrasings stay held out (the split is a function of the text).
+- "unseen": 12 phrasings and 8 names that "varied" and "wide" never use (UNSEEN_TEMPLATES, UNSEEN_NAMES): the lab's
   off-template held-out set (same skills, new wording). No training set draws from them, so every one of
   their problems is held out (only split "test" exists).
 
@@ -50,6 +53,37 @@ VARIED_TEMPLATES = TEMPLATES + [
     ("A pack has {a} cards. How many cards are in {b} packs?", _mul),
     ("{name} scored {a} goals this season and {b} goals last season. How many goals is that in total?", _add),
 ]
+# "wide": varied plus 24 more phrasings (8 per operation), for a student that should learn the operation
+# rather than the sentence. None uses an unseen phrasing's cue words ("sum", "product", "subtract",
+# "take away", "altogether"), objects or names: the off-template held-out set stays unseen (a test checks).
+WIDE_TEMPLATES = VARIED_TEMPLATES + [
+    ("{name} has {a} toy cars and gets {b} more as a gift. How many toy cars does {name} have?", _add),
+    ("A jar holds {a} blue beads and {b} green beads. How many beads are in the jar?", _add),
+    ("Compute {a} + {b}.", _add),
+    ("{name} drove {a} miles before lunch and {b} miles after lunch. How many miles did {name} drive?", _add),
+    ("What number is {b} more than {a}?", _add),
+    ("A library got {a} new books in May and {b} new books in June. How many new books did the library get?",
+     _add),
+    ("{name} ran {a} laps on Saturday and {b} laps on Sunday. How many laps did {name} run over the weekend?",
+     _add),
+    ("A zoo has {a} lions and {b} tigers. How many big cats does the zoo have?", _add),
+    ("{name} had {a} candies and shared {b} with classmates. How many candies does {name} have now?", _sub),
+    ("Compute {a} - {b}.", _sub),
+    ("A store had {a} hats and sold {b} of them. How many hats remain?", _sub),
+    ("What number is {b} less than {a}?", _sub),
+    ("There were {a} kids at the park and {b} went home. How many kids are still at the park?", _sub),
+    ("{name} wants to collect {a} badges and already has {b}. How many more badges does {name} need?", _sub),
+    ("A pizza was cut into {a} slices and {b} slices were eaten. How many slices are left?", _sub),
+    ("{name} had {a} dollars and spent {b} dollars on lunch. How many dollars does {name} have left?", _sub),
+    ("Compute {a} * {b}.", _mul),
+    ("{name} buys {a} packs of gum with {b} sticks in each pack. How many sticks of gum does {name} buy?", _mul),
+    ("A building has {a} floors with {b} windows on each floor. How many windows does the building have?", _mul),
+    ("{a} friends each bring {b} snacks. How many snacks do they bring in all?", _mul),
+    ("What is {a} multiplied by {b}?", _mul),
+    ("A train has {a} cars and each car carries {b} people. How many people does the train carry?", _mul),
+    ("A ticket costs {a} dollars. How many dollars do {b} tickets cost?", _mul),
+    ("There are {a} vans with {b} seats in each van. How many seats are there?", _mul),
+]
 # The off-template held-out phrasings: wordings, objects and names no training template uses.
 UNSEEN_TEMPLATES = [
     ("{name} found {a} shells on Monday. On Tuesday {name} found {b} more shells. How many shells did {name} find "
@@ -68,7 +102,7 @@ UNSEEN_TEMPLATES = [
     ("There are {b} tables, and {a} chairs stand at each table. How many chairs are there?", _mul),
 ]
 UNSEEN_NAMES = ["Ben", "Chloe", "Diego", "Fatima", "Hana", "Ivan", "Kofi", "Nora"]
-TEMPLATE_SETS = ("base", "varied", "unseen")
+TEMPLATE_SETS = ("base", "varied", "wide", "unseen")
 
 # Every distinct problem text belongs to one split, by a hash of the text: 1 in TEST_FRACTION_DENOM
 # texts is held out. Both splits draw from all templates (an earlier "exclude the first 2000 train
@@ -121,7 +155,7 @@ def make_arith_problems(num: int = 300, split: str = "train", seed: int = 0, tem
         raise ValueError(f"templates must be one of {', '.join(TEMPLATE_SETS)}, got {templates!r}")
     if templates == "unseen" and split != "test":
         raise ValueError("templates 'unseen' are held out by construction: only split 'test' exists")
-    pool, names = {"base": (TEMPLATES, NAMES), "varied": (VARIED_TEMPLATES, NAMES),
+    pool, names = {"base": (TEMPLATES, NAMES), "varied": (VARIED_TEMPLATES, NAMES), "wide": (WIDE_TEMPLATES, NAMES),
                    "unseen": (UNSEEN_TEMPLATES, UNSEEN_NAMES)}[templates]
     # the base set keeps its original stream (the quickstart's prompts and shipped held-out file are unchanged)
     rng = random.Random(f"arith-{split}-{seed}" if templates == "base" else f"arith-{templates}-{split}-{seed}")

@@ -161,6 +161,32 @@ def test_lab_arith_sets_cover_their_templates_and_never_overlap():
         make_arith_problems(10, "train", templates="fancy")
 
 
+def test_wide_training_set_keeps_both_held_out_sets_held_out():
+    """ "wide" (the lab's larger training set) adds 24 phrasings to "varied": its training problems never hit
+    the in-template held-out file, match no unseen phrasing, and avoid the unseen set's operation words."""
+    import re
+
+    from distillkit.data.arith import (UNSEEN_NAMES, UNSEEN_TEMPLATES, VARIED_TEMPLATES, WIDE_TEMPLATES,
+                                       make_arith_problems)
+
+    assert WIDE_TEMPLATES[:len(VARIED_TEMPLATES)] == VARIED_TEMPLATES and len(WIDE_TEMPLATES) == 48
+    assert len({t for t, _ in WIDE_TEMPLATES}) == 48
+    wide_of, unseen_of = _template_index(WIDE_TEMPLATES), _template_index(UNSEEN_TEMPLATES)
+    train = make_arith_problems(3000, "train", seed=0, templates="wide")
+    assert {wide_of(p["problem"]) for p in train[:600]} == set(range(48))
+    assert all(wide_of(p["problem"]) is not None and unseen_of(p["problem"]) is None for p in train)
+    held_out = {p["problem"] for p in make_arith_problems(400, "test", seed=0, templates="varied")}
+    assert not held_out & {p["problem"] for p in train}
+    assert not any(n in p["problem"] for p in train for n in UNSEEN_NAMES)
+    for p in train[:300]:  # the answer is the template's operation on the numbers in the text
+        a, b = map(int, re.findall(r"\d+", p["problem"])[:2])
+        fn = WIDE_TEMPLATES[wide_of(p["problem"])][1]
+        assert int(p["answer"]) in (fn(a, b), fn(b, a)) and int(p["answer"]) >= 0
+    cue_words = ("sum", "product", "subtract", "take away", "altogether", "earn", "chair", "sticker")
+    for template, _ in WIDE_TEMPLATES:
+        assert not any(w in template.lower() for w in cue_words), template
+
+
 @pytest.mark.parametrize("task, templates, num", [("distillkit_arith_lab", "varied", 400),
                                                   ("distillkit_arith_unseen", "unseen", 200)])
 def test_shipped_lab_tasks_are_their_generator_output(task, templates, num):
