@@ -113,6 +113,24 @@ def arm_configs(cfg: RecipeConfig) -> dict[str, list[RecipeConfig]]:
     return out
 
 
+def step_size_warnings(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> list[str]:
+    """A warning per arm that continues another arm's student with on-policy distillation at (about) that arm's
+    own learning rate: in the CPU lab that step size wrecked the SFT students (-27 and -47 points) where a tenth
+    of it kept them (BENCHMARKS.md, "CPU lab")."""
+    out = []
+    for arm, arm_runs in runs.items():
+        after = cfg.compare.arms[arm].get("after")
+        if after is None or not arm_runs or not runs.get(after) or not arm_runs[0].train.on_policy.enabled:
+            continue
+        rate, before = arm_runs[0].train.learning_rate, runs[after][0].train.learning_rate
+        if rate > before / 3:
+            out.append(f"compare.arms.{arm}: on-policy distillation continues {after}'s students at learning rate "
+                       f"{rate:g} ({after} trained at {before:g}); at the SFT rate it wrecked the CPU lab's SFT "
+                       f"students (-27 and -47 points) and a tenth of it kept them (BENCHMARKS.md, \"CPU lab\"): "
+                       f"add train.learning_rate={before / 10:g} to the arm")
+    return out
+
+
 def _trained(root: Path, arm: str, seed: int) -> Path:
     """Where arm's student of `seed` is saved (a run's train/model)."""
     return root / "runs" / arm / f"seed-{seed}" / "train" / "model"
@@ -176,6 +194,8 @@ def run_compare(cfg: RecipeConfig, on_run: Optional[Callable[[str, int, int, int
         raise DistillkitError("compare needs the evaluate stage in `stages` (it compares the arms' scores)")
     if "student_after" not in cfg.evaluate.models:
         raise DistillkitError("compare needs student_after in evaluate.models (the arms' trained students)")
+    for w in step_size_warnings(cfg, runs):
+        log.warning(w)
     if cfg.compare.seeds == 1:
         log.warning("compare.seeds=1: the intervals cover question sampling only, not seed-to-seed variance; use "
                     ">= 3 seeds before calling a difference an effect")
@@ -234,7 +254,7 @@ def collect(cfg: RecipeConfig, runs: dict[str, list[RecipeConfig]]) -> CompareRe
                 if (b := res.baselines.get(task)) is not None:
                     reference.setdefault(task, {})["constant answer"] = b.pass_at_1
     arms: dict[str, ArmResult] = {}
-    warnings: list[str] = []
+    warnings: list[str] = step_size_warnings(cfg, runs)
     for arm in cfg.compare.arms:  # as the recipe lists them (runs are in dependency order)
         by_task = scores.get(arm, {})
         seeds_done = sorted({s for per_seed in by_task.values() for s in per_seed})

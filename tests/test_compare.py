@@ -74,6 +74,29 @@ def test_an_arm_can_start_from_another_arms_student_of_the_same_seed(tmp_path, t
 
 
 
+ON_POLICY = {"train.on_policy.enabled": True, "train.kd.enabled": True, "train.kd.teacher_probs": "served",
+             "train.kd.teacher_server.openai.serve": True, "train.kd.divergence": "reverse_kl"}
+
+
+def test_on_policy_after_sft_at_the_sft_learning_rate_is_warned(tmp_path, tiny_qwen2, tiny_llama):
+    from distillkit.compare import step_size_warnings
+
+    def warnings(**onpolicy):
+        cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, seeds=2,
+                     arms={"sft": {"train.learning_rate": 1e-4}, "onpolicy": {"after": "sft", **ON_POLICY, **onpolicy},
+                           "kd": {"train.kd.enabled": True}})
+        return step_size_warnings(cfg, arm_configs(cfg))
+
+    (w,) = warnings(**{"train.learning_rate": 1e-4})
+    assert w.startswith("compare.arms.onpolicy: on-policy distillation continues sft's students at learning rate 0.0001")
+    assert "add train.learning_rate=1e-05 to the arm" in w
+    assert warnings(**{"train.learning_rate": 1e-5}) == []
+    assert len(warnings(**{"train.learning_rate": 5e-5})) == 1
+    # off-policy arms and on-policy arms that start from scratch are not warned
+    cfg = recipe(tmp_path, tiny_qwen2, tiny_llama, arms={"sft": {}, "op": ON_POLICY})
+    assert step_size_warnings(cfg, arm_configs(cfg)) == []
+
+
 def test_runs_go_seed_by_seed_so_a_stopped_sweep_is_paired(tmp_path, tiny_qwen2, tiny_llama, monkeypatch):
     """Every arm's seed 0 before any seed 1 (arms in dependency order within a seed): stopped after 4 of 6 runs,
     the sweep holds seeds 0-1 of every arm, which `--seeds 2` collects."""
