@@ -67,10 +67,27 @@ def check_tokenizer_mode(cfg, teacher, student, fixed, teacher_spec: str, studen
           its own                             teacher (auto picks it): the student adopts the teacher's
         other BPE                             train.kd.cross_tokenizer: true (or SFT only)
     """
-    from distillkit.student.special_map import build_special_map, role_problems
-    from distillkit.student.tokenizer import keeps_own_specials, shares_bpe, special_differences
+    from distillkit.student.special_map import role_problems
 
     pair = f"teacher {teacher_spec} and student {student_spec}"
+    findings = [Finding("tokenizer_mode", "ok", f"{pair}: {_mode_needed(teacher, student)}. The recipe says "
+                        f"train.student.tokenizer: {cfg.train.student.tokenizer}.", subject="teacher/student")]
+    if fixed is None:  # `map` refused by student_init's choice: say why, with the fix
+        problems = role_problems(teacher, student, teacher_spec, student_spec)
+        if not problems:  # another BPE: student_after_init's message says so
+            return findings
+        return findings + [Finding("special_roles", "error",
+                                   f"train.student.tokenizer=map: {'; '.join(p for p, _ in problems)}.",
+                                   "; or ".join(dict.fromkeys(f for _, f in problems)), "teacher/student")]
+    if not mapping:
+        return findings
+    return findings + [_check_special_roles(cfg, teacher, fixed, teacher_spec, student_spec)]
+
+
+def _mode_needed(teacher, student) -> str:
+    """The `tokenizer_mode` finding's reading of the pair: what it needs, and which mode `auto` picks."""
+    from distillkit.student.tokenizer import keeps_own_specials, shares_bpe, special_differences
+
     if not shares_bpe(student, teacher):
         need = ("they split text differently (another BPE): token-level KD needs train.kd.cross_tokenizer: true "
                 "(stored top-k mapped by spelling); SFT works on the text")
@@ -82,36 +99,33 @@ def check_tokenizer_mode(cfg, teacher, student, fixed, teacher_spec: str, studen
     else:
         need = ("same BPE, other special tokens, none of the student's own to keep: train.student.tokenizer: "
                 "teacher (auto picks it) adopts the teacher's")
-    findings = [Finding("tokenizer_mode", "ok", f"{pair}: {need}. The recipe says train.student.tokenizer: "
-                        f"{cfg.train.student.tokenizer}.", subject="teacher/student")]
-    if fixed is None:  # `map` refused by student_init's choice: say why, with the fix
-        problems = role_problems(teacher, student, teacher_spec, student_spec)
-        if not problems:  # another BPE: student_after_init's message says so
-            return findings
-        return findings + [Finding("special_roles", "error",
-                                   f"train.student.tokenizer=map: {'; '.join(p for p, _ in problems)}.",
-                                   "; or ".join(dict.fromkeys(f for _, f in problems)), "teacher/student")]
-    if not mapping:
-        return findings
+    return need
+
+
+def _check_special_roles(cfg, teacher, fixed, teacher_spec: str, student_spec: str) -> Finding:
+    """`special_roles` of a student that keeps its tokens: every teacher special maps by role, a sample trace mapped
+    onto the student's ids reads back ending with its EOS, and no live teacher compares logits id by id."""
+    from distillkit.student.special_map import build_special_map
+
+    pair = f"teacher {teacher_spec} and student {student_spec}"
     try:
         special_map = build_special_map(teacher, fixed, teacher_spec, student_spec)
     except DistillkitError as e:
-        return findings + [Finding("special_roles", "error", str(e), "train.student.tokenizer: teacher",
-                                   "teacher/student")]
+        return Finding("special_roles", "error", str(e), "train.student.tokenizer: teacher", "teacher/student")
     text, ids = sample_trace(teacher, cfg.generate.prompts.prefill)
     mapped = special_map.map_ids(ids)
     decoded = fixed.decode(mapped[:-1].tolist(), skip_special_tokens=False) if (mapped >= 0).all() else None
     if decoded != text or int(mapped[-1]) != fixed.eos_token_id:
-        return findings + [Finding("special_roles", "error",
-                                   f"{pair}: a sample trace mapped onto the student's ids does not read back as its "
-                                   f"text ending with the student's EOS {fixed.eos_token!r} (got {decoded!r}, last id "
-                                   f"{int(mapped[-1])}).", "train.student.tokenizer: teacher", "teacher/student")]
+        return Finding("special_roles", "error",
+                       f"{pair}: a sample trace mapped onto the student's ids does not read back as its "
+                       f"text ending with the student's EOS {fixed.eos_token!r} (got {decoded!r}, last id "
+                       f"{int(mapped[-1])}).", "train.student.tokenizer: teacher", "teacher/student")
     if cfg.train.on_policy.enabled and cfg.train.kd.teacher_probs != "served":
-        return findings + [Finding("special_roles", "error",
-                                   f"{pair}: on-policy training with a live teacher (TRL's trainers) compares logits id "
-                                   "by id, and this student keeps its own special tokens.",
-                                   "train.kd.teacher_probs: served (its top-k is mapped onto the student's ids), or "
-                                   "train.student.tokenizer: teacher", "teacher/student")]
-    return findings + [Finding("special_roles", "ok", f"{pair}: the student keeps its special tokens; "
-                               f"{special_map.summary()}. A sample trace maps onto the student's ids and ends with "
-                               f"its EOS {fixed.eos_token!r}.", subject="teacher/student")]
+        return Finding("special_roles", "error",
+                       f"{pair}: on-policy training with a live teacher (TRL's trainers) compares logits id "
+                       "by id, and this student keeps its own special tokens.",
+                       "train.kd.teacher_probs: served (its top-k is mapped onto the student's ids), or "
+                       "train.student.tokenizer: teacher", "teacher/student")
+    return Finding("special_roles", "ok", f"{pair}: the student keeps its special tokens; "
+                   f"{special_map.summary()}. A sample trace maps onto the student's ids and ends with "
+                   f"its EOS {fixed.eos_token!r}.", subject="teacher/student")
