@@ -396,7 +396,7 @@ def check_student_tokenizer(tokenizer, config) -> None:
 def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=None, callbacks=None, special_map=None):
     """The off-policy trainer: SFT on the traces plus the chunked soft-label KD term when `kd.enabled`
     (`special_map`: a live teacher's ids are moved onto the student's, see `distillkit.student.special_map`)."""
-    from distillkit.train.data import DistillCollator
+    from distillkit.train.batches import DistillCollator
     from distillkit.train.trainer import DistillTrainer
 
     collator = DistillCollator(pad_token_id=tokenizer.pad_token_id, padding_free=cfg.train.packing)
