@@ -126,7 +126,8 @@ def train_ratio(folders: dict[str, Path], steps: int, layers: int) -> dict:
     from distillkit.models import resolve_model
     from distillkit.records import StageRecords
     from distillkit.student.build import build_student_init
-    from distillkit.train.data import DistillCollator, build_train_dataset
+    from distillkit.train.batches import DistillCollator
+    from distillkit.train.data import build_train_dataset
     from distillkit.train.trainer import DistillTrainer
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -89,7 +89,8 @@ def main() -> None:
     from distillkit.config import KDConfig
     from distillkit.models import resolve_model
     from distillkit.student.build import build_student_init
-    from distillkit.train.data import DistillCollator, build_train_dataset, record_to_messages
+    from distillkit.train.batches import DistillCollator
+    from distillkit.train.data import build_train_dataset, record_to_messages
     from distillkit.train.trainer import DistillTrainer
 
     torch.set_flush_denormal(True)

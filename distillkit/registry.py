@@ -2,8 +2,8 @@
 or function that implements it, as "module:attribute", imported only when used.
 
 Adding one is its own file (or function) plus one line in its table here: the recipe's choices are these tables'
-keys (config.py builds its `Literal`s from them), and the stages look the name up here instead of branching on it.
-A lookup imports the implementing module only; those modules import vLLM, torch or an HTTP client inside the
+keys (distillkit.config builds its `Literal`s from them), and the stages look the name up here instead of branching
+on it. A lookup imports the implementing module only; those modules import vLLM, torch or an HTTP client inside the
 functions that use them, so asking a backend class what it needs loads no engine.
 """
 

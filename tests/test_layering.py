@@ -62,7 +62,7 @@ def test_no_import_cycles_parent_packages_included():
     # the floor importing a stage
     ("verify/chain.py", "from distillkit.filter.selection import select", "distillkit.verify.chain -> distillkit.filter.selection"),
     # a cycle between two modules of one row (records may import stage_hash's row, but not in a circle)
-    ("records.py", "from distillkit.stage_hash import stage_config_hash", ".stage_hash -> .records"),
+    ("records/manifest.py", "from distillkit.stage_hash import stage_config_hash", ".stage_hash -> .records"),
 ])
 def test_a_bad_import_breaks_the_contract(tmp_path, module, bad_import, reported):
     """The check cannot pass silently: one bad import added to a copy of the package fails it, naming the line."""

@@ -116,16 +116,12 @@ def _progress(total: int):
 
 def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, backend) -> dict:
     from distillkit.engines import make_backend
-    from distillkit.generate.sampling import build_requests, to_records
-    from distillkit.records import atomic_write_text, seeded_rank
+    from distillkit.records import atomic_write_text
     from distillkit.verify.chain import Judge
 
-    p = cfg.generate.prescreen
     t0 = time.time()
     judge = Judge(verifiers_only(cfg.filter, CORRECTNESS))
     cleanup = None
-    correct: dict[str, int] = {}
-    tokens = 0
     try:
         if backend is None:
             model, cleanup = _student_model(cfg, folder)
@@ -137,18 +133,7 @@ def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, ba
             model, student = backend.model_id, backend
             gen = student_generate_config(cfg, model)
         try:
-            progress, task = _progress(len(prompts))
-            with progress:
-                size = cfg.generate.shard_size
-                for start in range(0, len(prompts), size):
-                    chunk = prompts[start:start + size]
-                    requests = build_requests(chunk, gen, student.tokenizer, salt="#prescreen")
-                    rows = to_records(chunk, requests, student.generate(requests, gen.sampling), gen, student)
-                    ok = verified(judge, rows)
-                    for row, good in zip(rows, ok):
-                        correct[row["prompt_id"]] = correct.get(row["prompt_id"], 0) + int(good)
-                    tokens += sum(r["completion_tokens"] for r in rows)
-                    progress.advance(task, len(chunk))
+            correct, tokens = _count_correct(prompts, gen, student, judge, cfg.generate.shard_size)
         finally:
             if backend is None:
                 student.close()
@@ -156,6 +141,42 @@ def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, ba
         judge.close()
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
+    rows, stats = _screen_outcome(cfg, prompts, correct, model, tokens, t0)
+    log.info("generate: pre-screen by %s: the student solves %d of %d prompts; %d dropped", model, stats["solved"],
+             len(prompts), stats["dropped"])
+    done = {"config_hash": config_hash, "stats": stats, "prompts": rows}
+    atomic_write_text(folder / PRESCREEN_FILE, json.dumps(done))
+    return done
+
+
+def _count_correct(prompts: list, gen, student, judge, size: int) -> tuple[dict[str, int], int]:
+    """({prompt id: the student's correct answers}, completion tokens): the student answers the prompts `size` at a
+    time and the correctness verifiers judge each answer."""
+    from distillkit.generate.sampling import build_requests, to_records
+
+    correct: dict[str, int] = {}
+    tokens = 0
+    progress, task = _progress(len(prompts))
+    with progress:
+        for start in range(0, len(prompts), size):
+            chunk = prompts[start:start + size]
+            requests = build_requests(chunk, gen, student.tokenizer, salt="#prescreen")
+            rows = to_records(chunk, requests, student.generate(requests, gen.sampling), gen, student)
+            ok = verified(judge, rows)
+            for row, good in zip(rows, ok):
+                correct[row["prompt_id"]] = correct.get(row["prompt_id"], 0) + int(good)
+            tokens += sum(r["completion_tokens"] for r in rows)
+            progress.advance(task, len(chunk))
+    return correct, tokens
+
+
+def _screen_outcome(cfg: RecipeConfig, prompts: list, correct: dict[str, int], model: str, tokens: int,
+                    t0: float) -> tuple[dict, dict]:
+    """(each prompt's row: correct answers, rate, solved, kept; the pre-screen's stats): prompts solved at
+    `solved_at` are dropped, but for `keep_share` of them picked by a seeded order of their ids."""
+    from distillkit.records import seeded_rank
+
+    p = cfg.generate.prescreen
     rate = {q.prompt_id: correct.get(q.prompt_id, 0) / p.samples for q in prompts}
     solved = [q.prompt_id for q in prompts if rate[q.prompt_id] >= p.solved_at]
     keep = math.floor(p.keep_share * len(solved) + 0.5)
@@ -170,11 +191,7 @@ def _screen(cfg: RecipeConfig, prompts: list, folder: Path, config_hash: str, ba
              "mean_rate": round(sum(rate.values()) / len(rate), 4) if rate else 0.0,
              "histogram": {f"{r:g}": c for r, c in sorted(hist.items())},
              "student_tokens": tokens, "seconds": round(time.time() - t0, 2)}
-    log.info("generate: pre-screen by %s: the student solves %d of %d prompts; %d dropped", model, len(solved),
-             len(prompts), stats["dropped"])
-    done = {"config_hash": config_hash, "stats": stats, "prompts": rows}
-    atomic_write_text(folder / PRESCREEN_FILE, json.dumps(done))
-    return done
+    return rows, stats
 
 
 # ----------------------------------------------------------------------------------------- resampling

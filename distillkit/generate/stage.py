@@ -203,6 +203,22 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
                               f"generate.prescreen.solved_at={gen.prescreen.solved_at}; nothing is left for the "
                               "teacher. Raise solved_at or keep_share, or use harder prompts")
     shards = _shards(prompts, gen.shard_size)
+    committed, todo = _shards_to_do(folder, out, shards)
+    gen_seconds = _sample_shards(cfg, shards, committed, todo, out, backend)
+
+    stats = _generate_stats(cfg, folder, todo, gen_seconds, prompt_set, screened)
+    counts = {"rows_read": prompt_set.num_rows, "bad_rows": len(prompt_set.bad_rows),
+              "duplicates": prompt_set.num_duplicates, "prompts": len(prompts),
+              **({"prompts_screened_out": len(prompt_set.prompts) - len(prompts)} if screened is not None else {}),
+              "samples": stats["samples"], "tokens": stats["tokens"], "shards": len(shards),
+              "shards_resumed": len(committed)}
+    return out.finish(counts=counts, stats=stats, timings={"generate_s": round(gen_seconds, 3)},
+                      versions=("distillkit", "datasets", "pyarrow", "torch", "transformers", "vllm"))
+
+
+def _shards_to_do(folder: Path, out: StageOutput, shards: list[list[Prompt]]) -> tuple[set[int], list[int]]:
+    """(the shards a killed run already committed, the indices still to generate); refuses shards this config does
+    not make."""
     committed = out.committed_shard_indices()
     stray = committed - set(range(len(shards)))
     if stray:
@@ -211,12 +227,21 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
     todo = [i for i in range(len(shards)) if i not in committed]
     if committed:
         log.info("generate: resuming, %d of %d shards already committed", len(committed), len(shards))
+    return committed, todo
+
+
+def _sample_shards(cfg: RecipeConfig, shards: list[list[Prompt]], committed: set[int], todo: list[int],
+                   out: StageOutput, backend: Backend | None) -> float:
+    """Generate the shards in `todo` (on data-parallel replicas when the backend supports them, else on `backend` or
+    one built from the recipe, closed after) under a progress bar; returns the seconds taken."""
+    gen = cfg.generate
+    prompts_total = sum(len(s) for s in shards)
     features = record_features(gen.label_width, gen.label_format or "fp16")
     parallel = backend is None and load_backend(gen.teacher.backend).supports_data_parallel
     num_replicas = gen.teacher.vllm.data_parallel_size if parallel else 1
 
     done_prompts = sum(len(shards[i]) for i in committed)
-    progress, task = _progress(len(prompts), done_prompts)
+    progress, task = _progress(prompts_total, done_prompts)
     t0 = time.time()
     tokens_seen = [0]
 
@@ -239,8 +264,13 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
                     backend.close()
                 if judge is not None:
                     judge.close()
-    gen_seconds = time.time() - t0
+    return time.time() - t0
 
+
+def _generate_stats(cfg: RecipeConfig, folder: Path, todo: list[int], gen_seconds: float, prompt_set,
+                    screened: dict | None) -> dict:
+    """The manifest's stats: the output's (`output_stats`), how labels were kept, the pre-screen's and resampling's."""
+    gen = cfg.generate
     stats = output_stats(folder, todo, gen_seconds, gen.label_width)
     stats.update(logprobs_mode=gen.sampling.logprobs_mode if gen.label_width else None,
                  topk_logprobs=gen.sampling.topk_logprobs,
@@ -255,13 +285,7 @@ def run_generate(cfg: RecipeConfig, overwrite: bool = False, backend: Backend | 
         from distillkit.generate.curate import resample_stats
 
         stats["resample"] = resample_stats(folder, gen.resample.rounds)
-    counts = {"rows_read": prompt_set.num_rows, "bad_rows": len(prompt_set.bad_rows),
-              "duplicates": prompt_set.num_duplicates, "prompts": len(prompts),
-              **({"prompts_screened_out": len(prompt_set.prompts) - len(prompts)} if screened is not None else {}),
-              "samples": stats["samples"], "tokens": stats["tokens"], "shards": len(shards),
-              "shards_resumed": len(committed)}
-    return out.finish(counts=counts, stats=stats, timings={"generate_s": round(gen_seconds, 3)},
-                      versions=("distillkit", "datasets", "pyarrow", "torch", "transformers", "vllm"))
+    return stats
 
 
 # ----------------------------------------------------------------------------------------- stats

@@ -143,6 +143,49 @@ def _train_stats_rows(train_stats: TrainStats, processes: int) -> list[tuple[str
     return rows
 
 
+def _context_override(cfg: RecipeConfig) -> str | None:
+    """The student's RoPE and context overrides as "key=value, ..." (`train.student`), or None without any."""
+    st = cfg.train.student
+    if not (st.rope_theta is not None or st.rope_scaling or st.max_position_embeddings):
+        return None
+    return ", ".join(f"{k}={v}" for k, v in (("rope_theta", st.rope_theta),
+                                             ("rope_scaling", st.rope_scaling),
+                                             ("max_position_embeddings", st.max_position_embeddings)) if v)
+
+
+def _limitations(cfg: RecipeConfig, base: str | None, context: str | None) -> list[str]:
+    """The card's limitations: a local starting model, kept layers, an extended context."""
+    t = cfg.train
+    limitations = []
+    if base is None:
+        limitations.append(f"The student started from a local model (`{t.student.model}`), not a Hub model.")
+    if t.student.keep_layers is not None:
+        limitations.append(f"The student kept only some of its base model's layers ({t.student.keep_layers}); "
+                           "it is a new architecture size, not a fine-tune of the full base model.")
+    if context is not None:
+        limitations.append(f"The student's context was extended before training ({context}); its base model was "
+                           "made for a shorter one.")
+    return limitations
+
+
+def _training_rows(cfg: RecipeConfig, kd: str, context: str | None,
+                   train_stats: TrainStats | None) -> list[tuple[str, Any]]:
+    """The training table: the recipe's settings, then what the train manifest measured (`_train_stats_rows`)."""
+    t = cfg.train
+    processes = (train_stats.distributed or {}).get("num_processes", train_stats.num_processes) if train_stats else 1
+    rows = [("method", t.method), ("objective", kd), ("learning rate", t.learning_rate),
+            ("epochs", t.num_train_epochs),
+            ("effective batch", t.per_device_train_batch_size * t.gradient_accumulation_steps * processes),
+            ("max length", t.max_length)]
+    if t.method != "full":
+        rows.append(("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, targets={t.lora.target_modules}"))
+    if context is not None:
+        rows.append(("context override", context))
+    if train_stats is not None:
+        rows += _train_stats_rows(train_stats, processes)
+    return rows
+
+
 def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, repo_id: str | None = None,
                       files_summary: str = "", train_manifest: Manifest | None = None,
                       filter_manifest: Manifest | None = None):
@@ -153,32 +196,13 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
     repo_id = repo_id or cfg.publish.model_repo or f"your-name/{cfg.name}"
     base = hub_id(t.student.model)
     teacher = hub_id(cfg.generate.teacher.model) or cfg.generate.teacher.model
-    limitations = []
-    if base is None:
-        limitations.append(f"The student started from a local model (`{t.student.model}`), not a Hub model.")
-    if t.student.keep_layers is not None:
-        limitations.append(f"The student kept only some of its base model's layers ({t.student.keep_layers}); "
-                           "it is a new architecture size, not a fine-tune of the full base model.")
     kd = (f"soft-label KD ({t.kd.divergence}, {_teacher_probs_text(cfg)}, alpha={t.kd.alpha}, T={t.kd.temperature}) "
           "+ cross-entropy" if t.kd.enabled else "supervised fine-tuning (cross-entropy)")
     method_summary = f"{t.method} training, {kd}" + (", on-policy" if t.on_policy.enabled else "")
     train_stats = TrainStats.of(train_manifest)
-    processes = (train_stats.distributed or {}).get("num_processes", train_stats.num_processes) if train_stats else 1
-    rows = [("method", t.method), ("objective", kd), ("learning rate", t.learning_rate),
-            ("epochs", t.num_train_epochs),
-            ("effective batch", t.per_device_train_batch_size * t.gradient_accumulation_steps * processes),
-            ("max length", t.max_length)]
-    if t.method != "full":
-        rows.append(("LoRA", f"r={t.lora.r}, alpha={t.lora.alpha}, targets={t.lora.target_modules}"))
-    if t.student.rope_theta is not None or t.student.rope_scaling or t.student.max_position_embeddings:
-        what = ", ".join(f"{k}={v}" for k, v in (("rope_theta", t.student.rope_theta),
-                                                 ("rope_scaling", t.student.rope_scaling),
-                                                 ("max_position_embeddings", t.student.max_position_embeddings)) if v)
-        rows.append(("context override", what))
-        limitations.append(f"The student's context was extended before training ({what}); its base model was "
-                           "made for a shorter one.")
-    if train_stats is not None:
-        rows += _train_stats_rows(train_stats, processes)
+    context = _context_override(cfg)
+    limitations = _limitations(cfg, base, context)
+    rows = _training_rows(cfg, kd, context, train_stats)
     mixture = _mixture_rows(train_stats)
     data_summary = ""
     if filter_manifest is not None:

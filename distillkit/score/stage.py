@@ -279,6 +279,30 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
     if stray:
         raise DistillkitError(f"{folder} holds shards {sorted(stray)} that this input does not make; "
                               "rerun with --overwrite to start over")
+    num_samples = s.soft_label_samples if s.soft_labels == "sampled" else 0
+    tokens, seconds = _score_shards(cfg, records, total, committed, out, skipped_dir, scorer)
+    counts, stats = _summary(folder, num_shards)
+    stats.update(teacher=s.teacher.model, backend=s.teacher.backend, logprobs_mode="raw_logprobs",
+                 **({"topk": s.topk} if not num_samples else
+                    {"soft_labels": "sampled", "soft_label_samples": num_samples,
+                     "soft_label_temperature": s.soft_label_temperature}),
+                 soft_label_format=s.label_format,
+                 tokens_scored_this_run=tokens,
+                 tokens_per_s=round(tokens / seconds, 2) if tokens and seconds > 0 else None)
+    counts["shards_resumed"] = len(committed)
+    if counts["records"] == 0:
+        raise DistillkitError(f"score: none of the {counts['records_in']} input records could be scored "
+                              f"(skipped: {stats['skipped_by_reason']}); see {skipped_dir}")
+    return out.finish(counts=counts, stats=stats, timings={"score_s": round(seconds, 3)},
+                      versions=("distillkit", "datasets", "pyarrow", "torch", "transformers", "vllm"))
+
+
+def _score_shards(cfg: RecipeConfig, records, total: int, committed: set[int], out: StageOutput, skipped_dir: Path,
+                  scorer) -> tuple[int, float]:
+    """Score the input's shards not yet committed, each written with its skipped records' file, under a progress
+    bar; `scorer` (or one built from the recipe when the first shard needs it, closed after) does the work. Returns
+    (tokens scored, seconds spent scoring, not counting the engine's start)."""
+    s = cfg.score
     features = record_features(s.label_width, s.label_format)
     num_samples = s.soft_label_samples if s.soft_labels == "sampled" else 0
     own = scorer is None
@@ -307,20 +331,7 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
     finally:
         if own and scorer is not None:
             scorer.close()
-    counts, stats = _summary(folder, num_shards)
-    stats.update(teacher=s.teacher.model, backend=s.teacher.backend, logprobs_mode="raw_logprobs",
-                 **({"topk": s.topk} if not num_samples else
-                    {"soft_labels": "sampled", "soft_label_samples": num_samples,
-                     "soft_label_temperature": s.soft_label_temperature}),
-                 soft_label_format=s.label_format,
-                 tokens_scored_this_run=tokens,
-                 tokens_per_s=round(tokens / seconds, 2) if tokens and seconds > 0 else None)
-    counts["shards_resumed"] = len(committed)
-    if counts["records"] == 0:
-        raise DistillkitError(f"score: none of the {counts['records_in']} input records could be scored "
-                              f"(skipped: {stats['skipped_by_reason']}); see {skipped_dir}")
-    return out.finish(counts=counts, stats=stats, timings={"score_s": round(seconds, 3)},
-                      versions=("distillkit", "datasets", "pyarrow", "torch", "transformers", "vllm"))
+    return tokens, seconds
 
 
 def _summary(folder: Path, num_shards: int) -> tuple[dict, dict]:

@@ -134,20 +134,7 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, c
     prompt_only = tokenizer(parts.prefix[: len(parts.prefix) - len(prefill)], add_special_tokens=False)["input_ids"]
     num_prompt = len(prompt_only) if prefix_ids[: len(prompt_only)] == prompt_only else len(prefix_ids)
 
-    rows_ids = rows_lp = None
-    as_arrays = False  # soft labels as numpy (T, k) arrays (records streamed from shards) or lists of rows
-    if use_teacher_ids:
-        ids = record["completion_ids"]
-        body = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        if topk > 0 and record.get("topk_ids") is not None:
-            as_arrays = hasattr(record["topk_ids"], "shape")
-            rows_ids = record["topk_ids"] if as_arrays else [list(r) for r in record["topk_ids"]]
-            rows_lp = record["topk_logprobs"] if as_arrays else [list(r) for r in record["topk_logprobs"]]
-            if len(rows_ids) != len(body):
-                raise DistillkitError(f"record {record.get('id')!r}: {len(rows_ids)} top-k rows for "
-                                      f"{len(body)} completion tokens; the generate output is inconsistent")
-    else:
-        body = tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+    body, rows_ids, rows_lp, as_arrays = _completion(tokenizer, record, use_teacher_ids, topk)
     mapped = None
     if cross is not None and topk > 0 and not use_teacher_ids and record.get("topk_ids") is not None \
             and record.get("completion_ids") is not None and len(record["completion_ids"]):
@@ -162,51 +149,91 @@ def tokenize_record(tokenizer, record: dict, use_teacher_ids: bool, topk: int, c
         if rows_ids is not None:
             eos_row = (rows_ids[-1], rows_lp[-1])
             rows_ids, rows_lp = rows_ids[:-1], rows_lp[:-1]
-    suffix_ids = tokenizer(parts.suffix, add_special_tokens=False)["input_ids"] if finished else []
-    num_suffix_trained = 0
-    if finished:
-        if not suffix_ids or suffix_ids[0] != eos:
-            raise DistillkitError(f"the student's chat template ends the assistant turn with {parts.suffix!r}, "
-                                  f"which does not start with the EOS token {tokenizer.eos_token!r}; fix the "
-                                  "tokenizer's eos_token or template (distillkit preflight checks this)")
-        num_suffix_trained = 1  # the EOS; the newline after it is formatting, not a target
+    suffix_ids, num_suffix_trained = _turn_end(tokenizer, parts.suffix, finished)
 
     input_ids = prefix_ids + body + suffix_ids
     labels = ([IGNORE] * num_prompt + prefix_ids[num_prompt:] + body
               + suffix_ids[:num_suffix_trained] + [IGNORE] * (len(suffix_ids) - num_suffix_trained))
     out: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+    n_pre, n_body, n_suf = len(prefix_ids), len(body), len(suffix_ids)
     if topk > 0 and as_arrays:
-        import numpy as np
-
-        n_pre, n_suf, n_body = len(prefix_ids), len(suffix_ids), len(body)
-        total = n_pre + n_body + n_suf
-        kd_ids = np.zeros((total, topk), dtype=np.int32)
-        kd_lp = np.zeros((total, topk), dtype=np.float32)
-        kd_mask = np.zeros(total, dtype=np.int8)
-        if mapped is not None:
-            labels_, eos_row = mapped
-            kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = labels_.ids, labels_.logprobs
-            kd_mask[n_pre:n_pre + n_body] = labels_.mask
-            if cross_stats is not None:
-                cross_stats.add(labels_.stats)
-        else:
-            kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = rows_ids, rows_lp
-            kd_mask[n_pre:n_pre + n_body] = 1
-        if eos_row is not None and finished:
-            kd_ids[n_pre + n_body], kd_lp[n_pre + n_body] = eos_row
-            kd_mask[n_pre + n_body] = 1
-        out.update(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_mask=kd_mask)
+        out.update(_kd_arrays(topk, n_pre, n_body, n_suf, rows_ids, rows_lp, mapped, eos_row, finished, cross_stats))
     elif topk > 0:
-        zeros_i, zeros_f = [0] * topk, [0.0] * topk
-        n_pre, n_suf = len(prefix_ids), len(suffix_ids)
-        kd_ids = [zeros_i] * n_pre + (rows_ids or [zeros_i] * len(body)) + [zeros_i] * n_suf
-        kd_lp = [zeros_f] * n_pre + (rows_lp or [zeros_f] * len(body)) + [zeros_f] * n_suf
-        kd_mask = [0] * n_pre + [1 if rows_ids is not None else 0] * len(body) + [0] * n_suf
-        if eos_row is not None and finished:
-            kd_ids[n_pre + len(body)], kd_lp[n_pre + len(body)] = eos_row
-            kd_mask[n_pre + len(body)] = 1
-        out.update(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_mask=kd_mask)
+        out.update(_kd_lists(topk, n_pre, n_body, n_suf, rows_ids, rows_lp, eos_row, finished))
     return out
+
+
+def _completion(tokenizer, record: dict, use_teacher_ids: bool, topk: int):
+    """(completion token ids, the teacher's top-k id rows, its logprob rows, whether the rows are numpy arrays) for
+    `tokenize_record`: the teacher's ids and rows as stored, or the text re-tokenized with no rows."""
+    rows_ids = rows_lp = None
+    as_arrays = False  # soft labels as numpy (T, k) arrays (records streamed from shards) or lists of rows
+    if use_teacher_ids:
+        ids = record["completion_ids"]
+        body = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        if topk > 0 and record.get("topk_ids") is not None:
+            as_arrays = hasattr(record["topk_ids"], "shape")
+            rows_ids = record["topk_ids"] if as_arrays else [list(r) for r in record["topk_ids"]]
+            rows_lp = record["topk_logprobs"] if as_arrays else [list(r) for r in record["topk_logprobs"]]
+            if len(rows_ids) != len(body):
+                raise DistillkitError(f"record {record.get('id')!r}: {len(rows_ids)} top-k rows for "
+                                      f"{len(body)} completion tokens; the generate output is inconsistent")
+    else:
+        body = tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+    return body, rows_ids, rows_lp, as_arrays
+
+
+def _turn_end(tokenizer, suffix: str, finished: bool) -> tuple[list[int], int]:
+    """(the tokens the template renders after the assistant's content, how many of them are trained): the EOS, not
+    the newline after it; nothing for a truncated completion, so the student is not taught to stop there."""
+    suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if finished else []
+    num_suffix_trained = 0
+    if finished:
+        if not suffix_ids or suffix_ids[0] != tokenizer.eos_token_id:
+            raise DistillkitError(f"the student's chat template ends the assistant turn with {suffix!r}, "
+                                  f"which does not start with the EOS token {tokenizer.eos_token!r}; fix the "
+                                  "tokenizer's eos_token or template (distillkit preflight checks this)")
+        num_suffix_trained = 1  # the EOS; the newline after it is formatting, not a target
+    return suffix_ids, num_suffix_trained
+
+
+def _kd_arrays(topk: int, n_pre: int, n_body: int, n_suf: int, rows_ids, rows_lp, mapped, eos_row, finished: bool,
+               cross_stats) -> dict:
+    """The soft-label columns of `tokenize_record` as numpy arrays (rows streamed from shards, or mapped across
+    tokenizers: `mapped` from `_cross_rows`, whose EOS row replaces `eos_row`): rows on the completion's positions,
+    the EOS row on the EOS of a finished completion, nothing on the prefix and suffix."""
+    import numpy as np
+
+    total = n_pre + n_body + n_suf
+    kd_ids = np.zeros((total, topk), dtype=np.int32)
+    kd_lp = np.zeros((total, topk), dtype=np.float32)
+    kd_mask = np.zeros(total, dtype=np.int8)
+    if mapped is not None:
+        labels_, eos_row = mapped
+        kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = labels_.ids, labels_.logprobs
+        kd_mask[n_pre:n_pre + n_body] = labels_.mask
+        if cross_stats is not None:
+            cross_stats.add(labels_.stats)
+    else:
+        kd_ids[n_pre:n_pre + n_body], kd_lp[n_pre:n_pre + n_body] = rows_ids, rows_lp
+        kd_mask[n_pre:n_pre + n_body] = 1
+    if eos_row is not None and finished:
+        kd_ids[n_pre + n_body], kd_lp[n_pre + n_body] = eos_row
+        kd_mask[n_pre + n_body] = 1
+    return {"kd_ids": kd_ids, "kd_logprobs": kd_lp, "kd_mask": kd_mask}
+
+
+def _kd_lists(topk: int, n_pre: int, n_body: int, n_suf: int, rows_ids, rows_lp, eos_row, finished: bool) -> dict:
+    """The soft-label columns of `tokenize_record` as lists of rows (records held in memory as lists); zero rows,
+    masked out, where there is no label (a completion without stored rows among labelled ones)."""
+    zeros_i, zeros_f = [0] * topk, [0.0] * topk
+    kd_ids = [zeros_i] * n_pre + (rows_ids or [zeros_i] * n_body) + [zeros_i] * n_suf
+    kd_lp = [zeros_f] * n_pre + (rows_lp or [zeros_f] * n_body) + [zeros_f] * n_suf
+    kd_mask = [0] * n_pre + [1 if rows_ids is not None else 0] * n_body + [0] * n_suf
+    if eos_row is not None and finished:
+        kd_ids[n_pre + n_body], kd_lp[n_pre + n_body] = eos_row
+        kd_mask[n_pre + n_body] = 1
+    return {"kd_ids": kd_ids, "kd_logprobs": kd_lp, "kd_mask": kd_mask}
 
 
 def _cross_rows(cross, record: dict, body: list[int]):
@@ -315,12 +342,38 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     and the tokens cut, whether the teacher's ids were used, with packing the number of packed rows
     and how full they are, and with a cross-tokenizer map its alignment figures (`cross_tokenizer`).
     """
-    import tempfile
+    from datasets import Dataset
 
-    import numpy as np
-    from datasets import Dataset, Features, List, Value
-    from datasets.arrow_writer import ArrowWriter
+    topk, same, cross, cross_stats = _soft_label_source(records, tokenizer, use_kd, require_topk, teacher_tokenizer,
+                                                        teacher_probs)
+    bytes_per_token = _bytes_per_token(topk)
+    path = _fresh_folder(cache_dir) / "examples.arrow"
+    info = {"num_examples": 0, "num_dropped": 0, "num_truncated": 0, "num_tokens_cut": 0, "topk": topk,
+            "teacher_ids_used": same, "num_tokens": 0, "num_loss_tokens": 0, "num_kd_tokens": 0}
+    if topk > 0 and getattr(records, "soft_label_format", None):  # a stage folder: which format was decoded
+        info["soft_label_format"] = records.soft_label_format
+    if not _write_examples(records, tokenizer, path, max_length, topk, same, cross, cross_stats, info):
+        raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
+                              "may be shorter than the prompts)")
+    if cross_stats is not None:
+        info["cross_tokenizer"] = cross_stats.summary()
+        log.info("train: cross-tokenizer soft labels on %.1f%% of student positions, %.1f%% of the teacher's top-%d "
+                 "mass mapped", 100 * info["cross_tokenizer"]["share_positions_labelled"],
+                 100 * info["cross_tokenizer"]["share_topk_mass_mapped"], topk)
+    if info["num_truncated"]:
+        log.info("train: %d of %d examples longer than train.max_length=%d were cut (%d tokens), keeping their start",
+                 info["num_truncated"], info["num_examples"] + info["num_dropped"], max_length, info["num_tokens_cut"])
+    ds = Dataset.from_file(str(path))
+    if packing:
+        ds = _pack(ds, max_length, seed, bytes_per_token, info)
+    return ds, info
 
+
+def _soft_label_source(records, tokenizer, use_kd: bool, require_topk: bool, teacher_tokenizer, teacher_probs):
+    """(k of the stored soft labels, 0 without KD on them; whether the teacher's ids are the student's; the
+    `CrossTokenizerMap` and `AlignmentStats` when they are not and `teacher_tokenizer` maps them, else None).
+    Refuses labels that are missing, of the other kind than `teacher_probs` reads, or on another vocabulary
+    with no map."""
     topk = record_topk(records) if use_kd else 0
     if use_kd and require_topk and topk == 0:
         raise DistillkitError(f"train.kd is enabled with stored soft labels (kd.teacher_probs="
@@ -343,22 +396,41 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
         cross, cross_stats = CrossTokenizerMap(teacher_tokenizer, tokenizer), AlignmentStats()
     if not same and any(rec.get("completion_ids") for rec in _first(records, 64)):
         log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
-    feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
-    if topk > 0:
-        feats.update(kd_ids=List(List(Value("int32"), length=topk)),
-                     kd_logprobs=List(List(Value("float32"), length=topk)), kd_mask=List(Value("int8")))
-    bytes_per_token = 8 + (8 * topk + 1 if topk > 0 else 0)
+    return topk, same, cross, cross_stats
+
+
+def _bytes_per_token(topk: int) -> int:
+    """Bytes an example takes per token: int32 ids and labels, and with soft labels k int32 ids, k float32 logprobs
+    and an int8 mask."""
+    return 8 + (8 * topk + 1 if topk > 0 else 0)
+
+
+def _fresh_folder(cache_dir: str | Path | None) -> Path:
+    """An empty folder for the examples: `cache_dir` emptied, or a new temporary folder."""
+    import tempfile
+
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="distillkit-train-"))
     if folder.exists():  # a former build's examples and packing caches (datasets keys them by path, not content)
         import shutil
 
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    path = folder / "examples.arrow"
-    info = {"num_examples": 0, "num_dropped": 0, "num_truncated": 0, "num_tokens_cut": 0, "topk": topk,
-            "teacher_ids_used": same, "num_tokens": 0, "num_loss_tokens": 0, "num_kd_tokens": 0}
-    if topk > 0 and getattr(records, "soft_label_format", None):  # a stage folder: which format was decoded
-        info["soft_label_format"] = records.soft_label_format
+    return folder
+
+
+def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk: int, same: bool, cross,
+                    cross_stats, info: dict) -> bool:
+    """Tokenize the records one at a time into an Arrow file at `path`, cut to `max_length`, counting into `info`;
+    returns whether any example was written (a record whose whole assistant turn was cut is dropped)."""
+    import numpy as np
+    from datasets import Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
+    if topk > 0:
+        feats.update(kd_ids=List(List(Value("int32"), length=topk)),
+                     kd_logprobs=List(List(Value("float32"), length=topk)), kd_mask=List(Value("int8")))
+    bytes_per_token = _bytes_per_token(topk)
     writer = None
     try:
         for rec in records:
@@ -391,105 +463,32 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
         if writer is not None:
             writer.finalize()
             writer.close()
-    if writer is None:
-        raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
-                              "may be shorter than the prompts)")
-    if cross_stats is not None:
-        info["cross_tokenizer"] = cross_stats.summary()
-        log.info("train: cross-tokenizer soft labels on %.1f%% of student positions, %.1f%% of the teacher's top-%d "
-                 "mass mapped", 100 * info["cross_tokenizer"]["share_positions_labelled"],
-                 100 * info["cross_tokenizer"]["share_topk_mass_mapped"], topk)
-    if info["num_truncated"]:
-        log.info("train: %d of %d examples longer than train.max_length=%d were cut (%d tokens), keeping their start",
-                 info["num_truncated"], info["num_examples"] + info["num_dropped"], max_length, info["num_tokens_cut"])
-    ds = Dataset.from_file(str(path))
-    if packing:
-        if max_length is None:
-            raise DistillkitError("train.packing needs train.max_length (the length of a packed row)")
-        from trl.data_utils import pack_dataset
-
-        # BFD packs within each map batch: a few hundred MB of examples at a time, not the whole dataset.
-        mean_tokens = info["num_tokens"] / info["num_examples"]
-        batch = int(max(16, min(1000, (256 << 20) // max(1, mean_tokens * bytes_per_token))))
-        ds = pack_dataset(ds.shuffle(seed=seed), max_length, strategy="bfd",
-                          map_kwargs={"batch_size": batch, "writer_batch_size": batch})
-        # Batches of packed rows are concatenated padding-free (no pad token reaches the model); what
-        # packing can waste is the unfilled end of each row, i.e. more rows and steps than needed.
-        # The last row holds the leftovers, so the fill is reported over the other rows.
-        lengths = sorted((len(x) for x in ds["input_ids"]), reverse=True)
-        info["num_packed_rows"] = len(lengths)
-        info["packed_row_fill"] = (sum(lengths[:-1]) / ((len(lengths) - 1) * max_length)
-                                   if len(lengths) > 1 else lengths[0] / max_length)
-    return ds, info
+    return writer is not None
 
 
-# ----------------------------------------------------------------------------------------- batches
+def _pack(ds, max_length: int | None, seed: int, bytes_per_token: int, info: dict):
+    """The examples shuffled and packed into rows of `max_length` tokens (TRL's BFD), the rows' count and fill
+    recorded in `info`."""
+    if max_length is None:
+        raise DistillkitError("train.packing needs train.max_length (the length of a packed row)")
+    from trl.data_utils import pack_dataset
+
+    # BFD packs within each map batch: a few hundred MB of examples at a time, not the whole dataset.
+    mean_tokens = info["num_tokens"] / info["num_examples"]
+    batch = int(max(16, min(1000, (256 << 20) // max(1, mean_tokens * bytes_per_token))))
+    ds = pack_dataset(ds.shuffle(seed=seed), max_length, strategy="bfd",
+                      map_kwargs={"batch_size": batch, "writer_batch_size": batch})
+    # Batches of packed rows are concatenated padding-free (no pad token reaches the model); what
+    # packing can waste is the unfilled end of each row, i.e. more rows and steps than needed.
+    # The last row holds the leftovers, so the fill is reported over the other rows.
+    lengths = sorted((len(x) for x in ds["input_ids"]), reverse=True)
+    info["num_packed_rows"] = len(lengths)
+    info["packed_row_fill"] = (sum(lengths[:-1]) / ((len(lengths) - 1) * max_length)
+                               if len(lengths) > 1 else lengths[0] / max_length)
+    return ds
 
 
-@dataclass
-class DistillCollator:
-    """Pads (or, padding-free, concatenates) examples; soft-label columns follow the token layout.
-
-    Built on TRL's `DataCollatorForLanguageModeling`, so batches match what SFTTrainer feeds models
-    (packed rows carry `position_ids`, and labels at each sequence start are ignored).
-    """
-
-    pad_token_id: int
-    padding_free: bool = False
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, examples: list[dict]) -> dict:
-        import torch
-        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-        base = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=self.padding_free,
-                                               pad_to_multiple_of=self.pad_to_multiple_of)
-        plain = [{k: v for k, v in ex.items() if k not in KD_COLUMNS} for ex in examples]
-        batch = base(plain)
-        if KD_COLUMNS[0] not in examples[0]:
-            return batch
-        width = batch["input_ids"].shape[1]
-        k = len(examples[0]["kd_ids"][0])
-        if self.padding_free:
-            cat = {c: [x for ex in examples for x in ex[c]] for c in KD_COLUMNS}
-            seqs = {c: [cat[c]] for c in KD_COLUMNS}
-        else:
-            seqs = {c: [ex[c] for ex in examples] for c in KD_COLUMNS}
-        rows = len(seqs["kd_mask"])
-        ids = torch.zeros(rows, width, k, dtype=torch.long)
-        lps = torch.zeros(rows, width, k, dtype=torch.float32)
-        mask = torch.zeros(rows, width, dtype=torch.bool)
-        for r in range(rows):
-            n = len(seqs["kd_mask"][r])
-            if n:
-                ids[r, :n] = torch.as_tensor(seqs["kd_ids"][r], dtype=torch.long)
-                lps[r, :n] = torch.as_tensor(seqs["kd_logprobs"][r], dtype=torch.float32)
-                mask[r, :n] = torch.as_tensor(seqs["kd_mask"][r], dtype=torch.bool)
-        mask &= batch["labels"] != IGNORE  # a packed sequence start is never a target
-        batch.update(kd_ids=ids, kd_logprobs=lps, kd_mask=mask)
-        return batch
-
-
-def describe_batch(batch: dict, tokenizer, row: int = 0) -> list[dict]:
-    """Which tokens of a built batch carry loss: one dict per token of `row`.
-
-    Each entry: position, token id, token text, `loss` (CE label present), `kd` (soft label present).
-    This is the "check of the built batches": print it, or assert on it in tests.
-    """
-    ids = batch["input_ids"][row].tolist()
-    labels = batch["labels"][row].tolist()
-    kd = batch["kd_mask"][row].tolist() if "kd_mask" in batch else [False] * len(ids)
-    return [{"pos": i, "id": t, "text": tokenizer.decode([t]), "loss": l != IGNORE, "kd": bool(m)}
-            for i, (t, l, m) in enumerate(zip(ids, labels, kd))]
-
-
-def format_batch_check(batch: dict, tokenizer, row: int = 0) -> str:
-    """`describe_batch` as text: trained tokens in [brackets], soft-labelled ones marked with *."""
-    out = []
-    for tok in describe_batch(batch, tokenizer, row):
-        text = tok["text"]
-        out.append(f"[{text}{'*' if tok['kd'] else ''}]" if tok["loss"] else text)
-    return "".join(out)
+# ----------------------------------------------------------------------------------------- special map
 
 
 class MappedRecords:

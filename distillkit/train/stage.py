@@ -183,14 +183,35 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     import torch
 
     from distillkit.student.build import build_student_init, load_student, resolve_bf16
-    from distillkit.train.data import build_train_dataset
 
     t = cfg.train
     out = cfg.stage_dir("train")
-    records = loaded = None
+    records, loaded = _read_training_data(cfg)
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
+    with state.main_process_first():
+        init = build_student_init(t.student, out / "student_init", records=records, teacher=cfg.label_teacher.model)
+    model, tokenizer = load_student(t, out / "student_init")
+    check_student_tokenizer(tokenizer, model.config)
+    special_map = _map_teacher_specials(cfg, init, tokenizer)
+    mixture = None
     if t.sources:
+        mixture = _draw_mixture(cfg, loaded, tokenizer)
+        records = mixture.examples
+    bf16 = resolve_bf16(t.bf16)
+    teacher = (load_live_teacher(cfg, tokenizer, bf16, special_map) if t.kd.enabled and t.kd.teacher_probs == "live"
+               else None)
+    dataset, data_info = _tokenize_examples(cfg, state, records, tokenizer, special_map)
+    return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
+                    data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher, special_map=special_map)
+
+
+def _read_training_data(cfg: RecipeConfig):
+    """(the kept records of the input stage, None) read shard by shard, or (None, the loaded `train.sources`) for a
+    mixture; both read and checked before the model loads."""
+    records = loaded = None
+    if cfg.train.sources:
         from distillkit.data.sources import load_sources
-        from distillkit.train.mixture import build_mixture
 
         loaded = load_sources(cfg)  # reads every source and checks its columns before the model loads
     else:
@@ -199,30 +220,41 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
         if len(records) == 0:
             raise DistillkitError(f"{src} holds no kept records to train on; check the filter funnel "
                                   "(distillkit inspect) or loosen the filters")
-    if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)  # fp32 denormals make CPU matmuls ~10x slower (ENVIRONMENT.md)
-    with state.main_process_first():
-        init = build_student_init(t.student, out / "student_init", records=records, teacher=cfg.label_teacher.model)
-    model, tokenizer = load_student(t, out / "student_init")
-    check_student_tokenizer(tokenizer, model.config)
-    special_map = None
-    if "special_map" in init:  # the student kept its tokens: the labelling teacher's special ids move onto them
-        from distillkit.models import load_tokenizer_and_config
-        from distillkit.student.special_map import build_special_map
+    return records, loaded
 
-        special_map = build_special_map(load_tokenizer_and_config(cfg.label_teacher.model)[0], tokenizer,
-                                        cfg.label_teacher.model, t.student.model)
-        log.info("train: %s", special_map.summary())
-    mixture = None
-    if t.sources:
-        mixture = build_mixture(loaded, t.seed, tokenizer, t.mixture_size)
-        records = mixture.examples
-        for name, part in mixture.composition.items():
-            log.info("train: mixture %s (%s): %d samples of %d, %.1f%% of tokens", name, part["kind"],
-                     part["samples"], part["available"], 100 * part["token_share"])
-    bf16 = resolve_bf16(t.bf16)
-    teacher = (load_live_teacher(cfg, tokenizer, bf16, special_map) if t.kd.enabled and t.kd.teacher_probs == "live"
-               else None)
+
+def _map_teacher_specials(cfg: RecipeConfig, init: dict, tokenizer):
+    """The labelling teacher's special ids moved onto the student's, when the student kept its own tokens; else None."""
+    if "special_map" not in init:
+        return None
+    # the student kept its tokens: the labelling teacher's special ids move onto them
+    from distillkit.models import load_tokenizer_and_config
+    from distillkit.student.special_map import build_special_map
+
+    special_map = build_special_map(load_tokenizer_and_config(cfg.label_teacher.model)[0], tokenizer,
+                                    cfg.label_teacher.model, cfg.train.student.model)
+    log.info("train: %s", special_map.summary())
+    return special_map
+
+
+def _draw_mixture(cfg: RecipeConfig, loaded, tokenizer):
+    """The training mixture drawn from the loaded `train.sources`, its composition logged."""
+    from distillkit.train.mixture import build_mixture
+
+    t = cfg.train
+    mixture = build_mixture(loaded, t.seed, tokenizer, t.mixture_size)
+    for name, part in mixture.composition.items():
+        log.info("train: mixture %s (%s): %d samples of %d, %.1f%% of tokens", name, part["kind"],
+                 part["samples"], part["available"], 100 * part["token_share"])
+    return mixture
+
+
+def _tokenize_examples(cfg: RecipeConfig, state, records, tokenizer, special_map):
+    """(dataset, data_info) of `build_train_dataset` for this process (the main process first, so the others find
+    its caches), records read through `special_map` when there is one."""
+    from distillkit.train.data import build_train_dataset
+
+    t = cfg.train
     teacher_tokenizer = None
     if t.kd.enabled and t.kd.cross_tokenizer:  # the soft labels' ids are the labelling teacher's
         from distillkit.models import load_tokenizer_and_config
@@ -245,8 +277,7 @@ def prepare_training(cfg: RecipeConfig, state) -> Prepared:
     if special_map is not None:
         data_info["special_map"] = {"records_unmatched": data_info.pop("special_map_unmatched", 0),
                                     "summary": special_map.summary()}
-    return Prepared(records=records, init=init, model=model, tokenizer=tokenizer, dataset=dataset,
-                    data_info=data_info, bf16=bf16, mixture=mixture, teacher=teacher, special_map=special_map)
+    return dataset, data_info
 
 
 def make_trainer(cfg: RecipeConfig, p: Prepared, callbacks: list | None = None):
@@ -396,7 +427,7 @@ def check_student_tokenizer(tokenizer, config) -> None:
 def build_trainer(cfg: RecipeConfig, model, tokenizer, dataset, args, teacher=None, callbacks=None, special_map=None):
     """The off-policy trainer: SFT on the traces plus the chunked soft-label KD term when `kd.enabled`
     (`special_map`: a live teacher's ids are moved onto the student's, see `distillkit.student.special_map`)."""
-    from distillkit.train.data import DistillCollator
+    from distillkit.train.batches import DistillCollator
     from distillkit.train.trainer import DistillTrainer
 
     collator = DistillCollator(pad_token_id=tokenizer.pad_token_id, padding_free=cfg.train.packing)

@@ -23,7 +23,7 @@ def _dataset(records, tok, **kw):
 
 
 def test_batch_check_marks_only_the_assistant_turn_including_eos(tok, tiny_records):
-    from distillkit.train.data import DistillCollator, describe_batch, format_batch_check
+    from distillkit.train.batches import DistillCollator, describe_batch, format_batch_check
 
     ds, info = _dataset(tiny_records[:2], tok, use_kd=True, packing=False)
     batch = DistillCollator(pad_token_id=tok.pad_token_id)([ds[0], ds[1]])
@@ -91,7 +91,7 @@ def test_other_tokenizer_refuses_topk_kd_but_allows_sft(tok, tiny_records):
 
 
 def test_packing_fills_rows_and_feeds_no_padding(tok, tiny_qwen2):
-    from distillkit.train.data import DistillCollator
+    from distillkit.train.batches import DistillCollator
 
     records = teacher_records(tiny_qwen2, num=60, seed=3, max_extra_steps=8)  # 70-170 tokens each
     ds, info = _dataset(records, tok, use_kd=True, packing=True, max_length=1024)
@@ -112,7 +112,7 @@ def test_packed_batch_gives_the_same_loss_as_padded(tok, tiny_qwen2, tiny_record
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distillkit.train.data import DistillCollator
+    from distillkit.train.batches import DistillCollator
     from distillkit.train.losses import chunked_kd_loss
     from distillkit.train.trainer import add_hidden_forward
 

@@ -26,7 +26,8 @@ def _mean_ce(model_dir, cfg, records):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distillkit.train.data import DistillCollator, build_train_dataset
+    from distillkit.train.batches import DistillCollator
+    from distillkit.train.data import build_train_dataset
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -16,7 +16,8 @@ def test_lora_gradients_reach_only_lora_params(tmp_path, tiny_qwen2, tiny_llama,
     from datasets import Dataset
 
     from distillkit.student.build import build_student_init, load_student
-    from distillkit.train.data import DistillCollator, build_train_dataset
+    from distillkit.train.batches import DistillCollator
+    from distillkit.train.data import build_train_dataset
     from distillkit.train.stage import build_trainer, sft_config
 
     cfg = make_recipe(tmp_path, tiny_records, tiny_llama, method="lora", lora={"r": 4, "dropout": 0.0},

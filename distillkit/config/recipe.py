@@ -1,0 +1,144 @@
+"""The root of the tree: a whole run (`RecipeConfig`, a section per stage), its hardware, `distillkit compare`'s
+arms."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from distillkit.config.base import DEFAULT_STAGES, StrictModel
+from distillkit.config.evaluate import EvaluateConfig
+from distillkit.config.filter import FilterConfig
+from distillkit.config.generate import GenerateConfig
+from distillkit.config.publish import PublishConfig
+from distillkit.config.score import ScoreConfig
+from distillkit.config.teacher import TeacherConfig
+from distillkit.config.train import TrainConfig
+
+
+class HardwareConfig(StrictModel):
+    """The GPUs a recipe is written for; `distillkit plan` checks the estimates against them."""
+
+    gpu_memory_gib: PositiveFloat = 24.0
+    """Memory of one GPU in GiB (24 for an RTX 3090/4090, 80 for an A100/H100)."""
+    num_gpus: PositiveInt = 1
+
+
+class CompareConfig(StrictModel):
+    """`distillkit compare`: the recipe trained as several arms x training seeds, each arm's student scored on the
+    same questions, with intervals that include seed-to-seed variance (distillkit/compare.py)."""
+
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Arm name -> dotted overrides of this recipe, e.g. {sft: {train.kd.enabled: false}, kd: {}}. The key `after:
+    ARM` starts each seed's training from that arm's trained student of the same seed (SFT, then on-policy
+    distillation: {onpolicy: {after: sft, train.on_policy.enabled: true, ...}}); that arm runs first."""
+    baseline: Optional[str] = None
+    """The arm every other one is compared with (paired by seed and question); default: the first."""
+    seeds: PositiveInt = 3
+    """Training seeds per arm (train.seed = 0 .. seeds-1); data and sampling seeds stay as the recipe has them."""
+    train_only: bool = False
+    """The arms differ in training only: an arm overriding a generate/filter/score key is refused (they would no
+    longer share one teacher generation)."""
+    target_half_width: float = Field(0.03, gt=0, lt=1)
+    """The half-width (pass@1 as a fraction: 0.03 = 3 points) a difference between arms should be measured to;
+    comparison.md says how many training seeds would reach it on the same questions (seeds.seeds_needed)."""
+
+    @field_validator("arms")
+    @classmethod
+    def _names(cls, arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        bad = [a for a in arms if not re.fullmatch(r"[A-Za-z0-9_.-]+", a)]
+        if bad:
+            raise ValueError(f"arm names become folder names: use letters, digits, '_', '-', '.' ({bad})")
+        return arms
+
+    @model_validator(mode="after")
+    def _baseline_is_an_arm(self):
+        if self.baseline is not None and self.arms and self.baseline not in self.arms:
+            raise ValueError(f"baseline: {self.baseline!r} is not one of the arms {list(self.arms)}")
+        for arm, overrides in self.arms.items():
+            seen, at = [arm], overrides.get("after")
+            while at is not None:
+                if at not in self.arms:
+                    raise ValueError(f"arms.{arm}.after: {at!r} is not one of the arms {list(self.arms)}")
+                if at in seen:
+                    raise ValueError(f"arms.{arm}.after: the arms start from each other in a circle "
+                                     f"({' -> '.join(seen + [at])}); one of them must start from the recipe's student")
+                seen.append(at)
+                at = self.arms[at].get("after")
+        return self
+
+    def arm_order(self) -> list[str]:
+        """The arms in an order where each runs after the arm it starts from (`after`), otherwise as written."""
+        order: list[str] = []
+
+        def visit(arm: str) -> None:
+            if arm not in order:
+                if (first := self.arms[arm].get("after")) is not None:
+                    visit(first)
+                order.append(arm)
+
+        for arm in self.arms:
+            visit(arm)
+        return order
+
+
+class RecipeConfig(StrictModel):
+    """A whole distillation run."""
+
+    renamed: ClassVar[dict[str, str]] = {"out_dir": "output_dir"}
+
+    name: str = "run"
+    output_dir: str = "runs/{name}"
+    """Run folder; each stage writes a subfolder. {name} is replaced."""
+    seed: int = 0
+    stages: list[Literal["generate", "filter", "score", "train", "evaluate", "publish"]] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES))
+    """Stages `distillkit run` executes, in pipeline order (`score` only when listed)."""
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    """Arms x seeds for `distillkit compare` (not a stage: `distillkit run` ignores it)."""
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_formats(cls, v: str, info) -> str:
+        try:  # run_dir fills in {name}; any other brace would crash every command that needs the folder
+            v.format(name=info.data.get("name", "run"))
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError):
+            raise ValueError("only {name} may appear in braces (it becomes the recipe's name); write a literal "
+                             "brace as {{ or }}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _prescreen_can_judge(self):
+        kinds = [v.kind for v in self.filter.verifiers]
+        if self.generate.prescreen.enabled and not {"math", "code", "judge"} & set(kinds):
+            raise ValueError(f"generate.prescreen judges the student's answers with the correctness verifiers of "
+                             f"filter.verifiers (math, code or judge), and this recipe lists none ({kinds}); add one, "
+                             "or set generate.prescreen.enabled: false")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def records_dir(self) -> Path:
+        """Where training reads its records: the score output, else the filter's, else the generate output."""
+        return self.stage_dir(next((s for s in ("score", "filter") if s in self.stages), "generate"))
+
+    @property
+    def label_teacher(self) -> TeacherConfig:
+        """The teacher whose soft labels training uses: the scoring teacher when `score` runs, else generate's."""
+        return self.score.teacher if "score" in self.stages else self.generate.teacher
