@@ -170,6 +170,11 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, tiny_qwen2):
         validate_recipe({**base, "score": {"soft_labels": "sampled", "teacher": hf, "soft_label_samples": 300}})
     with pytest.raises(ConfigError, match="estimates the forward KL only.*set kd.divergence: forward_kl"):
         validate_recipe({**base, "train": {"kd": {"enabled": True, "teacher_probs": "sampled", "divergence": "jsd"}}})
+    with pytest.raises(ConfigError, match="does not map sampled ones.*score.soft_labels: topk.*"
+                                          "kd.teacher_probs: topk_tail.*cross_tokenizer: false") as refused:
+        validate_recipe({**base, "train": {"kd": {"enabled": True, "teacher_probs": "sampled",
+                                                  "cross_tokenizer": True}}})
+    assert "Use teacher_probs: topk_tail" not in str(refused.value)  # alone, it would refuse the sampled records
     with pytest.raises(ConfigError, match="teacher.backend=vllm returns only its top-k logprobs .* add the `score` "
                                           "stage with score.soft_labels: sampled"):
         validate_recipe({**base, "generate": {"sampling": {"soft_labels": "sampled"}}})
