@@ -30,10 +30,16 @@ Stored soft labels give, per position, the teacher's top-k token ids `(B, T, k)`
   "Sparse Logit Sampling"), and D = KL(p_hat || q) = sum_i p_hat_i (log p_hat_i - log q(x_i)) with the
   student's full softmax q, gathered at the drawn ids only (`sampled_row_divergence`). Its gradient in the
   student's logits, q - p_hat at T = 1, has expectation q - p: the full-vocabulary forward-KL gradient, which
-  the top-k modes do not give (tests/softlabels/test_sampled_bias.py). The value is an upper-biased estimate of
-  KL(p || q) (E[-H(p_hat)] >= -H(p)), the gradient unbiased. Forward KL only: reverse KL and JSD need p at the
-  student's tokens, which draws do not give. The temperature applies to the student only, as in
-  ``topk_tail``; draw the labels at the temperature wanted (`score.soft_label_temperature`).
+  the top-k modes do not give (tests/softlabels/test_sampled_bias.py). The value is not KL(p || q): its
+  expectation is KL(p || q) + H(p) - E[H(p_hat)], the gap being how much entropy N draws miss, set by the
+  teacher's row and N alone (~0.1-1 nat at N = 32 when p has a long tail). So the trainer logs it as
+  `kl_sampled`, never as `kl` (`kd_metric_name`): its changes along a run, or between students on the same
+  labels, are unbiased estimates of the changes of KL(p || q), its level is not comparable with a top-k run's
+  `kl`. An unbiased KL would need H(p): no estimator of entropy from N draws is unbiased (Paninski 2003), and
+  the stored own logprob is the trace token's, a draw of the generating policy rather than of p. Forward KL
+  only: reverse KL and JSD need p at the student's tokens, which draws do not give. The temperature applies to
+  the student only, as in ``topk_tail``; draw the labels at the temperature wanted
+  (`score.soft_label_temperature`).
 * ``live`` -- full teacher logits (from a live teacher's hidden states and projection, or passed as
   logits to the reference function). Temperature applies to both sides, like TRL.
 

@@ -71,6 +71,13 @@ def _check_options(divergence: str, teacher_probs: str, temperature: float, alph
         raise ValueError(f"alpha={alpha!r} must lie in [0, 1]")
 
 
+def kd_metric_name(teacher_probs: str) -> str:
+    """The name the trainer logs the KD term's mean under: `kl_sampled` for sampled labels, whose value is
+    KL(counts / N || q), biased up by a gap that depends on the teacher alone (`distillkit.train.divergences`),
+    so it must not read as the `kl` of top-k or live runs; `kl` for the others (the chosen divergence)."""
+    return "kl_sampled" if teacher_probs == "sampled" else "kl"
+
+
 def _row_losses(logits: torch.Tensor, labels: torch.Tensor | None, ce_mask: torch.Tensor, kd_mask: torch.Tensor,
                 teacher: dict, teacher_probs: str, divergence: str, beta: float, temperature: float):
     """Masked per-row CE and D for one chunk: logits (N, V) -> (ce (N,), kd (N,)), zeros off the masks."""
