@@ -287,6 +287,23 @@ def check_label_kind(records, teacher_probs: str) -> None:
                               "score.soft_labels: sampled (score.teacher.backend: transformers)")
 
 
+def drop_row_padding(ex: dict) -> dict:
+    """An example's sampled rows (T, N) cut to ragged rows of their drawn ids: N draws give m <= N distinct ids, then
+    -inf padding (most drawn first, distillkit/softlabels/sampled.py), so the cache keeps ~6 ids a token at N = 32
+    instead of 32 (BENCHMARKS.md, "Sampled soft labels"). Rows off the KD mask keep nothing; only trailing -inf entries
+    go, so a row reads the same to the loss (`DistillCollator` pads it back with -inf, which the loss drops)."""
+    import numpy as np
+
+    ids, lp = np.asarray(ex["kd_ids"]), np.asarray(ex["kd_logprobs"])
+    if ids.ndim != 2:
+        raise DistillkitError(f"sampled soft labels of shape {ids.shape}; expected (T, N) rows")
+    kept = np.isfinite(lp) & (np.asarray(ex["kd_mask"]) > 0)[:, None]
+    width = np.where(kept.any(1), lp.shape[1] - kept[:, ::-1].argmax(1), 0)  # up to the row's last finite entry
+    keep = np.arange(lp.shape[1])[None, :] < width[:, None]
+    cuts = np.cumsum(width)[:-1]
+    return {**ex, "kd_ids": np.split(ids[keep], cuts), "kd_logprobs": np.split(lp[keep], cuts)}
+
+
 def _first(records, n: int):
     if hasattr(records, "head"):  # StageRecords
         return records.head(n)
@@ -344,9 +361,11 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     if not same and any(rec.get("completion_ids") for rec in _first(records, 64)):
         log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
     feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
+    ragged = topk > 0 and soft_label_kind(records) == "sampled"  # rows cut to their drawn ids: see drop_row_padding
     if topk > 0:
-        feats.update(kd_ids=List(List(Value("int32"), length=topk)),
-                     kd_logprobs=List(List(Value("float32"), length=topk)), kd_mask=List(Value("int8")))
+        row = {} if ragged else {"length": topk}
+        feats.update(kd_ids=List(List(Value("int32"), **row)), kd_logprobs=List(List(Value("float32"), **row)),
+                     kd_mask=List(Value("int8")))
     bytes_per_token = 8 + (8 * topk + 1 if topk > 0 else 0)
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="distillkit-train-"))
     if folder.exists():  # a former build's examples and packing caches (datasets keys them by path, not content)
@@ -379,6 +398,8 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
                 # a record without stored labels among streamed ones (numpy rows): Arrow needs one type per batch
                 ex = {**ex, "kd_ids": np.asarray(ex["kd_ids"], np.int32),
                       "kd_logprobs": np.asarray(ex["kd_logprobs"], np.float32), "kd_mask": np.asarray(ex["kd_mask"], np.int8)}
+            if ragged:
+                ex = drop_row_padding(ex)
             if writer is None:  # ~64 MB of examples per Arrow record batch
                 batch = max(1, min(1000, (64 << 20) // max(1, len(ex["input_ids"]) * bytes_per_token)))
                 writer = ArrowWriter(features=Features(feats), path=str(path), writer_batch_size=batch)
@@ -449,25 +470,44 @@ class DistillCollator:
         if KD_COLUMNS[0] not in examples[0]:
             return batch
         width = batch["input_ids"].shape[1]
-        k = len(examples[0]["kd_ids"][0])
         if self.padding_free:
             cat = {c: [x for ex in examples for x in ex[c]] for c in KD_COLUMNS}
             seqs = {c: [cat[c]] for c in KD_COLUMNS}
         else:
             seqs = {c: [ex[c] for ex in examples] for c in KD_COLUMNS}
+        widths = {len(row) for seq in seqs["kd_ids"] for row in seq}  # one width: top-k; several: ragged sampled rows
+        k = max(widths, default=0) or 1
         rows = len(seqs["kd_mask"])
         ids = torch.zeros(rows, width, k, dtype=torch.long)
         lps = torch.zeros(rows, width, k, dtype=torch.float32)
         mask = torch.zeros(rows, width, dtype=torch.bool)
+        if widths != {k}:
+            lps.fill_(float("-inf"))  # the slots a ragged row does not fill: no draw, dropped by the loss
         for r in range(rows):
             n = len(seqs["kd_mask"][r])
-            if n:
+            if n and widths == {k}:
                 ids[r, :n] = torch.as_tensor(seqs["kd_ids"][r], dtype=torch.long)
                 lps[r, :n] = torch.as_tensor(seqs["kd_logprobs"][r], dtype=torch.float32)
+            elif n:
+                _fill_ragged(ids[r], lps[r], seqs["kd_ids"][r], seqs["kd_logprobs"][r])
+            if n:
                 mask[r, :n] = torch.as_tensor(seqs["kd_mask"][r], dtype=torch.bool)
         mask &= batch["labels"] != IGNORE  # a packed sequence start is never a target
         batch.update(kd_ids=ids, kd_logprobs=lps, kd_mask=mask)
         return batch
+
+
+def _fill_ragged(ids, lps, rows_ids: list, rows_lp: list) -> None:
+    """Ragged rows (a list of T lists of any length <= k) into ids (width, k) and lps (width, k) from slot 0 on."""
+    import itertools
+
+    import torch
+
+    lengths = torch.tensor([len(x) for x in rows_ids], dtype=torch.long)
+    pos = torch.repeat_interleave(torch.arange(len(rows_ids)), lengths)
+    slot = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    ids[pos, slot] = torch.tensor(list(itertools.chain.from_iterable(rows_ids)), dtype=torch.long)
+    lps[pos, slot] = torch.tensor(list(itertools.chain.from_iterable(rows_lp)), dtype=torch.float32)
 
 
 def describe_batch(batch: dict, tokenizer, row: int = 0) -> list[dict]:
