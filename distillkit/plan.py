@@ -306,13 +306,19 @@ def soft_label_plan(label_format: str, width: int, vocab: int) -> dict:
     return plan
 
 
-def _labels_of(cfg: RecipeConfig) -> tuple[str, int, str] | None:
-    """(format, width, teacher model) of the soft labels the recipe writes: score's when it scores, else generate's."""
+def recipe_soft_labels(cfg: RecipeConfig) -> dict | None:
+    """`soft_label_plan` of the labels the recipe writes (score's when it scores, else generate's), None without."""
     if "score" in cfg.stages:
-        return cfg.score.label_format, cfg.score.label_width, cfg.score.teacher.model
-    if "generate" in cfg.stages and cfg.generate.label_format:
-        return cfg.generate.label_format, cfg.generate.label_width, cfg.generate.teacher.model
-    return None
+        fmt, width, teacher = cfg.score.label_format, cfg.score.label_width, cfg.score.teacher.model
+    elif "generate" in cfg.stages and cfg.generate.label_format:
+        fmt, width, teacher = cfg.generate.label_format, cfg.generate.label_width, cfg.generate.teacher.model
+    else:
+        return None
+    try:
+        vocab = model_shape(teacher).vocab
+    except DistillkitError:
+        vocab = 152064  # a teacher of unknown shape: R1's vocabulary (18-bit ids), the larger common case
+    return soft_label_plan(fmt, width, vocab)
 
 
 @dataclass
@@ -329,16 +335,9 @@ def plan_recipe(cfg: RecipeConfig) -> Plan:
     """Estimate both stages of a recipe against its hardware section; warnings say what will not fit."""
     gpu_gib = cfg.hardware.gpu_memory_gib
     warnings: list[str] = []
-    train = generate = labels = None
+    train = generate = None
     t = cfg.train
-    written = _labels_of(cfg)
-    if written is not None:
-        fmt, width, teacher = written
-        try:
-            vocab = model_shape(teacher).vocab
-        except DistillkitError:
-            vocab = 152064  # a teacher of unknown shape: R1's vocabulary (18-bit ids), the larger common case
-        labels = soft_label_plan(fmt, width, vocab)
+    labels = recipe_soft_labels(cfg)
     if "train" in cfg.stages:
         shape = model_shape(t.student.model)
         layers = _layers_kept(shape, t.student.keep_layers)
