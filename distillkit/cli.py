@@ -320,7 +320,8 @@ def report(run_dir: Annotated[str, typer.Argument(help="A run folder (the recipe
 def plan(args: RecipeArgs = None,
          gpu_memory_gib: Annotated[Optional[float], typer.Option(
              "--gpu-memory", help="GiB of one GPU (default: the recipe's hardware.gpu_memory_gib).")] = None) -> None:
-    """Estimate peak GPU memory of training and generation; exit 1 when a stage will not fit."""
+    """Estimate peak GPU memory of training and generation, and the soft labels' bytes per token; exit 1 when a
+    stage will not fit."""
     from distillkit.plan import plan_recipe
 
     cfg = _load(args)
@@ -334,6 +335,11 @@ def plan(args: RecipeArgs = None,
         table = Table("component", "GiB", title=f"{stage}: estimated peak per GPU "
                                                 f"(target {result.gpu_memory_gib:g} GiB x {result.num_gpus})")
         for key, value in numbers.items():
+            table.add_row(key, str(value))
+        out.print(table)
+    if result.soft_labels:
+        table = Table("soft labels", "value", title="soft labels: bytes per generated token (disk: before zstd)")
+        for key, value in result.soft_labels.items():
             table.add_row(key, str(value))
         out.print(table)
     for w in result.warnings:

@@ -23,14 +23,30 @@ generation (vLLM)
                sequence (prompt + max_tokens) at least; vLLM uses the rest of
                gpu_memory_utilization for more concurrent sequences
 
+soft labels (bytes per generated token, the recipe's format; `soft_label_plan`)
+  on disk      before Parquet's zstd, exact given the rows (tests/test_plan_labels.py checks real encoded batches):
+               packed-v1 top-k: 2 + (k - own) * id_bits / 8 + (k - 1)   (rank + tail bytes, ids, k - 1 gap codes)
+               sampled-v1, N draws of m distinct ids: 3 + (m - own) * id_bits / 8 + (m - 1)
+                                                    (three row bytes, ids, a count for all but the last)
+               fp16 top-k: 6k (int32 id + fp16 logprob)
+               `own` is the share of rows holding the trace's own token (its id is referenced, not stored; planned as 1).
+               m is planned from SmolLM2-135M traces at T = 1 (`SAMPLED_DISTINCT_MEASURED`), and at worst N. zstd
+               takes ~0.68x off sampled-v1 (12.9 of 19.1 bytes at N = 32), ~0.6x off packed-v1, ~0.5x off fp16.
+  cache        the training examples (examples.arrow): 9 + 8k (int32 ids and fp32 logprobs of fixed width), sampled
+               rows cut to their m ids: 9 + 8 + 8m (two int32 offsets per token)
+  batch        the collator's label tensors on the GPU: tokens * (12 * width + 1) (int64 ids, fp32 logprobs, mask),
+               width the rows' (at most N for sampled ones); counted in training's `labels`
+
 Checked against published figures in tests/test_plan.py (Unsloth's Hugging Face + FA2 QLoRA
 context limits for Llama-3.1-8B; the 128 KiB/token KV cache of Llama-3-8B).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -154,10 +170,11 @@ class TrainEstimate:
     overhead: float
     trainable_params: int
     total_params: int
+    labels: float = 0.0  # the batch's soft-label tensors
 
     @property
     def total(self) -> float:
-        return self.weights + self.trainable_states + self.activations + self.logits + self.overhead
+        return self.weights + self.trainable_states + self.activations + self.logits + self.labels + self.overhead
 
 
 def lora_params(shape: ModelShape, r: int, target_modules: str | list[str] = "all-linear") -> int:
@@ -173,8 +190,9 @@ def lora_params(shape: ModelShape, r: int, target_modules: str | list[str] = "al
 def estimate_training(shape: ModelShape, method: str = "lora", seq_len: int = 4096, micro_batch: int = 1,
                       lora_r: int = 16, target_modules: str | list[str] = "all-linear",
                       gradient_checkpointing: bool = True, kd_chunk: int | None = None,
-                      shard_over: int = 1) -> TrainEstimate:
-    """Peak bytes of one training step on one GPU (see the module docstring for each term)."""
+                      shard_over: int = 1, label_width: int = 0) -> TrainEstimate:
+    """Peak bytes of one training step on one GPU (see the module docstring for each term); `label_width`: the
+    width of the stored soft-label rows the batches carry (0 without)."""
     tokens = seq_len * micro_batch
     h, i, kvd = shape.hidden, shape.intermediate, shape.kv_dim
     body = shape.params - shape.embed_params
@@ -196,8 +214,9 @@ def estimate_training(shape: ModelShape, method: str = "lora", seq_len: int = 40
     else:
         activations = tokens * shape.layers * per_layer_full
     logits = min(tokens, kd_chunk or tokens) * shape.vocab * 16
-    overhead = 1 * GiB + 0.08 * (weights + states + activations + logits)
-    return TrainEstimate(weights, states, activations, logits, overhead, trainable, shape.params)
+    labels = label_batch_bytes(tokens, label_width)
+    overhead = 1 * GiB + 0.08 * (weights + states + activations + logits + labels)
+    return TrainEstimate(weights, states, activations, logits, overhead, trainable, shape.params, labels)
 
 
 def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int = 2) -> int:
@@ -223,6 +242,85 @@ def estimate_generation(shape: ModelShape, seq_len: int, tensor_parallel: int = 
     return GenerateEstimate(weights, kv, per_tok, 1 * GiB + 0.05 * weights)
 
 
+# ----------------------------------------------------------------------------------------- soft labels
+
+SAMPLED_DISTINCT_MEASURED = {8: 2.95, 16: 4.28, 32: 6.35, 64: 9.43}
+"""Mean distinct ids per position of N draws: SmolLM2-135M traces (arithmetic, 5,550 tokens) drawn at T = 1
+(BENCHMARKS.md, "Sampled soft labels"). A broader teacher (a higher temperature, open-ended text) draws more."""
+
+
+def sampled_distinct_per_token(num_samples: int) -> float:
+    """Planned mean distinct ids per position for N draws: `SAMPLED_DISTINCT_MEASURED` interpolated in log-log (a
+    power law between its points, the end segments' slope beyond them), between 1 and N."""
+    ns = sorted(SAMPLED_DISTINCT_MEASURED)
+    xs, ys = [math.log(n) for n in ns], [math.log(SAMPLED_DISTINCT_MEASURED[n]) for n in ns]
+    x = math.log(max(1, num_samples))
+    i = min(max(bisect.bisect_left(xs, x) - 1, 0), len(xs) - 2)
+    y = ys[i] + (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) * (x - xs[i])
+    return min(max(math.exp(y), 1.0), float(num_samples))
+
+
+def sampled_bytes_per_token(id_bits: int, distinct: float, own: float = 1.0) -> float:
+    """sampled-v1 bytes per position before compression: num_distinct, token_rank and token_logprob (a byte each),
+    each distinct id but the trace's own token (`own`: the share of rows where it was drawn) at `id_bits`, and a count
+    byte for each distinct id but the row's last (N minus the others)."""
+    return 3 + (distinct - own) * id_bits / 8 + max(0.0, distinct - 1)
+
+
+def packed_bytes_per_token(k: int, id_bits: int, own: float = 1.0) -> float:
+    """packed-v1 bytes per position before compression: the sampled token's rank and the tail (a byte each), the k ids
+    but the sampled token's (`own`: the share of rows holding it) at `id_bits`, and k - 1 gap codes."""
+    return 2 + (k - own) * id_bits / 8 + (k - 1)
+
+
+def label_cache_bytes_per_token(width: int, distinct: float | None = None) -> float:
+    """The training cache (examples.arrow) per token: int32 input_ids and labels, an int8 kd_mask, and the rows: fixed
+    width (top-k: int32 id + fp32 logprob per slot) or, for sampled labels (`distinct` given), cut to their distinct ids
+    (the same 8 bytes each plus two int32 row offsets)."""
+    if distinct is None:
+        return 9 + 8 * width
+    return 9 + 8 + 8 * distinct
+
+
+def label_batch_bytes(tokens: int, width: int) -> float:
+    """The collator's label tensors for `tokens` positions of rows `width` wide: int64 ids, fp32 logprobs, bool mask."""
+    return tokens * (12 * width + 1) if width else 0.0
+
+
+def soft_label_plan(label_format: str, width: int, vocab: int) -> dict:
+    """Bytes per token of a run's soft labels (see the module docstring): {format, width, id_bits, distinct_per_token
+    (sampled), disk_bytes_per_token (before zstd), disk_bytes_per_token_worst (sampled: every draw distinct),
+    cache_bytes_per_token}."""
+    id_bits = max(1, (vocab - 1).bit_length())
+    plan = {"format": label_format, "width": width, "id_bits": id_bits}
+    if label_format == "sampled-v1":
+        m = sampled_distinct_per_token(width)
+        plan.update(distinct_per_token=round(m, 2), disk_bytes_per_token=round(sampled_bytes_per_token(id_bits, m), 1),
+                    disk_bytes_per_token_worst=round(sampled_bytes_per_token(id_bits, width, own=0.0), 1),
+                    cache_bytes_per_token=round(label_cache_bytes_per_token(width, m), 1))
+    elif label_format == "packed-v1":
+        plan.update(disk_bytes_per_token=round(packed_bytes_per_token(width, id_bits), 1),
+                    cache_bytes_per_token=label_cache_bytes_per_token(width))
+    else:
+        plan.update(disk_bytes_per_token=6 * width, cache_bytes_per_token=label_cache_bytes_per_token(width))
+    return plan
+
+
+def recipe_soft_labels(cfg: RecipeConfig) -> dict | None:
+    """`soft_label_plan` of the labels the recipe writes (score's when it scores, else generate's), None without."""
+    if "score" in cfg.stages:
+        fmt, width, teacher = cfg.score.label_format, cfg.score.label_width, cfg.score.teacher.model
+    elif "generate" in cfg.stages and cfg.generate.label_format:
+        fmt, width, teacher = cfg.generate.label_format, cfg.generate.label_width, cfg.generate.teacher.model
+    else:
+        return None
+    try:
+        vocab = model_shape(teacher).vocab
+    except DistillkitError:
+        vocab = 152064  # a teacher of unknown shape: R1's vocabulary (18-bit ids), the larger common case
+    return soft_label_plan(fmt, width, vocab)
+
+
 @dataclass
 class Plan:
     gpu_memory_gib: float
@@ -230,6 +328,7 @@ class Plan:
     train: dict | None
     generate: dict | None
     warnings: list[str]
+    soft_labels: dict | None = None
 
 
 def plan_recipe(cfg: RecipeConfig) -> Plan:
@@ -238,6 +337,7 @@ def plan_recipe(cfg: RecipeConfig) -> Plan:
     warnings: list[str] = []
     train = generate = None
     t = cfg.train
+    labels = recipe_soft_labels(cfg)
     if "train" in cfg.stages:
         shape = model_shape(t.student.model)
         layers = _layers_kept(shape, t.student.keep_layers)
@@ -248,10 +348,12 @@ def plan_recipe(cfg: RecipeConfig) -> Plan:
             shape, t.method, seq_len=t.max_length or 4096, micro_batch=t.per_device_train_batch_size,
             lora_r=t.lora.r, target_modules=t.lora.target_modules,
             gradient_checkpointing=t.gradient_checkpointing,
-            kd_chunk=t.kd.chunk_size if t.kd.enabled else None, shard_over=shard if sharded else 1)
+            kd_chunk=t.kd.chunk_size if t.kd.enabled else None, shard_over=shard if sharded else 1,
+            label_width=labels["width"] if labels and t.kd.enabled and t.kd.teacher_probs.startswith(("topk", "sampled"))
+            else 0)
         train = {k: round(v / GiB, 2) for k, v in {
             "weights": est.weights, "trainable_states": est.trainable_states, "activations": est.activations,
-            "logits": est.logits, "overhead": est.overhead, "total": est.total}.items()}
+            "logits": est.logits, "labels": est.labels, "overhead": est.overhead, "total": est.total}.items()}
         train["trainable_params_m"] = round(est.trainable_params / 1e6, 1)
         train["total_params_b"] = round(est.total_params / 1e9, 2)
         if est.total / GiB > gpu_gib:
@@ -275,7 +377,7 @@ def plan_recipe(cfg: RecipeConfig) -> Plan:
                 f"generate: the teacher needs ~{est.total / GiB:.1f} GiB per GPU for one full-length sequence, "
                 f"over {budget:.1f} GiB ({g.teacher.vllm.gpu_memory_utilization:g} of {gpu_gib:g}); raise "
                 "generate.teacher.vllm.tensor_parallel_size or lower max_model_len")
-    return Plan(gpu_gib, cfg.hardware.num_gpus, train, generate, warnings)
+    return Plan(gpu_gib, cfg.hardware.num_gpus, train, generate, warnings, labels)
 
 
 def warn_if_too_big(cfg: RecipeConfig, stage: str) -> None:

@@ -31,11 +31,11 @@ SCORERS: dict[str, str] = {
 }
 
 # train.kd.divergence: a function (teacher_logp, student_logp, beta) -> divergence per row, (..., K), (..., K) -> (...),
-# as in distillkit/train/losses.py.
+# as in distillkit/train/divergences.py.
 DIVERGENCES: dict[str, str] = {
-    "forward_kl": "distillkit.train.losses:forward_kl",
-    "reverse_kl": "distillkit.train.losses:reverse_kl",
-    "jsd": "distillkit.train.losses:jsd",
+    "forward_kl": "distillkit.train.divergences:forward_kl",
+    "reverse_kl": "distillkit.train.divergences:reverse_kl",
+    "jsd": "distillkit.train.divergences:jsd",
 }
 
 # filter.verifiers[].kind: a `Verifier` of distillkit/verify/verifiers/base.py (its parameters in its `Params`).

@@ -165,6 +165,20 @@ def test_loss_curve_of_a_short_run_has_axes_points_and_values(tmp_path):
     assert "<td>10</td><td>0.75</td><td>0.6</td><td>0.9</td>" in training  # value table
 
 
+def test_a_sampled_label_run_charts_kl_sampled_under_its_own_name():
+    """Sampled soft labels log `kl_sampled` (KL to counts / N, above the KL by a teacher-set gap), not `kl`: the
+    manifest schema takes it and the report draws it under a name that does not read as the KL."""
+    from types import SimpleNamespace
+
+    from distillkit.publish.report import _training_section
+
+    curve = [{"step": 1, "loss": 1.5, "ce": 1.0, "kl_sampled": 2.0}, {"step": 2, "loss": 1.0, "ce": 0.8, "kl_sampled": 1.2}]
+    stats = TrainStats(tokens_seen=10, tokens_per_s=1.0, train_seconds=10.0, global_steps=2, final_train_loss=1.2,
+                       loss_curve=curve, method="full", bf16=False, trainable_params=1).dump()
+    training = _training_section(SimpleNamespace(stats=stats))
+    assert "KL to sampled counts (biased up), step 2: 1.2" in training and ">KL<" not in training
+
+
 def test_report_of_an_unreadable_results_file_says_why(tmp_path):
     run = _fake_run(tmp_path / "run")
     (run / "evaluate" / "results.json").write_text(json.dumps({"models": {"teacher": {"arith": {"pass@1": 0.1}}}}))

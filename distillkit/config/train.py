@@ -109,6 +109,12 @@ class KDConfig(StrictModel):
 
     @model_validator(mode="after")
     def _cross_tokenizer_is_stored(self):
+        if self.cross_tokenizer and self.teacher_probs == "sampled":
+            raise ValueError("kd.cross_tokenizer maps stored top-k soft labels, and distillkit does not map sampled "
+                             "ones (N draws at one teacher position do not chain along a student token that spans "
+                             "several). Score the traces with top-k labels (score.soft_labels: topk) and set "
+                             "kd.teacher_probs: topk_tail, or keep sampled labels with a student of the teacher's "
+                             "tokenizer (cross_tokenizer: false)")
         if self.cross_tokenizer and self.teacher_probs not in ("topk_renorm", "topk_tail"):
             raise ValueError(f"kd.cross_tokenizer maps stored top-k soft labels; kd.teacher_probs={self.teacher_probs} "
                              "needs the student's own vocabulary. Use teacher_probs: topk_tail, or cross_tokenizer: false")

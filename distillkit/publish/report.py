@@ -25,7 +25,8 @@ from distillkit.schemas.train import TrainStats
 
 SECTIONS = ["summary", "funnel", "reasons", "difficulty", "lengths", "training", "evaluation", "samples"]
 NBSP_PM = "\u00a0±\u00a0"  # "±" that a table cell does not break around
-CURVES = {"loss": "total loss", "ce": "CE", "kl": "KL"}  # keys of the train manifest's loss_curve rows
+# keys of the train manifest's loss_curve rows; kl_sampled (sampled labels) sits above the KL by a teacher-set gap
+CURVES = {"loss": "total loss", "ce": "CE", "kl": "KL", "kl_sampled": "KL to sampled counts (biased up)"}
 
 
 # ----------------------------------------------------------------------------------------- data

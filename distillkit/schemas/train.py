@@ -1,7 +1,8 @@
 """The train stage's manifest `stats`, defined once: the train stage writes them through `TrainStats`, and the
 model card and the report read them through it (tests read the manifest's JSON, which is this, dumped).
 
-    loss_curve     [{"step", "loss", "ce"?, "kl"?, "learning_rate"?, "num_input_tokens_seen"?}]  every log
+    loss_curve     [{"step", "loss", "ce"?, "kl"? | "kl_sampled"?, "learning_rate"?, "num_input_tokens_seen"?}]  every
+                   log; kl_sampled with sampled labels: KL(counts / N || student), above the KL by a teacher-set gap
     tokens_seen, tokens_per_s, train_seconds, global_steps, resumed_from, final_train_loss
     peak_memory    {"cpu_max_rss_bytes", "cuda_max_allocated_bytes"?}
     data           what the dataset builder reports (examples, tokens, soft-labelled tokens, truncation)
@@ -24,6 +25,9 @@ class LossPoint(BaseModel):
     loss: float
     ce: Optional[float] = None
     kl: Optional[float] = None
+    kl_sampled: Optional[float] = None
+    """With `train.kd.teacher_probs: sampled`, instead of kl: KL(counts / N || student), biased up by a gap that does
+    not depend on the student (distillkit/train/divergences.py)."""
     learning_rate: Optional[float] = None
     num_input_tokens_seen: Optional[int] = None
 

@@ -48,6 +48,22 @@ from functools import lru_cache
 
 import numpy as np
 
+from distillkit.softlabels.columns import (  # noqa: F401  (their former home: old imports keep working)
+    _buffer,
+    _join_planes,
+    _planes,
+    _unpack,
+    common_width,
+    offsets_with_nulls,
+    per_record_sums,
+    struct_feature,
+    struct_fields,
+    struct_type,
+    token_ranks,
+    unpack_ids,
+    valid_rows,
+)
+
 PACKED = "packed-v1"
 FP16 = "fp16"
 FORMATS = (PACKED, FP16)
@@ -74,24 +90,6 @@ MAX_ID_BITS = 24
 
 _FIELDS = ("codec", "k", "id_bits", "sampled_rank", "ids_0", "ids_1", "ids_2", "gap_1", "gap_2_4", "gap_rest",
            "tail")
-
-
-def struct_type(fields: tuple[str, ...]):
-    """The Arrow struct of a packed label column: `fields` = (codec, its width's name, id_bits, *binary planes)."""
-    import pyarrow as pa
-
-    codec, width, id_bits, *planes = fields
-    return pa.struct([(codec, pa.int8()), (width, pa.int16()), (id_bits, pa.int8())]
-                     + [(name, pa.binary()) for name in planes])
-
-
-def struct_feature(fields: tuple[str, ...]) -> dict:
-    """The `datasets` feature of the same struct."""
-    from datasets import Value
-
-    codec, width, id_bits, *planes = fields
-    return {codec: Value("int8"), width: Value("int16"), id_bits: Value("int8"),
-            **{name: Value("binary") for name in planes}}
 
 
 def soft_labels_type():
@@ -186,23 +184,6 @@ def _encode_rows(ids: np.ndarray, logprobs: np.ndarray, tokens: np.ndarray | Non
         rank = np.where(has, match.argmax(1), k).astype(np.uint8)
         keep[np.flatnonzero(has), rank[has]] = False
     return rank, ids[keep], keep.sum(1), gaps, tail
-
-
-def _planes(values: np.ndarray, id_bits: int) -> list[bytes]:
-    """Ids (M,) -> three plane buffers (bits 0-7, 8-15, 16-23; narrower planes bit-packed, unused ones empty)."""
-    out = []
-    for p in range(3):
-        width = min(8, id_bits - 8 * p)
-        if width <= 0:
-            out.append(b"")
-            continue
-        plane = ((values >> (8 * p)) & 0xFF).astype(np.uint8)
-        if width == 8:
-            out.append(plane.tobytes())
-        else:
-            bits = (plane[:, None] >> np.arange(width, dtype=np.uint8)) & 1
-            out.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
-    return out
 
 
 ROWS_PER_PASS = 1 << 18
@@ -316,32 +297,6 @@ def _decode_ids(rank: np.ndarray | None, kept: np.ndarray, tokens: np.ndarray | 
     return out
 
 
-def _join_planes(planes: list[np.ndarray]) -> np.ndarray:
-    values = np.zeros(len(planes[0]) if planes else 0, dtype=np.int32)
-    for p, plane in enumerate(planes):
-        values |= plane.astype(np.int32) << (8 * p)
-    return values
-
-
-def _unpack(buf: np.ndarray, width: int, counts: np.ndarray, byte_offsets: np.ndarray) -> np.ndarray:
-    """Values of `width` < 8 bits, bit-packed per record (each record padded to a whole byte), all records' in order."""
-    if 8 % width == 0:  # 1, 2 or 4 bits (ids of 17, 18, 20 bits): shift whole bytes apart, then drop the padding
-        per_byte = 8 // width
-        shifts = (np.arange(per_byte) * width).astype(np.uint8)
-        values = ((buf[:, None] >> shifts) & ((1 << width) - 1)).reshape(-1)
-        slots = np.diff(byte_offsets) * per_byte
-        pad = slots - counts
-        if not pad.any():
-            return values
-        ends = byte_offsets[1:] * per_byte
-        first_pad = np.repeat(ends - pad - np.concatenate([[0], np.cumsum(pad)[:-1]]), pad)
-        return np.delete(values, first_pad + np.arange(pad.sum()))
-    parts = [np.unpackbits(buf[a:b], count=int(n) * width, bitorder="little")
-             for a, b, n in zip(byte_offsets[:-1], byte_offsets[1:], counts)]  # one call per record
-    bits = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-    return np.packbits(bits.reshape(-1, width), axis=1, bitorder="little").reshape(-1)  # width bits -> one byte
-
-
 def decode_record(value: dict, tokens=None) -> tuple[np.ndarray, np.ndarray]:
     """One `soft_labels` value -> (ids int32 (T, k), logprobs float32 (T, k)); `tokens`: the record's completion ids."""
     import pyarrow as pa
@@ -352,14 +307,6 @@ def decode_record(value: dict, tokens=None) -> tuple[np.ndarray, np.ndarray]:
     return ids, lps
 
 
-def _buffer(arr) -> tuple[np.ndarray, np.ndarray]:
-    """A BinaryArray -> (all its values' bytes concatenated, per-value byte offsets from 0)."""
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    data = arr.buffers()[2]
-    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return data[offsets[0]:offsets[-1]], (offsets - offsets[0]).astype(np.int64)
-
-
 def decode_struct_array(column, tokens: np.ndarray | None, token_offsets: np.ndarray | None):
     """A whole `soft_labels` column (an Arrow StructArray of R non-null records) -> all its rows at once.
 
@@ -367,60 +314,31 @@ def decode_struct_array(column, tokens: np.ndarray | None, token_offsets: np.nda
     when the records store the sampled token's rank. Returns (ids int32 (N, k), logprobs float32 (N, k), row
     offsets (R+1,)): record r's rows are [offsets[r], offsets[r+1]).
     """
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if column.null_count:
-        raise ValueError("decode_struct_array takes records that all carry soft labels; filter out the nulls first")
-    if len(column) == 0:
+    column, fields = struct_fields(column, _FIELDS, CODEC_VERSION, "soft_labels")
+    if fields is None:
         return np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32), np.zeros(1, np.int64)
-    fields = dict(zip(_FIELDS, column.flatten()))
-    codec = np.asarray(fields["codec"].to_numpy(zero_copy_only=False))
-    if len(codec) and (codec != CODEC_VERSION).any():
-        bad = int(codec[codec != CODEC_VERSION][0])
-        raise ValueError(f"soft_labels written with codec version {bad}; this distillkit reads version "
-                         f"{CODEC_VERSION}: upgrade distillkit to read them")
-    ks = np.asarray(fields["k"].to_numpy(zero_copy_only=False))
-    bits = np.asarray(fields["id_bits"].to_numpy(zero_copy_only=False))
-    if len(ks) and ((ks != ks[0]).any() or (bits != bits[0]).any()):
+    k, id_bits = common_width(fields, "k")
+    if k is None:  # records of several k or id_bits in one column (rare: runs are written with one k)
         return _decode_per_record(column, tokens, token_offsets)
-    k = int(ks[0]) if len(ks) else 1
-    id_bits = int(bits[0]) if len(bits) else 1
     tail, row_offsets = _buffer(fields["tail"])
-    n = len(tail)
-    lengths = np.diff(row_offsets)
-    rank_buf, rank_offsets = _buffer(fields["sampled_rank"])
-    rank_lengths = np.diff(rank_offsets)
-    rank = None
-    if (rank_lengths == lengths).all() and n and rank_lengths.any():
-        rank = rank_buf
-        if tokens is None or token_offsets is None:
-            raise ValueError("these soft labels store the sampled token by its rank: decoding needs the records' "
-                             "completion_ids (read that column too)")
-        if not np.array_equal(np.diff(token_offsets), lengths):
-            raise ValueError("soft labels and completion_ids differ in length in some record; the shard is damaged")
-    elif rank_lengths.any():  # some records stored with ranks, some without: one at a time
+    rank, mixed = token_ranks(fields["sampled_rank"], row_offsets, tokens, token_offsets, "soft labels")
+    if mixed:  # some records stored with ranks, some without: one at a time
         return _decode_per_record(column, tokens, token_offsets)
-    gap_cols = [_buffer(fields[name])[0] for name in ("gap_1", "gap_2_4", "gap_rest")]
-    near = min(3, max(0, k - 2))
-    widths = (min(1, k - 1), near, max(0, k - 2 - near))
-    gaps = np.concatenate([g.reshape(n, w) for g, w in zip(gap_cols, widths)], axis=1) \
-        if k > 1 else np.zeros((n, 0), np.uint8)
-    lps = _decode_logprobs(gaps, tail)
+    n = len(tail)
+    lps = _decode_logprobs(_gap_codes(fields, k, n), tail)
     refs = rank < k if rank is not None else np.zeros(n, bool)
-    cum_refs = np.concatenate([[0], np.cumsum(refs)])
-    counts = lengths * k - (cum_refs[row_offsets[1:]] - cum_refs[row_offsets[:-1]])
-    planes = []
-    for p in range(3):
-        width = min(8, id_bits - 8 * p)
-        if width <= 0:
-            break
-        buf, byte_offsets = _buffer(fields[f"ids_{p}"])
-        planes.append(buf if width == 8 else _unpack(buf, width, counts, byte_offsets))
-    kept = _join_planes(planes)
-    ids = _decode_ids(rank, kept, tokens, n, k)
-    return ids, lps, row_offsets
+    kept = unpack_ids(fields, id_bits, per_record_sums(k - refs.astype(np.int64), row_offsets))
+    return _decode_ids(rank, kept, tokens, n, k), lps, row_offsets
+
+
+def _gap_codes(fields: dict, k: int, n: int) -> np.ndarray:
+    """The three gap columns -> (n, k - 1) shape codes, ranks 1..k-1 (see the module docstring)."""
+    if k <= 1:
+        return np.zeros((n, 0), np.uint8)
+    near = min(3, k - 2)
+    widths = (1, near, k - 2 - near)
+    cols = [_buffer(fields[name])[0] for name in ("gap_1", "gap_2_4", "gap_rest")]
+    return np.concatenate([g.reshape(n, w) for g, w in zip(cols, widths)], axis=1)
 
 
 def _decode_per_record(column, tokens, token_offsets):
@@ -471,33 +389,3 @@ def decode_column(column, completion_ids=None):
     column, valid, tokens, token_offsets = valid_rows(column, completion_ids)
     ids, lps, offsets = decode_struct_array(column, tokens, token_offsets)
     return ids, lps, offsets_with_nulls(offsets, valid), valid
-
-
-def valid_rows(column, completion_ids=None):
-    """A label column's non-null rows, which ones they are (valid (R,)), and their records' completion tokens
-    (int64, flat) with their offsets, or (None, None) without `completion_ids`. Shared by the column decoders."""
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if isinstance(completion_ids, pa.ChunkedArray):
-        completion_ids = completion_ids.combine_chunks()
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    if not valid.all():
-        mask = pa.array(valid)
-        column = column.filter(mask)
-        completion_ids = completion_ids.filter(mask) if completion_ids is not None else None
-    if completion_ids is None:
-        return column, valid, None, None
-    tokens = np.asarray(completion_ids.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-    raw = np.asarray(completion_ids.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
-    return column, valid, tokens, raw - raw[0]
-
-
-def offsets_with_nulls(offsets: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row offsets of the non-null records -> offsets over every record (a null record holds no rows)."""
-    if valid.all():
-        return offsets
-    lengths = np.zeros(len(valid), dtype=np.int64)
-    lengths[valid] = np.diff(offsets)
-    return np.concatenate([[0], np.cumsum(lengths)])

@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillkit.softlabels.codec import (_buffer, _join_planes, _planes, _unpack, id_bits_for, offsets_with_nulls,
-                                         struct_feature, struct_type, valid_rows)
+from distillkit.softlabels.codec import id_bits_for
+from distillkit.softlabels.columns import (_buffer, _planes, common_width, offsets_with_nulls, per_record_sums,
+                                           struct_feature, struct_fields, struct_type, token_ranks, unpack_ids,
+                                           valid_rows)
 
 SAMPLED = "sampled-v1"
 SAMPLED_LABELS = "sampled_labels"
@@ -199,89 +201,71 @@ def decode_sampled_struct_array(column, tokens: np.ndarray | None, token_offsets
     """A `sampled_labels` StructArray of R non-null records -> (ids int32 (N_rows, W), log weights float32
     (N_rows, W), token_logprobs float32 (N_rows,), row offsets (R+1,)), W = num_samples. `tokens`/`token_offsets`:
     the records' completion ids concatenated, needed when the records store the token by its rank."""
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if column.null_count:
-        raise ValueError("decode_sampled_struct_array takes records that all carry sampled labels; filter the nulls")
-    if len(column) == 0:
+    column, fields = struct_fields(column, _FIELDS, SAMPLED_VERSION, SAMPLED_LABELS)
+    if fields is None:
         return (np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32),
                 np.zeros(1, np.int64))
-    fields = dict(zip(_FIELDS, column.flatten()))
-    codec = np.asarray(fields["codec"].to_numpy(zero_copy_only=False))
-    if (codec != SAMPLED_VERSION).any():
-        bad = int(codec[codec != SAMPLED_VERSION][0])
-        raise ValueError(f"sampled_labels written with codec version {bad}; this distillkit reads version "
-                         f"{SAMPLED_VERSION}: upgrade distillkit to read them")
-    ns = np.asarray(fields["num_samples"].to_numpy(zero_copy_only=False))
-    bits = np.asarray(fields["id_bits"].to_numpy(zero_copy_only=False))
-    if (ns != ns[0]).any() or (bits != bits[0]).any():
+    n, id_bits = common_width(fields, "num_samples")
+    if n is None:
         return _decode_per_record(column, tokens, token_offsets)
-    n, id_bits = int(ns[0]), int(bits[0])
     m, row_offsets = _buffer(fields["num_distinct"])
     m = m.astype(np.int64)  # uint8: m - 1 would wrap at an empty row
-    lengths = np.diff(row_offsets)
-    rows = len(m)
-    rank_buf, rank_offsets = _buffer(fields["token_rank"])
-    rank_lengths = np.diff(rank_offsets)
-    rank = None
-    if rows and (rank_lengths == lengths).all() and rank_lengths.any():
-        rank = rank_buf
-        if tokens is None or token_offsets is None:
-            raise ValueError("these sampled labels store the record's token by its rank: decoding needs the records' "
-                             "completion_ids (read that column too)")
-        if not np.array_equal(np.diff(token_offsets), lengths):
-            raise ValueError("sampled labels and completion_ids differ in length in some record; the shard is damaged")
-    elif rank_lengths.any():
+    rank, mixed = token_ranks(fields["token_rank"], row_offsets, tokens, token_offsets, "sampled labels")
+    if mixed:
         return _decode_per_record(column, tokens, token_offsets)
     if (m > n).any():
         raise ValueError(f"a row of sampled labels has {int(m.max())} distinct ids for num_samples={n}; damaged")
-    slot = np.arange(n)[None, :]
-    present = slot < m[:, None]
-    keep = present.copy()
+    ids = _decode_distinct_ids(fields, m, n, id_bits, rank, tokens, row_offsets)
+    counts = _decode_counts(fields["counts"], m, n)
+    return ids, log_weights(counts, n), _decode_token_logprobs(fields["token_logprob"], len(m)), row_offsets
+
+
+def _decode_distinct_ids(fields: dict, m: np.ndarray, n: int, id_bits: int, rank, tokens, row_offsets) -> np.ndarray:
+    """Each row's m distinct ids -> int32 (N_rows, n), zero-padded: the stored ones from the bit planes, the record's
+    own token (where `rank` places it) from `tokens`."""
+    rows = len(m)
+    keep = np.arange(n)[None, :] < m[:, None]
     refs = np.zeros(rows, bool)
     if rank is not None:
         refs = rank != ABSENT
         if (rank[refs] >= m[refs]).any():
             raise ValueError("a sampled-label token rank points past its row; the record is damaged")
         keep[np.flatnonzero(refs), rank[refs]] = False
-    # ids of each record's kept slots, bit-packed per record
-    cum_refs = np.concatenate([[0], np.cumsum(refs)])
-    cum_m = np.concatenate([[0], np.cumsum(m, dtype=np.int64)])
-    counts_per_record = (cum_m[row_offsets[1:]] - cum_m[row_offsets[:-1]]) \
-        - (cum_refs[row_offsets[1:]] - cum_refs[row_offsets[:-1]])
-    planes = []
-    for p in range(3):
-        width = min(8, id_bits - 8 * p)
-        if width <= 0:
-            break
-        buf, byte_offsets = _buffer(fields[f"ids_{p}"])
-        planes.append(buf if width == 8 else _unpack(buf, width, counts_per_record, byte_offsets))
-    kept = _join_planes(planes)
+    kept = unpack_ids(fields, id_bits, per_record_sums(m - refs, row_offsets))
     if kept.shape[0] != keep.sum():
         raise ValueError(f"sampled_labels hold {kept.shape[0]} ids where their rows need {int(keep.sum())}; damaged")
     ids = np.zeros((rows, n), dtype=np.int32)
     ids[keep] = kept
     if rank is not None:
         ids[np.flatnonzero(refs), rank[refs]] = tokens[refs]
+    return ids
+
+
+def _decode_counts(field, m: np.ndarray, n: int) -> np.ndarray:
+    """The stored counts (every one of a row's but its last) -> int64 (N_rows, n), the last being n minus the rest."""
+    rows = len(m)
     counts = np.zeros((rows, n), dtype=np.int64)
-    stored_mask = slot < (m - 1)[:, None]
-    stored, _ = _buffer(fields["counts"])
+    stored_mask = np.arange(n)[None, :] < (m - 1)[:, None]
+    stored, _ = _buffer(field)
     if stored.shape[0] != stored_mask.sum():
         raise ValueError(f"sampled_labels hold {stored.shape[0]} counts where their rows need "
                          f"{int(stored_mask.sum())}; the record is damaged")
     counts[stored_mask] = stored
     last = np.flatnonzero(m > 0)
     counts[last, m[last] - 1] = n - counts[last].sum(1)
-    if (counts[present] <= 0).any():
+    if (counts[np.arange(n)[None, :] < m[:, None]] <= 0).any():
         raise ValueError("sampled_labels counts exceed num_samples in some row; the record is damaged")
-    code, _ = _buffer(fields["token_logprob"])
+    return counts
+
+
+def _decode_token_logprobs(field, rows: int) -> np.ndarray:
+    """The token-logprob bytes -> float32 (N_rows,), nan where unknown (ABSENT, or a record written without them)."""
+    code, _ = _buffer(field)
     tlp = np.full(rows, np.nan, dtype=np.float32)
     if code.shape[0] == rows:
         known = code != ABSENT
         tlp[known] = -np.expm1(code[known] * TOKEN_LP_STEP)
-    return ids, log_weights(counts, n), tlp, row_offsets
+    return tlp
 
 
 def _decode_per_record(column, tokens, token_offsets):

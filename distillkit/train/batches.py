@@ -32,25 +32,44 @@ class DistillCollator:
         if KD_COLUMNS[0] not in examples[0]:
             return batch
         width = batch["input_ids"].shape[1]
-        k = len(examples[0]["kd_ids"][0])
         if self.padding_free:
             cat = {c: [x for ex in examples for x in ex[c]] for c in KD_COLUMNS}
             seqs = {c: [cat[c]] for c in KD_COLUMNS}
         else:
             seqs = {c: [ex[c] for ex in examples] for c in KD_COLUMNS}
+        widths = {len(row) for seq in seqs["kd_ids"] for row in seq}  # one width: top-k; several: ragged sampled rows
+        k = max(widths, default=0) or 1
         rows = len(seqs["kd_mask"])
         ids = torch.zeros(rows, width, k, dtype=torch.long)
         lps = torch.zeros(rows, width, k, dtype=torch.float32)
         mask = torch.zeros(rows, width, dtype=torch.bool)
+        if widths != {k}:
+            lps.fill_(float("-inf"))  # the slots a ragged row does not fill: no draw, dropped by the loss
         for r in range(rows):
             n = len(seqs["kd_mask"][r])
-            if n:
+            if n and widths == {k}:
                 ids[r, :n] = torch.as_tensor(seqs["kd_ids"][r], dtype=torch.long)
                 lps[r, :n] = torch.as_tensor(seqs["kd_logprobs"][r], dtype=torch.float32)
+            elif n:
+                _fill_ragged(ids[r], lps[r], seqs["kd_ids"][r], seqs["kd_logprobs"][r])
+            if n:
                 mask[r, :n] = torch.as_tensor(seqs["kd_mask"][r], dtype=torch.bool)
         mask &= batch["labels"] != IGNORE  # a packed sequence start is never a target
         batch.update(kd_ids=ids, kd_logprobs=lps, kd_mask=mask)
         return batch
+
+
+def _fill_ragged(ids, lps, rows_ids: list, rows_lp: list) -> None:
+    """Ragged rows (a list of T lists of any length <= k) into ids (width, k) and lps (width, k) from slot 0 on."""
+    import itertools
+
+    import torch
+
+    lengths = torch.tensor([len(x) for x in rows_ids], dtype=torch.long)
+    pos = torch.repeat_interleave(torch.arange(len(rows_ids)), lengths)
+    slot = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    ids[pos, slot] = torch.tensor(list(itertools.chain.from_iterable(rows_ids)), dtype=torch.long)
+    lps[pos, slot] = torch.tensor(list(itertools.chain.from_iterable(rows_lp)), dtype=torch.float32)
 
 
 def describe_batch(batch: dict, tokenizer, row: int = 0) -> list[dict]:

@@ -314,6 +314,23 @@ def check_label_kind(records, teacher_probs: str) -> None:
                               "score.soft_labels: sampled (score.teacher.backend: transformers)")
 
 
+def drop_row_padding(ex: dict) -> dict:
+    """An example's sampled rows (T, N) cut to ragged rows of their drawn ids: N draws give m <= N distinct ids, then
+    -inf padding (most drawn first, distillkit/softlabels/sampled.py), so the cache keeps ~6 ids a token at N = 32
+    instead of 32 (BENCHMARKS.md, "Sampled soft labels"). Rows off the KD mask keep nothing; only trailing -inf entries
+    go, so a row reads the same to the loss (`DistillCollator` pads it back with -inf, which the loss drops)."""
+    import numpy as np
+
+    ids, lp = np.asarray(ex["kd_ids"]), np.asarray(ex["kd_logprobs"])
+    if ids.ndim != 2:
+        raise DistillkitError(f"sampled soft labels of shape {ids.shape}; expected (T, N) rows")
+    kept = np.isfinite(lp) & (np.asarray(ex["kd_mask"]) > 0)[:, None]
+    width = np.where(kept.any(1), lp.shape[1] - kept[:, ::-1].argmax(1), 0)  # up to the row's last finite entry
+    keep = np.arange(lp.shape[1])[None, :] < width[:, None]
+    cuts = np.cumsum(width)[:-1]
+    return {**ex, "kd_ids": np.split(ids[keep], cuts), "kd_logprobs": np.split(lp[keep], cuts)}
+
+
 def _first(records, n: int):
     if hasattr(records, "head"):  # StageRecords
         return records.head(n)
@@ -427,9 +444,11 @@ def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk
     from datasets.arrow_writer import ArrowWriter
 
     feats = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
+    ragged = topk > 0 and soft_label_kind(records) == "sampled"  # rows cut to their drawn ids: see drop_row_padding
     if topk > 0:
-        feats.update(kd_ids=List(List(Value("int32"), length=topk)),
-                     kd_logprobs=List(List(Value("float32"), length=topk)), kd_mask=List(Value("int8")))
+        row = {} if ragged else {"length": topk}
+        feats.update(kd_ids=List(List(Value("int32"), **row)), kd_logprobs=List(List(Value("float32"), **row)),
+                     kd_mask=List(Value("int8")))
     bytes_per_token = _bytes_per_token(topk)
     writer = None
     try:
@@ -451,6 +470,8 @@ def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk
                 # a record without stored labels among streamed ones (numpy rows): Arrow needs one type per batch
                 ex = {**ex, "kd_ids": np.asarray(ex["kd_ids"], np.int32),
                       "kd_logprobs": np.asarray(ex["kd_logprobs"], np.float32), "kd_mask": np.asarray(ex["kd_mask"], np.int8)}
+            if ragged:
+                ex = drop_row_padding(ex)
             if writer is None:  # ~64 MB of examples per Arrow record batch
                 batch = max(1, min(1000, (64 << 20) // max(1, len(ex["input_ids"]) * bytes_per_token)))
                 writer = ArrowWriter(features=Features(feats), path=str(path), writer_batch_size=batch)

@@ -380,7 +380,7 @@ def write_manifest(cfg: RecipeConfig, stage: StageOutput, state, p: Prepared, tr
     history = trainer.state.log_history
     tokens_seen = int(trainer.state.num_input_tokens_seen)
     new_tokens = tokens_seen - fitted.tokens_before
-    curve = [{k: row[k] for k in ("step", "loss", "ce", "kl", "learning_rate", "num_input_tokens_seen") if k in row}
+    curve = [{k: row[k] for k in ("step", "loss", "ce", "kl", "kl_sampled", "learning_rate", "num_input_tokens_seen") if k in row}
              for row in history if "loss" in row]
     seconds = fitted.train_seconds
     stats = TrainStats(

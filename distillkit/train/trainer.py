@@ -75,7 +75,7 @@ def output_projection(model):
 
 
 class LossCurveCallback(TrainerCallback):
-    """Collects (step, loss, ce, kl, tokens) at every log, and wall time for tokens/s."""
+    """Collects (step, loss, ce, kl or kl_sampled, tokens) at every log, and wall time for tokens/s."""
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -93,7 +93,7 @@ class LossCurveCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             self.rows.append({"step": state.global_step, **{k: logs[k] for k in
-                              ("loss", "ce", "kl", "num_tokens", "learning_rate") if k in logs}})
+                              ("loss", "ce", "kl", "kl_sampled", "num_tokens", "learning_rate") if k in logs}})
 
 
 class DistillTrainer(SFTTrainer):
@@ -156,7 +156,7 @@ class DistillTrainer(SFTTrainer):
         return self._compute_kd_loss(model, inputs, kd_inputs, num_items_in_batch)
 
     def _compute_kd_loss(self, model, inputs, kd_inputs, num_items_in_batch):
-        from distillkit.train.losses import chunked_kd_loss
+        from distillkit.train.losses import chunked_kd_loss, kd_metric_name
 
         mode = "train" if self.model.training else "eval"
         kd = self.kd
@@ -200,7 +200,8 @@ class DistillTrainer(SFTTrainer):
             ce, kl = ce * self.accelerator.num_processes, kl * self.accelerator.num_processes
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
         record_metric(self, mode, "ce", self.accelerator.gather_for_metrics(ce.detach()).mean().item() * steps)
-        record_metric(self, mode, "kl", self.accelerator.gather_for_metrics(kl.detach()).mean().item() * steps)
+        record_metric(self, mode, kd_metric_name(kd.teacher_probs),  # sampled labels: "kl_sampled", not a KL
+                      self.accelerator.gather_for_metrics(kl.detach()).mean().item() * steps)
         n_tok = 0
         if mode == "train":
             if "attention_mask" in inputs:

@@ -118,10 +118,12 @@ def test_train_consumes_sampled_labels_and_refuses_them_under_a_topk_loss(scored
     cfg, _ = scored
     m = run_train(cfg)
     first = m.stats["loss_curve"][0]
-    assert first["kl"] > 0 and first["loss"] == pytest.approx(0.5 * first["ce"] + 0.5 * first["kl"], rel=1e-4)
+    # logged as kl_sampled, never as kl: KL(counts / N || student) sits above the KL by a gap set by the teacher
+    assert "kl" not in first and first["kl_sampled"] > 0
+    assert first["loss"] == pytest.approx(0.5 * first["ce"] + 0.5 * first["kl_sampled"], rel=1e-4)
     assert m.stats["data"]["soft_label_format"] == "sampled-v1" and m.stats["data"]["topk"] == N
     assert m.stats["data"]["num_kd_tokens"] > 0
-    assert m.stats["loss_curve"][-1]["kl"] < first["kl"]
+    assert m.stats["loss_curve"][-1]["kl_sampled"] < first["kl_sampled"]
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     with pytest.raises(DistillkitError, match="sampled soft labels .*teacher_probs=topk_tail reads top-k"):
         build_train_dataset(StageRecords(cfg.stage_dir("score")), tok, 128, use_kd=True, packing=False,
@@ -170,6 +172,11 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, tiny_qwen2):
         validate_recipe({**base, "score": {"soft_labels": "sampled", "teacher": hf, "soft_label_samples": 300}})
     with pytest.raises(ConfigError, match="estimates the forward KL only.*set kd.divergence: forward_kl"):
         validate_recipe({**base, "train": {"kd": {"enabled": True, "teacher_probs": "sampled", "divergence": "jsd"}}})
+    with pytest.raises(ConfigError, match="does not map sampled ones.*score.soft_labels: topk.*"
+                                          "kd.teacher_probs: topk_tail.*cross_tokenizer: false") as refused:
+        validate_recipe({**base, "train": {"kd": {"enabled": True, "teacher_probs": "sampled",
+                                                  "cross_tokenizer": True}}})
+    assert "Use teacher_probs: topk_tail" not in str(refused.value)  # alone, it would refuse the sampled records
     with pytest.raises(ConfigError, match="teacher.backend=vllm returns only its top-k logprobs .* add the `score` "
                                           "stage with score.soft_labels: sampled"):
         validate_recipe({**base, "generate": {"sampling": {"soft_labels": "sampled"}}})

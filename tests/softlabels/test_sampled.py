@@ -222,44 +222,94 @@ def test_chunked_equals_unchunked_and_other_divergences_are_refused():
         kd_loss_from_logits(hidden @ weight.t(), labels, **{**kw, "divergence": "reverse_kl"})
 
 
-def test_the_filter_keeps_sampled_labels_and_train_builds_them_as_rows(tmp_path, tiny_qwen2):
-    """Filter copies the sampled-v1 column as it is; the training examples carry the drawn ids and log(count / N)
-    exactly, at the completion's positions, and the label kind check passes for teacher_probs: sampled."""
-    from transformers import AutoTokenizer
-
+def sampled_stage_records(tmp_path, tok, num_samples: int = 8, peak: float = 0.0):
+    """Four records with sampled labels, through generate's writer and the filter stage: (kept StageRecords, rows).
+    `peak` sharpens the teacher's rows (fewer distinct ids per row, as on real traces)."""
     from distillkit.config import RecipeConfig
     from distillkit.filter.stage import run_filter
     from distillkit.pipeline import stage_config_hash
     from distillkit.records import StageOutput, StageRecords, make_record, record_features, split_reasoning
-    from distillkit.train.data import build_train_dataset
 
-    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     rows = []
     for i in range(4):
         completion = f"{i} + {i} = {2 * i}.</think> so the answer is \\boxed{{{2 * i}}}"
         ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         z, _ = lm_logits(len(ids), len(tok), seed=i)
-        top, counts, tlp = draw_sampled_labels(z, 8, seed=i, tokens=ids)
+        z[torch.arange(len(ids)), torch.as_tensor(ids)] += peak
+        top, counts, tlp = draw_sampled_labels(z, num_samples, seed=i, tokens=ids)
         messages = [{"role": "user", "content": f"{i} + {i}?"}]
         reasoning, response, closed = split_reasoning(completion, "<think>\n")
         rows.append(make_record(prompt_id=f"p{i}", problem=messages[0]["content"], messages=messages,
                                 prefill="<think>\n", completion=completion, reasoning=reasoning, response=response,
                                 reasoning_closed=closed, completion_ids=np.asarray(ids, np.int32),
-                                completion_tokens=len(ids), topk_ids=top, topk_logprobs=log_weights(counts, 8),
-                                token_logprobs=tlp))
+                                completion_tokens=len(ids), topk_ids=top,
+                                topk_logprobs=log_weights(counts, num_samples), token_logprobs=tlp))
     cfg = RecipeConfig.model_validate({"name": "t", "output_dir": str(tmp_path), "filter": {
         "verifiers": [{"kind": "truncation"}], "num_workers": 1}})
     out = StageOutput(cfg.stage_dir("generate"), "generate", stage_config_hash(cfg, "generate"))
     out.begin()
-    out.write_shard(0, rows, record_features(8, "sampled-v1"))
+    out.write_shard(0, rows, record_features(num_samples, "sampled-v1"))
     out.finish(counts={"records": 4}, versions=["distillkit"])
     run_filter(cfg, show_progress=False)
-    kept = StageRecords(cfg.stage_dir("filter"))
+    return StageRecords(cfg.stage_dir("filter")), rows
+
+
+def test_the_filter_keeps_sampled_labels_and_train_builds_them_as_rows(tmp_path, tiny_qwen2):
+    """Filter copies the sampled-v1 column as it is; the training examples carry the drawn ids and log(count / N)
+    exactly, at the completion's positions, one entry per distinct id drawn (the cache keeps no -inf padding), and
+    the label kind check passes for teacher_probs: sampled."""
+    from transformers import AutoTokenizer
+
+    from distillkit.train.data import build_train_dataset
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    kept, rows = sampled_stage_records(tmp_path, tok)
     assert kept.soft_label_format == "sampled-v1" and len(kept) == 4
     ds, info = build_train_dataset(kept, tok, max_length=None, use_kd=True, packing=False,
                                    cache_dir=tmp_path / "cache", teacher_probs="sampled")
     assert info["topk"] == 8 and info["num_kd_tokens"] == sum(len(r["completion_ids"]) for r in rows)
     for ex, rec in zip(ds, rows):
         on = np.asarray(ex["kd_mask"], bool)
-        assert np.array_equal(np.asarray(ex["kd_ids"])[on], rec["topk_ids"])
-        np.testing.assert_allclose(np.asarray(ex["kd_logprobs"])[on], rec["topk_logprobs"], rtol=1e-6)
+        distinct = np.isfinite(rec["topk_logprobs"]).sum(1)
+        assert [len(r) for r, o in zip(ex["kd_ids"], on) if o] == distinct.tolist() and distinct.min() >= 1
+        assert all(len(r) == 0 for r, o in zip(ex["kd_ids"], on) if not o)  # the prompt's rows hold nothing
+        labelled = [(i, lp) for i, lp, o in zip(ex["kd_ids"], ex["kd_logprobs"], on) if o]
+        for (got_ids, got_lp), want_ids, want_lp, m in zip(labelled, rec["topk_ids"], rec["topk_logprobs"], distinct):
+            assert got_ids == want_ids[:m].tolist()
+            np.testing.assert_allclose(got_lp, want_lp[:m], rtol=1e-6)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_ragged_cache_collates_to_the_loss_of_the_full_rows(tmp_path, tiny_qwen2, packing):
+    """The collator pads the ragged rows back with -inf: its batch gives the same KD loss as the batch built from the
+    same records at full width N (as top-k rows are cached), padded and packed padding-free alike; and the cache is
+    a fraction of the N-wide one (peaked teacher rows at N = 32: a few distinct ids per position)."""
+    from transformers import AutoTokenizer
+
+    from distillkit.train.data import DistillCollator, build_train_dataset
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    kept, _ = sampled_stage_records(tmp_path, tok, num_samples=32, peak=6.0)
+    built = {}
+    for name, records, probs in (("ragged", kept, "sampled"),
+                                 ("full", [{**r, "token_logprobs": None} for r in kept], None)):
+        ds, info = build_train_dataset(records, tok, max_length=64, use_kd=True, packing=packing,
+                                       cache_dir=tmp_path / name, teacher_probs=probs)
+        collate = DistillCollator(pad_token_id=tok.pad_token_id or 0, padding_free=packing)
+        built[name] = (collate(list(ds)), (tmp_path / name / "examples.arrow").stat().st_size)
+    (ragged, ragged_bytes), (full, full_bytes) = built["ragged"], built["full"]
+    assert full["kd_ids"].shape[-1] == 32 and ragged["kd_ids"].shape[-1] < 32
+    assert ragged_bytes < 0.5 * full_bytes, (ragged_bytes, full_bytes)
+    assert torch.equal(ragged["kd_mask"], full["kd_mask"]) and torch.equal(ragged["labels"], full["labels"])
+    on = ragged["kd_mask"]
+    width = ragged["kd_ids"].shape[-1]
+    assert torch.equal(ragged["kd_ids"][on], full["kd_ids"][on][:, :width])
+    assert torch.equal(ragged["kd_logprobs"][on], full["kd_logprobs"][on][:, :width])
+    assert torch.isinf(full["kd_logprobs"][on][:, width:]).all()  # what the cache dropped: padding only
+    logits = torch.randn(*on.shape, len(tok), generator=torch.Generator().manual_seed(0))
+    losses = [kd_loss_from_logits(logits, b["labels"], topk_ids=b["kd_ids"], topk_logprobs=b["kd_logprobs"],
+                                  kd_mask=b["kd_mask"], teacher_probs="sampled", alpha=0.5)
+              for b in (ragged, full)]
+    assert losses[0][2] > 0
+    for a, b in zip(*losses):
+        torch.testing.assert_close(a, b)

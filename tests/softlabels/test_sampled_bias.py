@@ -149,3 +149,53 @@ def test_on_real_smollm2_distributions(smollm2_dir):
     tail = 1 - teacher.softmax(-1).topk(20, dim=-1).values.sum(-1)
     assert (topk_z["topk_tail"][tail > 0.01] > Z).all() and (tail > 0.01).sum() >= 2, (topk_z, tail)
     assert (topk_z["topk_renorm"] > Z).all(), topk_z
+
+
+def expected_entropy_of_counts(p: np.ndarray, num_samples: int) -> float:
+    """E[H(counts / N)] for N draws from p, exactly: a sum over every count vector, weighted by its multinomial
+    probability (C(N + V - 1, V - 1) vectors: 495 at N = 8, V = 5)."""
+    from itertools import combinations
+    from math import lgamma
+
+    v, total, mass = len(p), 0.0, 0.0
+    for bars in combinations(range(num_samples + v - 1), v - 1):  # stars and bars
+        edges = (-1, *bars, num_samples + v - 1)
+        c = np.array([edges[i + 1] - edges[i] - 1 for i in range(v)])
+        log_pmf = lgamma(num_samples + 1) - sum(lgamma(x + 1) for x in c) + float((c * np.log(p)).sum())
+        q = c[c > 0] / num_samples
+        total += np.exp(log_pmf) * float(-(q * np.log(q)).sum())
+        mass += np.exp(log_pmf)
+    assert mass == pytest.approx(1.0, abs=1e-9)  # every count vector counted once
+    return total
+
+
+def test_logged_kl_sampled_is_the_kl_plus_a_gap_the_student_does_not_move():
+    """What the trainer logs with sampled labels (`kl_sampled`, the mean of KL(counts / N || q)), over 20,000
+    independent draws of one position (labels through the sampled-v1 codec): its mean is KL(p || q) + H(p) -
+    E[H(p_hat)] with the exact expectation, far from KL(p || q) itself (hence its own name), and the difference
+    between two students is the difference of their exact KLs (the gap is the teacher's)."""
+    from distillkit.train.losses import kd_metric_name
+
+    assert kd_metric_name("sampled") == "kl_sampled" and kd_metric_name("topk_tail") == "kl"
+    n, rows = 8, 20_000
+    teacher = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0], dtype=torch.float64)
+    students = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [1.5, 1.2, 0.0, 0.3, -0.5]], dtype=torch.float64)
+    ids, counts, _ = draw_sampled_labels(teacher.expand(rows, -1), n, seed=3)
+    back_ids, back_lw, _ = decode_sampled_record(encode_sampled_record(ids, counts))
+    ids, lw = torch.as_tensor(back_ids).long(), torch.as_tensor(back_lw)
+    logp = teacher.log_softmax(-1)
+    gap = float(-(logp.exp() * logp).sum()) - expected_entropy_of_counts(logp.exp().numpy(), n)
+    logged, exact = [], []
+    for s in students:
+        per_row = sampled_row_divergence(s.float().expand(rows, -1), ids, lw).double()
+        _, _, kd = kd_loss_from_logits(s.float().expand(1, rows, -1), None, topk_ids=ids[None], topk_logprobs=lw[None],
+                                       teacher_probs="sampled", alpha=0.0)
+        assert kd.item() == pytest.approx(per_row.mean().item(), rel=1e-5)  # the trainer's kd mean: what it logs
+        logged.append(per_row)
+        exact.append(float((logp.exp() * (logp - s.log_softmax(-1))).sum()))
+    for per_row, kl in zip(logged, exact):
+        se = per_row.std().item() / rows ** 0.5
+        assert abs(per_row.mean().item() - (kl + gap)) < Z * se, (per_row.mean().item(), kl, gap, se)
+        assert gap > 20 * se  # gap 0.26 nats (KLs 0.40 and 0.067), se 0.001-0.002: the level is not the KL
+    diff = logged[0] - logged[1]
+    assert abs(diff.mean().item() - (exact[0] - exact[1])) < Z * diff.std().item() / rows ** 0.5
