@@ -544,3 +544,4 @@ class MappedRecords:
         if name in ("records", "special_map"):
             raise AttributeError(name)
         return getattr(self.records, name)
+

@@ -286,7 +286,8 @@ def test_the_ragged_cache_collates_to_the_loss_of_the_full_rows(tmp_path, tiny_q
     a fraction of the N-wide one (peaked teacher rows at N = 32: a few distinct ids per position)."""
     from transformers import AutoTokenizer
 
-    from distillkit.train.data import DistillCollator, build_train_dataset
+    from distillkit.train.batches import DistillCollator
+    from distillkit.train.data import build_train_dataset
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     kept, _ = sampled_stage_records(tmp_path, tok, num_samples=32, peak=6.0)
