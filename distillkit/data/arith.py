@@ -1,6 +1,6 @@
 """Seeded arithmetic word problems with gold answers: the prompt sets of the quickstart and of the CPU lab.
 
-Three template sets, one skill each per template (one-step addition, subtraction, multiplication of 2..12):
+Four template sets, one skill each per template (one-step addition, subtraction, multiplication of 2..12):
 - "base": the quickstart's 8 templates (TEMPLATES).
 - "varied": base plus 16 more phrasings (VARIED_TEMPLATES): the lab's training prompts and its in-template
   held-out set. More wordings per skill, so that a student learns the arithmetic rather than 8 sentences.
