@@ -163,25 +163,20 @@ class Clock:
 
 def train_tokens_per_s(folders: dict[str, Path], steps: int, layers: int, runs: int, work: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
     from distillkit.config import KDConfig
-    from distillkit.models import resolve_model
     from distillkit.records import StageRecords
-    from distillkit.student.build import build_student_init
-    from distillkit.train.data import DistillCollator, build_train_dataset
+    from distillkit.train.batches import DistillCollator
+    from distillkit.train.data import build_train_dataset
     from distillkit.train.trainer import DistillTrainer
 
     torch.set_flush_denormal(True)
-    student = type("S", (), {"model": resolve_model("builtin:smollm2-135m-instruct"), "keep_layers": f"first:{layers}"})()
-    init = build_student_init(student, work / "student_init")["path"]
-    tok = AutoTokenizer.from_pretrained(init)
-    common = dict(learning_rate=1e-4, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=steps + 1,
-                  bf16=False, use_cpu=True, seed=0, report_to=[], save_strategy="no", logging_steps=1000,
-                  gradient_checkpointing=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-                  dataloader_num_workers=0, max_length=512, dataset_kwargs={"skip_prepare_dataset": True},
-                  remove_unused_columns=False)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_softlabels import bench_student
+
+    init, tok, common = bench_student(work, layers, steps)
     arms = {"topk": ("packed-v1", "topk_tail"), "sampled": ("sampled-v1", "sampled")}
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in arms}

@@ -117,15 +117,31 @@ def codec_cost(records: list[dict], reps: int) -> dict:
     return {"encode": round(statistics.median(encode) / tokens * 1e9), "decode": round(statistics.median(decode) / tokens * 1e9)}
 
 
+def bench_student(work: Path, layers: int, steps: int):
+    """The benches' student (SmolLM2-135M cut to its first `layers` layers, built under `work`), its tokenizer, and
+    the SFTConfig arguments of a timed run of `steps` steps after one warm-up step."""
+    from transformers import AutoTokenizer
+
+    from distillkit.models import resolve_model
+    from distillkit.student.build import build_student_init
+
+    student = type("S", (), {"model": resolve_model("builtin:smollm2-135m-instruct"), "keep_layers": f"first:{layers}"})()
+    init = build_student_init(student, work / "student_init")["path"]
+    common = dict(learning_rate=1e-4, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=steps + 1,
+                  bf16=False, use_cpu=True, seed=0, report_to=[], save_strategy="no", logging_steps=1000,
+                  gradient_checkpointing=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+                  dataloader_num_workers=0, max_length=512, dataset_kwargs={"skip_prepare_dataset": True},
+                  remove_unused_columns=False)
+    return init, AutoTokenizer.from_pretrained(init), common
+
+
 def train_ratio(folders: dict[str, Path], steps: int, layers: int) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
     from distillkit.config import KDConfig
-    from distillkit.models import resolve_model
     from distillkit.records import StageRecords
-    from distillkit.student.build import build_student_init
     from distillkit.train.batches import DistillCollator
     from distillkit.train.data import build_train_dataset
     from distillkit.train.trainer import DistillTrainer
@@ -135,14 +151,7 @@ def train_ratio(folders: dict[str, Path], steps: int, layers: int) -> dict:
 
     torch.set_flush_denormal(True)
     work = Path(tempfile.mkdtemp(prefix="bench_softlabels_"))
-    student = type("S", (), {"model": resolve_model("builtin:smollm2-135m-instruct"), "keep_layers": f"first:{layers}"})()
-    init = build_student_init(student, work / "student_init")["path"]
-    tok = AutoTokenizer.from_pretrained(init)
-    common = dict(learning_rate=1e-4, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=steps + 1,
-                  bf16=False, use_cpu=True, seed=0, report_to=[], save_strategy="no", logging_steps=1000,
-                  gradient_checkpointing=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-                  dataloader_num_workers=0, max_length=512, dataset_kwargs={"skip_prepare_dataset": True},
-                  remove_unused_columns=False)
+    init, tok, common = bench_student(work, layers, steps)
     tok_s: dict[str, list[float]] = {"fp16": [], "packed-v1": []}
     build_s: dict[str, list[float]] = {"fp16": [], "packed-v1": []}
     for rep, fmt in enumerate(["fp16", "packed-v1", "packed-v1", "fp16"]):  # ABBA: a drifting load cancels
