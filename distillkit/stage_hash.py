@@ -42,6 +42,8 @@ _ADDED_LATER = [
     ("score", ("soft_labels",), lambda: "topk"),
     ("score", ("soft_label_samples",), lambda: SOFT_LABEL_SAMPLES),
     ("score", ("soft_label_temperature",), lambda: 1.0),
+    # several teachers (issue 34): one-teacher runs keep their hashes
+    ("generate", ("teachers",), lambda: []),
 ]
 
 

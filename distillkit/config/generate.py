@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, ValidationError, NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from distillkit.config.base import R1_PROMPT, SOFT_LABEL_SAMPLES, StrictModel
 from distillkit.config.teacher import TeacherConfig
@@ -167,10 +167,52 @@ class ResampleConfig(StrictModel):
     """Extra rounds for prompts with no verified sample (0: off)."""
 
 
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+"""The prefill of a non-reasoning teacher (`reasoning: false`): R1-distilled students answer a direct question
+after an empty reasoning block, so the trained turn is this block and the teacher's answer."""
+
+
+class RoutedTeacherConfig(TeacherConfig):
+    """One of several teachers (`generate.teachers`): the keys of `generate.teacher` (model, backend, vllm, openai),
+    the prompt sources it answers, whether it reasons, and its own prefill and sampling."""
+
+    name: str
+    """Its name in records (the `teacher` column holds the model; `meta.teacher` this name), funnels and cards."""
+    sources: list[str] = Field(default_factory=list)
+    """Prompt sources it answers (the prompts' source column, `generate.prompts.columns.source`); empty: every
+    source no other teacher lists (at most one teacher may leave this empty)."""
+    reasoning: bool = True
+    """false: a non-reasoning teacher (DeepSeek-V3's part of R1's SFT data): its prefill defaults to an empty
+    reasoning block, so the student learns to answer such prompts directly."""
+    prefill: Optional[str] = "inherit"
+    """Its assistant prefill; "inherit" (default): `generate.prompts.prefill` for a reasoning teacher, the empty
+    block "<think>\\n\\n</think>\\n\\n" for a non-reasoning one; null: none."""
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    """Keys of `generate.sampling` that differ for this teacher (e.g. {temperature: 0.7, max_tokens: 4096});
+    the others are `generate.sampling`'s."""
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_sampling_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(SamplingConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown generate.sampling key(s) {unknown}; known: {sorted(SamplingConfig.model_fields)}")
+        return v
+
+    def engine(self) -> TeacherConfig:
+        """This teacher as a plain `TeacherConfig` (model, backend and engine options)."""
+        return TeacherConfig(**{k: getattr(self, k) for k in TeacherConfig.model_fields})
+
+
 class GenerateConfig(StrictModel):
     renamed: ClassVar[dict[str, str]] = {"samples_per_prompt": "sampling.n"}
 
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    """The teacher (one per run). With `teachers`, the first of them (what `evaluate` scores as "the teacher" and a
+    live or served KD teacher defaults to); leave it unset then."""
+    teachers: list[RoutedTeacherConfig] = Field(default_factory=list)
+    """Several teachers routed by prompt source (R1's SFT data: reasoning prompts to R1, general ones to
+    DeepSeek-V3 without reasoning). Generation runs them one engine at a time; each record keeps its teacher."""
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     shard_size: PositiveInt = 64
@@ -206,6 +248,73 @@ class GenerateConfig(StrictModel):
             raise ValueError(f"soft_label_format={self.soft_label_format} chooses how top-k labels are stored; sampled "
                              "labels are always written as sampled-v1: remove soft_label_format")
         return self
+
+    @model_validator(mode="after")
+    def _routed_teachers(self):
+        if not self.teachers:
+            return self
+        names = [t.name for t in self.teachers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"generate.teachers: names must differ ({', '.join(dup)} repeats)")
+        catch_all = [t.name for t in self.teachers if not t.sources]
+        if len(catch_all) > 1:
+            raise ValueError(f"generate.teachers: {' and '.join(catch_all)} both leave `sources` empty (every source no "
+                             "other teacher lists); give all but one of them their sources")
+        owner: dict[str, str] = {}
+        for t in self.teachers:
+            for src in t.sources:
+                if src in owner:
+                    raise ValueError(f"generate.teachers: source {src!r} is routed to both {owner[src]} and {t.name}; "
+                                     "route each source to one teacher")
+                owner[src] = t.name
+        first = self.teachers[0].engine()
+        if "teacher" in self.model_fields_set and self.teacher != first:
+            raise ValueError("set either generate.teacher (one teacher) or generate.teachers (several); with teachers "
+                             "the first one is the run's teacher: remove generate.teacher")
+        label_keys = ("soft_labels", "topk_logprobs", "soft_label_samples", "logprobs_mode")
+        for t in self.teachers:  # each teacher's merged section validates here, not when its engine starts
+            try:
+                own = self.for_teacher(t.name)
+            except ValidationError as e:
+                first_error = e.errors()[0]
+                where = ".".join(str(x) for x in first_error["loc"])
+                where = f"sampling.{where}" if where.split(".")[0] in SamplingConfig.model_fields else where
+                raise ValueError(f"generate.teachers ({t.name}): {where}: {first_error['msg']}") from None
+            differ = [k for k in label_keys if getattr(own.sampling, k) != getattr(self.sampling, k)]
+            if differ:
+                raise ValueError(f"generate.teachers ({t.name}): sampling.{differ[0]} differs from generate.sampling's; "
+                                 "every teacher's soft labels share one stored format: set it in generate.sampling")
+        object.__setattr__(self, "teacher", first)  # no re-validation: the first teacher is the run's teacher
+        return self
+
+    def route(self, source: str) -> str | None:
+        """The name of the teacher that answers prompts of `source` (None: no teacher does; one teacher: its name)."""
+        if not self.teachers:
+            return None
+        for t in self.teachers:
+            if source in t.sources:
+                return t.name
+        return next((t.name for t in self.teachers if not t.sources), None)
+
+    def routed(self, name: str) -> RoutedTeacherConfig:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise KeyError(f"no teacher named {name!r} in generate.teachers ({', '.join(t.name for t in self.teachers)})")
+
+    def for_teacher(self, name: str) -> "GenerateConfig":
+        """This section as one teacher's: its engine as `teacher`, its prefill and sampling, no `teachers`. The
+        stage's single-teacher code (backends, requests, records) runs on it unchanged."""
+        t = self.routed(name)
+        prefill = self.prompts.prefill if t.reasoning else EMPTY_THINK
+        if t.prefill != "inherit":
+            prefill = t.prefill
+        sampling = SamplingConfig.model_validate({**self.sampling.model_dump(), **t.sampling})
+        data = self.model_dump(exclude={"teachers", "teacher", "sampling", "prompts"})
+        return GenerateConfig.model_validate({
+            **data, "teacher": t.engine().model_dump(), "sampling": sampling.model_dump(),
+            "prompts": self.prompts.model_copy(update={"prefill": prefill}).model_dump()})
 
     @property
     def label_format(self) -> str | None:
