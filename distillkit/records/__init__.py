@@ -80,6 +80,7 @@ from distillkit.records.schema import (
     make_record,
     record_features,
     split_reasoning,
+    teacher_name,
 )
 from distillkit.records.shards import (
     ROW_GROUP_BYTES,
@@ -97,6 +98,6 @@ __all__ = [
     "atomic_write_json", "atomic_write_text", "content_digest", "count_records", "file_lock", "iter_records",
     "library_versions", "list_shards", "make_record", "parquet_options", "read_manifest", "read_records",
     "reading_shard", "record_features", "row_group_rows", "rows_per_batch", "seeded_rank", "shard_path",
-    "soft_label_bytes", "soft_label_format", "split_reasoning", "stable_hash", "unpack_soft_labels", "unreadable",
+    "soft_label_bytes", "soft_label_format", "split_reasoning", "stable_hash", "teacher_name", "unpack_soft_labels", "unreadable",
     "write_shard",
 ]

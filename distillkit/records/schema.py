@@ -88,6 +88,19 @@ def make_record(**fields: Any) -> dict[str, Any]:
     return rec
 
 
+def teacher_name(record: dict[str, Any]) -> str:
+    """Which teacher wrote a record: its name under `generate.teachers` (kept in `meta` as "teacher_name"), else
+    the `teacher` column (the model; one-teacher runs and older records)."""
+    import json
+
+    meta = record.get("meta") or "{}"
+    try:
+        name = json.loads(meta).get("teacher_name") if isinstance(meta, str) else meta.get("teacher_name")
+    except (ValueError, AttributeError):
+        name = None
+    return name or record.get("teacher") or ""
+
+
 def split_reasoning(text: str, prefill: str = "", open_tag: str = "<think>", close_tag: str = "</think>"):
     """Split `prefill + text` into (reasoning, response, closed).
 

@@ -64,3 +64,11 @@ def test_teachers_change_the_hash():
     one = RecipeConfig.model_validate({"name": "x"})
     two = RecipeConfig.model_validate({"name": "x", "generate": TWO})
     assert stage_config_hash(two, "generate") != stage_config_hash(one, "generate")
+
+
+def test_teacher_name_of_a_record():
+    from distillkit.records import teacher_name
+
+    assert teacher_name({"teacher": "org/m", "meta": '{"teacher_name": "r1", "seed": 3}'}) == "r1"
+    assert teacher_name({"teacher": "org/m", "meta": "{}"}) == "org/m"  # one teacher: its model
+    assert teacher_name({"teacher": "org/m", "meta": "not json"}) == "org/m"
