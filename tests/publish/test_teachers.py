@@ -68,8 +68,8 @@ def _row(text: str, name: str) -> list[str]:
 
 def test_dataset_card_shows_each_teacher_with_its_counts_funnel_and_scores(tmp_path):
     cfg = _run(tmp_path, generate_stats=True)
-    text = cards.render_dataset_card(cfg, read_manifest(cfg.stage_dir("generate")),
-                                     read_manifest(cfg.stage_dir("filter"))).text
+    card = cards.render_dataset_card(cfg, read_manifest(cfg.stage_dir("generate")), read_manifest(cfg.stage_dir("filter")))
+    text = card.text
     assert "## Teachers" in text and "**org/reasoner** (reasoning, math) and **org/chat** (non-reasoning, general)" in text
     r1, chat = _row(text, "r1"), _row(text, "chat")
     # teacher | model | backend | reasoning | sources | prefill | sampling | prompts | samples | tokens | kept | pass
@@ -79,7 +79,7 @@ def test_dataset_card_shows_each_teacher_with_its_counts_funnel_and_scores(tmp_p
     assert chat[3:7] == ["no", "general", "empty reasoning block", "n=1, temperature=0.7"]
     assert chat[8:] == ["4", "120", "3 (of 4)", "75.0%", "truncation: truncated_at_max_tokens 1", "not evaluated"]
     assert "the first of `generate.teachers` (r1, `org/reasoner`)" in text
-    cards.validate_dataset_card(text)
+    cards.validate_dataset_card(str(card))
 
 
 def test_counts_come_from_the_records_when_the_manifest_has_none(tmp_path):
