@@ -44,6 +44,7 @@ _ADDED_LATER = [
     ("score", ("soft_label_temperature",), lambda: 1.0),
     # several teachers (issue 34): one-teacher runs keep their hashes
     ("generate", ("teachers",), lambda: []),
+    ("filter", ("source_verifiers",), lambda: {}),
 ]
 
 
@@ -64,6 +65,9 @@ def stage_config_hash(cfg: RecipeConfig, stage: str) -> str:
     if gen.resample.rounds or gen.prescreen.enabled:
         # which prompts are sampled, and how often, depends on the verifiers' verdicts (and the screening student)
         content["generate_verifiers"] = [v.model_dump(mode="json") for v in cfg.filter.verifiers]
+        if cfg.filter.source_verifiers:  # each prompt is judged by its source's chain
+            content["generate_source_verifiers"] = {src: [v.model_dump(mode="json") for v in specs]
+                                                    for src, specs in cfg.filter.source_verifiers.items()}
         if gen.prescreen.enabled and gen.prescreen.model is None:
             content["prescreen_student"] = cfg.train.student.model_dump(mode="json")
     if "train" in upto and cfg.train.sources:

@@ -33,11 +33,15 @@ rt = pytest.importorskip("distillkit.testing.real_tokenizers")
 
 ROOT = Path(__file__).resolve().parents[1]
 # The size recipes (the lab's run on their real models in tests/test_compare.py).
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if not {"accelerate", "lab"} & set(p.parts))
+# R1's two-teacher data recipe has its own test below (test_two_teacher_recipe_shrunk_on_real_tokenizers).
+TWO_TEACHERS = ROOT / "recipes" / "r1-two-teachers.yaml"
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
+                 if not {"accelerate", "lab"} & set(p.parts) and p != TWO_TEACHERS)
 # The recipe's teacher when this machine has its tokenizer; DeepSeek-R1's own (129k vocabulary) ships in
 # no package, so the 70B recipe's served teacher uses R1-Distill-Qwen's tokenizer: another BPE than the
 # Llama student's, which is the point of that recipe (SFT only).
-TEACHER_STAND_IN = {"deepseek-ai/DeepSeek-R1": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}
+TEACHER_STAND_IN = {"deepseek-ai/DeepSeek-R1": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                    "deepseek-ai/DeepSeek-V3": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}  # V3 has R1's tokenizer
 PROBLEMS = ["What is 2 + 3?", "What is 1 + 4?", "Compute 10 - 5.", "How much is 15 / 3?"]
 COMPLETION = "Two plus three makes five.\n</think>\n\nThe answer is $\\boxed{5}$."
 SCRIPTED_CONFIG_KEYS = ("vocab_size", "max_position_embeddings", "rope_theta", "rope_scaling",
@@ -292,3 +296,46 @@ def test_recipe_runs_shrunk_on_real_tokenizers(recipe, tmp_path, monkeypatch, bu
         results = EvalResults.read(cfg.stage_dir("evaluate"))
         assert results.model_keys() == ["student_after"] and results.score("student_after", "distillkit_arith")
         assert results.protocol.gen_prefix == "<think>\n"  # every answer opens the reasoning block
+
+
+def test_two_teacher_recipe_shrunk_on_real_tokenizers(tmp_path, built, monkeypatch):
+    """R1's two-teacher data recipe as shipped fits its student's real positions and its reasoning teacher's; shrunk
+    (each teacher a scripted model on R1's stand-in tokenizer with its own prefill, the real-shaped student) it
+    routes math to R1 and general prompts to V3 without reasoning, and passes preflight. Its pipeline is not run
+    here: generation with several teachers runs on CPU in the generate tests, and the rest is the single-teacher
+    pipeline of the other recipes (SFT, the student of qwen2.5-math-7b)."""
+    from transformers import AutoConfig
+
+    from distillkit.config import validate_recipe
+    from distillkit.config.generate import EMPTY_THINK
+    from distillkit.preflight import check_context, preflight, raise_on_fatal
+
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    original = yaml.safe_load(TWO_TEACHERS.read_text())
+    as_shipped = validate_recipe(original, source=str(TWO_TEACHERS))
+    data = json.loads(json.dumps(original))
+    for t in data["generate"]["teachers"]:  # one scripted model stands in for both (not run: its script is moot)
+        t["model"] = str(built("teacher", TEACHER_STAND_IN[t["model"]], "<think>\n"))
+    student = built("student", original["train"]["student"]["model"])
+    context = check_context(as_shipped, list(as_shipped.stages), AutoConfig.from_pretrained(student),
+                            AutoConfig.from_pretrained(data["generate"]["teachers"][0]["model"]))
+    assert [str(f) for f in context] == []
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "problem": q, "answer": "5", "tests": None,
+                                           "source": "math" if i % 4 else "general"}) + "\n"
+                               for i, q in enumerate(PROBLEMS)))
+    data.update(output_dir=str(tmp_path / "run"), stages=["generate", "filter", "train"])
+    data.pop("hardware")
+    data["generate"]["prompts"]["path"] = str(prompts)
+    data["generate"]["sampling"].update(n=2, max_tokens=64)
+    data["train"]["student"]["model"] = str(student)
+    data["train"].update(accelerate_config=str(ROOT / data["train"]["accelerate_config"]), num_processes=2,
+                         max_length=256, report_to=[])
+    cfg = validate_recipe(data, source=str(TWO_TEACHERS))
+    gen = cfg.generate
+    assert (gen.route("math"), gen.route("code"), gen.route("general")) == ("r1", "r1", "v3")
+    assert gen.for_teacher("r1").prompts.prefill == "<think>\n" and gen.for_teacher("v3").prompts.prefill == EMPTY_THINK
+    assert gen.for_teacher("v3").sampling.n == 1 and gen.for_teacher("r1").sampling.n == 2
+    assert [v.kind for v in cfg.filter.source_verifiers["general"]] == ["truncation", "language", "repetition", "length"]
+    raise_on_fatal(preflight(cfg))

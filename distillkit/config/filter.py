@@ -168,6 +168,11 @@ class FilterExecutorConfig(StrictModel):
 class FilterConfig(StrictModel):
     verifiers: list[VerifierSpec] = Field(default_factory=_default_verifiers)
     """Ordered chain; a record is kept when no verifier fails it."""
+    source_verifiers: dict[str, list[VerifierSpec]] = Field(default_factory=dict)
+    """A prompt source's own chain, replacing `verifiers` for records of that source (the records' `source`
+    column), e.g. {general: [{kind: truncation}, {kind: language}, {kind: repetition}, {kind: length}]}: R1's
+    non-reasoning data has no gold answer and no <think> block, so math and format would reject all of it.
+    Steps share a funnel row with the same-named step of the other chains (`length` is one row)."""
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
@@ -180,3 +185,11 @@ class FilterConfig(StrictModel):
     stop_at_first_rejection: bool = False
     """Skip later verifiers once one rejects a record: faster, but rejected records then carry only
     the reasons found up to there (by default every verifier judges every record)."""
+
+    def chains(self) -> dict[Optional[str], list[VerifierSpec]]:
+        """Every verifier chain: None -> `verifiers` (records of any other source), then each source's own."""
+        return {None: list(self.verifiers), **self.source_verifiers}
+
+    def chain_key(self, where: Optional[str], index: int) -> str:
+        """The config key of one verifier, for messages: filter.verifiers[2], filter.source_verifiers.general[0]."""
+        return f"filter.verifiers[{index}]" if where is None else f"filter.source_verifiers.{where}[{index}]"

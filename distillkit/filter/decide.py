@@ -34,6 +34,9 @@ class Keys:
     prompt_names: Any           # pyarrow string array: code -> prompt id
     source: np.ndarray          # int64 source codes
     source_names: list[str]
+    teacher: np.ndarray         # int64 teacher codes (records.teacher_name)
+    teacher_names: list[str]
+    rejected_by: np.ndarray     # object: per record the (step, reason) of the per-record step that rejected it, or None
     sample_index: np.ndarray
     order_len: np.ndarray
     alive: np.ndarray           # after the per-record steps
@@ -65,7 +68,8 @@ def keys_from_work(work: Path, count: int, bands: int) -> Keys:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cols = ["id", "prompt_id", "source", "sample_index", "order_len", "alive", "passed_verifiers", "exact"]
+    cols = ["id", "prompt_id", "source", "teacher", "rejected_step", "rejected_reason", "sample_index", "order_len",
+            "alive", "passed_verifiers", "exact"]
     cols += ["bands"] if bands else []
     tables = [pq.read_table(judged_path(work, k), columns=cols) for k in range(count)]
     offsets = np.cumsum([0] + [t.num_rows for t in tables])
@@ -76,6 +80,8 @@ def keys_from_work(work: Path, count: int, bands: int) -> Keys:
 
     prompt, prompt_names = _codes(col("prompt_id"))
     source, source_names = _codes(col("source"))
+    teacher, teacher_names = _codes(col("teacher"))
+    rejected_by = _pairs(col("rejected_step").to_pylist(), col("rejected_reason").to_pylist())
 
     def signatures(wanted: list[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
@@ -92,7 +98,8 @@ def keys_from_work(work: Path, count: int, bands: int) -> Keys:
 
     n = int(offsets[-1])
     return Keys(ids=col("id"), prompt=prompt, prompt_names=prompt_names, source=source,
-                source_names=[str(s) for s in source_names.to_pylist()],
+                source_names=[str(s) for s in source_names.to_pylist()], teacher=teacher,
+                teacher_names=[str(s) for s in teacher_names.to_pylist()], rejected_by=rejected_by,
                 sample_index=np.asarray(col("sample_index") if t is not None else [], dtype=np.int64),
                 order_len=np.asarray(col("order_len") if t is not None else [], dtype=np.int64),
                 alive=np.asarray(col("alive") if t is not None else [], dtype=bool),
@@ -102,14 +109,26 @@ def keys_from_work(work: Path, count: int, bands: int) -> Keys:
                 signatures=signatures)
 
 
+def _pairs(steps: list, reasons: list) -> np.ndarray:
+    out = np.empty(len(steps), dtype=object)
+    out[:] = [(s, r) if s is not None else None for s, r in zip(steps, reasons)]
+    return out
+
+
 def keys_from_memory(records: Sequence[dict[str, Any]], j: Judged) -> Keys:
     import pyarrow as pa
 
+    from distillkit.records import teacher_name
+
     prompt, prompt_names = _codes(pa.array([r["prompt_id"] for r in records], pa.string()))
     source, source_names = _codes(pa.array([r.get("source") or "" for r in records], pa.string()))
+    teacher, teacher_names = _codes(pa.array([teacher_name(r) for r in records], pa.string()))
+    first = j.rejected_by or [None] * len(records)
     sigs = j.signatures
     return Keys(ids=pa.array([r["id"] for r in records], pa.string()), prompt=prompt, prompt_names=prompt_names,
-                source=source, source_names=[str(s) for s in source_names.to_pylist()],
+                source=source, source_names=[str(s) for s in source_names.to_pylist()], teacher=teacher,
+                teacher_names=[str(s) for s in teacher_names.to_pylist()],
+                rejected_by=_pairs([f[0] if f else None for f in first], [f[1] if f else None for f in first]),
                 sample_index=np.array([r.get("sample_index") or 0 for r in records], dtype=np.int64),
                 order_len=j.order_len, alive=j.alive.copy(), passed_verifiers=j.passed_verifiers, exact=j.exact,
                 bands=j.bands if j.bands is not None else np.zeros((len(records), 0), np.uint64),
@@ -171,20 +190,23 @@ def pass_rate_stats(good: np.ndarray, total: np.ndarray) -> dict[str, Any]:
 
 def cannot_judge_warnings(outcomes: dict[str, dict[str, Counter]], cfg: FilterConfig) -> list[str]:
     """One line per verifier that could not judge more than `filter.warn_cannot_judge` of the records it saw."""
-    from distillkit.verify.chain import step_names
+    from distillkit.verify.chain import all_step_names, step_specs
     from distillkit.verify.verifiers.base import DEFERRED
 
+    specs = step_specs(cfg)
     out = []
-    for i, (step, spec) in enumerate(zip(step_names(cfg), cfg.verifiers)):
+    for step in all_step_names(cfg):
         counts = outcomes.get(step, {})
         seen = sum(sum(dict(c).values()) for c in counts.values())
         unjudged = Counter({r: c for r, c in (counts.get("cannot_judge") or {}).items() if r not in DEFERRED})
         n = sum(unjudged.values())
         if seen and n / seen > cfg.warn_cannot_judge:
             top = ", ".join(f"{r} {c}" for r, c in unjudged.most_common(3))
-            fate = "rejected" if spec.rejects_unjudged else "kept"
+            fates = {"rejected" if spec.rejects_unjudged else "kept" for _, spec in specs[step]}
+            fate = fates.pop() if len(fates) == 1 else "kept or rejected as their chain says"
+            keys = ", ".join(f"{key}.on_cannot_judge" for key, _ in specs[step])
             out.append(f"{step} could not judge {n} of {seen} records ({n / seen:.0%}: {top}); they were {fate} "
-                       f"(filter.verifiers[{i}].on_cannot_judge). Check the verifier's inputs and settings")
+                       f"({keys}). Check the verifier's inputs and settings")
     return out
 
 
@@ -253,18 +275,45 @@ def _select(keys: Keys, cfg: FilterConfig, funnel: _Funnel, rates: dict) -> tupl
     return selection, list(table), rule_counts(rows, candidates.tolist(), dropped)
 
 
-def _source_stats(keys: Keys, alive: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Per source: records, verifier passes, kept records, pass rate, prompts and prompts kept."""
-    sources = {}
-    for s, name in enumerate(keys.source_names):
-        mine = keys.source == s
+def _final_rejections(keys: Keys, dedup: np.ndarray, selection: np.ndarray, table: list[Verdict]) -> np.ndarray:
+    """Per record the (step, reason) that rejected it, the first as the funnel counts it (the per-record steps,
+    then dedup, then selection), or None for a kept record."""
+    out = keys.rejected_by.copy()
+    for i in np.flatnonzero(dedup > 0):
+        out[i] = ("dedup", "exact_duplicate" if dedup[i] == 1 else "near_duplicate")
+    for i in np.flatnonzero(selection >= 0):
+        if table[selection[i]].passed is False:
+            out[i] = ("selection", table[selection[i]].reason)
+    return out
+
+
+def _group_stats(keys: Keys, alive: np.ndarray, codes: np.ndarray, names: list[str],
+                 rejected_by: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per group (source or teacher): records, verifier passes, kept records, pass rate, prompts, prompts kept,
+    and the rejections by step and reason."""
+    groups = {}
+    for g, name in enumerate(names):
+        mine = codes == g
         records = int(mine.sum())
         passed = int(keys.passed_verifiers[mine].sum())
-        sources[name] = {"records": records, "passed_verifiers": passed, "kept": int(alive[mine].sum()),
-                         "pass_rate": round(passed / records, 4) if records else 0.0,
-                         "prompts": len(np.unique(keys.prompt[mine])),
-                         "prompts_kept": len(np.unique(keys.prompt[mine & alive]))}
-    return dict(sorted(sources.items()))
+        rejections: dict[str, Counter] = {}
+        for pair in rejected_by[mine & ~alive]:
+            if pair is not None:
+                rejections.setdefault(pair[0], Counter())[pair[1]] += 1
+        groups[name] = {"records": records, "passed_verifiers": passed, "kept": int(alive[mine].sum()),
+                        "pass_rate": round(passed / records, 4) if records else 0.0,
+                        "prompts": len(np.unique(keys.prompt[mine])),
+                        "prompts_kept": len(np.unique(keys.prompt[mine & alive])),
+                        "rejections": {step: dict(sorted(c.items())) for step, c in rejections.items()}}
+    return dict(sorted(groups.items()))
+
+
+def _teacher_stats(keys: Keys, alive: np.ndarray, rejected_by: np.ndarray) -> dict[str, dict[str, Any]]:
+    """`_group_stats` per teacher, each with the prompt sources of its records."""
+    out = _group_stats(keys, alive, keys.teacher, keys.teacher_names, rejected_by)
+    for t, name in enumerate(keys.teacher_names):
+        out[name]["sources"] = sorted(keys.source_names[s] for s in np.unique(keys.source[keys.teacher == t]))
+    return out
 
 
 def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
@@ -289,6 +338,7 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
     timings["selection_s"] = round(time.time() - t0, 3)
 
     outcomes = funnel.outcomes
+    rejected_by = _final_rejections(keys, dedup, selection, selection_verdicts)
     warnings = cannot_judge_warnings(outcomes, cfg)
     for w in warnings:
         log.warning("filter: %s", w)
@@ -297,6 +347,7 @@ def decide(keys: Keys, tally: Tally, cfg: FilterConfig) -> Decisions:
                         reasons={k: dict(sorted(sum(v.values(), Counter()).items())) for k, v in outcomes.items()},
                         outcomes={k: {o: dict(sorted(v.get(o, Counter()).items())) for o in OUTCOME_OF.values()}
                                   for k, v in outcomes.items()},
-                        sources=_source_stats(keys, funnel.alive), verifiers=tally.verifiers).dump()
+                        sources=_group_stats(keys, funnel.alive, keys.source, keys.source_names, rejected_by),
+                        teachers=_teacher_stats(keys, funnel.alive, rejected_by), verifiers=tally.verifiers).dump()
     return Decisions(kept=funnel.alive, dedup=dedup, dup_of=dup_of, selection=selection,
                      selection_verdicts=selection_verdicts, stats=stats, timings=timings, pass_rate=record_rate)

@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 
 # What the verifiers read; soft labels and token ids stay on disk until records are written back.
 VERIFY_COLUMNS = ["id", "prompt_id", "sample_index", "source", "problem", "gold_answer", "tests", "prefill",
-                  "completion", "reasoning", "response", "reasoning_closed", "completion_tokens", "finish_reason"]
+                  "completion", "reasoning", "response", "reasoning_closed", "completion_tokens", "finish_reason",
+                  "teacher", "meta"]  # teacher and meta: which teacher wrote it (records.teacher_name), for the funnel
 REQUIRED_COLUMNS = ("id", "prompt_id")
 _DERIVED = ("reasoning", "response", "reasoning_closed")  # from prefill + completion when a shard lacks them
 BATCH = 256
-JUDGED_FORMAT = 1
+JUDGED_FORMAT = 2  # 2: the teacher and first rejection of each record (per-teacher funnels)
 
 
 # ----------------------------------------------------------------------------------------- shard files
@@ -145,6 +146,8 @@ def verify_shard(source: Path, index: int, work: Path, judge: Judge, config_hash
 def _judged_table(rows: list[dict[str, Any]], j: Judged | None, judge: Judge):
     import pyarrow as pa
 
+    from distillkit.records import teacher_name
+
     def fixed(values: np.ndarray | None, width: int, typ):
         flat = pa.array(values.reshape(-1) if values is not None else np.zeros(0), type=typ)
         return pa.FixedSizeListArray.from_arrays(flat, width)
@@ -155,6 +158,9 @@ def _judged_table(rows: list[dict[str, Any]], j: Judged | None, judge: Judge):
         "prompt_id": pa.array([r["prompt_id"] for r in rows], pa.string()),
         "source": pa.array([r.get("source") or "" for r in rows], pa.string()),
         "sample_index": pa.array([r.get("sample_index") or 0 for r in rows], pa.int32()),
+        "teacher": pa.array([teacher_name(r) for r in rows], pa.string()),
+        "rejected_step": pa.array([f[0] if f else None for f in (j.rejected_by if j else [])], pa.string()),
+        "rejected_reason": pa.array([f[1] if f else None for f in (j.rejected_by if j else [])], pa.string()),
         "order_len": pa.array(j.order_len if j else [], pa.int64()),
         "alive": pa.array(j.alive if j else [], pa.bool_()),
         "passed_verifiers": pa.array(j.passed_verifiers if j else [], pa.bool_()),

@@ -94,11 +94,13 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
                       inputs={str(gen_dir): gen_manifest.config_hash})
     if not overwrite and out.is_complete():
         return out.manifest()
-    for spec in cfg.filter.verifiers:  # refuse unisolated code here, before any executor task starts
-        if spec.kind == "code":
+    for spec in (s for chain in cfg.filter.chains().values() for s in chain):
+        if spec.kind == "code":  # refuse unisolated code here, before any executor task starts
             from distillkit.verify.sandbox import require_isolation
 
             require_isolation(bool(spec.params.get("allow_unisolated", False)))
+    for line in unrouted_source_chains(cfg):
+        log.warning("filter: %s", line)
     out.begin(overwrite=overwrite)
     work = out_dir / WORK
     if overwrite:
@@ -117,6 +119,18 @@ def run_filter(cfg: RecipeConfig, overwrite: bool = False, show_progress: bool =
         for p in [*list_shards(out_dir), *list_shards(out_dir / REJECTED), *work.glob("written-*")]:
             p.unlink()
     return finish_filter(cfg, out, shards, work, verify_s)
+
+
+def unrouted_source_chains(cfg: RecipeConfig) -> list[str]:
+    """A line per `filter.source_verifiers` source that no teacher of `generate.teachers` lists (with no catch-all
+    teacher): unless imported records carry that source, its chain judges nothing."""
+    gen = cfg.generate
+    if not gen.teachers or any(not t.sources for t in gen.teachers):
+        return []
+    routed = {s for t in gen.teachers for s in t.sources}
+    return [f"filter.source_verifiers.{src}: no teacher of generate.teachers lists source {src!r} "
+            f"(routed: {sorted(routed)}); its chain judges only records of that source, if any"
+            for src in cfg.filter.source_verifiers if src not in routed]
 
 
 class FinishFilter:

@@ -42,16 +42,29 @@ def verified(judge, rows: list[dict]) -> np.ndarray:
 
 
 def verifiers_only(cfg: FilterConfig, kinds: tuple[str, ...] | None = None) -> FilterConfig:
-    """The filter config with its verifiers (those of `kinds`, or all), no decontamination and no dedup keys."""
-    specs = [v for v in cfg.verifiers if kinds is None or v.kind in kinds]
+    """The filter config with its verifiers (those of `kinds`, or all), no decontamination and no dedup keys.
+
+    Each source's own chain (`filter.source_verifiers`) is kept the same way, so a prompt is judged as the filter
+    will judge its traces; a source chain left with no verifier of `kinds` judges nothing (see `unjudged_sources`)."""
+    def pick(specs):
+        return [v for v in specs if kinds is None or v.kind in kinds]
+
+    specs = pick(cfg.verifiers)
     if not specs:
         raise DistillkitError("generate.prescreen judges the student's answers with the correctness verifiers of "
                               f"filter.verifiers ({', '.join(CORRECTNESS)}), and this recipe lists none "
                               f"({[v.kind for v in cfg.verifiers]}); add one, or set generate.prescreen.enabled: false")
     near = cfg.dedup.near.model_copy(update={"enabled": False})
     return cfg.model_copy(update={"verifiers": specs,
+                                  "source_verifiers": {src: pick(c) for src, c in cfg.source_verifiers.items()},
                                   "decontaminate": cfg.decontaminate.model_copy(update={"enabled": False}),
                                   "dedup": cfg.dedup.model_copy(update={"exact": False, "near": near})})
+
+
+def unjudged_sources(cfg: FilterConfig) -> set[str]:
+    """Sources whose own chain is empty: no verifier says whether an answer to them is right. The pre-screen
+    never counts such a prompt as solved by the student (e.g. R1's general prompts: no gold answer)."""
+    return {src for src, chain in cfg.source_verifiers.items() if not chain}
 
 
 # ----------------------------------------------------------------------------------------- pre-screen
@@ -156,6 +169,7 @@ def _count_correct(prompts: list, gen, student, judge, size: int) -> tuple[dict[
 
     correct: dict[str, int] = {}
     tokens = 0
+    unjudged = unjudged_sources(judge.cfg)
     progress, task = _progress(len(prompts))
     with progress:
         for start in range(0, len(prompts), size):
@@ -164,6 +178,7 @@ def _count_correct(prompts: list, gen, student, judge, size: int) -> tuple[dict[
             rows = to_records(chunk, requests, student.generate(requests, gen.sampling), gen, student)
             ok = verified(judge, rows)
             for row, good in zip(rows, ok):
+                good = bool(good) and (row.get("source") or "") not in unjudged
                 correct[row["prompt_id"]] = correct.get(row["prompt_id"], 0) + int(good)
             tokens += sum(r["completion_tokens"] for r in rows)
             progress.advance(task, len(chunk))

@@ -74,10 +74,10 @@ def eval_results_for(results: EvalResults | None, model_key: str = "student_afte
     ) for task, score in results.models[model_key].tasks.items()]
 
 
-def _eval_table(results: EvalResults | None) -> str:
+def _eval_table(results: EvalResults | None, teacher_label: str = "teacher") -> str:
     if not results:
         return "Not evaluated."
-    labels = {"teacher": "teacher", "student_before": "student before training", "student_after": "this model"}
+    labels = {"teacher": teacher_label, "student_before": "student before training", "student_after": "this model"}
     models = [m for m in results.model_keys() if m in labels]
     lines = ["| task | " + " | ".join(labels[m] for m in models) + " |", "|---|" + "---|" * len(models)]
     for task in results.task_names():
@@ -186,6 +186,25 @@ def _training_rows(cfg: RecipeConfig, kd: str, context: str | None,
     return rows
 
 
+def teacher_context(cfg: RecipeConfig, generate_manifest: Manifest | None, filter_manifest: Manifest | None,
+                    results: EvalResults | None = None) -> dict[str, Any]:
+    """The cards' per-teacher section of a run with `generate.teachers` (distillkit/publish/teachers.py): the rows,
+    the intro naming every teacher, and which teacher the evaluation scored. Empty rows for one teacher."""
+    from distillkit.publish.teachers import SCORE_NOTE, teacher_rows, teachers_intro
+
+    if not cfg.generate.teachers:
+        return {"teachers": [], "teachers_intro": "", "teachers_note": ""}
+    if generate_manifest is None:
+        from distillkit.records import read_manifest
+
+        generate_manifest = read_manifest(cfg.stage_dir("generate"))
+    rows = teacher_rows(cfg.generate.model_dump(mode="json"), generate_manifest, filter_manifest, results,
+                        cfg.stage_dir("generate"), model_label=lambda spec: hub_id(spec) or spec)
+    first = rows[0]
+    return {"teachers": rows, "teachers_intro": teachers_intro(rows),
+            "teachers_note": SCORE_NOTE.format(name=first["name"], model=first["model"])}
+
+
 def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, repo_id: str | None = None,
                       files_summary: str = "", train_manifest: Manifest | None = None,
                       filter_manifest: Manifest | None = None):
@@ -209,6 +228,7 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         c = filter_manifest.counts
         data_summary = (f"{c.get('kept', '?')} of {c.get('input', '?')} teacher samples kept after filtering "
                         f"({c.get('prompts_kept', '?')} of {c.get('prompts_input', '?')} prompts).")
+    routed = teacher_context(cfg, None, filter_manifest, results)
     data = ModelCardData(
         base_model=base, datasets=[cfg.publish.dataset_repo] if cfg.publish.dataset_repo else None,
         license=cfg.publish.license, tags=TAGS + ["r1-distillation"],
@@ -224,12 +244,13 @@ def render_model_card(cfg: RecipeConfig, results: EvalResults | None = None, rep
         num_samples=proto.num_samples if proto else e.num_samples,
         temperature=proto.temperature if proto else e.temperature,
         top_p=proto.top_p if proto else e.top_p, max_gen_toks=proto.max_gen_toks if proto else e.max_gen_toks,
-        backend=proto.backend if proto else e.backend, eval_table=_eval_table(results),
+        backend=proto.backend if proto else e.backend,
+        eval_table=_eval_table(results, f"teacher ({routed['teachers'][0]['name']})" if routed["teachers"] else "teacher"),
         task_lines="\n".join(task_lines(proto.task_info) if proto else []),
         gen_prefix_note=(f", answers forced to start with `{proto.gen_prefix.strip()}`"
                          if proto and proto.gen_prefix else ""),
         dataset_repo=cfg.publish.dataset_repo, data_summary=data_summary, mixture=mixture, training_rows=rows,
-        files_summary=files_summary, limitations=limitations,
+        files_summary=files_summary, limitations=limitations, **routed,
     )
 
 
@@ -350,6 +371,7 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
                      ("soft labels", f"{s.soft_label_samples} sampled draws per token" if s.soft_labels == "sampled"
                       else f"top-{s.topk_logprobs} logprobs" if s.topk_logprobs else "none")]
     sampling_rows += _curation_rows(g, (generate_manifest.stats if generate_manifest else {}) or {})
+    routed = teacher_context(cfg, generate_manifest, filter_manifest, load_eval_results(cfg) if g.teachers else None)
     return DatasetCard.from_template(
         data, template_path=str(DATASET_TEMPLATE),
         pretty_name=data.pretty_name, repo_id=repo_id, teacher=teacher, backend=g.teacher.backend,
@@ -360,7 +382,7 @@ def render_dataset_card(cfg: RecipeConfig, generate_manifest: Manifest | None, f
         has_rejected=has_rejected, funnel=funnel, selection=selection,
         decontamination=_decontamination_text(cfg, funnel), has_soft_labels=g.label_width > 0,
         packed_soft_labels=g.label_format == "packed-v1", sampled_soft_labels=g.label_format == "sampled-v1",
-        code_sandbox=_code_sandbox_text(filter_manifest),
+        code_sandbox=_code_sandbox_text(filter_manifest), **routed,
     )
 
 

@@ -1,6 +1,6 @@
 """`distillkit report RUN_DIR`: one self-contained HTML page of a run (no network, no external assets).
 
-Sections: summary, filter funnel (with its warnings), rejection reasons (passes and "cannot judge" counted
+Sections: summary, the teachers (a run with `generate.teachers`: each one's counts, funnel and scores), filter funnel (with its warnings), rejection reasons (passes and "cannot judge" counted
 apart), the teacher's pass rate per prompt, length histograms, loss curves (the train manifest's
 `loss_curve`), evaluation (pass@1 ± se per model and task, read through `EvalResults`) and a browser over
 a sample of kept and rejected traces. Charts are inline SVG (distillkit/publish/charts.py); the browser is
@@ -249,6 +249,30 @@ def _difficulty_section(fstats, gstats: dict | None = None) -> str:
             + _curation_notes(gstats or {}))
 
 
+def _teachers_section(run_dir: Path, stages: dict) -> str:
+    """Per teacher of `generate.teachers` (from the generate manifest's config): model, routing, counts, filter
+    funnel and scores (distillkit/publish/teachers.py); "" for a one-teacher run (no section)."""
+    from distillkit.publish.teachers import SCORE_NOTE, teacher_rows, teachers_of
+
+    gm = stages["generate"]
+    if gm is None or not teachers_of(gm.config):
+        return ""
+    try:
+        results = EvalResults.read(run_dir / "evaluate")
+    except DistillkitError:  # the evaluation section says what is wrong with it
+        results = None
+    rows = teacher_rows(gm.config, gm, stages["filter"], results, run_dir / "generate")
+    cells = [[_esc(r["name"]), f"<code>{_esc(r['model'])}</code>", _esc(r["reasoning"]), _esc(r["sources"]),
+              _esc(r["sampling"]), str(r["prompts"]), str(r["samples"]), str(r["tokens"]),
+              f"{r['kept']} of {r['filtered']}", _esc(r["pass_rate"]), _esc(r["rejections"]), _esc(r["scores"])]
+             for r in rows]
+    note = ("<p class='note'>Each prompt went to the teacher its source is routed to. Kept: that teacher's records "
+            "the filter kept; rejected by: each rejected record once, at the step that rejected it first. "
+            + _esc(SCORE_NOTE.format(name=rows[0]["name"], model=rows[0]["model"])) + "</p>")
+    return _table(["teacher", "model", "reasoning", "sources", "sampling", "prompts", "samples", "tokens", "kept",
+                   "verifier pass rate", "rejected by", "evaluation"], cells) + note
+
+
 def _summary_section(stages: dict) -> str:
     """One row per stage: its counts, time and config hash, or "not run"."""
     rows = []
@@ -311,6 +335,8 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None, num_sa
 
     body = "".join([
         _section("summary", "Run summary", _summary_section(stages)),
+        *([_section("teachers", "Teachers (routed by prompt source)", teachers)]
+          if (teachers := _teachers_section(run_dir, stages)) else []),
         _section("funnel", "Filter funnel (records remaining after each step)", funnel),
         _section("reasons", "Rejection reasons", reasons),
         _section("difficulty", "Teacher pass rate per prompt (prompts at each rate)", difficulty),

@@ -5,6 +5,8 @@ CLI funnel, the dataset card and the report read them through it.
     reasons   {step: {reason: count}}               every verdict given, passes included
     outcomes  {step: {"rejected" | "passed" | "cannot_judge": {reason: count}}}   the same, by outcome
     sources   {source: SourceStats}
+    teachers  {teacher: TeacherStats}                the same per teacher (records.teacher_name: a routed
+                                                    teacher's name, else the model), with its sources
     verifiers {step: {...}}                         usage of verifiers that report it (the judge's requests,
                                                     cache hits, tokens); empty when none does
     warnings  [str]                                 verifiers that could not judge too many records
@@ -40,6 +42,14 @@ class SourceStats(_Schema):
     kept: int
     prompts: int
     prompts_kept: int
+    rejections: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """{step: {reason: records}}: each rejected record counted once, at the first step that rejected it (as in
+    the funnel); dedup and selection included. Empty in manifests written before it existed."""
+
+
+class TeacherStats(SourceStats):
+    sources: list[str] = Field(default_factory=list)
+    """The prompt sources of its records."""
 
 
 class FilterStats(_Schema):
@@ -47,6 +57,8 @@ class FilterStats(_Schema):
     reasons: dict[str, dict[str, int]]
     outcomes: dict[str, dict[str, dict[str, int]]] = Field(default_factory=dict)
     sources: dict[str, SourceStats] = Field(default_factory=dict)
+    teachers: dict[str, TeacherStats] = Field(default_factory=dict)
+    """Per teacher (several with `generate.teachers`, else the one), as `sources`; empty in older manifests."""
     verifiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     """Verifiers that could not judge more than `filter.warn_cannot_judge` of their records."""

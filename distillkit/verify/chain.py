@@ -4,6 +4,7 @@ it on fresh samples (pre-screen, resampling)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from distillkit.config import FilterConfig
+from distillkit.config import FilterConfig, VerifierSpec
 from distillkit.verify.verifiers.base import Verdict
 from distillkit.verify.verifiers.base import fails as verdict_fails
 
@@ -20,12 +21,35 @@ from distillkit.verify.verifiers.base import fails as verdict_fails
 OUTCOME_OF = {False: "rejected", True: "passed", None: "cannot_judge"}
 
 
-def step_names(cfg: FilterConfig) -> list[str]:
+def step_names(cfg: FilterConfig, where: str | None = None) -> list[str]:
+    """The step names of one chain (`filter.verifiers`, or a source's own): the kind, "#2" on its second use."""
     names, seen = [], Counter()
-    for spec in cfg.verifiers:
+    for spec in cfg.chains()[where]:
         seen[spec.kind] += 1
         names.append(spec.kind if seen[spec.kind] == 1 else f"{spec.kind}#{seen[spec.kind]}")
     return names
+
+
+def all_step_names(cfg: FilterConfig) -> list[str]:
+    """Every chain's steps in one order (a funnel row each): `filter.verifiers`' order, a step only a source's
+    chain has going right after that chain's previous step. A record meets its own chain's steps in this order."""
+    order = step_names(cfg)
+    for where in cfg.source_verifiers:
+        after = -1
+        for step in step_names(cfg, where):
+            if step not in order:
+                order.insert(after + 1, step)
+            after = order.index(step)
+    return order
+
+
+def step_specs(cfg: FilterConfig) -> dict[str, list[tuple[str, VerifierSpec]]]:
+    """{step: [(config key, spec)]}: which verifier(s) of which chain(s) each funnel step runs."""
+    out: dict[str, list[tuple[str, VerifierSpec]]] = {}
+    for where, specs in cfg.chains().items():
+        for i, (step, spec) in enumerate(zip(step_names(cfg, where), specs)):
+            out.setdefault(step, []).append((cfg.chain_key(where, i), spec))
+    return out
 
 
 def merge_numbers(total: dict, part: dict, sign: int = 1) -> dict:
@@ -85,47 +109,79 @@ class Judged:
     exact: np.ndarray           # (N, 2) uint64
     bands: np.ndarray | None    # (N, bands) uint64
     signatures: np.ndarray | None  # (N, num_perm) uint32
+    rejected_by: list[tuple[str, str] | None] = field(default_factory=list)
+    """Per record the (step, reason) of the first step that rejected it (the funnel row it counts in), else None."""
 
 
 class Judge:
-    """The per-record steps of one filter config, built once per process; `judge(records)` runs them."""
+    """The per-record steps of one filter config, built once per process; `judge(records)` runs them.
+
+    Each record meets its own chain: its source's under `filter.source_verifiers`, else `filter.verifiers`.
+    A verifier two chains configure alike is built once (one pool of math workers)."""
 
     def __init__(self, cfg: FilterConfig):
-        from distillkit.registry import build
         from distillkit.verify.dedup import MinHasher
 
         self.cfg = cfg
-        self.steps = step_names(cfg)
+        self.steps = all_step_names(cfg)
         self.deco = None
         if cfg.decontaminate.enabled:
             from distillkit.verify.decontaminate import Decontaminator
 
             self.deco = Decontaminator(cfg.decontaminate.benchmarks, cfg.decontaminate.ngram)
-        self.rejects_unjudged = {step: spec.rejects_unjudged for step, spec in zip(self.steps, cfg.verifiers)}
-        self.chain = []
+        self.chain: list[tuple[str, Any]] = []  # (step, built verifier), each built once
+        # chain (None: filter.verifiers, else a source) -> {step: (index into self.chain, rejects unjudged)}
+        self.plans: dict[str | None, dict[str, tuple[int, bool]]] = {}
         try:
-            for step, spec in zip(self.steps, cfg.verifiers):
-                self.chain.append((step, build(spec.kind, spec.params, num_workers=cfg.num_workers)))
+            self._build()
         except BaseException:
             self.close()
             raise
         near = cfg.dedup.near
         self.hasher = MinHasher(near.num_perm, near.ngram, near.threshold) if near.enabled else None
 
+    def _build(self) -> None:
+        from distillkit.registry import build
+
+        built: dict[tuple[str, str], int] = {}
+        for where, specs in self.cfg.chains().items():
+            plan = self.plans[where] = {}
+            for step, spec in zip(step_names(self.cfg, where), specs):
+                key = (step, json.dumps([spec.kind, spec.params], sort_keys=True, default=str))
+                if key not in built:
+                    built[key] = len(self.chain)
+                    self.chain.append((step, build(spec.kind, spec.params, num_workers=self.cfg.num_workers)))
+                plan[step] = (built[key], spec.rejects_unjudged)
+
+    @property
+    def rejects_unjudged(self) -> dict[str, bool]:
+        """{step: rejects what it cannot judge} of `filter.verifiers` (the chain of records of no listed source)."""
+        return {step: r for step, (_, r) in self.plans[None].items()}
+
     def all_steps(self) -> list[str]:
         return (["decontaminate"] if self.deco else []) + self.steps
 
     def usage(self) -> dict[str, dict[str, Any]]:
         """Usage of verifiers that report it (the judge's requests, tokens), cumulative for this process."""
-        return {step: v.stats() for step, v in self.chain if hasattr(v, "stats")}
+        out: dict[str, dict[str, Any]] = {}
+        for step, v in self.chain:
+            if hasattr(v, "stats"):
+                out[step] = merge_numbers(out[step], v.stats()) if step in out else v.stats()
+        return out
+
+    def plan_of(self, record: dict[str, Any]) -> dict[str, tuple[int, bool]]:
+        """{step: (verifier index, rejects unjudged)} of the chain this record meets."""
+        return self.plans.get(record.get("source") or "", self.plans[None]) if len(self.plans) > 1 \
+            else self.plans[None]
 
     def judge(self, records: Sequence[dict[str, Any]], tally: Tally, on_done: Callable[[int], None] | None = None) -> Judged:
         n = len(records)
         verdicts: list[list[tuple[str, Verdict]]] = [[] for _ in range(n)]
         alive = np.ones(n, dtype=bool)
+        plans = [self.plan_of(r) for r in records]
 
-        def fails(step: str, v: Verdict) -> bool:
-            return verdict_fails(v, self.rejects_unjudged.get(step, False))
+        def fails(i: int, step: str, v: Verdict) -> bool:
+            return verdict_fails(v, step in plans[i] and plans[i][step][1])
 
         def record_step(step: str, judged: dict[int, Verdict], candidates: Sequence[int]) -> None:
             before = int(alive.sum())
@@ -134,7 +190,7 @@ class Judge:
                 verdicts[i].append((step, v))
                 outs[OUTCOME_OF[v.passed]][v.reason] += 1
             for i in candidates:
-                if i in judged and fails(step, judged[i]):
+                if i in judged and fails(i, step, judged[i]):
                     alive[i] = False
             row = tally.funnel.setdefault(step, [0, 0, 0])
             row[0] += before
@@ -146,30 +202,36 @@ class Judge:
             record_step("decontaminate", self._decontaminate(records), range(n))
             tally.timings["decontaminate_s"] = round(tally.timings.get("decontaminate_s", 0) + time.time() - t0, 3)
 
-        for step, verifier in self.chain:
+        for step in self.steps:
             t0 = time.time()
-            todo = [i for i in range(n) if alive[i] or not self.cfg.stop_at_first_rejection]
-            # The judge defers to this run's earlier rule verdicts, which live here, not in the records.
-            if getattr(verifier, "reads_prior_verdicts", False):
-                batch = [{**records[i], "prior_verdicts": [v.as_record_entry(s) for s, v in verdicts[i]]} for i in todo]
-            else:
-                batch = [records[i] for i in todo]
-            judged = dict(zip(todo, verifier.batch(batch)))
-            record_step(step, judged, todo)
+            judged: dict[int, Verdict] = {}
+            todo = [i for i in range(n) if step in plans[i] and (alive[i] or not self.cfg.stop_at_first_rejection)]
+            for k in sorted({plans[i][step][0] for i in todo}):  # one batch per verifier of this step
+                mine = [i for i in todo if plans[i][step][0] == k]
+                judged.update(zip(mine, self.chain[k][1].batch(self._batch(self.chain[k][1], records, mine, verdicts))))
+            record_step(step, dict(sorted(judged.items())), todo)
             tally.timings[f"{step}_s"] = round(tally.timings.get(f"{step}_s", 0) + time.time() - t0, 3)
         if on_done:
             on_done(n)
 
         # The teacher's solve rate per prompt counts verifier passes only: a correct trace dropped later
         # as a duplicate was still solved.
-        passed = np.array([not any(fails(s, v) for s, v in verdicts[i] if s != "decontaminate")
+        passed = np.array([not any(fails(i, s, v) for s, v in verdicts[i] if s != "decontaminate")
                            for i in range(n)], dtype=bool)
+        first = [next(((s, v.reason) for s, v in verdicts[i] if fails(i, s, v)), None) for i in range(n)]
         order_len = np.array([r.get("completion_tokens") or len(r.get("completion") or "") for r in records],
                              dtype=np.int64)
         t0 = time.time()
         exact, bands, sigs = self._dedup_keys(records, alive)
         tally.timings["dedup_keys_s"] = round(tally.timings.get("dedup_keys_s", 0) + time.time() - t0, 3)
-        return Judged(verdicts, alive, passed, order_len, exact, bands, sigs)
+        return Judged(verdicts, alive, passed, order_len, exact, bands, sigs, first)
+
+    @staticmethod
+    def _batch(verifier, records: Sequence[dict[str, Any]], rows: list[int], verdicts) -> list[dict[str, Any]]:
+        # The judge defers to this run's earlier rule verdicts, which live here, not in the records.
+        if getattr(verifier, "reads_prior_verdicts", False):
+            return [{**records[i], "prior_verdicts": [v.as_record_entry(s) for s, v in verdicts[i]]} for i in rows]
+        return [records[i] for i in rows]
 
     def _decontaminate(self, records: Sequence[dict[str, Any]]) -> dict[int, Verdict]:
         """Every record's decontamination verdict, its problem matched once per prompt."""

@@ -193,9 +193,17 @@ def test_filter_stage_end_to_end(run_cfg):
     assert m.stats["outcomes"]["math"] == {"rejected": {"no_boxed_answer": 2, "wrong_answer": 3},
                                            "passed": {"correct": 5}, "cannot_judge": {"no_gold_answer": 1}}
     assert m.stats["outcomes"]["format"]["passed"] == {"well_formed": 9}
+    # each rejected record counted once, at the step that rejected it first (as in the funnel)
     assert m.stats["sources"] == {
-        "arith": {"records": 8, "passed_verifiers": 4, "pass_rate": 0.5, "kept": 2, "prompts": 2, "prompts_kept": 2},
-        "other": {"records": 3, "passed_verifiers": 1, "pass_rate": 0.3333, "kept": 0, "prompts": 2, "prompts_kept": 0}}
+        "arith": {"records": 8, "passed_verifiers": 4, "pass_rate": 0.5, "kept": 2, "prompts": 2, "prompts_kept": 2,
+                  "rejections": {"truncation": {"truncated_at_max_tokens": 1}, "format": {"answer_not_boxed": 1},
+                                 "math": {"wrong_answer": 1}, "repetition": {"repeated_ngrams": 1},
+                                 "dedup": {"exact_duplicate": 1}, "selection": {"not_shortest": 1}}},
+        "other": {"records": 3, "passed_verifiers": 1, "pass_rate": 0.3333, "kept": 0, "prompts": 2, "prompts_kept": 0,
+                  "rejections": {"math": {"wrong_answer": 2}, "selection": {"pass_rate_above_max": 1}}}}
+    # one teacher (records without a teacher column value: "")
+    assert list(m.stats["teachers"]) == [""] and m.stats["teachers"][""]["records"] == 11
+    assert m.stats["teachers"][""]["sources"] == ["arith", "other"]
     assert m.counts["input"] == 11 and m.counts["kept"] == 2 and m.counts["rejected"] == 9
 
     out = run_cfg.stage_dir("filter")

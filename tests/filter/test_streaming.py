@@ -42,9 +42,15 @@ def case(tmp_path_factory):
 def test_same_output_as_the_in_memory_filter(case):
     expected = json.loads(gzip.open(EXPECTED, "rt").read())
     m = run_filter(case, show_progress=False)
-    # keys the old filter did not write (warnings) are checked for themselves, the rest must be equal
-    assert {k: m.stats[k] for k in expected["stats"]} == expected["stats"]
-    assert set(m.stats) - set(expected["stats"]) == {"warnings", "pass_rates", "selection"} and m.stats["warnings"] == []
+    # keys the old filter did not write (warnings, the per-source rejections) are checked for themselves, the rest
+    # must be equal
+    sources = {src: {k: v for k, v in s.items() if k != "rejections"} for src, s in m.stats["sources"].items()}
+    assert {k: m.stats[k] for k in expected["stats"]} | {"sources": sources} == expected["stats"]
+    assert set(m.stats) - set(expected["stats"]) == {"warnings", "pass_rates", "selection", "teachers"}
+    assert m.stats["warnings"] == []
+    # the rejections per source and per teacher add up to the records each rejected
+    for group in (*m.stats["sources"].values(), *m.stats["teachers"].values()):
+        assert sum(sum(r.values()) for r in group["rejections"].values()) == group["records"] - group["kept"]
     # the selection's per-rule counts agree with its funnel step and the kept prompts
     sel, step = m.stats["selection"], m.stats["funnel"][-1]
     assert step["step"] == "selection" and sum(c["traces"] for c in sel["rules"].values()) == step["rejected"]
