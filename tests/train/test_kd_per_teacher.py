@@ -171,7 +171,7 @@ def test_a_live_teacher_is_refused_with_several_teacher_models(tmp_path):
                 "generate": {"teachers": [{"name": f"t{i}", "model": m, "sources": [] if i else ["math"]}
                                           for i, m in enumerate(models)]}}
 
-    with pytest.raises(ValueError, match="generate.teachers has 2.*teacher_probs: topk_tail"):
+    with pytest.raises(DistillkitError, match="generate.teachers has 2.*teacher_probs: topk_tail"):
         validate_recipe(recipe(["org/a", "org/b"], teacher_probs="live"))
     validate_recipe(recipe(["org/a", "org/a"], teacher_probs="live"))  # one model, two routes: one live teacher
     validate_recipe(recipe(["org/a", "org/b"]))  # stored labels: each record's own teacher's
