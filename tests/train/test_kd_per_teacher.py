@@ -177,30 +177,62 @@ def test_a_live_teacher_is_refused_with_several_teacher_models(tmp_path):
     validate_recipe(recipe(["org/a", "org/b"]))  # stored labels: each record's own teacher's
 
 
+SMOL = "builtin:smollm2-135m-instruct"
+
+
+def gemma_folder(tmp_path):
+    """Gemma 3's tokenizer as a model folder (config.json for load_tokenizer_and_config; no weights)."""
+    folder = tmp_path / "gemma3"
+    shutil.copytree(rt.gemma3_tokenizer(), folder)
+    (folder / "config.json").write_text(json.dumps({}))
+    return folder
+
+
+def two_teachers(tmp_path, gemma_dir, cross_tokenizer: bool):
+    """A recipe routing math to SmolLM2 and the rest to Gemma 3, training a SmolLM2 student with KD on both."""
+    from distillkit.config import validate_recipe
+
+    return validate_recipe({
+        "name": "x", "output_dir": str(tmp_path / "run"), "stages": ["filter", "train"],
+        "generate": {"teachers": [{"name": "r1", "model": SMOL, "sources": ["math"]},
+                                  {"name": "chat", "model": str(gemma_dir), "reasoning": False}]},
+        "train": {"student": {"model": SMOL}, "packing": False, "max_length": 2048,
+                  "kd": {"enabled": True, "cross_tokenizer": cross_tokenizer}}})
+
+
+def test_preflight_checks_every_teachers_vocabulary(smollm2_dir, tmp_path):
+    """The first teacher shares the student's tokenizer; the second's vocabulary is checked too: an error naming it
+    without cross_tokenizer, its alignment measured on its own traces with it."""
+    from distillkit.preflight import preflight
+    from distillkit.records import record_features, write_shard
+
+    gemma_dir = gemma_folder(tmp_path)
+    errors = [f for f in preflight(two_teachers(tmp_path, gemma_dir, False), stages=["train"]) if f.severity == "error"]
+    assert [f.check for f in errors] == ["vocab_compat"] and str(gemma_dir) in errors[0].message
+    cfg = two_teachers(tmp_path, gemma_dir, True)
+    records = traces(_load(smollm2_dir), SMOL, TEXTS) + traces(_load(gemma_dir), str(gemma_dir), TEXTS[:2], 10)
+    write_shard(cfg.stage_dir("filter"), 0, records, record_features(3))
+    findings = preflight(cfg, stages=["train"])
+    assert not [f for f in findings if f.severity == "error"]
+    cross = [f for f in findings if f.check == "cross_tokenizer"]
+    assert len(cross) == 1 and str(gemma_dir) in cross[0].message and "on 2 traces" in cross[0].message
+
+
 def test_the_train_stage_labels_smollm2_and_gemma3_records_each_with_its_own(smollm2_dir, tmp_path):
     """Real tokenizers, through the train stage's own tokenization step (the teachers' tokenizers loaded from the
     recipe's generate.teachers models): SmolLM2's records keep their ids (the student is SmolLM2), Gemma 3's
     (262k sentencepiece vocabulary) are mapped with Gemma's map, old records go to the run's first teacher."""
-    from distillkit.config import validate_recipe
     from distillkit.train.stage import _tokenize_examples
 
-    smol, gemma_dir = _load(smollm2_dir), tmp_path / "gemma3"
-    shutil.copytree(rt.gemma3_tokenizer(), gemma_dir)
-    (gemma_dir / "config.json").write_text(json.dumps({}))  # a model folder for load_tokenizer_and_config
+    smol, gemma_dir = _load(smollm2_dir), gemma_folder(tmp_path)
     gemma = _load(gemma_dir)
-    smol_spec = "builtin:smollm2-135m-instruct"
-    cfg = validate_recipe({
-        "name": "x", "output_dir": str(tmp_path / "run"), "stages": ["filter", "train"],
-        "generate": {"teachers": [{"name": "r1", "model": smol_spec, "sources": ["math"]},
-                                  {"name": "chat", "model": str(gemma_dir), "reasoning": False}]},
-        "train": {"student": {"model": smol_spec}, "packing": False,
-                  "kd": {"enabled": True, "cross_tokenizer": True}}})
-    s, g, old = traces(smol, smol_spec, TEXTS), traces(gemma, str(gemma_dir), TEXTS, 10), traces(smol, "", TEXTS[:1], 20)
+    cfg = two_teachers(tmp_path, gemma_dir, cross_tokenizer=True)
+    s, g, old = traces(smol, SMOL, TEXTS), traces(gemma, str(gemma_dir), TEXTS, 10), traces(smol, "", TEXTS[:1], 20)
     state = type("State", (), {"process_index": 0, "main_process_first": lambda self: nullcontext()})()
     ds, info = _tokenize_examples(cfg, state, interleave(s, g) + old, smol, None)
     ds_s, info_s = build(s + old, smol, tmp_path, "s")
     ds_g, info_g = build(g, smol, tmp_path, "g", teacher_tokenizer=gemma)
     same_examples(ds, interleave(list(ds_s)[:4], list(ds_g)) + list(ds_s)[4:])
-    assert info["teachers"][smol_spec] == {"examples": 5, "kd_tokens": info_s["num_kd_tokens"], "teacher_ids_used": True}
+    assert info["teachers"][SMOL] == {"examples": 5, "kd_tokens": info_s["num_kd_tokens"], "teacher_ids_used": True}
     figures = info["teachers"][str(gemma_dir)]["cross_tokenizer"]
     assert figures == info_g["cross_tokenizer"] and figures["share_positions_labelled"] > 0.5
