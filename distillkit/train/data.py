@@ -30,7 +30,8 @@ student's tokenizer (SFT still works) and top-k KD is refused with a `Distillkit
 `train.kd.cross_tokenizer` is set: then the teacher's rows are moved onto the student's tokens by
 `distillkit.train.cross_tokenizer` (student tokens spanning exactly one teacher token's bytes get its
 candidates mapped by spelling, the others a label chained along their span), and `info["cross_tokenizer"]`
-reports how much was kept.
+reports how much was kept. With several teachers (`generate.teachers`) this is decided per teacher, each record's
+labels mapped with its own teacher's tokenizer (distillkit/train/teachers.py).
 """
 
 from __future__ import annotations
