@@ -126,6 +126,19 @@ class RecipeConfig(StrictModel):
                              "or set generate.prescreen.enabled: false")
         return self
 
+    @model_validator(mode="after")
+    def _live_teacher_is_one(self):
+        t = self.train
+        live = (t.kd.enabled and t.kd.teacher_probs == "live") or (t.on_policy.enabled and t.kd.teacher_probs != "served")
+        models = list(dict.fromkeys(x.model for x in self.generate.teachers))
+        if live and len(models) > 1:
+            raise ValueError(f"a live teacher (train.kd.teacher_probs: live, or train.on_policy without teacher_probs: "
+                             f"served) is one model loaded next to the student, and generate.teachers has "
+                             f"{len(models)} ({', '.join(models)}); train on their stored soft labels "
+                             "(train.kd.teacher_probs: topk_tail, each record with its own teacher's), or on-policy "
+                             "with served teachers (train.kd.teacher_probs: served)")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))

@@ -102,18 +102,19 @@ def check_trace_roundtrip(teacher, student, prefill: Optional[str], subject: str
 CROSS_TOKENIZER_SAMPLE = 32  # records measured by check_cross_tokenizer
 
 
-def check_cross_tokenizer(cfg, teacher, student, subject: str) -> Finding:
+def check_cross_tokenizer(cfg, teacher, student, subject: str, teacher_model: Optional[str] = None) -> Finding:
     """`train.kd.cross_tokenizer`: the measured alignment, on the first traces of the training input when they
     exist (share of student positions with a soft label, share of the teacher's top-k mass that maps), else
     on preflight's sample trace (positions only: a sample trace has no top-k). A warning below half of the
-    positions: most of the student's tokens would then train on CE only."""
-    from distillkit.records import StageRecords
+    positions: most of the student's tokens would then train on CE only. With `teacher_model` (a run with
+    `generate.teachers`) only that teacher's traces are measured (their `teacher` column; an empty one is the
+    labelling teacher's)."""
     from distillkit.train.cross_tokenizer import AlignmentStats, CrossTokenizerMap, measure_alignment
 
     cmap = CrossTokenizerMap(teacher, student)
     src = cfg.records_dir
     try:
-        records = StageRecords(src).head(CROSS_TOKENIZER_SAMPLE) if src.is_dir() else []
+        records = _first_traces(src, teacher_model, cfg.label_teacher.model) if src.is_dir() else []
     except Exception:  # an unreadable or half-written folder: measured at train time instead
         records = []
     stats = measure_alignment(cmap, records, student)
@@ -137,3 +138,20 @@ def check_cross_tokenizer(cfg, teacher, student, subject: str) -> Finding:
                    "other positions train on CE only.",
                    "most tokens would get no soft label: a student closer to the teacher's tokenizer, or "
                    "train.kd.enabled: false" if low else "", "teacher/student")
+
+
+def _first_traces(src, teacher_model: Optional[str], default: str) -> list[dict]:
+    """The first `CROSS_TOKENIZER_SAMPLE` records of the stage folder `src`; with `teacher_model` the first of that
+    teacher's among the first 64 x as many records."""
+    from distillkit.records import StageRecords
+
+    records = StageRecords(src)
+    if teacher_model is None:
+        return records.head(CROSS_TOKENIZER_SAMPLE)
+    out = []
+    for i, rec in enumerate(records):
+        if len(out) == CROSS_TOKENIZER_SAMPLE or i == 64 * CROSS_TOKENIZER_SAMPLE:
+            break
+        if (rec.get("teacher") or default) == teacher_model:
+            out.append(rec)
+    return out

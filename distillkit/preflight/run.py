@@ -119,6 +119,8 @@ def _check_training(cfg, stages: list[str], models: _Models, findings: list[Find
         fixed, mapped = _check_student(cfg, s_tok, s_config, t_tok, label_spec, findings)
     if needs_teacher and fixed is not None and t_tok is not None and not mapped:
         findings += _check_vocabularies(cfg, t_tok, fixed, t_config, s_config, label_spec)
+    if needs_teacher and fixed is not None and not mapped:
+        findings += _check_other_teachers(cfg, models, fixed, s_config, label_spec)
     teacher_spec = cfg.generate.teacher.model
     findings += check_context(cfg, stages, s_config, t_config if t_tok is not None and label_spec == teacher_spec
                               else _config_only(models.loaded, teacher_spec))
@@ -193,10 +195,28 @@ def _check_vocabularies(cfg, t_tok, fixed, t_config, s_config, label_spec: str) 
     if crossed:
         finding = Finding("vocab_compat", "ok", f"{pair} tokenize differently; train.kd.cross_tokenizer "
                           "maps the stored top-k onto the student's tokens.", subject="teacher/student")
-        findings.append(check_cross_tokenizer(cfg, t_tok, fixed, pair))
+        findings.append(check_cross_tokenizer(cfg, t_tok, fixed, pair, label_spec if cfg.generate.teachers else None))
     findings.append(replace(finding, subject="teacher/student"))
     if finding.severity != "error" and stored and not crossed:
         findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
+    return findings
+
+
+def _check_other_teachers(cfg, models: _Models, fixed, s_config, label_spec: str) -> list[Finding]:
+    """With `generate.teachers`, stored soft labels are each record's own teacher's (train/teachers.py): every other
+    teacher model is checked against the student as the labelling teacher is (its vocabulary, or its cross-tokenizer
+    alignment measured on its own traces)."""
+    kd = cfg.train.kd
+    if not (kd.enabled and kd.teacher_probs not in ("live", "served")):
+        return []
+    findings: list[Finding] = []
+    for spec in dict.fromkeys(t.model for t in cfg.generate.teachers):
+        if spec == label_spec:
+            continue
+        t_tok, t_config = models.load(spec, "teacher", "warning",
+                                      "Vocab compatibility for KD cannot be checked before training.")
+        if t_tok is not None:
+            findings += _check_vocabularies(cfg, t_tok, fixed, t_config, s_config, spec)
     return findings
 
 

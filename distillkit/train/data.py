@@ -30,7 +30,8 @@ student's tokenizer (SFT still works) and top-k KD is refused with a `Distillkit
 `train.kd.cross_tokenizer` is set: then the teacher's rows are moved onto the student's tokens by
 `distillkit.train.cross_tokenizer` (student tokens spanning exactly one teacher token's bytes get its
 candidates mapped by spelling, the others a label chained along their span), and `info["cross_tokenizer"]`
-reports how much was kept.
+reports how much was kept. With several teachers (`generate.teachers`) this is decided per teacher, each record's
+labels mapped with its own teacher's tokenizer (distillkit/train/teachers.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from distillkit.errors import DistillkitError
 from distillkit.tokenizer_checks import ids_spell
 from distillkit.train.labels import (_first, check_label_kind, drop_row_padding, record_topk,  # noqa: F401
                                      soft_label_kind)
+from distillkit.train.teachers import LabelTeachers, teacher_counts, teacher_figures, teacher_samples, teacher_source
 
 if TYPE_CHECKING:
     from distillkit.student.special_map import SpecialMap
@@ -265,7 +267,8 @@ def _cross_rows(cross, record: dict, body: list[int]):
 
 def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool, packing: bool,
                         seed: int = 0, require_topk: bool = True, cache_dir: str | Path | None = None,
-                        teacher_tokenizer=None, teacher_probs: str | None = None):
+                        teacher_tokenizer=None, teacher_probs: str | None = None,
+                        teachers: LabelTeachers | None = None):
     """Tokenize kept records into a `datasets.Dataset` ready for `DistillTrainer` (packed when asked).
 
     `records` is a `datasets.Dataset`, a list of records, or a `StageRecords` view streaming a stage
@@ -276,33 +279,33 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     labels are ~2-4 MB each as training columns).
 
     `teacher_tokenizer` (set with `train.kd.cross_tokenizer`) is the tokenizer of the soft labels' ids: when
-    the student's differs, the labels are mapped onto the student's tokens instead of refused.
+    the student's differs, the labels are mapped onto the student's tokens instead of refused. `teachers` (a run with
+    `generate.teachers`): each record's labels are its own teacher's, decided and mapped per teacher (the record's
+    `teacher` column; `distillkit.train.teachers`), and `teacher_tokenizer` is not used.
     `teacher_probs` (`train.kd.teacher_probs`): the stored labels must be of the kind it reads (`check_label_kind`).
     Sampled labels travel as top-k rows do: `kd_ids` the ids drawn, `kd_logprobs` log(count / N), width N.
 
     Returns (dataset, info) where info holds the counts the manifest reports: examples, tokens, loss
     tokens, soft-labelled tokens, dropped examples, examples cut at `max_length` (keeping their start)
     and the tokens cut, whether the teacher's ids were used, with packing the number of packed rows
-    and how full they are, and with a cross-tokenizer map its alignment figures (`cross_tokenizer`).
+    and how full they are, with a cross-tokenizer map its alignment figures (`cross_tokenizer`), and with `teachers`
+    each teacher's figures (`teachers`: {model: {examples, kd_tokens, teacher_ids_used[, cross_tokenizer]}}).
     """
     from datasets import Dataset
 
-    topk, same, cross, cross_stats = _soft_label_source(records, tokenizer, use_kd, require_topk, teacher_tokenizer,
-                                                        teacher_probs)
+    topk, of, sources = _soft_label_source(records, tokenizer, use_kd, require_topk, teacher_tokenizer, teacher_probs,
+                                           teachers)
     bytes_per_token = _bytes_per_token(topk)
     path = _fresh_folder(cache_dir) / "examples.arrow"
     info = {"num_examples": 0, "num_dropped": 0, "num_truncated": 0, "num_tokens_cut": 0, "topk": topk,
-            "teacher_ids_used": same, "num_tokens": 0, "num_loss_tokens": 0, "num_kd_tokens": 0}
+            "teacher_ids_used": all(s.same for s in sources.values()), "num_tokens": 0, "num_loss_tokens": 0,
+            "num_kd_tokens": 0}
     if topk > 0 and getattr(records, "soft_label_format", None):  # a stage folder: which format was decoded
         info["soft_label_format"] = records.soft_label_format
-    if not _write_examples(records, tokenizer, path, max_length, topk, same, cross, cross_stats, info):
+    if not _write_examples(records, tokenizer, path, max_length, topk, of, sources, info):
         raise DistillkitError(f"no trainable example among {len(records)} records (max_length={max_length} "
                               "may be shorter than the prompts)")
-    if cross_stats is not None:
-        info["cross_tokenizer"] = cross_stats.summary()
-        log.info("train: cross-tokenizer soft labels on %.1f%% of student positions, %.1f%% of the teacher's top-%d "
-                 "mass mapped", 100 * info["cross_tokenizer"]["share_positions_labelled"],
-                 100 * info["cross_tokenizer"]["share_topk_mass_mapped"], topk)
+    teacher_figures(sources, teachers is not None, topk, info)
     if info["num_truncated"]:
         log.info("train: %d of %d examples longer than train.max_length=%d were cut (%d tokens), keeping their start",
                  info["num_truncated"], info["num_examples"] + info["num_dropped"], max_length, info["num_tokens_cut"])
@@ -312,11 +315,13 @@ def build_train_dataset(records, tokenizer, max_length: int | None, use_kd: bool
     return ds, info
 
 
-def _soft_label_source(records, tokenizer, use_kd: bool, require_topk: bool, teacher_tokenizer, teacher_probs):
-    """(k of the stored soft labels, 0 without KD on them; whether the teacher's ids are the student's; the
-    `CrossTokenizerMap` and `AlignmentStats` when they are not and `teacher_tokenizer` maps them, else None).
-    Refuses labels that are missing, of the other kind than `teacher_probs` reads, or on another vocabulary
-    with no map."""
+def _soft_label_source(records, tokenizer, use_kd: bool, require_topk: bool, teacher_tokenizer, teacher_probs,
+                       teachers: LabelTeachers | None = None):
+    """(k of the stored soft labels, 0 without KD on them; `of(record)` -> the record's teacher; {teacher:
+    `TeacherSource`}: whether its ids are the student's, else its `CrossTokenizerMap` and `AlignmentStats` when a
+    tokenizer maps them). Without `teachers` one source (key "") for every record, mapped with `teacher_tokenizer`;
+    with them one per teacher (`distillkit.train.teachers`). Refuses labels that are missing, of the other kind than
+    `teacher_probs` reads, or on another vocabulary with no map."""
     topk = record_topk(records) if use_kd else 0
     if use_kd and require_topk and topk == 0:
         raise DistillkitError(f"train.kd is enabled with stored soft labels (kd.teacher_probs="
@@ -325,21 +330,17 @@ def _soft_label_source(records, tokenizer, use_kd: bool, require_topk: bool, tea
                               "train.kd.teacher_probs: live")
     if topk > 0 and teacher_probs is not None:
         check_label_kind(records, teacher_probs)
-    same = check_same_tokenizer(tokenizer, records)
-    cross = cross_stats = None
-    if topk > 0 and not same and teacher_tokenizer is None:
-        raise DistillkitError(
-            "the records' completion_ids do not decode to their text with the student's tokenizer: the teacher "
-            "uses another vocabulary, so its stored top-k soft labels are not on the student's ids. Set "
-            "train.kd.cross_tokenizer: true (map them by spelling; preflight reports how much maps), "
-            "train.kd.enabled: false (plain SFT on the text), or pick a student of the teacher's family.")
-    if topk > 0 and not same:
-        from distillkit.train.cross_tokenizer import AlignmentStats, CrossTokenizerMap
-
-        cross, cross_stats = CrossTokenizerMap(teacher_tokenizer, tokenizer), AlignmentStats()
-    if not same and any(rec.get("completion_ids") for rec in _first(records, 64)):
-        log.warning("student tokenizer differs from the teacher's: re-tokenizing completion text")
-    return topk, same, cross, cross_stats
+    if teachers is None:
+        same = check_same_tokenizer(tokenizer, records)
+        return topk, lambda rec: "", {"": teacher_source(same, tokenizer, records, topk, lambda: teacher_tokenizer)}
+    counts = teacher_counts(records, teachers.of)
+    samples = teacher_samples(records, teachers.of, counts)
+    sources = {}
+    for spec, sample in samples.items():
+        load = (lambda spec=spec: teachers.tokenizer(spec)) if teachers.cross_tokenizer else (lambda: None)
+        same = check_same_tokenizer(tokenizer, sample)
+        sources[spec] = teacher_source(same, tokenizer, sample, topk, load, spec if len(samples) > 1 else None)
+    return topk, teachers.of, sources
 
 
 def _bytes_per_token(topk: int) -> int:
@@ -361,10 +362,11 @@ def _fresh_folder(cache_dir: str | Path | None) -> Path:
     return folder
 
 
-def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk: int, same: bool, cross,
-                    cross_stats, info: dict) -> bool:
-    """Tokenize the records one at a time into an Arrow file at `path`, cut to `max_length`, counting into `info`;
-    returns whether any example was written (a record whose whole assistant turn was cut is dropped)."""
+def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk: int, of, sources: dict,
+                    info: dict) -> bool:
+    """Tokenize the records one at a time into an Arrow file at `path`, each with its teacher's `TeacherSource`
+    (`sources[of(record)]`), cut to `max_length`, counting into `info` and the sources; returns whether any example
+    was written (a record whose whole assistant turn was cut is dropped)."""
     import numpy as np
     from datasets import Features, List, Value
     from datasets.arrow_writer import ArrowWriter
@@ -382,8 +384,9 @@ def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk
             if rec.get("special_map_unmatched"):  # a teacher special without a student counterpart: text only
                 info["special_map_unmatched"] = info.get("special_map_unmatched", 0) + 1
             ids = rec.get("completion_ids")
-            ex = tokenize_record(tokenizer, rec, use_teacher_ids=same and ids is not None and len(ids) > 0, topk=topk,
-                                 cross=cross, cross_stats=cross_stats)
+            src = sources[of(rec)]
+            ex = tokenize_record(tokenizer, rec, use_teacher_ids=src.same and ids is not None and len(ids) > 0,
+                                 topk=topk, cross=src.cross, cross_stats=src.stats)
             n = len(ex["input_ids"])
             if max_length is not None and n > max_length:  # keep the start: the prompt and the beginning of the trace
                 ex = {k: v[:max_length] for k, v in ex.items()}
@@ -405,7 +408,10 @@ def _write_examples(records, tokenizer, path: Path, max_length: int | None, topk
             info["num_examples"] += 1
             info["num_tokens"] += len(ex["input_ids"])
             info["num_loss_tokens"] += sum(x != IGNORE for x in ex["labels"])
-            info["num_kd_tokens"] += int(np.sum(ex["kd_mask"], dtype=np.int64)) if topk > 0 else 0  # int8: no builtin sum
+            kd_tokens = int(np.sum(ex["kd_mask"], dtype=np.int64)) if topk > 0 else 0  # int8: no builtin sum
+            info["num_kd_tokens"] += kd_tokens
+            src.examples += 1
+            src.kd_tokens += kd_tokens
     finally:
         if writer is not None:
             writer.finalize()

@@ -255,8 +255,12 @@ def _tokenize_examples(cfg: RecipeConfig, state, records, tokenizer, special_map
     from distillkit.train.data import build_train_dataset
 
     t = cfg.train
-    teacher_tokenizer = None
-    if t.kd.enabled and t.kd.cross_tokenizer:  # the soft labels' ids are the labelling teacher's
+    teacher_tokenizer = teachers = None
+    if cfg.generate.teachers:  # each record's labels are its own teacher's: its `teacher` column names the model
+        from distillkit.train.teachers import LabelTeachers
+
+        teachers = LabelTeachers(cfg.label_teacher.model, cross_tokenizer=t.kd.enabled and t.kd.cross_tokenizer)
+    elif t.kd.enabled and t.kd.cross_tokenizer:  # the soft labels' ids are the labelling teacher's
         from distillkit.models import load_tokenizer_and_config
 
         teacher_tokenizer = load_tokenizer_and_config(cfg.label_teacher.model)[0]
@@ -273,7 +277,8 @@ def _tokenize_examples(cfg: RecipeConfig, state, records, tokenizer, special_map
                                                                                      "sampled"),
                                                  cache_dir=cfg.stage_dir("train") / ".cache" / f"examples-{state.process_index}",
                                                  teacher_tokenizer=teacher_tokenizer,
-                                                 teacher_probs=t.kd.teacher_probs if t.kd.enabled else None)
+                                                 teacher_probs=t.kd.teacher_probs if t.kd.enabled else None,
+                                                 teachers=teachers)
     if special_map is not None:
         data_info["special_map"] = {"records_unmatched": data_info.pop("special_map_unmatched", 0),
                                     "summary": special_map.summary()}
