@@ -44,6 +44,8 @@ _ADDED_LATER = [
     ("score", ("soft_label_temperature",), lambda: 1.0),
     # several teachers (issue 34): one-teacher runs keep their hashes
     ("generate", ("teachers",), lambda: []),
+    ("score", ("per_teacher",), lambda: False),
+    ("train", ("kd", "teacher_servers"), lambda: {}),
 ]
 
 

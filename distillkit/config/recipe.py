@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from distillkit.config.base import DEFAULT_STAGES, StrictModel
 from distillkit.config.evaluate import EvaluateConfig
@@ -126,6 +126,37 @@ class RecipeConfig(StrictModel):
                              "or set generate.prescreen.enabled: false")
         return self
 
+    @model_validator(mode="after")
+    def _score_per_teacher(self):
+        s, names = self.score, [t.name for t in self.generate.teachers]
+        if not s.per_teacher:
+            if len(names) > 1 and "score" in self.stages and "teacher" not in s.model_fields_set:
+                raise ValueError(f"the score stage would label the records of all of generate.teachers ({', '.join(names)}) "
+                                 f"with score.teacher's default model {s.teacher.model}; set score.per_teacher: true "
+                                 "(each record scored by its own teacher) or score.teacher")
+            return self
+        if not names:
+            raise ValueError("score.per_teacher scores each record with its teacher of generate.teachers, and "
+                             "generate.teachers is empty; list the teachers there, or remove score.per_teacher "
+                             "(score.teacher then scores every record)")
+        if s.teacher != TeacherConfig():
+            raise ValueError(f"score.per_teacher scores each record with its own teacher of generate.teachers, and "
+                             f"score.teacher is set too ({s.teacher.model}); remove one of them")
+        for name in names:  # each teacher's scoring section validates here, not when its engine starts
+            self.score_for(name)
+        return self
+
+    def score_for(self, name: str) -> ScoreConfig:
+        """The score section of one teacher of `generate.teachers` (`score.per_teacher`): that teacher's engine as
+        `score.teacher`, the rest of `score` as it is; a backend that cannot score is a ValueError naming it."""
+        engine = self.generate.routed(name).engine()
+        try:
+            return ScoreConfig.model_validate({**self.score.model_dump(exclude={"teacher", "per_teacher"}),
+                                               "teacher": engine.model_dump()})
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"score.per_teacher: generate.teachers ({name}, backend {engine.backend}): {msg}") from None
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
@@ -140,5 +171,9 @@ class RecipeConfig(StrictModel):
 
     @property
     def label_teacher(self) -> TeacherConfig:
-        """The teacher whose soft labels training uses: the scoring teacher when `score` runs, else generate's."""
-        return self.score.teacher if "score" in self.stages else self.generate.teacher
+        """The teacher whose soft labels training uses: the scoring teacher when `score` runs, else generate's. With
+        `score.per_teacher` each record's labels are its own teacher's (its `teacher` column); this is then the run's
+        teacher, the first of `generate.teachers`, as without a score stage."""
+        if "score" in self.stages and not self.score.per_teacher:
+            return self.score.teacher
+        return self.generate.teacher
