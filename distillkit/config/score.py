@@ -90,7 +90,8 @@ class ScoreConfig(StrictModel):
                 raise ValueError(f"{', '.join(extra)} set the draws of soft_labels: sampled, and soft_labels is topk; "
                                  "set soft_labels: sampled, or remove them (top-k's width is `topk`)")
             return self
-        if not load_scorer(self.teacher.backend).draws_sampled_labels:
+        if not self.per_teacher and not load_scorer(self.teacher.backend).draws_sampled_labels:
+            # (with per_teacher, RecipeConfig.score_for checks each teacher's engine instead)
             able = [name for name in SCORERS if load_scorer(name).draws_sampled_labels]
             raise ValueError(f"soft_labels: sampled draws from the teacher's whole distribution, and "
                              f"teacher.backend={self.teacher.backend} returns only its top-k logprobs; set "
