@@ -16,7 +16,7 @@ from distillkit.config.generate import GenerateConfig
 from distillkit.config.publish import PublishConfig
 from distillkit.config.score import ScoreConfig
 from distillkit.config.teacher import TeacherConfig
-from distillkit.config.train import TrainConfig
+from distillkit.config.train import ServedTeacherConfig, TrainConfig
 
 
 class HardwareConfig(StrictModel):
@@ -156,6 +156,43 @@ class RecipeConfig(StrictModel):
         except ValidationError as e:
             msg = e.errors()[0]["msg"].removeprefix("Value error, ")
             raise ValueError(f"score.per_teacher: generate.teachers ({name}, backend {engine.backend}): {msg}") from None
+
+    @model_validator(mode="after")
+    def _served_teachers_route(self):
+        kd, names = self.train.kd, [t.name for t in self.generate.teachers]
+        unknown = sorted(set(kd.teacher_servers) - set(names))
+        if unknown:
+            raise ValueError(f"train.kd.teacher_servers: {', '.join(unknown)} is not a teacher of generate.teachers "
+                             f"({', '.join(names) or 'none'}); name the teachers there")
+        if kd.teacher_servers and kd.teacher_server.model is not None:
+            raise ValueError(f"train.kd.teacher_server.model ({kd.teacher_server.model}) serves every prompt, and "
+                             "train.kd.teacher_servers routes prompts to their own teachers; remove one of them")
+        if kd.teacher_probs != "served":
+            return self
+        routes = self.served_teachers()
+        bad_k = [n for n, server in kd.teacher_servers.items() if server.topk != kd.teacher_server.topk]
+        if bad_k:
+            raise ValueError(f"train.kd.teacher_servers.{bad_k[0]}.topk differs from train.kd.teacher_server.topk "
+                             f"({kd.teacher_server.topk}); every teacher's rows share one k: set teacher_server.topk")
+        urls = [(n, s.openai.base_url) for n, s in routes.items() if not s.openai.serve]
+        shared = [n for n, url in urls if [u for _, u in urls].count(url) > 1]
+        if shared:
+            raise ValueError(f"train.kd: teachers {', '.join(shared)} would all be scored by the server at "
+                             f"{dict(urls)[shared[0]]} (one vLLM server serves one model); give each its server in "
+                             "train.kd.teacher_servers.<name>.openai.base_url, or set openai.serve: true to start one")
+        return self
+
+    def served_teachers(self) -> dict[str, ServedTeacherConfig]:
+        """`train.kd.teacher_probs: served` with several `generate.teachers`: teacher name -> its server (model
+        filled in); {} when one server scores every prompt (one teacher, or `train.kd.teacher_server.model` set)."""
+        kd, teachers = self.train.kd, self.generate.teachers
+        if len(teachers) < 2 or kd.teacher_server.model is not None:
+            return {}
+        out = {}
+        for t in teachers:
+            server = kd.teacher_servers.get(t.name, kd.teacher_server)
+            out[t.name] = server.model_copy(update={"model": server.model or t.model})
+        return out
 
     @property
     def run_dir(self) -> Path:

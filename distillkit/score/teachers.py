@@ -37,14 +37,11 @@ def record_teachers(cfg: RecipeConfig, records: Iterable[dict], total: int) -> l
     (meta.teacher_name), or the teacher whose model is its `teacher` column when one teacher alone has that model
     (records written before names were kept). A record of no listed teacher is a DistillkitError naming it."""
     teachers = cfg.generate.teachers
-    names = {t.name for t in teachers}
-    models = Counter(t.model for t in teachers)
-    by_model = {t.model: t.name for t in teachers if models[t.model] == 1}
     out = []
     for rec in islice(records, total):
-        name = teacher_name(rec)
-        name = name if name in names else by_model.get(name, name)
-        if name not in names:
+        name = cfg.generate.teacher_named(teacher_name(rec))
+        if name is None:
+            name = teacher_name(rec)
             who = f"teacher {name!r}" if name else "no teacher (empty `teacher` column)"
             raise DistillkitError(
                 f"score.per_teacher: record {rec.get('id')!r} was written by {who}, which is not among generate.teachers "
