@@ -34,10 +34,10 @@ def routed_recipe(tmp_path, records, student, **train):
     cfg = make_recipe(tmp_path, records, student, learning_rate=1e-12,
                       on_policy={"enabled": True, "max_new_tokens": 8},
                       kd={"enabled": True, "alpha": 0.0, "teacher_probs": "served",
-                          "teacher_server": {"topk": K, "openai": {"serve": True}},
-                          "teacher_servers": {"b": {"openai": {"base_url": "http://127.0.0.1:9/v1"}, "topk": K}}},
+                          "teacher_server": {"topk": K, "openai": {"serve": True}}},
                       **train)
     data = cfg.model_dump(mode="json")
+    data["train"]["kd"]["teacher_servers"] = {"b": {"openai": {"base_url": "http://127.0.0.1:9/v1"}, "topk": K}}
     data["generate"].pop("teacher")  # the first of generate.teachers is the run's teacher
     data["generate"]["teachers"] = [{"name": "a", "model": "org/a", "sources": ["math"]},
                                     {"name": "b", "model": "org/b"}]
