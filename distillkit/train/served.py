@@ -204,11 +204,12 @@ def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args, spe
 
     t = cfg.train
     routes = list(cfg.served_teachers()) or [None]
+    # a record of no served teacher is refused before any server starts
+    prompts = routed_prompt_rows(cfg, records) if routes != [None] else prompt_rows(records)
     scorers: dict = {}
     try:
         for name in routes:
             scorers[name] = open_served_scorer(cfg, name, tokenizer, special_map)
-        prompts = routed_prompt_rows(cfg, records) if routes != [None] else prompt_rows(records)
         dargs = DistillationConfig(**on_policy_args(args, len(prompts)), beta=trl_beta(t.kd), temperature=t.kd.temperature,
                                    max_completion_length=t.on_policy.max_new_tokens)
         return served_trainer_class()(model=model, args=dargs, train_dataset=Dataset.from_list(prompts),
