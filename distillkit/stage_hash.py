@@ -45,6 +45,8 @@ _ADDED_LATER = [
     # several teachers (issue 34): one-teacher runs keep their hashes
     ("generate", ("teachers",), lambda: []),
     ("filter", ("source_verifiers",), lambda: {}),
+    ("score", ("per_teacher",), lambda: False),
+    ("train", ("kd", "teacher_servers"), lambda: {}),
 ]
 
 

@@ -303,6 +303,15 @@ class GenerateConfig(StrictModel):
                 return t
         raise KeyError(f"no teacher named {name!r} in generate.teachers ({', '.join(t.name for t in self.teachers)})")
 
+    def teacher_named(self, name_or_model: str) -> str | None:
+        """The teacher of `teachers` a record names (`distillkit.records.teacher_name`): its name, or its model when
+        that model is one teacher's alone (records that keep only the `teacher` column); None for no teacher."""
+        names = [t.name for t in self.teachers]
+        if name_or_model in names:
+            return name_or_model
+        owners = [t.name for t in self.teachers if t.model == name_or_model]
+        return owners[0] if len(owners) == 1 else None
+
     def for_teacher(self, name: str) -> "GenerateConfig":
         """This section as one teacher's: its engine as `teacher`, its prefill and sampling, no `teachers`. The
         stage's single-teacher code (backends, requests, records) runs on it unchanged."""

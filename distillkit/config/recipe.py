@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from distillkit.config.base import DEFAULT_STAGES, StrictModel
 from distillkit.config.evaluate import EvaluateConfig
@@ -16,7 +16,7 @@ from distillkit.config.generate import GenerateConfig
 from distillkit.config.publish import PublishConfig
 from distillkit.config.score import ScoreConfig
 from distillkit.config.teacher import TeacherConfig
-from distillkit.config.train import TrainConfig
+from distillkit.config.train import ServedTeacherConfig, TrainConfig
 
 
 class HardwareConfig(StrictModel):
@@ -139,6 +139,74 @@ class RecipeConfig(StrictModel):
                              "with served teachers (train.kd.teacher_probs: served)")
         return self
 
+    @model_validator(mode="after")
+    def _score_per_teacher(self):
+        s, names = self.score, [t.name for t in self.generate.teachers]
+        if not s.per_teacher:
+            if len(names) > 1 and "score" in self.stages and "teacher" not in s.model_fields_set:
+                raise ValueError(f"the score stage would label the records of all of generate.teachers ({', '.join(names)}) "
+                                 f"with score.teacher's default model {s.teacher.model}; set score.per_teacher: true "
+                                 "(each record scored by its own teacher) or score.teacher")
+            return self
+        if not names:
+            raise ValueError("score.per_teacher scores each record with its teacher of generate.teachers, and "
+                             "generate.teachers is empty; list the teachers there, or remove score.per_teacher "
+                             "(score.teacher then scores every record)")
+        if s.teacher != TeacherConfig():
+            raise ValueError(f"score.per_teacher scores each record with its own teacher of generate.teachers, and "
+                             f"score.teacher is set too ({s.teacher.model}); remove one of them")
+        for name in names:  # each teacher's scoring section validates here, not when its engine starts
+            self.score_for(name)
+        return self
+
+    def score_for(self, name: str) -> ScoreConfig:
+        """The score section of one teacher of `generate.teachers` (`score.per_teacher`): that teacher's engine as
+        `score.teacher`, the rest of `score` as it is; a backend that cannot score is a ValueError naming it."""
+        engine = self.generate.routed(name).engine()
+        try:
+            return ScoreConfig.model_validate({**self.score.model_dump(exclude={"teacher", "per_teacher"}),
+                                               "teacher": engine.model_dump()})
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"score.per_teacher: generate.teachers ({name}, backend {engine.backend}): {msg}") from None
+
+    @model_validator(mode="after")
+    def _served_teachers_route(self):
+        kd, names = self.train.kd, [t.name for t in self.generate.teachers]
+        unknown = sorted(set(kd.teacher_servers) - set(names))
+        if unknown:
+            raise ValueError(f"train.kd.teacher_servers: {', '.join(unknown)} is not a teacher of generate.teachers "
+                             f"({', '.join(names) or 'none'}); name the teachers there")
+        if kd.teacher_servers and kd.teacher_server.model is not None:
+            raise ValueError(f"train.kd.teacher_server.model ({kd.teacher_server.model}) serves every prompt, and "
+                             "train.kd.teacher_servers routes prompts to their own teachers; remove one of them")
+        if kd.teacher_probs != "served":
+            return self
+        routes = self.served_teachers()
+        bad_k = [n for n, server in kd.teacher_servers.items() if server.topk != kd.teacher_server.topk]
+        if bad_k:
+            raise ValueError(f"train.kd.teacher_servers.{bad_k[0]}.topk differs from train.kd.teacher_server.topk "
+                             f"({kd.teacher_server.topk}); every teacher's rows share one k: set teacher_server.topk")
+        urls = [(n, s.openai.base_url) for n, s in routes.items() if not s.openai.serve]
+        shared = [n for n, url in urls if [u for _, u in urls].count(url) > 1]
+        if shared:
+            raise ValueError(f"train.kd: teachers {', '.join(shared)} would all be scored by the server at "
+                             f"{dict(urls)[shared[0]]} (one vLLM server serves one model); give each its server in "
+                             "train.kd.teacher_servers.<name>.openai.base_url, or set openai.serve: true to start one")
+        return self
+
+    def served_teachers(self) -> dict[str, ServedTeacherConfig]:
+        """`train.kd.teacher_probs: served` with several `generate.teachers`: teacher name -> its server (model
+        filled in); {} when one server scores every prompt (one teacher, or `train.kd.teacher_server.model` set)."""
+        kd, teachers = self.train.kd, self.generate.teachers
+        if len(teachers) < 2 or kd.teacher_server.model is not None:
+            return {}
+        out = {}
+        for t in teachers:
+            server = kd.teacher_servers.get(t.name, kd.teacher_server)
+            out[t.name] = server.model_copy(update={"model": server.model or t.model})
+        return out
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
@@ -153,5 +221,9 @@ class RecipeConfig(StrictModel):
 
     @property
     def label_teacher(self) -> TeacherConfig:
-        """The teacher whose soft labels training uses: the scoring teacher when `score` runs, else generate's."""
-        return self.score.teacher if "score" in self.stages else self.generate.teacher
+        """The teacher whose soft labels training uses: the scoring teacher when `score` runs, else generate's. With
+        `score.per_teacher` each record's labels are its own teacher's (its `teacher` column); this is then the run's
+        teacher, the first of `generate.teachers`, as without a score stage."""
+        if "score" in self.stages and not self.score.per_teacher:
+            return self.score.teacher
+        return self.generate.teacher

@@ -26,7 +26,15 @@ class ScoreConfig(StrictModel):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     """The scoring teacher; backend vllm (in-process), openai (a vLLM server: at base_url, or started
     with `openai.serve: true`) or transformers (one forward per trace in this process: full logits, the backend of
-    `soft_labels: sampled`). Its tokenizer and chat template tokenize the traces."""
+    `soft_labels: sampled`). Its tokenizer and chat template tokenize the traces. Leave it unset with `per_teacher`."""
+    per_teacher: bool = False
+    """Score each record with its own teacher of `generate.teachers` (the one named by the record: meta.teacher_name,
+    else a teacher whose model is its `teacher` column) instead of `teacher` for all. The records are grouped by
+    teacher, in the order of `generate.teachers`, and each group is scored by that teacher's engine alone (one
+    engine at a time; its model, backend and engine options, under this section's other keys and backend rules), so
+    output shards hold one teacher's records each: the first teacher's in input order, then the next one's. A record
+    whose teacher is not among `generate.teachers` stops the stage with its id and teacher. Training then takes
+    each record's labels as its `teacher` column's (the model that scored it)."""
     input: str = "auto"
     """auto: this run's filter output (its generate output without a filter stage); stage:generate or
     stage:filter; another run's stage folder; a .jsonl/.json/.parquet chat file; or a Hub dataset name."""
@@ -82,7 +90,8 @@ class ScoreConfig(StrictModel):
                 raise ValueError(f"{', '.join(extra)} set the draws of soft_labels: sampled, and soft_labels is topk; "
                                  "set soft_labels: sampled, or remove them (top-k's width is `topk`)")
             return self
-        if not load_scorer(self.teacher.backend).draws_sampled_labels:
+        if not self.per_teacher and not load_scorer(self.teacher.backend).draws_sampled_labels:
+            # (with per_teacher, RecipeConfig.score_for checks each teacher's engine instead)
             able = [name for name in SCORERS if load_scorer(name).draws_sampled_labels]
             raise ValueError(f"soft_labels: sampled draws from the teacher's whole distribution, and "
                              f"teacher.backend={self.teacher.backend} returns only its top-k logprobs; set "

@@ -90,7 +90,16 @@ class KDConfig(StrictModel):
     the teacher beside the student; served: a vLLM server scores the student's samples (on-policy; top-k with a tail
     bucket)."""
     teacher_server: ServedTeacherConfig = Field(default_factory=ServedTeacherConfig)
-    """The teacher's server for `teacher_probs: served`."""
+    """The teacher's server for `teacher_probs: served`. With several `generate.teachers` (and no `model` here) each
+    prompt goes to its own teacher's server instead: `teacher_servers`, where a teacher not listed there gets this
+    server's settings with its own model (a server started for it with `openai.serve: true`)."""
+    teacher_servers: dict[str, ServedTeacherConfig] = Field(default_factory=dict)
+    """Routed on-policy distillation: teacher name of `generate.teachers` -> its server (model default: that
+    teacher's model). Each prompt's samples are scored by the server of the teacher that wrote its record (the
+    record's routed teacher name), and every server's top-k is read on the student's ids as with one server (the
+    teacher shares the student's vocabulary, or its specials are mapped). `topk` is `teacher_server.topk` for all.
+    The servers run side by side; one started with `openai.serve: true` takes vLLM's default GPU memory share, so
+    on one GPU point base_url at servers started with a fitting --gpu-memory-utilization."""
     chunk_size: PositiveInt = 256
     """Tokens per chunk of the memory-bounded loss (256 keeps the peak ~0.1x of full logits; BENCHMARKS.md)."""
     cross_tokenizer: bool = False

@@ -13,7 +13,9 @@ with EOS unless the trace was cut at its length limit. A sequence longer than th
 skipped (`too_long`). Skips are counted per reason in the manifest, never scored wrong.
 
 Shard i of the output holds the records of input rows [i*shard_size, (i+1)*shard_size) that were
-scored; a killed run keeps its committed shards and scores only the others.
+scored; a killed run keeps its committed shards and scores only the others. With `score.per_teacher` each record is
+scored by its own teacher of `generate.teachers`, one engine at a time, and the shards are laid out teacher by
+teacher (distillkit/score/teachers.py). A scored record's `teacher` column is the model whose labels it holds.
 """
 
 from __future__ import annotations
@@ -201,10 +203,11 @@ def label_batch(scorer, sequences: list[list[int]], starts: list[int], k: int, n
     return scorer.sample(sequences, starts, num_samples)
 
 
-def score_shard(records: list[dict], scorer, k: int, teacher: str, features,
-                num_samples: int = 0) -> tuple[list[dict], list[Prepared]]:
+def score_shard(records: list[dict], scorer, k: int, teacher: str, features, num_samples: int = 0,
+                name: str | None = None) -> tuple[list[dict], list[Prepared]]:
     """Score one shard's records: (scored records in the trace schema, the skipped ones). `num_samples` > 0:
-    sampled soft labels with that many draws per token instead of the top-k."""
+    sampled soft labels with that many draws per token instead of the top-k. `teacher` (the scoring model) becomes
+    each record's `teacher` column, `name` its routed teacher name (`score.per_teacher`)."""
     prepared = [prepare(scorer.tokenizer, r, scorer.max_len) for r in records]
     todo = [p for p in prepared if p.skip is None]
     defaults = make_record(prompt_id="", problem="")
@@ -214,14 +217,27 @@ def score_shard(records: list[dict], scorer, k: int, teacher: str, features,
         for p, (ids, lps, *tlp) in zip(batch, labels):
             rec = {name: defaults.get(name) if p.record.get(name) is None else p.record[name] for name in features}
             comp = p.sequence[p.start:]
-            meta = json.loads(rec.get("meta") or "{}")
+            meta = relabel_meta(json.loads(rec.get("meta") or "{}"), rec.get("teacher"), teacher, name)
             meta.update(scored_by=teacher, score_backend=scorer.name, retokenized=p.retokenized)
-            rec.update(completion_ids=comp, completion_tokens=len(comp), prompt_tokens=p.start,
+            rec.update(completion_ids=comp, completion_tokens=len(comp), prompt_tokens=p.start, teacher=teacher,
                        topk_ids=ids, topk_logprobs=lps, meta=json.dumps(meta, sort_keys=True))
             if tlp:
                 rec["token_logprobs"] = tlp[0]
             rows.append(rec)
     return rows, [p for p in prepared if p.skip is not None]
+
+
+def relabel_meta(meta: dict, generator: str | None, teacher: str, name: str | None) -> dict:
+    """A scored record's meta: its labels are `teacher`'s, so training reads the record as that teacher's (its
+    `teacher` column and routed `name`); the model that wrote the completion, when another, stays as generated_by
+    (and its routed name as generated_by_name)."""
+    if generator and generator != teacher:
+        meta["generated_by"] = generator
+    if name is not None:
+        meta["teacher_name"] = name
+    elif "teacher_name" in meta:  # one scoring teacher for every record: the generator's route no longer applies
+        meta["generated_by_name"] = meta.pop("teacher_name")
+    return meta
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -252,10 +268,11 @@ def _progress(total: int, done: int):
 
 
 def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manifest:
-    """Score every completion token of the input records with the teacher; resume if killed.
+    """Score every completion token of the input records with the teacher (with `score.per_teacher`, each record
+    with its own teacher, one engine at a time); resume if killed.
 
-    `scorer` lets a caller reuse a started engine (tests, benchmarks); by default one is built from the
-    recipe and closed at the end."""
+    `scorer` lets a caller reuse a started engine (tests, benchmarks): with `score.per_teacher` a dict {teacher
+    name: scorer}. By default one is built from the recipe per teacher and closed when its records are done."""
     from distillkit.stage_hash import stage_config_hash
 
     s = cfg.score
@@ -274,19 +291,14 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
     committed = out.committed_shard_indices()
     num_rows, records = iter_input(inp, cfg)
     total = min(num_rows, s.limit) if s.limit else num_rows
-    num_shards = -(-total // s.shard_size)
+    chunks, num_shards, given = _layout(cfg, inp, records, total, committed, scorer)
     stray = committed - set(range(num_shards))
     if stray:
         raise DistillkitError(f"{folder} holds shards {sorted(stray)} that this input does not make; "
                               "rerun with --overwrite to start over")
-    num_samples = s.soft_label_samples if s.soft_labels == "sampled" else 0
-    tokens, seconds = _score_shards(cfg, records, total, committed, out, skipped_dir, scorer)
+    tokens, seconds = _score_shards(cfg, chunks, total, committed, out, skipped_dir, given)
     counts, stats = _summary(folder, num_shards)
-    stats.update(teacher=s.teacher.model, backend=s.teacher.backend, logprobs_mode="raw_logprobs",
-                 **({"topk": s.topk} if not num_samples else
-                    {"soft_labels": "sampled", "soft_label_samples": num_samples,
-                     "soft_label_temperature": s.soft_label_temperature}),
-                 soft_label_format=s.label_format,
+    stats.update(_teacher_stats(cfg), logprobs_mode="raw_logprobs", **_label_stats(s), soft_label_format=s.label_format,
                  tokens_scored_this_run=tokens,
                  tokens_per_s=round(tokens / seconds, 2) if tokens and seconds > 0 else None)
     counts["shards_resumed"] = len(committed)
@@ -297,36 +309,78 @@ def run_score(cfg: RecipeConfig, overwrite: bool = False, scorer=None) -> Manife
                       versions=("distillkit", "datasets", "pyarrow", "torch", "transformers", "vllm"))
 
 
-def _score_shards(cfg: RecipeConfig, records, total: int, committed: set[int], out: StageOutput, skipped_dir: Path,
-                  scorer) -> tuple[int, float]:
-    """Score the input's shards not yet committed, each written with its skipped records' file, under a progress
-    bar; `scorer` (or one built from the recipe when the first shard needs it, closed after) does the work. Returns
-    (tokens scored, seconds spent scoring, not counting the engine's start)."""
+def _layout(cfg: RecipeConfig, inp: ScoreInput, records, total: int, committed: set[int], scorer):
+    """(the shards to score as (index, teacher name or None, records), how many shards the input makes, the
+    scorers given per teacher name): input order for one teacher, grouped by teacher with `score.per_teacher`
+    (distillkit/score/teachers.py)."""
+    s = cfg.score
+    if not s.per_teacher:
+        return (((i, None, c) for i, c in enumerate(_chunks(records, s.shard_size, s.limit))),
+                -(-total // s.shard_size), {} if scorer is None else {None: scorer})
+    from distillkit.score.teachers import plan_shards, record_teachers, teacher_chunks
+
+    if scorer is not None and not isinstance(scorer, dict):
+        raise TypeError("with score.per_teacher, `scorer` is a dict {teacher name: scorer}")
+    names = record_teachers(cfg, records, total)
+    plan = plan_shards(cfg, names)
+    log.info("score: per teacher, %s", ", ".join(f"{p.name} {p.records} records" for p in plan))
+    chunks = teacher_chunks(plan, names, lambda: iter_input(inp, cfg)[1], s.shard_size, committed)
+    return chunks, sum(p.num_shards for p in plan), dict(scorer or {})
+
+
+def _teacher_stats(cfg: RecipeConfig) -> dict:
+    s = cfg.score
+    if not s.per_teacher:
+        return {"teacher": s.teacher.model, "backend": s.teacher.backend}
+    routed = [cfg.generate.routed(t.name) for t in cfg.generate.teachers]
+    return {"teacher": {t.name: t.model for t in routed}, "backend": {t.name: t.backend for t in routed}}
+
+
+def _label_stats(s) -> dict:
+    if s.soft_labels != "sampled":
+        return {"topk": s.topk}
+    return {"soft_labels": "sampled", "soft_label_samples": s.soft_label_samples,
+            "soft_label_temperature": s.soft_label_temperature}
+
+
+def _score_shards(cfg: RecipeConfig, chunks, total: int, committed: set[int], out: StageOutput, skipped_dir: Path,
+                  given: dict) -> tuple[int, float]:
+    """Score the shards not yet committed, each written with its skipped records' file, under a progress bar. A
+    shard's teacher (None: score.teacher) scores it with the scorer `given` for it, else one built from the recipe
+    when its first shard needs it and closed when the next teacher's shards begin (one engine at a time). Returns
+    (tokens scored, seconds spent scoring, not counting the engines' starts)."""
     s = cfg.score
     features = record_features(s.label_width, s.label_format)
     num_samples = s.soft_label_samples if s.soft_labels == "sampled" else 0
-    own = scorer is None
+    teacher, scorer, own = "", None, False  # "": no teacher's engine yet (None is score.teacher's)
     seconds = 0.0  # scoring only: not the engine's start
     tokens = 0
     progress, task = _progress(total, min(total, len(committed) * s.shard_size))
     try:
         with progress:
-            for i, chunk in enumerate(_chunks(records, s.shard_size, s.limit)):
+            for i, name, chunk in chunks:
                 if i in committed:
                     continue
-                if scorer is None:
-                    from distillkit.engines.scorers import make_scorer
+                section = s if name is None else cfg.score_for(name)
+                if name != teacher:
+                    if own:
+                        scorer.close()
+                    teacher, scorer, own = name, given.get(name), name not in given
+                    if own:
+                        from distillkit.engines.scorers import make_scorer
 
-                    scorer = make_scorer(s, cfg.seed)
+                        scorer = make_scorer(section, cfg.seed)
                 t_shard = time.time()
-                rows, skipped = score_shard(chunk, scorer, s.topk, s.teacher.model, features, num_samples)
+                rows, skipped = score_shard(chunk, scorer, s.topk, section.teacher.model, features, num_samples, name)
                 seconds += time.time() - t_shard
+                scored = sum(r["completion_tokens"] for r in rows)
                 atomic_write_json(skipped_dir / f"{i:05d}.json",
                                   {"records": len(chunk), "retokenized": sum(json.loads(r["meta"])["retokenized"]
                                                                              for r in rows),
-                                   "skipped": [{"id": p.record.get("id"), "reason": p.skip} for p in skipped]})
+                                   "skipped": [{"id": p.record.get("id"), "reason": p.skip} for p in skipped],
+                                   **({} if name is None else {"teacher": name, "scored": len(rows), "tokens": scored})})
                 out.write_shard(i, rows, features)
-                tokens += sum(r["completion_tokens"] for r in rows)
+                tokens += scored
                 progress.update(task, advance=len(chunk), tok_s=tokens / max(seconds, 1e-9))
     finally:
         if own and scorer is not None:
@@ -342,6 +396,7 @@ def _summary(folder: Path, num_shards: int) -> tuple[dict, dict]:
     reasons: Counter = Counter()
     examples: list[dict] = []
     records_in = retokenized = 0
+    per_teacher: dict[str, Counter] = {}
     for i in range(num_shards):
         path = folder / SKIPPED_DIR / f"{i:05d}.json"
         if not path.exists():
@@ -351,6 +406,10 @@ def _summary(folder: Path, num_shards: int) -> tuple[dict, dict]:
         retokenized += info["retokenized"]
         reasons.update(x["reason"] for x in info["skipped"])
         examples += info["skipped"][: SKIP_EXAMPLES - len(examples)]
+        if "teacher" in info:  # score.per_teacher
+            per_teacher.setdefault(info["teacher"], Counter()).update(
+                records_in=info["records"], records=info["scored"], skipped=len(info["skipped"]),
+                tokens=info["tokens"], shards=1)
     records = tokens = label_bytes = 0
     for shard in list_shards(folder):
         meta = pq.ParquetFile(shard).metadata
@@ -359,6 +418,8 @@ def _summary(folder: Path, num_shards: int) -> tuple[dict, dict]:
         label_bytes += soft_label_bytes(shard)
     counts = {"records_in": records_in, "records": records, "skipped": sum(reasons.values()),
               "tokens": tokens, "shards": num_shards}
+    if per_teacher:
+        counts["per_teacher"] = {name: dict(c) for name, c in per_teacher.items()}
     stats = {"skipped_by_reason": dict(sorted(reasons.items())), "skipped_examples": examples,
              "retokenized": retokenized,
              "soft_label_bytes_per_token": round(label_bytes / tokens, 2) if tokens else None}

@@ -7,7 +7,8 @@ from distillkit.config import RecipeConfig
 from distillkit.errors import DistillkitError
 
 
-def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str) -> None:
+def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str,
+                            key: str = "kd.teacher_probs=live") -> None:
     """Refuse a live teacher whose token ids do not mean the student's (its probabilities index the student's).
 
     One `get_vocab()` per side and one pass: linear in the vocabulary. (A check that rebuilt the teacher's
@@ -15,7 +16,7 @@ def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: 
     tests/train/test_live_vocabulary.py runs this one on the real 152k and 128k tokenizers.)"""
     t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if any(s_vocab.get(k) != v for k, v in t_vocab.items()) or len(teacher_tokenizer) > len(student_tokenizer):
-        raise DistillkitError(f"kd.teacher_probs=live needs a teacher with the student's vocabulary; "
+        raise DistillkitError(f"{key} needs a teacher with the student's vocabulary; "
                               f"{teacher_name} tokenizes differently. Use stored top-k soft labels "
                               "from a compatible teacher, or kd.enabled: false")
 

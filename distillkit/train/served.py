@@ -14,6 +14,11 @@ teacher is logged as `teacher_wait_s`. A server that is down or slow is retried 
 server's error. A sample the server returns fewer rows for than it has tokens is an error too: never a
 silent zero KL.
 
+Several teachers (`generate.teachers`, `RecipeConfig.served_teachers`): each teacher has its server, and each
+prompt carries the name of the teacher that wrote its record; a micro-batch's samples are sent to their own
+teachers' servers and the rows put back in sample order (`score_routed`). Every server's top-k is on the student's
+ids as with one teacher. The share of each teacher's samples is logged as `samples_<name>`.
+
 TRL has `experimental.ServerDistillationTrainer` for the same setting; it computes the student's full
 (B, T, V) log-softmax and supports top-1 only for reverse KL / JSD, so distillkit keeps TRL's loop and
 brings its own loss.
@@ -44,6 +49,17 @@ def teacher_requests(inputs: dict) -> tuple[list[list[int]], list[int]]:
     return prompts, starts
 
 
+def score_routed(scorers: list, sequences: list[list[int]], starts: list[int], which: list[int], k: int) -> list:
+    """Each sample scored by its teacher's scorer (`which[i]` indexes `scorers`), rows returned in sample order."""
+    rows: list = [None] * len(sequences)
+    for j, scorer in enumerate(scorers):
+        mine = [i for i, w in enumerate(which) if w == j]
+        if mine:
+            for i, r in zip(mine, scorer.score([sequences[i] for i in mine], [starts[i] for i in mine], k)):
+                rows[i] = r
+    return rows
+
+
 def label_tensors(rows, completion_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (T_i, k) teacher rows -> (B, C, k) ids and logprobs at the completion positions."""
     B, C = completion_mask.shape
@@ -69,15 +85,30 @@ def served_trainer_class():
     class ServedTeacherTrainer(DistillationTrainer):
         """TRL's on-policy loop; the teacher's top-k comes from a server, the loss from distillkit."""
 
-        def __init__(self, *args, scorer, kd, **kwargs):
+        def __init__(self, *args, scorers: dict, kd, **kwargs):
+            """`scorers`: teacher name -> its scorer (one teacher: {None: scorer}); a prompt row's `teacher` names
+            its own."""
             super().__init__(*args, teacher_model=None, **kwargs)
-            self.scorer, self.kd, self.topk = scorer, kd, kd.teacher_server.topk
+            self.names, self.scorers = list(scorers), list(scorers.values())
+            self.kd, self.topk = kd, kd.teacher_server.topk
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="teacher")
             self._pending: dict[int, Future] = {}
 
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            # which teacher scores each sample: TRL shuffles and splits the batch's tensors in unison with it
+            which = [self.names.index(x.get("teacher")) if len(self.names) > 1 else 0 for x in inputs]
+            output["teacher_index"] = torch.tensor(which, dtype=torch.long, device=output["prompt_ids"].device)
+            return output
+
         def _submit(self, inputs: dict) -> Future:
             sequences, starts = teacher_requests(inputs)
-            return self._pool.submit(self.scorer.score, sequences, starts, self.topk)
+            which = inputs["teacher_index"].tolist()
+            if len(self.names) > 1:
+                mode = "train" if self.model.training else "eval"
+                for j, name in enumerate(self.names):
+                    self._metrics[mode][f"samples_{name}"].append(which.count(j) / max(1, len(which)))
+            return self._pool.submit(score_routed, self.scorers, sequences, starts, which, self.topk)
 
         def _prepare_inputs(self, generation_batch):
             before = self._buffered_inputs
@@ -113,44 +144,99 @@ def served_trainer_class():
 
         def close_teacher(self) -> None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self.scorer.close()
+            close_all(self.scorers)
 
     return ServedTeacherTrainer
 
 
-def served_teacher(cfg: RecipeConfig) -> TeacherConfig:
-    """The served teacher as a TeacherConfig (model for its tokenizer, the endpoint to score with)."""
-    s = cfg.train.kd.teacher_server
-    return TeacherConfig(model=s.model or cfg.generate.teacher.model, backend="openai", openai=s.openai,
-                         vllm=cfg.generate.teacher.vllm)
+def close_all(scorers) -> None:
+    """Close every scorer (each may have started a server), even when one of them fails to."""
+    errors = []
+    for scorer in scorers:
+        try:
+            scorer.close()
+        except Exception as e:  # noqa: BLE001 - the others still close; the first error is raised after
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+def served_teacher(cfg: RecipeConfig, name: str | None = None) -> TeacherConfig:
+    """The served teacher as a TeacherConfig (model for its tokenizer, the endpoint to score with): the one server,
+    or routed teacher `name`'s (`RecipeConfig.served_teachers`)."""
+    if name is None:
+        s, engine = cfg.train.kd.teacher_server, cfg.generate.teacher
+    else:
+        s, engine = cfg.served_teachers()[name], cfg.generate.routed(name)
+    return TeacherConfig(model=s.model or engine.model, backend="openai", openai=s.openai, vllm=engine.vllm)
+
+
+def routed_prompt_rows(cfg: RecipeConfig, records) -> list[dict]:
+    """The on-policy prompt rows, each with the name of the teacher whose server scores its samples: the record's
+    routed teacher (`distillkit.records.teacher_name`), or for a record without a teacher (chat data) the teacher
+    its source routes to. A record of a teacher not in generate.teachers is a DistillkitError naming it."""
+    from distillkit.records import teacher_name
+    from distillkit.train.on_policy import prompt_rows
+
+    gen, names = cfg.generate, list(cfg.served_teachers())
+    rows = prompt_rows(records)
+    for row, rec in zip(rows, records):
+        written_by = teacher_name(rec)
+        name = gen.teacher_named(written_by) if written_by else gen.route(rec.get("source") or "")
+        if name not in names:
+            who = f"teacher {written_by!r}" if written_by else f"no teacher, and its source {rec.get('source')!r} no route"
+            raise DistillkitError(f"train.kd.teacher_servers: record {rec.get('id')!r} has {who}; the served teachers "
+                                  f"are generate.teachers ({', '.join(names)}): add its teacher there, or train these "
+                                  "records with one served teacher (train.kd.teacher_server.model)")
+        row["teacher"] = name
+    return rows
 
 
 def build_served_trainer(cfg: RecipeConfig, model, tokenizer, records, args, special_map=None):
-    """On-policy training against a served teacher (see the module docstring). With `special_map` (a student that
-    keeps its own special tokens) the server reads the student's samples with the student's specials moved to the
-    teacher's ids, and its top-k comes back on the student's ids (`distillkit.student.special_map.MappedScorer`)."""
+    """On-policy training against a served teacher, or one per routed teacher (see the module docstring). With
+    `special_map` (a student that keeps its own special tokens) a server reads the student's samples with the
+    student's specials moved to its teacher's ids, and its top-k comes back on the student's ids
+    (`distillkit.student.special_map.MappedScorer`)."""
     from datasets import Dataset
     from trl import DistillationConfig
 
-    from distillkit.engines.scorers import ServerScorer
-    from distillkit.train.on_policy import check_shared_vocabulary, on_policy_args, prompt_rows, trl_beta
+    from distillkit.train.on_policy import on_policy_args, prompt_rows, trl_beta
 
     t = cfg.train
-    teacher = served_teacher(cfg)
-    scorer = ServerScorer.from_config(teacher, t.kd.teacher_server.topk, cfg.seed, key="train.kd.teacher_server")
+    routes = list(cfg.served_teachers()) or [None]
+    # a record of no served teacher is refused before any server starts
+    prompts = routed_prompt_rows(cfg, records) if routes != [None] else prompt_rows(records)
+    scorers: dict = {}
     try:
-        if special_map is None:
-            check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model)
-        else:
-            from distillkit.student.special_map import MappedScorer, build_special_map
-
-            served_map = build_special_map(scorer.tokenizer, tokenizer, teacher.model, cfg.train.student.model)
-            scorer = MappedScorer(scorer, served_map, max(len(scorer.tokenizer), len(tokenizer)))
-        prompts = prompt_rows(records)
+        for name in routes:
+            scorers[name] = open_served_scorer(cfg, name, tokenizer, special_map)
         dargs = DistillationConfig(**on_policy_args(args, len(prompts)), beta=trl_beta(t.kd), temperature=t.kd.temperature,
                                    max_completion_length=t.on_policy.max_new_tokens)
         return served_trainer_class()(model=model, args=dargs, train_dataset=Dataset.from_list(prompts),
-                                      processing_class=tokenizer, scorer=scorer, kd=t.kd)
+                                      processing_class=tokenizer, scorers=scorers, kd=t.kd)
+    except BaseException:
+        close_all(scorers.values())
+        raise
+
+
+def open_served_scorer(cfg: RecipeConfig, name: str | None, tokenizer, special_map=None):
+    """The started scorer of the one served teacher (`name` None) or of routed teacher `name`, reading the student's
+    ids: the teacher shares the student's vocabulary (else a DistillkitError), or `special_map`'s specials are mapped."""
+    from distillkit.engines.scorers import ServerScorer
+    from distillkit.train.on_policy import check_shared_vocabulary
+
+    teacher = served_teacher(cfg, name)
+    key = "train.kd.teacher_server" if name is None or name not in cfg.train.kd.teacher_servers \
+        else f"train.kd.teacher_servers.{name}"
+    scorer = ServerScorer.from_config(teacher, cfg.train.kd.teacher_server.topk, cfg.seed, key=key)
+    try:
+        if special_map is None:
+            check_shared_vocabulary(scorer.tokenizer, tokenizer, teacher.model, key="kd.teacher_probs=served")
+            return scorer
+        from distillkit.student.special_map import MappedScorer, build_special_map
+
+        served_map = build_special_map(scorer.tokenizer, tokenizer, teacher.model, cfg.train.student.model)
+        return MappedScorer(scorer, served_map, max(len(scorer.tokenizer), len(tokenizer)))
     except BaseException:
         scorer.close()
         raise
