@@ -1,0 +1,195 @@
+"""The generate stage with several teachers routed by prompt source (`generate.teachers`): routing, each teacher's
+prefill and sampling in its records, shards that never mix teachers, the unrouted-source error, resume after a kill;
+first with stand-in engines (every count known), then with two real models (SmolLM2-135M-Instruct and Gemma-3-270M on
+the transformers backend)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from distillkit.config import validate_recipe
+from distillkit.config.generate import EMPTY_THINK
+from distillkit.engines.base import PromptResult, Sample, prompt_seed
+from distillkit.errors import DistillkitError
+from distillkit.generate import stage
+from distillkit.generate.stage import run_generate
+from distillkit.records import list_shards, read_manifest, read_records, teacher_name
+
+
+class Fake:
+    """A Backend that answers every request with n samples naming its engine, the prefill and the temperature it got,
+    and remembers the requests; `fail_at` (a call number) raises there, as a killed engine stops a run."""
+
+    name, logprobs_mode, tokenizer = "fake", "raw_logprobs", None
+    skips_special_tokens = True
+
+    def __init__(self, model_id: str, fail_at: int | None = None):
+        self.model_id, self.fail_at = model_id, fail_at
+        self.calls: list[tuple[list, object]] = []
+        self.closed = False
+
+    def generate(self, requests, sampling):
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt("killed")
+        self.calls.append((requests, sampling))
+        return [PromptResult(prompt_tokens=3, samples=[
+            Sample(text=f"{self.model_id} T={sampling.temperature} {r.prompt_id}#{i}</think> ok",
+                   token_ids=list(range(4 + i)), finish_reason="stop") for i in range(sampling.n)])
+            for r in requests]
+
+    def close(self):
+        self.closed = True
+
+    def prompt_ids(self) -> list[str]:
+        return [r.prompt_id for requests, _ in self.calls for r in requests]
+
+
+# 7 "math" and 4 "chat" prompts, interleaved: the math teacher gets shards 0-1 (4 + 3), the chat one shard 2 (4)
+SOURCES = ["math", "chat", "math", "math", "chat", "math", "chat", "math", "math", "chat", "math"]
+TEACHERS = [
+    {"name": "r1", "model": "org/reasoner", "sources": ["math"]},
+    {"name": "v3", "model": "org/general", "reasoning": False, "sampling": {"temperature": 0.3, "n": 1, "seed": 5}},
+]
+
+
+def write_prompts(path: Path, sources=SOURCES) -> Path:
+    rows = [{"id": f"p{i:02d}", "problem": f"What is {i} plus 2?", "answer": str(i + 2), "source": src}
+            for i, src in enumerate(sources)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_cfg(tmp_path: Path, run: str = "run", teachers=TEACHERS, sources=SOURCES):
+    prompts = write_prompts(tmp_path / f"{run}-prompts.jsonl", sources)
+    return validate_recipe({"name": "t", "output_dir": str(tmp_path / run), "generate": {
+        "teachers": teachers, "prompts": {"path": str(prompts)},
+        "sampling": {"n": 2, "max_tokens": 16, "seed": 0}, "shard_size": 4}})
+
+
+def rows_of(cfg) -> list[dict]:
+    return sorted(read_records(cfg.stage_dir("generate")).to_list(), key=lambda r: r["id"])
+
+
+def test_each_prompt_goes_to_its_teacher_with_its_prefill_and_sampling(tmp_path):
+    cfg = make_cfg(tmp_path)
+    engines = {"r1": Fake("engine-r1"), "v3": Fake("engine-v3")}
+    m = run_generate(cfg, backend=engines)
+    rows = rows_of(cfg)
+    math_ids = {f"p{i:02d}" for i, s in enumerate(SOURCES) if s == "math"}
+    assert set(engines["r1"].prompt_ids()) == math_ids and len(engines["r1"].prompt_ids()) == 7
+    assert set(engines["v3"].prompt_ids()) == {f"p{i:02d}" for i, s in enumerate(SOURCES) if s == "chat"}
+    assert [s.temperature for _, s in engines["r1"].calls] == [0.6, 0.6]  # two shards, generate.sampling
+    assert [(s.temperature, s.n) for _, s in engines["v3"].calls] == [(0.3, 1)]  # its overrides
+    assert len(rows) == 7 * 2 + 4 * 1
+    for r in rows:
+        meta, sampling = json.loads(r["meta"]), json.loads(r["sampling"])
+        if r["source"] == "math":
+            assert (r["teacher"], meta["teacher_name"], r["prefill"]) == ("org/reasoner", "r1", "<think>\n")
+            assert sampling["temperature"] == 0.6 and meta["seed"] == prompt_seed(0, r["prompt_id"])
+            assert r["completion"].startswith("engine-r1 T=0.6") and r["reasoning_closed"]
+        else:
+            assert (r["teacher"], meta["teacher_name"], r["prefill"]) == ("org/general", "v3", EMPTY_THINK)
+            assert sampling["temperature"] == 0.3 and meta["seed"] == prompt_seed(5, r["prompt_id"])
+            assert r["completion"].startswith("engine-v3 T=0.3") and r["sample_index"] == 0
+        assert teacher_name(r) == meta["teacher_name"] and meta["backend"] == "fake"
+    assert not any(e.closed for e in engines.values())  # the caller's engines stay open
+    assert m.counts["shards"] == 3 and m.counts["samples"] == 18 and m.counts["prompts"] == 11
+    assert m.stats["teachers"] == {
+        "r1": {"model": "org/reasoner", "backend": "vllm", "reasoning": True, "prompts": 7, "samples": 14,
+               "tokens": 7 * (4 + 5), "shards": 2},
+        "v3": {"model": "org/general", "backend": "vllm", "reasoning": False, "prompts": 4, "samples": 4,
+               "tokens": 4 * 4, "shards": 1}}
+
+
+def test_shards_never_mix_teachers_and_are_numbered_in_teacher_order(tmp_path):
+    # the catch-all teacher listed first: its shards come first
+    teachers = [{**TEACHERS[1], "name": "general"}, {**TEACHERS[0], "name": "math"}]
+    cfg = make_cfg(tmp_path, teachers=teachers)
+    run_generate(cfg, backend={"general": Fake("g"), "math": Fake("m")})
+    shards = list_shards(cfg.stage_dir("generate"))
+    owners = []
+    for path in shards:
+        names = {teacher_name(r) for r in pq.read_table(path, columns=["teacher", "meta"]).to_pylist()}
+        assert len(names) == 1, (path.name, names)
+        owners.append(names.pop())
+    assert [p.stem for p in shards] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert owners == ["general", "math", "math"]
+    # within a teacher the prompts keep their order: shard 1 holds the first four math prompts
+    first = pq.read_table(shards[1], columns=["prompt_id"]).column("prompt_id").to_pylist()
+    assert list(dict.fromkeys(first)) == [f"p{i:02d}" for i, s in enumerate(SOURCES) if s == "math"][:4]
+
+
+def test_a_source_no_teacher_answers_stops_the_run_before_any_engine(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(stage, "make_backend", lambda gen: started.append(gen) or Fake("x"))
+    teachers = [{**TEACHERS[0]}, {**TEACHERS[1], "sources": ["code"]}]  # no catch-all, nobody takes "chat"
+    cfg = make_cfg(tmp_path, teachers=teachers)
+    with pytest.raises(DistillkitError) as e:
+        run_generate(cfg)
+    msg = str(e.value)
+    assert "no teacher answers the prompts of source 'chat' (4 prompts)" in msg
+    assert "add the source to one teacher's `sources`" in msg and "leave one teacher's `sources` empty" in msg
+    assert started == [] and list_shards(cfg.stage_dir("generate")) == []
+
+
+def test_engines_given_must_match_the_teachers(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(TypeError, match="pass {name: Backend}"):
+        run_generate(cfg, backend=Fake("one"))
+    with pytest.raises(TypeError, match=r"no teacher named \['r2'\]"):
+        run_generate(cfg, backend={"r2": Fake("one")})
+
+
+def test_resume_after_a_kill_redoes_only_uncommitted_shards(tmp_path):
+    reference = make_cfg(tmp_path, "ref")
+    run_generate(reference, backend={"r1": Fake("engine-r1"), "v3": Fake("engine-v3")})
+    expected = rows_of(reference)
+
+    cfg = make_cfg(tmp_path, "killed")
+    # killed during r1's second shard: shard 0 committed, shard 1 and v3's shard 2 not
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(cfg, backend={"r1": Fake("engine-r1", fail_at=1), "v3": Fake("engine-v3")})
+    assert [p.stem for p in list_shards(cfg.stage_dir("generate"))] == ["shard-00000"]
+    # killed again, now in v3's shard: r1's shards 0 and 1 committed
+    r1 = Fake("engine-r1")
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(cfg, backend={"r1": r1, "v3": Fake("engine-v3", fail_at=0)})
+    assert len(r1.calls) == 1 and len(list_shards(cfg.stage_dir("generate"))) == 2
+    r1, v3 = Fake("engine-r1"), Fake("engine-v3")
+    m = run_generate(cfg, backend={"r1": r1, "v3": v3})
+    assert r1.calls == [] and len(v3.calls) == 1  # only the uncommitted shard
+    got = rows_of(cfg)
+    assert [r["id"] for r in got] == [r["id"] for r in expected] and len({r["id"] for r in got}) == len(got)
+    assert got == expected
+    assert m.counts["shards_resumed"] == 2 and read_manifest(cfg.stage_dir("generate")).stats["teachers"] == \
+        read_manifest(reference.stage_dir("generate")).stats["teachers"]
+
+
+def test_a_data_parallel_replica_runs_one_teachers_shards(tmp_path, monkeypatch):
+    """A replica (spawned per teacher by `_run_data_parallel`) rebuilds the plan and that teacher's section."""
+    from distillkit.records import StageOutput
+    from distillkit.stage_hash import stage_config_hash
+
+    built = []
+    monkeypatch.setattr(stage, "make_backend", lambda gen: built.append(gen) or Fake(f"engine-{gen.teacher.model}"))
+    cfg = make_cfg(tmp_path)
+    StageOutput(cfg.stage_dir("generate"), "generate", stage_config_hash(cfg, "generate")).begin()
+    stage._replica_work(cfg.model_dump_json(), 0, [2], None, "v3")
+    assert [g.teacher.model for g in built] == ["org/general"] and built[0].prompts.prefill == EMPTY_THINK
+    rows = read_records(cfg.stage_dir("generate")).to_list()
+    assert {(r["teacher"], teacher_name(r), r["source"]) for r in rows} == {("org/general", "v3", "chat")}
+    assert [p.stem for p in list_shards(cfg.stage_dir("generate"))] == ["shard-00002"]
+
+
+def test_one_teacher_records_carry_no_teacher_name(tmp_path):
+    cfg = validate_recipe({"name": "t", "output_dir": str(tmp_path / "one"), "generate": {
+        "prompts": {"path": str(write_prompts(tmp_path / "p.jsonl"))}, "sampling": {"n": 1, "seed": 0},
+        "shard_size": 4}})
+    m = run_generate(cfg, backend=Fake("engine"))
+    rows = rows_of(cfg)
+    assert {r["teacher"] for r in rows} == {"engine"} and all("teacher_name" not in json.loads(r["meta"]) for r in rows)
+    assert "teachers" not in m.stats and m.counts["shards"] == 3
