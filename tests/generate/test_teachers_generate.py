@@ -193,3 +193,54 @@ def test_one_teacher_records_carry_no_teacher_name(tmp_path):
     rows = rows_of(cfg)
     assert {r["teacher"] for r in rows} == {"engine"} and all("teacher_name" not in json.loads(r["meta"]) for r in rows)
     assert "teachers" not in m.stats and m.counts["shards"] == 3
+
+
+# ----------------------------------------------------------------------------------------- preflight, plan
+
+
+def test_preflight_checks_each_routed_teacher_by_name(tiny_qwen2, tmp_path):
+    """Each teacher's template (a teacher without one cannot render its prompts) and context, named."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from distillkit.preflight import preflight
+
+    bare = tmp_path / "no_template"
+    shutil.copytree(tiny_qwen2, bare)
+    tok = AutoTokenizer.from_pretrained(bare)
+    tok.chat_template = None
+    tok.save_pretrained(bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    positions = json.loads((Path(tiny_qwen2) / "config.json").read_text())["max_position_embeddings"]
+    cfg = validate_recipe({"name": "t", "generate": {"sampling": {"max_tokens": 64}, "teachers": [
+        {"name": "r1", "model": str(tiny_qwen2), "sources": ["math"]},
+        {"name": "v3", "model": str(bare), "vllm": {"max_model_len": positions * 2}, "sampling": {"max_tokens": 32}}]}})
+    findings = preflight(cfg, stages=["generate"])
+    errors = {(f.subject, f.check): f for f in findings if f.severity == "error"}
+    assert sorted(errors) == [("teacher v3", "chat_template"), ("teacher v3", "context")], \
+        [str(f) for f in findings if f.severity != "ok"]
+    assert {f.check for f in findings if f.subject == "teacher r1"} == {"chat_template", "eos_pad", "think_tokens"}
+    assert all(f.severity == "ok" for f in findings if f.subject == "teacher r1")
+    context = errors[("teacher v3", "context")]
+    assert context.message.startswith(f"generate.teachers[v3].vllm.max_model_len={positions * 2:,} exceeds teacher")
+    assert str(bare) in errors[("teacher v3", "chat_template")].message
+    # a routed teacher's own max_tokens is named under its key
+    cfg.generate.teachers[1].vllm.max_model_len = None
+    cfg.generate.teachers[1].sampling["max_tokens"] = positions
+    [f] = [f for f in preflight(cfg, stages=["generate"]) if f.check == "context"]
+    assert f.subject == "teacher v3" and f.message.startswith(f"generate.teachers[v3].sampling.max_tokens={positions:,}")
+
+
+def test_plan_sizes_each_teacher_and_names_the_one_that_does_not_fit():
+    from distillkit.plan import plan_recipe
+
+    cfg = validate_recipe({"name": "t", "stages": ["generate"], "hardware": {"gpu_memory_gib": 24}, "generate": {
+        "teachers": [{"name": "small", "model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "sources": ["math"]},
+                     {"name": "big", "model": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B"}]}})
+    plan = plan_recipe(cfg)
+    assert sorted(plan.generate_teachers) == ["big", "small"]
+    assert plan.generate == plan.generate_teachers["big"]  # the peak: one engine at a time
+    assert plan.generate_teachers["small"]["total_min"] < plan.generate_teachers["big"]["total_min"]
+    [w] = plan.warnings
+    assert w.startswith("generate: teacher big needs") and "generate.teachers[big].vllm.tensor_parallel_size" in w
