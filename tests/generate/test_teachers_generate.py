@@ -346,8 +346,12 @@ def test_two_teacher_generation_resumes_after_sigkill(real_run, tmp_path):
     # has to load after it, so the watcher has time to act
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(cfg_file)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    while proc.poll() is None and len(list_shards(folder)) < 1:  # SmolLM2's first shard committed
+    deadline = time.time() + 300
+    while proc.poll() is None and len(list_shards(folder)) < 1 and time.time() < deadline:  # SmolLM2's first shard
         time.sleep(0.02)
+    if not list_shards(folder):
+        proc.kill()
+        pytest.fail("the run committed no shard within 300 s")
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
