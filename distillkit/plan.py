@@ -329,6 +329,9 @@ class Plan:
     generate: dict | None
     warnings: list[str]
     soft_labels: dict | None = None
+    generate_teachers: dict | None = None
+    """With `generate.teachers`: each vLLM teacher's `generate` numbers by name (`generate` is the largest: they run
+    one engine at a time)."""
 
 
 def plan_recipe(cfg: RecipeConfig) -> Plan:
@@ -361,23 +364,40 @@ def plan_recipe(cfg: RecipeConfig) -> Plan:
                 f"train: ~{est.total / GiB:.1f} GiB per GPU exceeds {gpu_gib:g} GiB; lower train.max_length "
                 f"or per_device_train_batch_size, enable gradient_checkpointing or kd (chunked loss), "
                 f"use method: qlora, or shard with an FSDP/ZeRO-3 accelerate config")
-    if "generate" in cfg.stages and load_backend(cfg.generate.teacher.backend).uses_vllm_engine:
-        g = cfg.generate
-        shape = model_shape(g.teacher.model)
-        seq = g.teacher.vllm.max_model_len or g.sampling.max_tokens + 1024  # + room for the prompt
-        est = estimate_generation(shape, seq, g.teacher.vllm.tensor_parallel_size)
-        budget = gpu_gib * g.teacher.vllm.gpu_memory_utilization
-        generate = {"weights": round(est.weights / GiB, 2), "kv_one_sequence": round(est.kv_one_sequence / GiB, 2),
-                    "kv_kib_per_token": round(est.kv_bytes_per_token / 1024, 1),
-                    "overhead": round(est.overhead / GiB, 2), "total_min": round(est.total / GiB, 2),
-                    "concurrent_full_length_sequences": max(0, int((budget * GiB - est.weights - est.overhead)
-                                                                   // max(1, est.kv_one_sequence)))}
-        if est.total / GiB > budget:
-            warnings.append(
-                f"generate: the teacher needs ~{est.total / GiB:.1f} GiB per GPU for one full-length sequence, "
-                f"over {budget:.1f} GiB ({g.teacher.vllm.gpu_memory_utilization:g} of {gpu_gib:g}); raise "
-                "generate.teacher.vllm.tensor_parallel_size or lower max_model_len")
-    return Plan(gpu_gib, cfg.hardware.num_gpus, train, generate, warnings, labels)
+    per_teacher = None
+    if "generate" in cfg.stages and cfg.generate.teachers:
+        per_teacher = {}
+        for t in cfg.generate.teachers:
+            numbers = _plan_generate(cfg.generate.for_teacher(t.name), gpu_gib, warnings, f"teacher {t.name}",
+                                     f"generate.teachers[{t.name}]")
+            if numbers is not None:
+                per_teacher[t.name] = numbers
+        generate = max(per_teacher.values(), key=lambda n: n["total_min"], default=None)
+    elif "generate" in cfg.stages:
+        generate = _plan_generate(cfg.generate, gpu_gib, warnings)
+    return Plan(gpu_gib, cfg.hardware.num_gpus, train, generate, warnings, labels, per_teacher)
+
+
+def _plan_generate(g, gpu_gib: float, warnings: list[str], subject: str = "the teacher",
+                   key: str = "generate.teacher") -> dict | None:
+    """The generate numbers of one teacher's engine (`g`: its single-teacher section; None when it is no vLLM engine);
+    a warning naming `subject` and `key` when one full-length sequence does not fit."""
+    if not load_backend(g.teacher.backend).uses_vllm_engine:
+        return None
+    shape = model_shape(g.teacher.model)
+    seq = g.teacher.vllm.max_model_len or g.sampling.max_tokens + 1024  # + room for the prompt
+    est = estimate_generation(shape, seq, g.teacher.vllm.tensor_parallel_size)
+    budget = gpu_gib * g.teacher.vllm.gpu_memory_utilization
+    if est.total / GiB > budget:
+        warnings.append(
+            f"generate: {subject} needs ~{est.total / GiB:.1f} GiB per GPU for one full-length sequence, "
+            f"over {budget:.1f} GiB ({g.teacher.vllm.gpu_memory_utilization:g} of {gpu_gib:g}); raise "
+            f"{key}.vllm.tensor_parallel_size or lower max_model_len")
+    return {"weights": round(est.weights / GiB, 2), "kv_one_sequence": round(est.kv_one_sequence / GiB, 2),
+            "kv_kib_per_token": round(est.kv_bytes_per_token / 1024, 1),
+            "overhead": round(est.overhead / GiB, 2), "total_min": round(est.total / GiB, 2),
+            "concurrent_full_length_sequences": max(0, int((budget * GiB - est.weights - est.overhead)
+                                                           // max(1, est.kv_one_sequence)))}
 
 
 def warn_if_too_big(cfg: RecipeConfig, stage: str) -> None:

@@ -177,7 +177,7 @@ class RoutedTeacherConfig(TeacherConfig):
     the prompt sources it answers, whether it reasons, and its own prefill and sampling."""
 
     name: str
-    """Its name in records (the `teacher` column holds the model; `meta.teacher` this name), funnels and cards."""
+    """Its name in records (the `teacher` column holds the model; meta "teacher_name" this name), funnels and cards."""
     sources: list[str] = Field(default_factory=list)
     """Prompt sources it answers (the prompts' source column, `generate.prompts.columns.source`); empty: every
     source no other teacher lists (at most one teacher may leave this empty)."""
@@ -212,7 +212,9 @@ class GenerateConfig(StrictModel):
     live or served KD teacher defaults to); leave it unset then."""
     teachers: list[RoutedTeacherConfig] = Field(default_factory=list)
     """Several teachers routed by prompt source (R1's SFT data: reasoning prompts to R1, general ones to
-    DeepSeek-V3 without reasoning). Generation runs them one engine at a time; each record keeps its teacher."""
+    DeepSeek-V3 without reasoning). Generation runs them one engine at a time, in this order (not side by side on
+    separate GPUs; a teacher's `vllm.data_parallel_size` still spreads its own shards over replicas); each record
+    keeps its teacher."""
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     shard_size: PositiveInt = 64

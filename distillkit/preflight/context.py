@@ -37,18 +37,29 @@ def check_context(cfg, stages: list[str], s_config, t_config) -> list[Finding]:
                 "context", "error", f"evaluate.max_gen_toks={cfg.evaluate.max_gen_toks:,} does not fit student "
                 f"{st.model}'s {student_positions:,} positions (with the prompt).",
                 rope_fix + f"evaluate.max_gen_toks below {student_positions:,}", "student"))
+    if "generate" in stages and not cfg.generate.teachers:  # routed teachers: preflight checks each one
+        findings += check_teacher_context(cfg.generate, t_config)
+    return findings
+
+
+def check_teacher_context(gen, t_config, key: str = "generate.teacher", sampling_key: str = "generate.sampling",
+                          subject: str = "teacher") -> list[Finding]:
+    """One teacher's engine (`gen`: its single-teacher generate section) within its positions: `vllm.max_model_len`
+    within `max_position_embeddings`, and `sampling.max_tokens` below the context. `key`/`sampling_key`: where the
+    recipe sets them (a routed teacher's keys under generate.teachers), named in the findings."""
+    findings: list[Finding] = []
     teacher_positions = _positions(t_config)
-    if "generate" in stages and teacher_positions and load_backend(cfg.generate.teacher.backend).uses_vllm_engine:
-        asked = cfg.generate.teacher.vllm.max_model_len
+    if teacher_positions and load_backend(gen.teacher.backend).uses_vllm_engine:
+        asked = gen.teacher.vllm.max_model_len
         if asked and asked > teacher_positions:
             findings.append(Finding(
-                "context", "error", f"generate.teacher.vllm.max_model_len={asked:,} exceeds teacher "
-                f"{cfg.generate.teacher.model}'s max_position_embeddings {teacher_positions:,}; vLLM refuses it.",
+                "context", "error", f"{key}.vllm.max_model_len={asked:,} exceeds teacher "
+                f"{gen.teacher.model}'s max_position_embeddings {teacher_positions:,}; vLLM refuses it.",
                 f"lower it to {teacher_positions:,}, or extend the teacher's RoPE through "
-                "generate.teacher.vllm.engine_kwargs: {hf_overrides: {...}}", "teacher"))
-        if cfg.generate.sampling.max_tokens >= (asked or teacher_positions):
+                f"{key}.vllm.engine_kwargs: {{hf_overrides: {{...}}}}", subject))
+        if gen.sampling.max_tokens >= (asked or teacher_positions):
             findings.append(Finding(
-                "context", "error", f"generate.sampling.max_tokens={cfg.generate.sampling.max_tokens:,} leaves no "
+                "context", "error", f"{sampling_key}.max_tokens={gen.sampling.max_tokens:,} leaves no "
                 f"room for the prompt in the teacher's {asked or teacher_positions:,}-token context.",
-                "raise generate.teacher.vllm.max_model_len or lower generate.sampling.max_tokens", "teacher"))
+                f"raise {key}.vllm.max_model_len or lower {sampling_key}.max_tokens", subject))
     return findings

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 
 from distillkit.errors import DistillkitError
 from distillkit.models import load_tokenizer_and_config
-from distillkit.preflight.context import check_context
+from distillkit.preflight.context import check_context, check_teacher_context
 from distillkit.preflight.pair import check_cross_tokenizer, check_pair, check_trace_roundtrip
 from distillkit.preflight.settings import check_distributed, check_eval_tasks, check_report_to, check_soft_labels
 from distillkit.preflight.student import _after_train_fixes, check_tokenizer_mode, student_after_init
@@ -82,24 +82,41 @@ class _Models:
 
 
 def _check_teacher(cfg, models: _Models, findings: list[Finding]) -> None:
-    """generate: the teacher's template, EOS and think tokens."""
-    teacher_spec = cfg.generate.teacher.model
+    """generate: the teacher's template, EOS and think tokens; with `generate.teachers`, each routed teacher's (its
+    context too), each finding naming the teacher ("teacher r1")."""
+    gen = cfg.generate
+    if not gen.teachers:
+        _check_one_teacher(gen, models, findings, "teacher")
+        return
+    for t in gen.teachers:
+        own = gen.for_teacher(t.name)
+        config = _check_one_teacher(own, models, findings, f"teacher {t.name}")
+        key = f"generate.teachers[{t.name}]"
+        findings += check_teacher_context(own, config, key, f"{key}.sampling" if "max_tokens" in t.sampling
+                                          else "generate.sampling", f"teacher {t.name}")
+
+
+def _check_one_teacher(gen, models: _Models, findings: list[Finding], subject: str):
+    """One teacher's template, EOS and think tokens (`gen`: its single-teacher section); returns its model config
+    (None when not loaded)."""
+    teacher_spec = gen.teacher.model
     # the backend class says what it needs: the teacher's tokenizer where it renders prompts here (vLLM,
     # transformers, an OpenAI `completions` api); how its text treats special tokens
-    backend = load_backend(cfg.generate.teacher.backend)
-    needs = backend.renders_prompt_locally(cfg.generate.teacher)
+    backend = load_backend(gen.teacher.backend)
+    needs = backend.renders_prompt_locally(gen.teacher)
     why = "" if needs else ("The teacher's endpoint applies its own template, so the teacher's template and "
                             "think-token checks are skipped.")
-    tok, config = models.load(teacher_spec, "teacher", "error" if needs else "warning", why)
+    tok, config = models.load(teacher_spec, subject, "error" if needs else "warning", why)
     if tok is not None:
-        subject = f"teacher {teacher_spec}"
-        own = [check_chat_template(tok, subject), check_eos(tok, config, is_eos_trained=False, subject=subject),
+        named = f"{subject} {teacher_spec}"
+        own = [check_chat_template(tok, named), check_eos(tok, config, is_eos_trained=False, subject=named),
                # a special <think> vanishes from text decoded with skip_special_tokens (vLLM, servers)
-               check_think_tokens(tok, subject, "error" if backend.skips_special_tokens else "warning")]
+               check_think_tokens(tok, named, "error" if backend.skips_special_tokens else "warning")]
         if not needs:  # the server renders the prompt: a missing local template does not matter
             own = [Finding(f.check, "warning", f.message, f.fix, f.subject) if f.severity == "error"
                    and f.check == "chat_template" else f for f in own]
-        findings += [replace(f, subject="teacher") for f in own]
+        findings += [replace(f, subject=subject) for f in own]
+    return config
 
 
 def _check_training(cfg, stages: list[str], models: _Models, findings: list[Finding]) -> None:
