@@ -167,6 +167,10 @@ class SpecialMap:
         self._special.update({i: -1 for i, _ in self.unmatched})
         self._lut = None
 
+    def same_mapping(self, other: "SpecialMap") -> bool:
+        """Whether `other` moves every teacher id where this map does (two teachers of one family)."""
+        return (self._special, self.teacher_size) == (other._special, other.teacher_size)
+
     # ---- ids
 
     def lut(self):

@@ -233,6 +233,13 @@ def _map_teacher_specials(cfg: RecipeConfig, init: dict, tokenizer):
 
     special_map = build_special_map(load_tokenizer_and_config(cfg.label_teacher.model)[0], tokenizer,
                                     cfg.label_teacher.model, cfg.train.student.model)
+    for model in dict.fromkeys(t.model for t in cfg.generate.teachers):  # one map serves every teacher's records
+        other = build_special_map(load_tokenizer_and_config(model)[0], tokenizer, model, cfg.train.student.model)
+        if not special_map.same_mapping(other):
+            raise DistillkitError(
+                f"train.student.tokenizer: map moves the teacher's special ids onto the student's with one map, and "
+                f"generate.teachers {cfg.label_teacher.model} and {model} have different special tokens; train on one "
+                "teacher family per run (or use train.student.tokenizer: teacher)")
     log.info("train: %s", special_map.summary())
     return special_map
 

@@ -297,7 +297,8 @@ def real_run(gemma_dir, tmp_path_factory):
             "teachers": [{"name": "smol", "model": "builtin:smollm2-135m-instruct", "backend": "transformers",
                           "sources": ["math"]},
                          {"name": "gemma", "model": str(gemma_dir), "backend": "transformers", "reasoning": False}],
-            "prompts": {"path": str(prompts)}, "sampling": {"n": 1, "max_tokens": 8, "seed": 11}, "shard_size": 2}})
+            "prompts": {"path": str(prompts)}, "sampling": {"n": 1, "max_tokens": 8, "seed": 11, "topk_logprobs": 5},
+            "shard_size": 2}})
 
     cfg = cfg_at(root / "ref")
     engines = {t.name: make_backend(cfg.generate.for_teacher(t.name)) for t in cfg.generate.teachers}
@@ -362,3 +363,42 @@ def test_two_teacher_generation_resumes_after_sigkill(real_run, tmp_path):
     assert [r["id"] for r in got] == [r["id"] for r in expected] and len({r["id"] for r in got}) == 8
     assert got == expected  # every column: text, ids, seeds, teachers
     assert m.counts["shards_resumed"] == committed and not list(Path(folder).glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_two_teachers_through_filter_train_and_evaluate(real_run, gemma_dir):
+    """Issue 34 item 4: the two real teachers' records (SmolLM2 on the student's vocabulary, Gemma-3 on its own 262k
+    one) go through the filter (its funnel per teacher), KD from both (each record with its own teacher's top-5:
+    SmolLM2's ids as they are, Gemma's mapped by spelling with `cross_tokenizer`) and an evaluation."""
+    from distillkit.pipeline import run_pipeline
+    from distillkit.schemas.evaluate import EvalResults
+
+    _, cfg, _, rows, _ = real_run
+    data = cfg.model_dump(mode="json")  # the same generate section: its finished output is reused, not regenerated
+    data.update(stages=["generate", "filter", "train", "evaluate"])
+    data["filter"] = {"verifiers": [{"kind": "repetition"}]}
+    data["train"] = {"student": {"model": "builtin:smollm2-135m-instruct", "keep_layers": "first:2"}, "method": "full",
+                     "kd": {"enabled": True, "cross_tokenizer": True, "teacher_probs": "topk_tail"},
+                     "num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 256, "save_steps": 1000,
+                     "report_to": [], "bf16": False}
+    data["evaluate"] = {"models": ["student_after"], "tasks": ["distillkit_arith"], "backend": "hf",
+                        "num_samples": 1, "max_gen_toks": 8, "limit": 2}
+    run = validate_recipe(data)
+    manifests = run_pipeline(run)
+    assert manifests["generate"].counts["shards_resumed"] == 4  # nothing generated again
+
+    funnel = manifests["filter"].stats["teachers"]
+    assert set(funnel) == {"smol", "gemma"} and all(funnel[t]["records"] == 4 for t in funnel)
+    kept = read_records(run.stage_dir("filter"))
+    assert {teacher_name(r) for r in kept} == {"smol", "gemma"}
+
+    per_teacher = manifests["train"].stats["data"]["teachers"]
+    smol, gemma = per_teacher["builtin:smollm2-135m-instruct"], per_teacher[str(gemma_dir)]
+    assert smol["teacher_ids_used"] and smol["kd_tokens"] > 0 and "cross_tokenizer" not in smol
+    assert not gemma["teacher_ids_used"] and gemma["kd_tokens"] > 0  # Gemma's labels moved onto SmolLM2's tokens
+    assert gemma["cross_tokenizer"]["share_positions_labelled"] > 0.5
+    assert smol["examples"] + gemma["examples"] == len(kept)
+    assert manifests["train"].stats["kd"] is not None
+
+    results = EvalResults.read(run.stage_dir("evaluate"))
+    assert results.model_keys() == ["student_after"] and results.score("student_after", "distillkit_arith") is not None

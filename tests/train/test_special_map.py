@@ -407,3 +407,30 @@ def test_live_teacher_kd_through_the_map_matches_its_definition(models, toks, tm
             kl = (t.exp() * (t - s)).sum(-1)[labels != IGNORE]
             total, count = total + kl.sum().item(), count + kl.numel()
     assert first["kl"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_one_map_serves_several_teachers_only_of_one_family(toks, qwen_map, monkeypatch):
+    """generate.teachers with `tokenizer: map`: the records of every teacher go through one map, so teachers whose
+    special ids map differently (R1-Distill-Qwen's </think> 151649 vs a Qwen3 teacher's own 151668) are refused."""
+    from types import SimpleNamespace
+
+    import distillkit.models
+    from distillkit.student.special_map import build_special_map
+    from distillkit.train.stage import _map_teacher_specials
+
+    assert qwen_map.same_mapping(build_special_map(toks["r1_qwen"], toks["qwen3_fixed"], R1_QWEN, QWEN3_06B))
+    qwen3_teacher = build_special_map(toks["qwen3"], toks["qwen3_fixed"], "Qwen/Qwen3-8B", QWEN3_06B)
+    assert not qwen_map.same_mapping(qwen3_teacher)
+
+    by_name = {R1_QWEN: toks["r1_qwen"], "Qwen/Qwen3-8B": toks["qwen3"]}
+    monkeypatch.setattr(distillkit.models, "load_tokenizer_and_config", lambda spec: (by_name[spec], None))
+
+    def cfg(*models):
+        return SimpleNamespace(label_teacher=SimpleNamespace(model=models[0]),
+                               generate=SimpleNamespace(teachers=[SimpleNamespace(model=m) for m in models]),
+                               train=SimpleNamespace(student=SimpleNamespace(model=QWEN3_06B)))
+
+    init = {"special_map": True}
+    assert _map_teacher_specials(cfg(R1_QWEN, R1_QWEN), init, toks["qwen3_fixed"]).same_mapping(qwen_map)
+    with pytest.raises(DistillkitError, match="different special tokens"):
+        _map_teacher_specials(cfg(R1_QWEN, "Qwen/Qwen3-8B"), init, toks["qwen3_fixed"])
