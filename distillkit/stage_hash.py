@@ -11,7 +11,8 @@ from distillkit.records import content_digest, stable_hash
 
 # Keys that change how a stage runs but not what it produces: excluded from the hash, so that e.g.
 # `train.resume=true` continues the same run instead of being refused as a different config.
-_NOT_HASHED = {"filter": {"num_workers", "executor", "warn_cannot_judge"}, "train": {"resume", "report_to", "logging_steps"}}
+_NOT_HASHED = {"generate": {"teachers_side_by_side"}, "filter": {"num_workers", "executor", "warn_cannot_judge"},
+               "train": {"resume", "report_to", "logging_steps"}}
 
 
 def _default_server() -> dict:

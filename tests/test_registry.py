@@ -130,7 +130,7 @@ def test_generate_runs_a_registered_backend_and_asks_it_about_replicas(echo, tmp
 
     replicas = []
     monkeypatch.setattr(EchoBackend, "supports_data_parallel", True)
-    monkeypatch.setattr(stage, "_run_data_parallel", lambda cfg, shards, todo, n, on_progress: replicas.append(n))
+    monkeypatch.setattr(stage, "_run_data_parallel", lambda cfg, shards, todo, n, on_progress, teacher=None: replicas.append(n))
     stage.run_generate(cfg, overwrite=True)
     assert replicas == [2]
 

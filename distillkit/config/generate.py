@@ -212,9 +212,9 @@ class GenerateConfig(StrictModel):
     live or served KD teacher defaults to); leave it unset then."""
     teachers: list[RoutedTeacherConfig] = Field(default_factory=list)
     """Several teachers routed by prompt source (R1's SFT data: reasoning prompts to R1, general ones to
-    DeepSeek-V3 without reasoning). Generation runs them one engine at a time, in this order (not side by side on
-    separate GPUs; a teacher's `vllm.data_parallel_size` still spreads its own shards over replicas); each record
-    keeps its teacher."""
+    DeepSeek-V3 without reasoning). Generation runs them one engine at a time, in this order (a teacher's
+    `vllm.data_parallel_size` spreads its own shards over replicas), or all at once on separate GPUs with
+    `teachers_side_by_side`; each record keeps its teacher."""
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     shard_size: PositiveInt = 64
@@ -225,6 +225,11 @@ class GenerateConfig(StrictModel):
     fp16 logprobs, what distillkit wrote before). Readers take either."""
     prescreen: PrescreenConfig = Field(default_factory=PrescreenConfig)
     resample: ResampleConfig = Field(default_factory=ResampleConfig)
+    teachers_side_by_side: bool = False
+    """With `generate.teachers` on several GPUs: run every teacher at once, each in its own processes on its own GPUs
+    (handed out in the order of `teachers`: a vLLM teacher takes tensor x pipeline x data parallel GPUs, a
+    transformers one 1, an OpenAI endpoint none). Default false: one teacher after another, each on every GPU. The
+    records are the same either way (every prompt carries its own seed)."""
 
     @model_validator(mode="after")
     def _packed_width(self):
@@ -290,6 +295,13 @@ class GenerateConfig(StrictModel):
         object.__setattr__(self, "teacher", first)  # no re-validation: the first teacher is the run's teacher
         return self
 
+    @model_validator(mode="after")
+    def _side_by_side_needs_teachers(self):
+        if self.teachers_side_by_side and len(self.teachers) < 2:
+            raise ValueError("generate.teachers_side_by_side runs several teachers at once, and generate.teachers lists "
+                             f"{len(self.teachers)}; list them there, or remove teachers_side_by_side")
+        return self
+
     def route(self, source: str) -> str | None:
         """The name of the teacher that answers prompts of `source` (None: no teacher does; one teacher: its name)."""
         if not self.teachers:
@@ -322,7 +334,7 @@ class GenerateConfig(StrictModel):
         if t.prefill != "inherit":
             prefill = t.prefill
         sampling = SamplingConfig.model_validate({**self.sampling.model_dump(), **t.sampling})
-        data = self.model_dump(exclude={"teachers", "teacher", "sampling", "prompts"})
+        data = self.model_dump(exclude={"teachers", "teachers_side_by_side", "teacher", "sampling", "prompts"})
         return GenerateConfig.model_validate({
             **data, "teacher": t.engine().model_dump(), "sampling": sampling.model_dump(),
             "prompts": self.prompts.model_copy(update={"prefill": prefill}).model_dump()})

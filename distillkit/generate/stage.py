@@ -135,26 +135,36 @@ def _run_shards(shards, todo: list[int], gen_cfg, backend: Backend, out: StageOu
     return tokens
 
 
-def _replica_devices(rank: int, per_replica: int) -> str | None:
-    """CUDA_VISIBLE_DEVICES of data-parallel replica `rank` (None when no devices are listed or found)."""
+def _visible_devices() -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES, else every device torch sees (none on a CPU)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:
-        devices = [d for d in visible.split(",") if d.strip()]
-    else:
-        try:
-            import torch
+        return [d for d in visible.split(",") if d.strip()]
+    try:
+        import torch
 
-            devices = [str(i) for i in range(torch.cuda.device_count())]
-        except ImportError:
-            devices = []
-    if not devices:
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def _device_slice(first: int, count: int, fix: str) -> str | None:
+    """CUDA_VISIBLE_DEVICES of a process that takes `count` GPUs from the `first`-th visible one on (None when it takes
+    none, or none are visible: a CPU run); too few GPUs is an error ending in `fix`."""
+    devices = _visible_devices()
+    if not devices or count == 0:
         return None
-    mine = devices[rank * per_replica:(rank + 1) * per_replica]
-    if len(mine) < per_replica:
-        raise DistillkitError(
-            f"generate.teacher.vllm: data_parallel_size x tensor_parallel_size x pipeline_parallel_size needs "
-            f"{(rank + 1) * per_replica} GPUs, only {len(devices)} visible; lower data_parallel_size")
+    mine = devices[first:first + count]
+    if len(mine) < count:
+        raise DistillkitError(f"{fix.format(needed=first + count, visible=len(devices))}")
     return ",".join(mine)
+
+
+def _replica_devices(rank: int, per_replica: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES of data-parallel replica `rank` (None when no devices are listed or found)."""
+    return _device_slice(rank * per_replica, per_replica,
+                         "generate.teacher.vllm: data_parallel_size x tensor_parallel_size x pipeline_parallel_size "
+                         "needs {needed} GPUs, only {visible} visible; lower data_parallel_size")
 
 
 def _replica_main(cfg_json: str, rank: int, todo: list[int], devices: str | None, reports: str,
@@ -190,24 +200,51 @@ def _replica_work(cfg_json: str, rank: int, todo: list[int], devices: str | None
 
 def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas: int, on_progress,
                        teacher: str | None = None) -> None:
+    """`todo` split over `num_replicas` spawned replicas of one teacher, each on its own GPUs."""
+    v = (cfg.generate.for_teacher(teacher) if teacher else cfg.generate).teacher.vllm
+    per_replica = v.tensor_parallel_size * v.pipeline_parallel_size
+    jobs = [(rank, todo[rank::num_replicas], _replica_devices(rank, per_replica), teacher)
+            for rank in range(num_replicas) if todo[rank::num_replicas]]
+    _spawn_replicas(cfg, shards, todo, jobs, on_progress)
+
+
+def side_by_side_jobs(cfg: RecipeConfig, owners: list[str | None], todo: list[int]) -> list[tuple]:
+    """`generate.teachers_side_by_side`: (rank, shards, devices, teacher) of every process, the GPUs handed out in the
+    order of `generate.teachers`: a vLLM teacher's replicas take tensor x pipeline parallel GPUs each, a transformers
+    teacher 1, an endpoint none."""
+    gen, jobs, first = cfg.generate, [], 0
+    fix = ("generate.teachers_side_by_side: the teachers need {needed} GPUs together, only {visible} visible; "
+           "run them one after another (teachers_side_by_side: false) or lower their parallel sizes")
+    for t in gen.teachers:
+        mine = [i for i in todo if owners[i] == t.name]
+        own = gen.for_teacher(t.name).teacher
+        backend = load_backend(own.backend)
+        replicas = own.vllm.data_parallel_size if backend.supports_data_parallel else 1
+        per = (own.vllm.tensor_parallel_size * own.vllm.pipeline_parallel_size if backend.uses_vllm_engine
+               else 0 if own.backend == "openai" else 1)
+        for rank in range(replicas):
+            if mine[rank::replicas]:
+                jobs.append((rank, mine[rank::replicas], _device_slice(first, per, fix), t.name))
+            first += per
+    return jobs
+
+
+def _spawn_replicas(cfg: RecipeConfig, shards, todo: list[int], jobs: list[tuple], on_progress) -> None:
+    """Run `jobs` ((rank, shards, devices, teacher) each) as spawned processes, reporting committed shards to
+    `on_progress`; a failure in any is raised once for all (`raise_from_children`)."""
     import multiprocessing as mp
     import tempfile
 
     from distillkit.faults import raise_from_children
 
-    v = (cfg.generate.for_teacher(teacher) if teacher else cfg.generate).teacher.vllm
-    per_replica = v.tensor_parallel_size * v.pipeline_parallel_size
     ctx = mp.get_context("spawn")  # vLLM engines do not survive fork
     with tempfile.TemporaryDirectory(prefix="distillkit-replicas-") as reports:
         procs = []
-        for rank in range(num_replicas):
-            part = todo[rank::num_replicas]
-            if part:
-                p = ctx.Process(target=_replica_main, args=(cfg.model_dump_json(), rank, part,
-                                                            _replica_devices(rank, per_replica), reports, teacher),
-                                daemon=False)
-                p.start()
-                procs.append((rank, p))
+        for rank, part, devices, teacher in jobs:
+            p = ctx.Process(target=_replica_main, args=(cfg.model_dump_json(), rank, part, devices, reports, teacher),
+                            daemon=False)
+            p.start()
+            procs.append((f"replica {rank}" + (f" of teacher {teacher}" if teacher else ""), p))
         folder = cfg.stage_dir("generate")
         seen = set(todo) - {int(p.stem.split("-")[1]) for p in list_shards(folder)}
         try:
@@ -221,8 +258,7 @@ def _run_data_parallel(cfg: RecipeConfig, shards, todo: list[int], num_replicas:
             for _, p in procs:
                 p.terminate()
             raise
-        label = f" of teacher {teacher}" if teacher else ""
-        raise_from_children("generate", {f"replica {rank}{label}": p.exitcode for rank, p in procs}, reports)
+        raise_from_children("generate", {label: p.exitcode for label, p in procs}, reports)
 
 
 def _prompts_to_sample(cfg: RecipeConfig, prompts: list[Prompt], out: StageOutput,
@@ -337,6 +373,10 @@ def _sample_shards(cfg: RecipeConfig, shards: list[list[Prompt]], owners: list[s
         progress.update(task, advance=num_prompts, tok_s=tokens_seen[0] / elapsed if num_tokens is not None else 0.0)
 
     with progress:
+        if gen.teachers_side_by_side and backend is None and todo:
+            log.info("generate: %d teachers side by side", len(gen.teachers))
+            _spawn_replicas(cfg, shards, todo, side_by_side_jobs(cfg, owners, todo), on_shard)
+            return time.time() - t0
         for name in dict.fromkeys(owners):  # the teachers in plan order (None: the one teacher)
             mine = [i for i in todo if owners[i] == name]
             if name is not None:

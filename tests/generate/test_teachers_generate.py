@@ -16,8 +16,10 @@ from distillkit.config.generate import EMPTY_THINK
 from distillkit.engines.base import PromptResult, Sample, prompt_seed
 from distillkit.errors import DistillkitError
 from distillkit.generate import stage
+from distillkit.generate.prompts import load_prompts
 from distillkit.generate.stage import run_generate
 from distillkit.records import list_shards, read_manifest, read_records, teacher_name
+from distillkit.stage_hash import stage_config_hash
 
 
 class Fake:
@@ -183,6 +185,48 @@ def test_a_data_parallel_replica_runs_one_teachers_shards(tmp_path, monkeypatch)
     rows = read_records(cfg.stage_dir("generate")).to_list()
     assert {(r["teacher"], teacher_name(r), r["source"]) for r in rows} == {("org/general", "v3", "chat")}
     assert [p.stem for p in list_shards(cfg.stage_dir("generate"))] == ["shard-00002"]
+
+
+def test_side_by_side_hands_each_teacher_its_own_gpus(tmp_path, monkeypatch):
+    """`teachers_side_by_side`: a vLLM teacher's replicas take tensor x pipeline GPUs each, a transformers teacher
+    one, an endpoint none, handed out in teacher order; too few GPUs names the key and the fix."""
+    teachers = [{"name": "r1", "model": "org/reasoner", "sources": ["math"],
+                 "vllm": {"tensor_parallel_size": 2, "data_parallel_size": 2}},
+                {"name": "v3", "model": "org/general", "backend": "transformers", "sources": ["chat"]},
+                {"name": "api", "model": "org/api", "backend": "openai"}]
+    cfg = make_cfg(tmp_path, teachers=teachers, sources=SOURCES + ["other"] * 4)
+    cfg.generate.teachers_side_by_side = True
+    shards, owners = stage.plan_shards(cfg.generate, load_prompts(cfg.generate.prompts, seed=0).prompts)
+    assert owners == ["r1", "r1", "v3", "api"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,4,5,6,7")
+    jobs = stage.side_by_side_jobs(cfg, owners, [0, 1, 2, 3])
+    assert jobs == [(0, [0], "3,4", "r1"), (1, [1], "5,6", "r1"), (0, [2], "7", "v3"), (0, [3], None, "api")]
+    assert stage.side_by_side_jobs(cfg, owners, [1, 3]) == [(0, [1], "3,4", "r1"), (0, [3], None, "api")]  # resumed
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    with pytest.raises(DistillkitError, match=r"need 5 GPUs together, only 4 visible; run them one after another"):
+        stage.side_by_side_jobs(cfg, owners, [0, 1, 2, 3])
+    with pytest.raises(DistillkitError, match="teachers_side_by_side runs several teachers at once"):
+        validate_recipe({"name": "t", "generate": {"teachers_side_by_side": True}})
+    hashed = stage_config_hash(cfg, "generate")
+    cfg.generate.teachers_side_by_side = False
+    assert stage_config_hash(cfg, "generate") == hashed  # how it runs, not what it makes
+
+
+def test_teachers_side_by_side_write_what_one_after_another_writes(tiny_qwen2, tmp_path):
+    """Two teachers (tiny transformers models) in two spawned processes at once: the same records, shard for shard,
+    as the two run one after another."""
+    teachers = [{"name": "a", "model": str(tiny_qwen2), "backend": "transformers", "sources": ["math"]},
+                {"name": "b", "model": str(tiny_qwen2), "backend": "transformers", "reasoning": False,
+                 "sampling": {"temperature": 1.0}}]
+    one_by_one = make_cfg(tmp_path, "seq", teachers=teachers)
+    run_generate(one_by_one)
+    together = make_cfg(tmp_path, "side", teachers=teachers)
+    together.generate.teachers_side_by_side = True
+    m = run_generate(together)
+    assert m.counts["shards"] == 3 and m.stats["teachers"]["b"]["samples"] == 8
+    assert [p.name for p in list_shards(together.stage_dir("generate"))] == \
+        [p.name for p in list_shards(one_by_one.stage_dir("generate"))]
+    assert rows_of(together) == rows_of(one_by_one) and {teacher_name(r) for r in rows_of(together)} == {"a", "b"}
 
 
 def test_one_teacher_records_carry_no_teacher_name(tmp_path):
