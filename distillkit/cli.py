@@ -328,8 +328,10 @@ def plan(args: RecipeArgs = None,
     if gpu_memory_gib:
         cfg.hardware.gpu_memory_gib = gpu_memory_gib
     result = plan_recipe(cfg)
-    for stage in ("train", "generate"):
-        numbers = getattr(result, stage)
+    teachers = result.generate_teachers or {}
+    parts = [("train", result.train)] + ([(f"generate, teacher {name}", n) for name, n in teachers.items()]
+                                         if teachers else [("generate", result.generate)])
+    for stage, numbers in parts:
         if numbers is None:
             continue
         table = Table("component", "GiB", title=f"{stage}: estimated peak per GPU "

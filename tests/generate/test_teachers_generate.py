@@ -290,6 +290,24 @@ def test_plan_sizes_each_teacher_and_names_the_one_that_does_not_fit():
     assert w.startswith("generate: teacher big needs") and "generate.teachers[big].vllm.tensor_parallel_size" in w
 
 
+def test_plan_command_prints_each_teacher(tmp_path, capsys):
+    import yaml
+
+    from distillkit.cli import main
+
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "t", "stages": ["generate"], "hardware": {"gpu_memory_gib": 80},
+                                      "generate": {"teachers": [
+                                          {"name": "small", "model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                                           "sources": ["math"]},
+                                          {"name": "mid", "model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}]}}))
+    with pytest.raises(SystemExit) as e:
+        main(["plan", str(recipe)])
+    text = capsys.readouterr().out
+    assert e.value.code in (0, None) and "fits" in text
+    assert "generate, teacher small: estimated peak" in text and "generate, teacher mid: estimated peak" in text
+
+
 # ----------------------------------------------------------------------------------------- two real teachers
 
 RUNNER = """
