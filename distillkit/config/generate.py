@@ -326,6 +326,14 @@ class GenerateConfig(StrictModel):
         owners = [t.name for t in self.teachers if t.model == name_or_model]
         return owners[0] if len(owners) == 1 else None
 
+    def prefill_of(self, model: str) -> Optional[str]:
+        """The prefill the teacher `model` answers with: the first routed teacher of that model's, else
+        `prompts.prefill` (one teacher, or a model no routed teacher has: a scoring teacher)."""
+        for t in self.teachers:
+            if t.model == model:
+                return self.for_teacher(t.name).prompts.prefill
+        return self.prompts.prefill
+
     def for_teacher(self, name: str) -> "GenerateConfig":
         """This section as one teacher's: its engine as `teacher`, its prefill and sampling, no `teachers`. The
         stage's single-teacher code (backends, requests, records) runs on it unchanged."""

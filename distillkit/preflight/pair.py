@@ -124,7 +124,7 @@ def check_cross_tokenizer(cfg, teacher, student, subject: str, teacher_model: Op
                  f"positions get a soft label, {100 * fig['share_topk_mass_mapped']:.1f}% of the teacher's top-k "
                  "mass maps to student ids")
     else:
-        text, ids = sample_trace(teacher, cfg.generate.prompts.prefill)
+        text, ids = sample_trace(teacher, cfg.generate.prefill_of(teacher_model or cfg.label_teacher.model))
         ids = ids[:-1] if ids and ids[-1] == teacher.eos_token_id else ids
         body = student(text, add_special_tokens=False)["input_ids"]
         stats = AlignmentStats()

@@ -205,8 +205,8 @@ def _check_vocabularies(cfg, t_tok, fixed, t_config, s_config, label_spec: str) 
            "another BPE set train.kd.cross_tokenizer: true (stored top-k mapped onto "
            "the student's tokens by spelling) or train.kd.enabled: false (SFT on the teacher's text "
            "works across tokenizers)")
-    finding, _shared = check_pair(t_tok, fixed, t_config, s_config, subject=pair,
-                                  prefill=cfg.generate.prompts.prefill, fix=fix)
+    prefill = cfg.generate.prefill_of(label_spec)  # a routed teacher's own (a non-reasoning one: the empty block)
+    finding, _shared = check_pair(t_tok, fixed, t_config, s_config, subject=pair, prefill=prefill, fix=fix)
     stored = cfg.train.kd.enabled and cfg.train.kd.teacher_probs != "live"  # labels on the teacher's ids
     crossed = finding.severity == "error" and stored and cfg.train.kd.cross_tokenizer
     if crossed:
@@ -215,7 +215,7 @@ def _check_vocabularies(cfg, t_tok, fixed, t_config, s_config, label_spec: str) 
         findings.append(check_cross_tokenizer(cfg, t_tok, fixed, pair, label_spec if cfg.generate.teachers else None))
     findings.append(replace(finding, subject="teacher/student"))
     if finding.severity != "error" and stored and not crossed:
-        findings.append(check_trace_roundtrip(t_tok, fixed, cfg.generate.prompts.prefill, pair, fix))
+        findings.append(check_trace_roundtrip(t_tok, fixed, prefill, pair, fix))
     return findings
 
 

@@ -72,3 +72,10 @@ def test_teacher_name_of_a_record():
     assert teacher_name({"teacher": "org/m", "meta": '{"teacher_name": "r1", "seed": 3}'}) == "r1"
     assert teacher_name({"teacher": "org/m", "meta": "{}"}) == "org/m"  # one teacher: its model
     assert teacher_name({"teacher": "org/m", "meta": "not json"}) == "org/m"
+
+
+def test_prefill_of_a_teacher_model():
+    g = GenerateConfig.model_validate(TWO)
+    assert g.prefill_of("builtin:smollm2-135m-instruct") == "<think>\n"
+    assert g.prefill_of("org/general-model") == EMPTY_THINK  # the non-reasoning teacher's
+    assert g.prefill_of("org/scorer") == "<think>\n" == GenerateConfig().prefill_of("anything")
