@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -91,8 +92,6 @@ def make_record(**fields: Any) -> dict[str, Any]:
 def teacher_name(record: dict[str, Any]) -> str:
     """Which teacher wrote a record: its name under `generate.teachers` (kept in `meta` as "teacher_name"), else
     the `teacher` column (the model; one-teacher runs and older records)."""
-    import json
-
     meta = record.get("meta") or "{}"
     try:
         name = json.loads(meta).get("teacher_name") if isinstance(meta, str) else meta.get("teacher_name")

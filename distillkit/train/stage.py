@@ -233,7 +233,8 @@ def _map_teacher_specials(cfg: RecipeConfig, init: dict, tokenizer):
 
     special_map = build_special_map(load_tokenizer_and_config(cfg.label_teacher.model)[0], tokenizer,
                                     cfg.label_teacher.model, cfg.train.student.model)
-    for model in dict.fromkeys(t.model for t in cfg.generate.teachers):  # one map serves every teacher's records
+    others = dict.fromkeys(t.model for t in cfg.generate.teachers if t.model != cfg.label_teacher.model)
+    for model in others:  # one map serves every teacher's records
         other = build_special_map(load_tokenizer_and_config(model)[0], tokenizer, model, cfg.train.student.model)
         if not special_map.same_mapping(other):
             raise DistillkitError(
